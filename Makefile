@@ -1,0 +1,33 @@
+# Quick start: `make demo` (set up .venv, run all three stages on the tiny demo) and `make test`.
+# TORCH: the torch requirement installed only when the venv has no importable torch
+#   (CPU-only machines: torch==2.13.0 is the CPU build; GPU users: VENV_FLAGS=--system-site-packages
+#   reuses the torch you already have, or TORCH="torch==X.Y" picks another).
+VENV ?= .venv
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV_FLAGS ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dsvl-installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,sweep]"
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/dsvl-demo $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+bench: setup
+	$(PY) tools/bench.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun runs data/demo .pytest_cache
