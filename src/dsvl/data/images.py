@@ -1,0 +1,86 @@
+"""Per-tower image preprocessing (SPEC.md §2), tensor-for-tensor the same as transformers'
+DeepseekVLImageProcessor / DeepseekVLHybridImageProcessor (PIL backends), but without their
+per-call kwarg validation and numpy round trips, so it is cheap enough for data workers.
+
+Steps: resize the longest side to S (PIL bicubic, which antialiases; sides rounded, at least
+`min_size`), pad to a centred square filled with int(mean*255), scale by 1/255, normalise.
+With two towers (hybrid) the smaller input is resized from the larger one's padded square, as
+transformers does; with one tower it is made from the original image.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dsvl.model.spec import ImageInputSpec, VisionSpec
+
+
+def resize_longest_side(image: Image.Image, size: int, min_size: int = 14) -> Image.Image:
+    """Resize so the longest side is `size` (bicubic), keeping the aspect ratio; sides >= min_size."""
+    w, h = image.size
+    scale = size / max(w, h)
+    new_w, new_h = max(round(w * scale), min_size), max(round(h * scale), min_size)
+    return image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+
+
+def pad_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Centre the image on a square canvas of its longest side filled with `background`."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), background)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def background_color(mean: Sequence[float]) -> tuple[int, int, int]:
+    """DeepSeek-VL's padding colour: int(mean * 255) per channel (7B SAM: 122, 116, 104)."""
+    return tuple(int(m * 255) for m in mean)  # type: ignore[return-value]
+
+
+class ImagePreprocessor:
+    """Turns a list of PIL images into ``{input name: (N, 3, S, S) float32}`` for a `VisionSpec`."""
+
+    def __init__(self, spec: VisionSpec, min_size: int = 14) -> None:
+        if not spec.inputs:
+            raise ValueError("VisionSpec has no image inputs: a text-only model takes no images")
+        self.spec = spec
+        self.min_size = min_size
+        # largest first: smaller towers are derived from its padded square (hybrid processor order)
+        self.inputs: list[ImageInputSpec] = sorted(spec.inputs, key=lambda i: -i.size)
+        self._norm = {
+            i.name: (torch.tensor(i.mean, dtype=torch.float32).view(3, 1, 1) * 255.0,
+                     torch.tensor(i.std, dtype=torch.float32).view(3, 1, 1) * 255.0)
+            for i in self.inputs
+        }
+
+    def squares(self, image: Image.Image) -> dict[str, Image.Image]:
+        """The padded square PIL image of each tower (uint8, before scaling and normalisation)."""
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        out: dict[str, Image.Image] = {}
+        first = self.inputs[0]
+        big = pad_to_square(resize_longest_side(image, first.size, self.min_size), background_color(first.mean))
+        out[first.name] = big
+        for spec in self.inputs[1:]:
+            out[spec.name] = pad_to_square(resize_longest_side(big, spec.size, self.min_size), background_color(spec.mean))
+        return out
+
+    def normalize(self, name: str, square: Image.Image) -> torch.Tensor:
+        """uint8 HWC -> (3, S, S) float32: (x/255 - mean)/std computed as (x - 255 mean)/(255 std)."""
+        x = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+        mean, std = self._norm[name]
+        return (x - mean) / std
+
+    def __call__(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        per_input: dict[str, list[torch.Tensor]] = {i.name: [] for i in self.inputs}
+        for image in images:
+            for name, sq in self.squares(image).items():
+                per_input[name].append(self.normalize(name, sq))
+        return {
+            name: torch.stack(t) if t else torch.empty(0, 3, self.spec.input(name).size, self.spec.input(name).size)
+            for name, t in per_input.items()
+        }

@@ -1,0 +1,112 @@
+"""Text -> token ids and labels: BOS, placeholder expansion to the tower's token count, label masks.
+
+DeepSeek-VL tokenizes the prompt with a leading BOS and replaces every ``<image_placeholder>`` by
+`num_image_tokens` copies of the placeholder's own id (the image token id). Labels are -100 on BOS,
+image tokens and everything outside the supervised part:
+- ``supervise="all"`` (stages 1-2): every text token, EOS included;
+- ``supervise="assistant"`` (stage 3): only assistant answers and their end-of-turn token.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
+
+from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN, Segment, conversation_segments
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+Supervise = Literal["all", "assistant"]
+
+
+@dataclass
+class Encoded:
+    """One tokenized sample (python lists: cheap to pack and to send between worker processes)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    num_images: int = 0
+    key: str = ""
+    modality: str = "text"
+    pixels: dict[str, Any] = field(default_factory=dict)  # input name -> (num_images, 3, S, S) tensor
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class TextEncoder:
+    """Wraps a transformers tokenizer with DeepSeek-VL's BOS, placeholder and label conventions."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        num_image_tokens: int,
+        supervise: Supervise = "all",
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        image_token: str = IMAGE_TOKEN,
+        add_eos_to_text: bool = True,
+    ) -> None:
+        if supervise not in ("all", "assistant"):
+            raise ValueError(f"supervise must be 'all' or 'assistant', got {supervise!r}")
+        self.tokenizer = tokenizer
+        self.num_image_tokens = int(num_image_tokens)
+        self.supervise = supervise
+        self.system_prompt = system_prompt
+        self.image_token = image_token
+        self.add_eos_to_text = add_eos_to_text
+        self.image_token_id = self._token_id(image_token, "image placeholder")
+        self.bos_id = self._special_id("bos_token")
+        self.eos_id = self._special_id("eos_token")
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None else self.eos_id
+
+    def _token_id(self, token: str, what: str) -> int:
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if tid is None or (unk is not None and tid == unk and token != self.tokenizer.unk_token):
+            raise ValueError(f"tokenizer has no {what} token {token!r}; add it as a special token")
+        return int(tid)
+
+    def _special_id(self, attr: str) -> int:
+        tid = getattr(self.tokenizer, f"{attr}_id", None)
+        if tid is None:
+            raise ValueError(f"tokenizer has no {attr}; DeepSeek-VL needs bos and eos tokens")
+        return int(tid)
+
+    def _pieces(self, text: str) -> list[int | None]:
+        """Token ids of `text` with None where each image goes."""
+        out: list[int | None] = []
+        for i, part in enumerate(text.split(self.image_token)):
+            if i:
+                out.append(None)
+            if part:
+                out.extend(self.tokenizer(part, add_special_tokens=False)["input_ids"])
+        return out
+
+    def encode_segments(self, segments: Sequence[Segment]) -> Encoded:
+        """BOS + segments; image placeholders expanded; labels per `self.supervise`."""
+        ids = [self.bos_id]
+        labels = [IGNORE_INDEX]
+        n_img = 0
+        for seg in segments:
+            keep = self.supervise == "all" or seg.supervised
+            for tok in self._pieces(seg.text):
+                if tok is None:
+                    n_img += 1
+                    ids.extend([self.image_token_id] * self.num_image_tokens)
+                    labels.extend([IGNORE_INDEX] * self.num_image_tokens)
+                else:
+                    ids.append(tok)
+                    labels.append(tok if keep and tok != self.image_token_id else IGNORE_INDEX)
+            if seg.eos:
+                ids.append(self.eos_id)
+                labels.append(self.eos_id if keep else IGNORE_INDEX)
+        return Encoded(ids, labels, n_img)
+
+    def encode_text(self, text: str) -> Encoded:
+        """A pretraining document: BOS text [EOS], every text token supervised (stages 1-2)."""
+        return self.encode_segments([Segment(text, supervised=True, eos=self.add_eos_to_text)])
+
+    def encode_conversation(self, conversation: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> Encoded:
+        """A chat sample rendered with the deepseek template."""
+        return self.encode_segments(conversation_segments(conversation, self.system_prompt, add_generation_prompt))
