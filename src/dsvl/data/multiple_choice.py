@@ -1,0 +1,193 @@
+"""Multiple-choice samples -> scoring batches for PPL-based evaluation (SPEC.md §4).
+
+An MC sample is a shard sample whose json has ``options`` and ``answer`` and a conversation that
+ends with the user's question (``{"modality", "category", "conversation", "options",
+"answer"}`` plus images ``0.png``...). Each option becomes one row: the question rendered with
+the chat template up to ``"Assistant:"`` and the option as the assistant's answer. Labels are
+-100 everywhere except the option's tokens (not its end-of-turn token), so the mean NLL of a row
+is the option's score. In "letter" mode the question lists the lettered options and the rows
+score the letters "A", "B", ... instead of the texts.
+"""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
+
+import torch
+from PIL import Image
+
+from dsvl.data.bad_samples import BadSample, SkipReason
+from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
+from dsvl.data.images import ImagePreprocessor
+from dsvl.data.schema import MODALITIES, decode_image, image_fields, parse_json
+from dsvl.data.tokenize import IGNORE_INDEX, TextEncoder
+from dsvl.model.spec import VisionSpec
+
+Mode = Literal["text", "letter"]
+LETTERS = string.ascii_uppercase
+LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+@dataclass
+class MultipleChoiceSample:
+    """One validated MC question; `images` are RGB PIL images in placeholder order."""
+
+    key: str
+    conversation: list[dict[str, str]]
+    options: list[str]
+    answer: int
+    category: str = "default"
+    modality: str = "text"
+    images: list[Image.Image] = field(default_factory=list)
+
+
+def _bad(reason: SkipReason, detail: str, key: str) -> BadSample:
+    return BadSample(reason, detail, key)
+
+
+def mc_sample_from_json(meta: Mapping[str, Any], key: str = "", images: Sequence[Image.Image] = ()) -> MultipleChoiceSample:
+    """Validate an MC json object (already decoded) with its images; raise `BadSample` on the first problem."""
+    conv = meta.get("conversation")
+    if not isinstance(conv, list) or not conv:
+        raise _bad(SkipReason.BAD_CONVERSATION, "conversation must be a non-empty list", key)
+    for i, m in enumerate(conv):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+            raise _bad(SkipReason.BAD_CONVERSATION, f"message {i} needs a role and string content", key)
+    if conv[-1]["role"] != "user":
+        raise _bad(SkipReason.BAD_CONVERSATION, "an MC conversation must end with the user's question", key)
+    options = meta.get("options")
+    if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) and o.strip() for o in options):
+        raise _bad(SkipReason.MISSING_FIELD, "'options' must be a list of at least 2 non-empty strings", key)
+    if len(options) > len(LETTERS):
+        raise _bad(SkipReason.BAD_JSON, f"{len(options)} options, at most {len(LETTERS)} supported", key)
+    answer = meta.get("answer")
+    if isinstance(answer, str) and len(answer) == 1 and answer.upper() in LETTERS:
+        answer = LETTERS.index(answer.upper())
+    if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(options):
+        raise _bad(SkipReason.BAD_JSON, f"'answer' must be an option index (or letter), got {answer!r}", key)
+    n = sum(m["content"].count(IMAGE_TOKEN) for m in conv)
+    if n != len(images):
+        raise _bad(SkipReason.PLACEHOLDER_MISMATCH, f"{n} placeholders, {len(images)} images", key)
+    modality = meta.get("modality", "multimodal" if n else "text")
+    if modality not in MODALITIES or (modality == "text") != (n == 0):
+        raise _bad(SkipReason.UNKNOWN_MODALITY, f"modality {modality!r} with {n} images", key)
+    return MultipleChoiceSample(
+        key=key,
+        conversation=[{"role": m["role"], "content": m["content"]} for m in conv],
+        options=list(options),
+        answer=answer,
+        category=str(meta.get("category", "default")),
+        modality=modality,
+        images=list(images),
+    )
+
+
+def parse_mc_sample(raw: Mapping[str, Any]) -> MultipleChoiceSample:
+    """A raw webdataset sample (``__key__``, ``json``, ``0.png``...) -> `MultipleChoiceSample` or `BadSample`."""
+    key = str(raw.get("__key__", ""))
+    meta = parse_json(raw, key)
+    fields = image_fields(raw)
+    if sorted(fields) != list(range(len(fields))):
+        raise _bad(SkipReason.MISSING_FIELD, f"image fields {sorted(fields.values())} are not 0..{len(fields) - 1}", key)
+    images = [decode_image(raw[fields[i]], key, fields[i]) for i in range(len(fields))]
+    return mc_sample_from_json(meta, key, images)
+
+
+def lettered_conversation(sample: MultipleChoiceSample) -> list[dict[str, str]]:
+    """The conversation whose last user turn lists the options as "A. ..." lines and asks for a letter."""
+    listing = "\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(sample.options))
+    conv = [dict(m) for m in sample.conversation]
+    conv[-1]["content"] = f"{conv[-1]['content']}\n{listing}\n{LETTER_INSTRUCTION}"
+    return conv
+
+
+def candidate_answers(sample: MultipleChoiceSample, mode: Mode) -> tuple[list[dict[str, str]], list[str]]:
+    """(prompt conversation, assistant answers to score) for a mode."""
+    if mode == "text":
+        return sample.conversation, sample.options
+    if mode == "letter":
+        return lettered_conversation(sample), [LETTERS[i] for i in range(len(sample.options))]
+    raise ValueError(f"mode must be 'text' or 'letter', got {mode!r}")
+
+
+class MultipleChoiceCollator:
+    """Turns MC samples into one batch of (question, option) rows for `dsvl.eval.score_options`.
+
+    Batch keys: the model inputs (``input_ids``, ``attention_mask``, right padded, ``labels``,
+    and the image tensors of `VisionSpec`, each sample's images repeated once per option row),
+    ``row_sample`` / ``row_option`` (R,), ``answer`` (B,), ``num_options`` (B,), ``categories``,
+    ``keys``, ``modality`` and ``mc_mode``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        vision_spec: VisionSpec | None,
+        mode: Mode = "text",
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        max_length: int | None = None,
+    ) -> None:
+        if mode not in ("text", "letter"):
+            raise ValueError(f"mode must be 'text' or 'letter', got {mode!r}")
+        self.mode = mode
+        self.spec = vision_spec or VisionSpec()
+        self.encoder = TextEncoder(tokenizer, self.spec.num_image_tokens, supervise="assistant", system_prompt=system_prompt)
+        self.images = ImagePreprocessor(self.spec) if self.spec.inputs else None
+        self.max_length = max_length
+
+    def encode_rows(self, sample: MultipleChoiceSample) -> list[tuple[list[int], list[int]]]:
+        """(input_ids, labels) per option; labels keep only the option's own tokens."""
+        conversation, answers = candidate_answers(sample, self.mode)
+        rows = []
+        for answer in answers:
+            enc = self.encoder.encode_conversation([*conversation, {"role": "assistant", "content": answer}])
+            labels = list(enc.labels)
+            if labels and labels[-1] == self.encoder.eos_id:
+                labels[-1] = IGNORE_INDEX  # score the option, not the end of the turn
+            if self.max_length is not None and len(enc.input_ids) > self.max_length:
+                raise BadSample(SkipReason.TOO_LONG, f"{len(enc.input_ids)} tokens > max_length {self.max_length}", sample.key)
+            rows.append((enc.input_ids, labels))
+        return rows
+
+    def __call__(self, samples: Sequence[MultipleChoiceSample]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("empty multiple-choice batch")
+        rows: list[tuple[list[int], list[int]]] = []
+        row_sample: list[int] = []
+        row_option: list[int] = []
+        pixels: dict[str, list[torch.Tensor]] = {}
+        for s_idx, sample in enumerate(samples):
+            sample_rows = self.encode_rows(sample)
+            rows.extend(sample_rows)
+            row_sample.extend([s_idx] * len(sample_rows))
+            row_option.extend(range(len(sample_rows)))
+            if sample.images:
+                if self.images is None:
+                    raise ValueError(f"sample {sample.key!r} has images but the model has no vision tower")
+                for name, tensor in self.images(sample.images).items():
+                    pixels.setdefault(name, []).extend([tensor] * len(sample_rows))
+        length = max(len(ids) for ids, _ in rows)
+        pad = self.encoder.pad_id
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, (ids, lab) in enumerate(rows):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            labels[r, : len(lab)] = torch.tensor(lab)
+            attention[r, : len(ids)] = 1
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "row_sample": torch.tensor(row_sample, dtype=torch.long),
+            "row_option": torch.tensor(row_option, dtype=torch.long),
+            "answer": torch.tensor([s.answer for s in samples], dtype=torch.long),
+            "num_options": torch.tensor([len(s.options) for s in samples], dtype=torch.long),
+            "categories": [s.category for s in samples],
+            "keys": [s.key for s in samples],
+            "modality": "multimodal" if pixels else "text",
+            "mc_mode": self.mode,
+        }
+        batch.update({name: torch.cat(t) for name, t in pixels.items()})
+        return batch
