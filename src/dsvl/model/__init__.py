@@ -1,1 +1,33 @@
-"""dsvl.model"""
+"""dsvl.model: the shared core (vision towers, adaptors, the VL model, transformers import/export).
+
+Plain PyTorch + transformers; never imports Lightning or Hydra.
+"""
+from .adaptor import HybridSplitMLPGelu, LinearAdaptor, MLPGelu
+from .build import build_model, plan_model, vision_spec
+from .errors import ConfigError
+from .llm import causal_lm
+from .spec import ImageInputSpec, VisionSpec
+from .summary import format_summary, parameter_summary
+from .vision import SamTower, SiglipTower, VisionEncoder
+from .vlm import VisionLanguageModel, VLMOutput, next_token_loss
+
+__all__ = [
+    "ConfigError",
+    "HybridSplitMLPGelu",
+    "ImageInputSpec",
+    "LinearAdaptor",
+    "MLPGelu",
+    "SamTower",
+    "SiglipTower",
+    "VLMOutput",
+    "VisionEncoder",
+    "VisionLanguageModel",
+    "VisionSpec",
+    "build_model",
+    "causal_lm",
+    "format_summary",
+    "next_token_loss",
+    "parameter_summary",
+    "plan_model",
+    "vision_spec",
+]

@@ -1,0 +1,176 @@
+"""`VisionLanguageModel`: vision encoder + adaptor + causal LM, with images entering by an image-token mask."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from .spec import VisionSpec
+from .summary import parameter_summary
+from .vision import VisionEncoder
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VLMOutput:
+    """Mean next-token loss over supervised positions, the logits, how many positions the loss averaged, the KV cache."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    num_loss_tokens: torch.Tensor | None = None
+    past_key_values: Any = None
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean NLL, count) of predicting labels[t+1] from position t, over labels != -100 (computed in fp32)."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    count = (shift_labels != IGNORE_INDEX).sum()
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / count.clamp(min=1), count
+
+
+class VisionLanguageModel(nn.Module):
+    """DeepSeek-VL-style model: `vision` (low/high towers) -> `adaptor` -> image-token positions of `llm`'s input embeddings."""
+
+    def __init__(
+        self,
+        vision: VisionEncoder,
+        adaptor: nn.Module,
+        llm: PreTrainedModel,
+        image_token_id: int,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.vision = vision
+        self.adaptor = adaptor
+        self.llm = llm
+        self.image_token_id = int(image_token_id)
+        self.config = config or {}
+
+    # ---- structure -------------------------------------------------------------------------
+    def parts(self) -> dict[str, nn.Module]:
+        """Part name -> module for freezing and summaries: 'vision.low', 'vision.high', 'adaptor', 'llm' (absent parts left out)."""
+        parts = {"vision.low": self.vision.low, "vision.high": self.vision.high, "adaptor": self.adaptor, "llm": self.llm}
+        return {name: module for name, module in parts.items() if module is not None}
+
+    def parameter_summary(self) -> list[dict[str, int | str]]:
+        """Rows `{part, total, trainable}`, one per part of `parts()`."""
+        return parameter_summary(self.parts())
+
+    @property
+    def vision_spec(self) -> VisionSpec:
+        """Image inputs and tokens per image (what `dsvl.data` needs)."""
+        return self.vision.spec
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.spec.num_image_tokens
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Activation checkpointing in the LLM and every transformers tower (memory for compute)."""
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        for module in (self.llm, *(getattr(t, "model", None) for t in (self.vision.low, self.vision.high))):
+            if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in (self.llm, *(getattr(t, "model", None) for t in (self.vision.low, self.vision.high))):
+            if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
+                module.gradient_checkpointing_disable()
+
+    # ---- inputs ----------------------------------------------------------------------------
+    def encode_images(
+        self, pixel_values: torch.Tensor | None = None, high_res_pixel_values: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Images -> (num_images, num_image_tokens, llm hidden): towers, then adaptor."""
+        return self.adaptor(self.vision(pixel_values=pixel_values, high_res_pixel_values=high_res_pixel_values))
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        high_res_pixel_values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with image features scattered, in order, over the positions holding `image_token_id`."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        image_mask = input_ids == self.image_token_id
+        if pixel_values is None and high_res_pixel_values is None:
+            if bool(image_mask.any()):
+                raise ValueError(
+                    f"input_ids hold {int(image_mask.sum())} image tokens (id {self.image_token_id}) but no pixel_values were given"
+                )
+            return embeds
+        features = self.encode_images(pixel_values, high_res_pixel_values)
+        num_images, per_image = features.shape[0], features.shape[1]
+        num_tokens = int(image_mask.sum())
+        if num_tokens != num_images * per_image:
+            raise ValueError(
+                f"input_ids hold {num_tokens} image tokens (id {self.image_token_id}) but {num_images} images x "
+                f"{per_image} tokens per image = {num_images * per_image}; each image needs exactly {per_image} consecutive image tokens"
+            )
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
+
+    # ---- forward / generate ----------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        high_res_pixel_values: torch.Tensor | None = None,
+        use_cache: bool = False,
+        **llm_kwargs: Any,
+    ) -> VLMOutput:
+        """Logits for every position and, with `labels` (unshifted, -100 = no loss), the mean next-token NLL."""
+        embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values)
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **llm_kwargs,
+        )
+        loss = count = None
+        if labels is not None:
+            loss, count = next_token_loss(out.logits, labels)
+        return VLMOutput(loss=loss, logits=out.logits, num_loss_tokens=count, past_key_values=out.get("past_key_values"))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        high_res_pixel_values: torch.Tensor | None = None,
+        **generate_kwargs: Any,
+    ) -> torch.LongTensor:
+        """New token ids (B, new) from the LLM's transformers `generate` on image-filled embeddings (KV cache, sampling, left padding)."""
+        embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values)
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    # ---- transformers interop --------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, dir_or_hub_id: str | Path, **hf_kwargs: Any) -> "VisionLanguageModel":
+        """Load a transformers `deepseek_vl` / `deepseek_vl_hybrid` checkpoint (never remote code)."""
+        from .hf_interop import load_hf_pretrained
+
+        return load_hf_pretrained(dir_or_hub_id, **hf_kwargs)
+
+    def save_pretrained(self, save_directory: str | Path, **hf_kwargs: Any) -> None:
+        """Write a directory `AutoModelForImageTextToText.from_pretrained` loads (safetensors)."""
+        from .hf_interop import save_hf_pretrained
+
+        save_hf_pretrained(self, save_directory, **hf_kwargs)
