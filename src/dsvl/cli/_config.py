@@ -1,0 +1,119 @@
+"""Shared by the training entry points: where the configs live, composing them without the
+`@hydra.main` decorator, and turning user errors into one line and exit code 2.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import dsvl
+
+log = logging.getLogger(__name__)
+
+# The package's own config tree (conf/ in a checkout, a copy inside the wheel), so the console
+# scripts work from any directory after `pip install`.
+CONFIG_DIR: Path = Path(dsvl.__file__).parent / "conf"
+EXIT_USER_ERROR = 2
+T = TypeVar("T")
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that mean "fix your config / paths", not "dsvl has a bug"."""
+    from dsvl.model import ConfigError
+    from dsvl.stages.checkpoint import InitFromError
+    from dsvl.stages.freezing import FreezeConfigError
+    from dsvl.stages.runner import TrainConfigError
+
+    types: list[type[BaseException]] = [ConfigError, TrainConfigError, FreezeConfigError, InitFromError,
+                                        OmegaConfBaseException, FileNotFoundError]
+    try:
+        from dsvl.data import DataConfigError  # type: ignore[attr-defined]
+
+        types.append(DataConfigError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error message (OmegaConf adds key/type context lines)."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def fail(prog: str, err: BaseException | str) -> NoReturn:
+    """Print `prog: error: <one line>` to stderr and exit with code 2 (no traceback)."""
+    msg = err if isinstance(err, str) else one_line(err)
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None) -> DictConfig:
+    """Compose the training config as `dsvl-train` would, outside `@hydra.main` (demo, pipeline, tests).
+
+    `output_dir` replaces Hydra's run dir (there is none outside `@hydra.main`).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        overrides = list(overrides)
+        if output_dir is not None:
+            overrides.append(f"paths.output_dir={Path(output_dir).resolve()}")
+        cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    return cfg
+
+
+def is_multirun() -> bool:
+    """True inside a job of `dsvl-train -m ...`."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - no Hydra context at all
+        return False
+
+
+def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None]) -> T:
+    """Run `body`; always run `cleanup` (close loggers), even on a crash.
+
+    A user error prints one line and exits 2 in a single run. Inside a multirun, every error is
+    re-raised so Hydra records this job as failed and goes on with the other jobs of the sweep.
+    """
+    try:
+        return body()
+    except user_error_types() as err:
+        if is_multirun():
+            log.error("job failed: %s", one_line(err))
+            raise
+        fail(prog, err)
+    except Exception:
+        log.exception("run crashed")
+        raise
+    finally:
+        try:
+            cleanup()
+        except Exception as err:  # noqa: BLE001 - closing must not mask the real error
+            log.warning("closing loggers failed: %s", err)
+
+
+def save_resolved(cfg: DictConfig, output_dir: str | Path) -> Path:
+    """The fully resolved config next to Hydra's `.hydra/` (which keeps the unresolved one)."""
+    path = Path(output_dir) / "config_resolved.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+    return path
+
+
+def to_overrides(items: dict[str, Any]) -> list[str]:
+    """Hydra override strings for a dict of dotted keys."""
+    return [f"{k}={v}" for k, v in items.items()]

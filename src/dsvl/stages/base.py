@@ -1,0 +1,181 @@
+"""`VLMStage`: the LightningModule shared by the three stages (forward, loss, logging, validation,
+optimizer, scheduler, freezing). A stage subclass only says what differs (SPEC §3):
+which parts train, what its labels supervise, and its optimizer defaults.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
+from dsvl.eval.scoring import forward_inputs, score_options
+from dsvl.stages.freezing import apply_freezing, freeze_table
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler]
+MODALITY_CODE = {"text": 0, "multimodal": 1}
+BETAS = (0.9, 0.95)  # Table 4, all stages
+
+
+class VLMStage(LightningModule):
+    """One training stage over a `VisionLanguageModel`.
+
+    Args:
+        model: the shared core (`dsvl.model.VisionLanguageModel` or anything with the same
+            `parts()`, `parameter_summary()` and `forward(..., labels=) -> .loss/.num_loss_tokens`).
+        optimizer: a partial optimizer taking parameter groups (Hydra `_partial_: true`); None
+            gives AdamW(lr=`default_lr`, betas 0.9/0.95, weight decay 0) as in Table 4.
+        scheduler: a partial LR scheduler taking the optimizer; stepped every optimizer step.
+        trainable: part names that train; None gives the stage's `default_trainable`.
+        global_batch: samples per optimizer step over all devices (the CLI derives gradient
+            accumulation from it; kept here so it is logged with the module).
+    """
+
+    stage_name: ClassVar[str] = "stage"
+    default_trainable: ClassVar[tuple[str, ...]] = ("adaptor", "llm")
+    supervise: ClassVar[str] = "all"  # what the stage's labels cover: "all" text tokens, or "answers" (SFT)
+    default_lr: ClassVar[float] = 1e-4
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        trainable: Sequence[str] | None = None,
+        global_batch: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.global_batch = global_batch
+        self.trainable_parts, self.frozen_parts = apply_freezing(model, self.default_trainable if trainable is None else trainable)
+        self.val_text_ppl = TextPerplexity()
+        self.val_mm_loss = MultimodalLoss()
+        self.val_mc_acc = MultipleChoiceAccuracy()
+        self.current_modality: str | None = None
+        self._window: dict[str, float] = {"nll": 0.0, "tokens": 0.0}
+        self.final_loss: dict[str, float] = {}  # last global step's loss per modality (the demo's summary)
+
+    # ------------------------------------------------------------------ freezing
+    def train(self, mode: bool = True) -> VLMStage:
+        """Train mode for trainable parts only: frozen parts stay in eval mode (dropout, norms)."""
+        super().train(mode)
+        if mode:
+            parts = self.model.parts()
+            for name in self.frozen_parts:
+                parts[name].eval()
+        return self
+
+    def parameter_rows(self) -> list[dict[str, Any]]:
+        """`parameter_summary()` rows of the model (part, total, trainable)."""
+        return list(self.model.parameter_summary())
+
+    def on_fit_start(self) -> None:
+        self._report_freezing()
+
+    @rank_zero_only
+    def _report_freezing(self) -> None:
+        rows = self.parameter_rows()
+        log.info("stage %s: training %s, frozen %s\n%s", self.stage_name, self.trainable_parts or "-",
+                 self.frozen_parts or "-", freeze_table(rows))
+        params = {f"parts/{r['part']}/total": int(r["total"]) for r in rows}
+        params |= {f"parts/{r['part']}/trainable": int(r["trainable"]) for r in rows}
+        params |= {"stage/name": self.stage_name, "stage/trainable": ",".join(self.trainable_parts),
+                   "stage/frozen": ",".join(self.frozen_parts)}
+        for logger in self.loggers:
+            logger.log_hyperparams(params)
+
+    # ------------------------------------------------------------------ forward / loss
+    def forward(self, batch: Mapping[str, Any]) -> Any:
+        """The core's forward on a data batch (labels included when present)."""
+        inputs = forward_inputs(batch)
+        if batch.get("labels") is not None:
+            inputs["labels"] = batch["labels"]
+        return self.model(**inputs)
+
+    def _accumulation(self) -> int:
+        return int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1) if self._trainer is not None else 1
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        out = self(batch)
+        tokens = int(out.num_loss_tokens)
+        # a micro-batch without supervised tokens has loss nan: contribute a zero that keeps the graph
+        loss = out.loss if tokens > 0 else out.logits.sum() * 0.0
+        modality = str(batch.get("modality", "text"))
+        self.current_modality = modality
+        if batch_idx % self._accumulation() == 0:  # first micro-batch of a global step
+            self._window = {"nll": 0.0, "tokens": 0.0}
+        self._window["nll"] += float(loss.detach()) * tokens
+        self._window["tokens"] += tokens
+        # running token-weighted mean of the global step: the value logged at its last micro-batch
+        step_loss = self._window["nll"] / self._window["tokens"] if self._window["tokens"] else float("nan")
+        self.final_loss[modality] = step_loss
+        size = int(batch["input_ids"].shape[0])
+        self.log("train/loss", step_loss, on_step=True, prog_bar=True, batch_size=size)
+        self.log(f"train/loss_{modality}", step_loss, on_step=True, batch_size=size)
+        self.log("train/modality", float(MODALITY_CODE.get(modality, -1)), on_step=True, batch_size=size)
+        opt = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        if opt is not None:
+            self.log("train/lr", float(opt.param_groups[0]["lr"]), on_step=True, batch_size=size)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Total gradient norm of the trainable parameters, before clipping."""
+        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Dispatch by batch kind: multiple choice (`row_option`), text, or multimodal."""
+        if "row_option" in batch:
+            scores = score_options(self.model, batch)
+            self.val_mc_acc.update(scores, batch["answer"], batch.get("categories"), batch.get("keys"))
+            return
+        out = self(batch)
+        metric = self.val_text_ppl if batch.get("modality", "text") == "text" else self.val_mm_loss
+        metric.update(out.loss.detach(), out.num_loss_tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in (("val/text_ppl", self.val_text_ppl), ("val/mm_loss", self.val_mm_loss), ("val/mc_acc", self.val_mc_acc)):
+            if metric.update_count:
+                value = metric.compute()
+                if not math.isnan(float(value)):
+                    self.log(name, value.float(), prog_bar=name == "val/mc_acc", sync_dist=False)
+            metric.reset()
+
+    # ------------------------------------------------------------------ optimizer
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters only; biases and norms (ndim < 2) never decay."""
+        decay, no_decay = [], []
+        for p in self.trainable_parameters():
+            (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self) -> Any:
+        groups = self.parameter_groups()
+        if not groups:
+            raise ValueError(f"stage {self.stage_name}: no trainable parameters (stage.trainable is empty)")
+        factory = self.optimizer_factory or partial(torch.optim.AdamW, lr=self.default_lr, betas=BETAS, weight_decay=0.0)
+        optimizer = factory(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -1,0 +1,296 @@
+"""Run one stage from a composed config: check it, build model / data / stage / trainer, fit.
+
+`dsvl-train` (a thin Hydra entry), `dsvl-pipeline` and `dsvl-demo` all call `run_stage`. The
+config is checked (`plan_run`) before any weights are created, so a bad key costs a second and
+gives one line, not a traceback after minutes of loading.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class TrainConfigError(ValueError):
+    """A training config that cannot run; the message is one line naming the keys."""
+
+
+@dataclass
+class RunPlan:
+    """What the config implies, computed without weights."""
+
+    world_size: int
+    micro_batch: int
+    global_batch: int
+    accumulation: int
+    max_steps: int
+    val_check_interval: int | None
+    trainable: list[str]
+
+
+@dataclass
+class StageResult:
+    """What a finished stage hands to the next one (and to the demo's summary)."""
+
+    stage: str
+    output_dir: Path
+    checkpoint: Path | None
+    steps: int
+    seconds: float
+    final_loss: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    export_dir: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------- checks
+def world_size(trainer_cfg: Any) -> int:
+    """Devices x nodes from the trainer config ("auto"/-1 count the visible accelerators)."""
+    devices = trainer_cfg.get("devices", 1)
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        n = len(devices)
+    elif str(devices) in ("auto", "-1"):
+        gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        n = torch.cuda.device_count() if gpu else 1
+        if str(devices) == "auto" and not gpu:
+            n = 1
+    else:
+        try:
+            n = int(devices)
+        except ValueError:
+            n = len([d for d in str(devices).split(",") if d.strip()])
+    return max(n, 1) * max(nodes, 1)
+
+
+def micro_batch_size(cfg: DictConfig) -> int:
+    """Samples per device per forward (the data config's batch size)."""
+    for key in ("batch_size", "micro_batch_size"):
+        value = cfg.data.get(key)
+        if value is not None:
+            return int(value)
+    raise TrainConfigError("data.batch_size is not set (samples per device per micro-batch)")
+
+
+def plan_run(cfg: DictConfig) -> RunPlan:
+    """Check the config and derive accumulation; raises TrainConfigError / ConfigError (one line)."""
+    from dsvl.model import vision_spec
+    from dsvl.stages.checkpoint import check_init_from
+    from dsvl.stages.freezing import expand_part_names
+
+    for key in ("model", "data", "stage", "trainer"):
+        if cfg.get(key) is None:
+            raise TrainConfigError(f"config has no '{key}' group (choose one, e.g. {key}=...)")
+    spec = vision_spec(cfg.model)  # raises dsvl.model.ConfigError for parts that do not fit
+    parts = ["adaptor", "llm"]
+    if spec.input("pixel_values") is not None:
+        parts.insert(0, "vision.low")
+    if spec.input("high_res_pixel_values") is not None:
+        parts.insert(1 if "vision.low" in parts else 0, "vision.high")
+    trainable = cfg.stage.get("trainable")
+    trainable = expand_part_names(list(trainable), parts) if trainable is not None else None
+
+    world = world_size(cfg.trainer)
+    micro = micro_batch_size(cfg)
+    global_batch = cfg.stage.get("global_batch")
+    if global_batch is None:
+        global_batch = micro * world
+    global_batch = int(global_batch)
+    if micro <= 0 or global_batch <= 0:
+        raise TrainConfigError(f"stage.global_batch ({global_batch}) and data.batch_size ({micro}) must be positive")
+    if global_batch % (micro * world):
+        raise TrainConfigError(
+            f"stage.global_batch={global_batch} is not divisible by data.batch_size={micro} x world size {world} "
+            "(trainer.devices x trainer.num_nodes)"
+        )
+    accumulation = global_batch // (micro * world)
+    set_accum = cfg.trainer.get("accumulate_grad_batches")
+    if set_accum is not None and int(set_accum) != accumulation:
+        raise TrainConfigError(
+            f"trainer.accumulate_grad_batches={set_accum} contradicts stage.global_batch={global_batch} / "
+            f"(data.batch_size={micro} x world size {world}) = {accumulation}; remove it, it is derived"
+        )
+    max_steps = int(cfg.trainer.get("max_steps", -1) or -1)
+    if max_steps <= 0:
+        raise TrainConfigError(f"trainer.max_steps must be > 0 (training is counted in global steps), got {max_steps}")
+    sched = cfg.get("scheduler")
+    if sched is not None and sched.get("warmup_steps") is not None and int(sched.warmup_steps) > max_steps:
+        raise TrainConfigError(f"scheduler.warmup_steps={sched.warmup_steps} exceeds trainer.max_steps={max_steps}")
+    val_every = cfg.get("val_every_n_steps")
+    val_check = int(val_every) * accumulation if val_every else None
+    for key in ("init_from", "ckpt_path"):
+        if cfg.get(key):
+            if key == "init_from":
+                check_init_from(cfg.init_from)
+            elif not Path(cfg.ckpt_path).is_file():
+                raise TrainConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if cfg.get("init_from") and cfg.get("ckpt_path"):
+        raise TrainConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
+    return RunPlan(world, micro, global_batch, accumulation, max_steps, val_check, trainable or [])
+
+
+# ---------------------------------------------------------------------------------------- builders
+def _accepts(target: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def instantiate_group(node: Any, what: str) -> list[Any]:
+    """Instantiate every `_target_` entry of a dict-of-configs group (loggers, callbacks)."""
+    from hydra.utils import instantiate
+
+    out: list[Any] = []
+    if not node:
+        return out
+    for name, conf in node.items():
+        if conf is None or not isinstance(conf, DictConfig) or "_target_" not in conf:
+            continue
+        if what == "logger" and str(conf._target_).endswith("WandbLogger") and conf.get("offline") is None:
+            conf = OmegaConf.merge(conf, {"offline": wandb_offline()})
+        try:
+            out.append(instantiate(conf, _convert_="all"))
+        except Exception as err:
+            cause = err.__cause__ or err
+            if isinstance(cause, ModuleNotFoundError) and what == "logger":
+                raise TrainConfigError(f"logger.{name} needs a package that is not installed ({cause}); pip install it or choose another logger") from None
+            raise
+    return out
+
+
+def wandb_offline() -> bool:
+    """Offline unless an API key is set (or WANDB_MODE says otherwise): runs never need an account."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "dryrun", "disabled")
+    return not os.environ.get("WANDB_API_KEY")
+
+
+def build_datamodule(cfg: DictConfig, plan: RunPlan, model: Any, stage_cls: type) -> Any:
+    """The data config instantiated with what only the run knows (accumulation, world size, vision spec)."""
+    from hydra.utils import get_class, instantiate
+
+    target = get_class(cfg.data._target_)
+    extra: dict[str, Any] = {}
+    offered = {
+        "accumulate_grad_batches": plan.accumulation,
+        "micro_batches_per_step": plan.accumulation,
+        "world_size": plan.world_size,
+        "vision_spec": model.vision_spec,
+        "seed": int(cfg.get("seed", 0)),
+        "supervise": stage_cls.supervise,
+    }
+    for key, value in offered.items():
+        if key not in cfg.data and _accepts(target, key):
+            extra[key] = value
+    return instantiate(cfg.data, _convert_="all", **extra)
+
+
+def log_hyperparameters(loggers: list[Any], cfg: DictConfig, plan: RunPlan) -> None:
+    """The resolved config (plus derived values) to every logger."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params["derived"] = {"world_size": plan.world_size, "accumulate_grad_batches": plan.accumulation,
+                         "micro_batch": plan.micro_batch, "global_batch": plan.global_batch}
+    for lg in loggers:
+        lg.log_hyperparams(params)
+
+
+def close_loggers() -> None:
+    """Finish an open W&B run (also after a crash, so a multirun's next job starts clean)."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1 if sys.exc_info()[0] is not None else 0)
+
+
+# ---------------------------------------------------------------------------------------- run
+def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
+    """Train one stage as configured; returns its checkpoint, timing and final metrics."""
+    import lightning.pytorch as pl
+    from hydra.utils import get_class, instantiate
+
+    from dsvl.model import build_model
+    from dsvl.stages.checkpoint import load_init_weights
+
+    plan = plan or plan_run(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+
+    stage_cls = get_class(cfg.stage._target_)
+    model = build_model(cfg.model)
+    datamodule = build_datamodule(cfg, plan, model, stage_cls)
+    if cfg.get("init_from"):
+        load_init_weights(model, cfg.init_from)
+    optimizer = instantiate(cfg.optim, _convert_="all") if cfg.get("optim") else None
+    scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None
+    stage = instantiate(cfg.stage, model=model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
+
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    trainer_kwargs: dict[str, Any] = {"accumulate_grad_batches": plan.accumulation, "check_val_every_n_epoch": None}
+    if plan.val_check_interval is None:  # no validation during fit; validate_at_end runs it once after
+        trainer_kwargs |= {"limit_val_batches": 0, "val_check_interval": plan.max_steps * plan.accumulation + 1}
+    else:
+        trainer_kwargs["val_check_interval"] = plan.val_check_interval
+        if cfg.get("limit_val_batches") is not None:
+            trainer_kwargs["limit_val_batches"] = cfg.limit_val_batches
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, _convert_="all", **trainer_kwargs)
+    log_hyperparameters(loggers, cfg, plan)
+
+    start = time.perf_counter()
+    trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path") or None, weights_only=False)
+    seconds = time.perf_counter() - start
+    ckpt_dir = Path(cfg.paths.get("ckpt_dir") or output_dir / "checkpoints")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = ckpt_dir / "last.ckpt"
+    trainer.save_checkpoint(checkpoint)
+
+    if cfg.get("validate_at_end", True):
+        limit = cfg.get("limit_val_batches")
+        trainer.limit_val_batches = 1.0 if limit is None else limit
+        trainer.validate(stage, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    export = None
+    if cfg.get("export_dir"):
+        export = export_model(stage.model, datamodule, Path(cfg.export_dir))
+    for lg in loggers:
+        lg.finalize("success")
+    return StageResult(
+        stage=stage.stage_name, output_dir=output_dir, checkpoint=checkpoint, steps=int(trainer.global_step),
+        seconds=seconds, final_loss=dict(getattr(stage, "final_loss", {})), metrics=metrics, export_dir=export,
+    )
+
+
+def export_model(model: Any, datamodule: Any, out: Path) -> Path:
+    """`save_pretrained` of the model plus the tokenizer files: a transformers-loadable directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(out))
+    log.info("exported model to %s", out)
+    return out
+
+
+def value_of(metrics: dict[str, float], name: str | None) -> float:
+    """A metric for a sweep's objective (nan when the run did not produce it)."""
+    if not name:
+        return float("nan")
+    value = metrics.get(name)
+    return float(value) if value is not None and math.isfinite(float(value)) else float("nan")

@@ -1,0 +1,16 @@
+"""Stage 3, supervised fine-tuning: adaptor + LLM + SigLIP train, SAM stays frozen (SPEC §3)."""
+from __future__ import annotations
+
+from dsvl.stages.base import VLMStage
+
+
+class SFTStage(VLMStage):
+    """Loss on assistant answers only (system and user turns masked by the data's chat template).
+
+    SAM-B is frozen for GPU memory; `stage.trainable=[adaptor,llm,vision]` unfreezes it.
+    """
+
+    stage_name = "sft"
+    default_trainable = ("adaptor", "llm", "vision.low")
+    supervise = "answers"
+    default_lr = 2.0e-5
