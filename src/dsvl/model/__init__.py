@@ -5,7 +5,9 @@ Plain PyTorch + transformers; never imports Lightning or Hydra.
 from .adaptor import HybridSplitMLPGelu, LinearAdaptor, MLPGelu
 from .build import build_model, plan_model, vision_spec
 from .errors import ConfigError
+from .hf_interop import config_from_hf, convert_state_dict, hf_image_processor, to_hf_config
 from .llm import causal_lm
+from .presets import available_presets, model_config
 from .spec import ImageInputSpec, VisionSpec
 from .summary import format_summary, parameter_summary
 from .vision import SamTower, SiglipTower, VisionEncoder
@@ -23,7 +25,13 @@ __all__ = [
     "VisionEncoder",
     "VisionLanguageModel",
     "VisionSpec",
+    "available_presets",
     "build_model",
+    "config_from_hf",
+    "convert_state_dict",
+    "hf_image_processor",
+    "model_config",
+    "to_hf_config",
     "causal_lm",
     "format_summary",
     "next_token_loss",

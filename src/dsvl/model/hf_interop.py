@@ -1,0 +1,241 @@
+"""Interoperability with transformers' `deepseek_vl` and `deepseek_vl_hybrid` checkpoints, both ways.
+
+One table of (transformers prefix, dsvl prefix) pairs per architecture drives everything: state-dict
+key conversion, and moving whole modules between a loaded transformers model and a dsvl model
+(so loading and saving never hold two copies of the weights). Config conversion goes through the
+parts' own transformers configs.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    DeepseekVLConfig,
+    DeepseekVLHybridConfig,
+    DeepseekVLHybridImageProcessor,
+    DeepseekVLHybridImageProcessorPil,
+    DeepseekVLImageProcessor,
+    DeepseekVLImageProcessorPil,
+    PretrainedConfig,
+)
+from transformers.utils import is_torchvision_available
+
+from .adaptor import HybridSplitMLPGelu, MLPGelu
+from .errors import ConfigError
+from .spec import VisionSpec
+from .vision import SamTower, SiglipTower
+from .vlm import VisionLanguageModel
+
+log = logging.getLogger(__name__)
+
+DEEPSEEK_VL = "deepseek_vl"
+DEEPSEEK_VL_HYBRID = "deepseek_vl_hybrid"
+ARCHITECTURES = (DEEPSEEK_VL, DEEPSEEK_VL_HYBRID)
+# transformers config keys that describe the file, not the architecture
+_META_KEYS = ("model_type", "transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype", "output_attentions", "output_hidden_states", "return_dict")
+
+
+def key_map(arch: str, llm_prefix: str = "model") -> list[tuple[str, str]]:
+    """(transformers prefix, dsvl prefix) pairs; a prefix ending in '.' is a module, otherwise a single parameter.
+
+    `llm_prefix` is the LLM's `base_model_prefix` ("model" for Llama): the transformers VLM's
+    `language_model` is that inner model, its `lm_head` is the causal LM's head.
+    """
+    common = [
+        ("model.vision_model.", "vision.low.model."),
+        ("model.language_model.", f"llm.{llm_prefix}."),
+        ("lm_head.", "llm.lm_head."),
+    ]
+    if arch == DEEPSEEK_VL:
+        return common + [("model.aligner.linear1.", "adaptor.layers.0."), ("model.aligner.linear2.", "adaptor.layers.2.")]
+    if arch == DEEPSEEK_VL_HYBRID:
+        return common + [
+            ("model.high_res_vision_model.", "vision.high.model."),
+            ("model.high_res_vision_neck.", "vision.high.global_neck."),
+            ("model.high_res_vision_proj.", "vision.high.proj."),
+            ("model.high_res_vision_alpha", "vision.high.alpha"),
+            ("model.aligner.vision_proj.", "adaptor.low_proj."),
+            ("model.aligner.high_res_vision_proj.", "adaptor.high_proj."),
+            ("model.aligner.proj.", "adaptor.proj."),
+        ]
+    raise ConfigError(f"unknown transformers architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
+
+
+def _rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
+    for src, dst in pairs:
+        if key == src or (src.endswith(".") and key.startswith(src)):
+            return dst + key[len(src) :]
+    return None
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], arch: str, to: str, llm_prefix: str = "model") -> dict[str, torch.Tensor]:
+    """Rename keys `to="dsvl"` (from a transformers checkpoint) or `to="hf"`; an unmapped key is an error, never dropped."""
+    pairs = key_map(arch, llm_prefix)
+    if to == "hf":
+        pairs = [(d, h) for h, d in pairs]
+    elif to != "dsvl":
+        raise ValueError(f"to={to!r}; accepted: 'dsvl' or 'hf'")
+    out, unmapped = {}, []
+    for key, value in state_dict.items():
+        new = _rename(key, pairs)
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    if unmapped:
+        raise ValueError(f"{len(unmapped)} keys have no {arch} counterpart, e.g. {unmapped[:3]}")
+    return out
+
+
+def architecture_of(model: VisionLanguageModel) -> str:
+    """Which transformers architecture the model's parts match; ConfigError naming the part that has none."""
+    low, high, adaptor = model.vision.low, model.vision.high, model.adaptor
+    if not isinstance(low, SiglipTower):
+        raise ConfigError("no transformers counterpart: DeepSeek-VL checkpoints need a SigLIP low-res tower (vision.low)")
+    if high is None:
+        if isinstance(adaptor, MLPGelu) and adaptor.depth == 2:
+            return DEEPSEEK_VL
+        raise ConfigError(
+            f"no transformers counterpart for adaptor {type(adaptor).__name__}"
+            f"{' depth ' + str(adaptor.depth) if isinstance(adaptor, MLPGelu) else ''} with a SigLIP-only tower; accepted: mlp_gelu depth 2"
+        )
+    if isinstance(high, SamTower) and isinstance(adaptor, HybridSplitMLPGelu):
+        return DEEPSEEK_VL_HYBRID
+    raise ConfigError(
+        f"no transformers counterpart for vision.high={type(high).__name__} with adaptor {type(adaptor).__name__}; "
+        "accepted: SamTower + hybrid_split_mlp_gelu"
+    )
+
+
+def to_hf_config(model: VisionLanguageModel) -> PretrainedConfig:
+    """The transformers config of a dsvl model (DeepseekVLConfig or DeepseekVLHybridConfig)."""
+    arch = architecture_of(model)
+    text = model.llm.config
+    common = dict(
+        text_config=text.to_dict(),
+        vision_config=model.vision.low.model.config.to_dict(),
+        image_token_id=model.image_token_id,
+        tie_word_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
+    )
+    if arch == DEEPSEEK_VL:
+        config: PretrainedConfig = DeepseekVLConfig(**common)
+    else:
+        config = DeepseekVLHybridConfig(**common, high_res_vision_config=model.vision.high.model.config.to_dict())
+    config.architectures = [f"{type(config).__name__.removesuffix('Config')}ForConditionalGeneration"]
+    return config
+
+
+def _plain_hf(config: PretrainedConfig) -> dict[str, Any]:
+    """A transformers sub-config as plain keys (what a YAML node would hold)."""
+    return {k: v for k, v in config.to_diff_dict().items() if k not in _META_KEYS}
+
+
+def config_from_hf(config: PretrainedConfig) -> dict[str, Any]:
+    """The dsvl model node (plain dict with `_target_`s) equivalent to a transformers DeepSeek-VL config."""
+    if config.model_type not in ARCHITECTURES:
+        raise ConfigError(f"model_type {config.model_type!r} is not a DeepSeek-VL checkpoint; accepted: {', '.join(ARCHITECTURES)}")
+    vision: dict[str, Any] = {
+        "_target_": "dsvl.model.vision.VisionEncoder",
+        "low": {"_target_": "dsvl.model.vision.SiglipTower", **_plain_hf(config.vision_config)},
+    }
+    text = config.text_config
+    llm = {"_target_": "dsvl.model.llm.causal_lm", "model_type": text.model_type, **_plain_hf(text)}
+    llm["tie_word_embeddings"] = bool(config.tie_word_embeddings)
+    if config.model_type == DEEPSEEK_VL:
+        adaptor: dict[str, Any] = {"_target_": "dsvl.model.adaptor.MLPGelu", "depth": 2}
+    else:
+        vision["high"] = {"_target_": "dsvl.model.vision.SamTower", **_plain_hf(config.high_res_vision_config)}
+        adaptor = {"_target_": "dsvl.model.adaptor.HybridSplitMLPGelu"}
+    return {"vision": vision, "adaptor": adaptor, "llm": llm, "image_token_id": int(config.image_token_id)}
+
+
+def _move(dst: nn.Module, dst_name: str, src: nn.Module, src_name: str) -> None:
+    """Put `src`'s module (prefix ends in '.') or parameter at `dst_name` in `dst` (the same object, no copy)."""
+    if src_name.endswith("."):
+        dst.set_submodule(dst_name[:-1], src.get_submodule(src_name[:-1]))
+    else:
+        parent, _, attr = dst_name.rpartition(".")
+        src_parent, _, src_attr = src_name.rpartition(".")
+        setattr(dst.get_submodule(parent), attr, getattr(src.get_submodule(src_parent), src_attr))
+
+
+def _assert_materialised(model: nn.Module, what: str) -> None:
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"{what}: {len(left)} tensors were not filled from the checkpoint, e.g. {left[:3]}")
+
+
+def load_hf_pretrained(dir_or_hub_id: str | Path, image_token_id: int | None = None, **hf_kwargs: Any) -> VisionLanguageModel:
+    """A dsvl model from a transformers DeepSeek-VL directory or hub id (safetensors, no remote code).
+
+    transformers loads the checkpoint (sharding, dtype, device_map all work as usual); its modules
+    are then moved into a dsvl model built on the meta device, so no weights are copied.
+    `hf_kwargs` go to `from_pretrained` (default dtype float32).
+    """
+    from .build import build_model
+
+    if hf_kwargs.pop("trust_remote_code", False):
+        raise ValueError("trust_remote_code is never used: DeepSeek-VL is native in transformers")
+    hf_kwargs.setdefault("dtype", torch.float32)
+    config = AutoConfig.from_pretrained(dir_or_hub_id)
+    cfg = config_from_hf(config)  # rejects other model types before any weights load
+    if image_token_id is not None:
+        cfg["image_token_id"] = int(image_token_id)
+    hf = AutoModelForImageTextToText.from_pretrained(dir_or_hub_id, use_safetensors=True, **hf_kwargs)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    for hf_name, dsvl_name in key_map(config.model_type, model.llm.base_model_prefix):
+        _move(model, dsvl_name, hf, hf_name)
+    _assert_materialised(model, f"loading {dir_or_hub_id}")
+    model.llm.generation_config = copy.deepcopy(hf.generation_config)
+    model.config = cfg
+    log.info("loaded %s (%s) into dsvl", dir_or_hub_id, config.model_type)
+    return model
+
+
+def hf_image_processor(spec: VisionSpec) -> Any:
+    """transformers' DeepSeek-VL image processor set to a model's sizes and normalisation (resize longest side, pad square).
+
+    The torchvision backend when torchvision is installed, else the PIL one (same outputs).
+    """
+    tv = is_torchvision_available()
+    single = DeepseekVLImageProcessor if tv else DeepseekVLImageProcessorPil
+    hybrid = DeepseekVLHybridImageProcessor if tv else DeepseekVLHybridImageProcessorPil
+    low, high = spec.input("pixel_values"), spec.input("high_res_pixel_values")
+    if low is None:
+        raise ConfigError("transformers' DeepSeek-VL image processors need a low-res (pixel_values) input")
+    common = dict(size={"height": low.size, "width": low.size}, image_mean=list(low.mean), image_std=list(low.std))
+    if high is None:
+        return single(**common)
+    return hybrid(
+        **common,
+        high_res_size={"height": high.size, "width": high.size},
+        high_res_image_mean=list(high.mean),
+        high_res_image_std=list(high.std),
+    )
+
+
+def save_hf_pretrained(model: VisionLanguageModel, save_directory: str | Path, **hf_kwargs: Any) -> None:
+    """Write `model` as a transformers DeepSeek-VL directory (config, safetensors, generation and image-processor configs).
+
+    The transformers model is built on the meta device and borrows the dsvl modules, so nothing is copied.
+    """
+    config = to_hf_config(model)  # ConfigError before anything is written
+    arch = config.model_type
+    with torch.device("meta"):
+        hf = AutoModelForImageTextToText.from_config(config)
+    for hf_name, dsvl_name in key_map(arch, model.llm.base_model_prefix):
+        _move(hf, hf_name, model, dsvl_name)
+    _assert_materialised(hf, "export")
+    hf.config.dtype = next(model.llm.parameters()).dtype
+    hf.generation_config = copy.deepcopy(model.llm.generation_config)
+    hf.save_pretrained(save_directory, **hf_kwargs)
+    hf_image_processor(model.vision_spec).save_pretrained(save_directory)
+    log.info("saved %s checkpoint to %s", arch, save_directory)
