@@ -19,10 +19,6 @@ from transformers import (
     AutoModelForImageTextToText,
     DeepseekVLConfig,
     DeepseekVLHybridConfig,
-    DeepseekVLHybridImageProcessor,
-    DeepseekVLHybridImageProcessorPil,
-    DeepseekVLImageProcessor,
-    DeepseekVLImageProcessorPil,
     PretrainedConfig,
 )
 from transformers.utils import is_torchvision_available
@@ -205,9 +201,11 @@ def hf_image_processor(spec: VisionSpec) -> Any:
 
     The torchvision backend when torchvision is installed, else the PIL one (same outputs).
     """
-    tv = is_torchvision_available()
-    single = DeepseekVLImageProcessor if tv else DeepseekVLImageProcessorPil
-    hybrid = DeepseekVLHybridImageProcessor if tv else DeepseekVLHybridImageProcessorPil
+    import transformers
+
+    suffix = "" if is_torchvision_available() else "Pil"  # importing the class without its backend only warns
+    single = getattr(transformers, f"DeepseekVLImageProcessor{suffix}")
+    hybrid = getattr(transformers, f"DeepseekVLHybridImageProcessor{suffix}")
     low, high = spec.input("pixel_values"), spec.input("high_res_pixel_values")
     if low is None:
         raise ConfigError("transformers' DeepSeek-VL image processors need a low-res (pixel_values) input")
