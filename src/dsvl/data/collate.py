@@ -1,0 +1,62 @@
+"""Encoded samples -> the batch dict of docs/architecture.md (right padding, packed rows, stats)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from dsvl.data.tokenize import IGNORE_INDEX, Encoded
+
+
+def _pixels(samples: Sequence[Encoded], image_inputs: Sequence[tuple[str, int]]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if not any(s.num_images for s in samples):
+        return out
+    for name, _size in image_inputs:
+        out[name] = torch.cat([s.pixels[name] for s in samples if s.num_images])
+    return out
+
+
+def _modality(samples: Sequence[Encoded]) -> str:
+    kinds = {s.modality for s in samples}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: Sequence[tuple[str, int]] = (),
+                 pad_to: int | None = None) -> dict[str, Any]:
+    """One row per list of samples; rows with several samples are packed (position_ids restart per
+    sample, and the padding tail gets its own 0.. positions so it is a separate segment too)."""
+    packed = any(len(r) > 1 for r in rows)
+    lengths = [sum(len(s) for s in r) for r in rows]
+    T = max(max(lengths), pad_to or 0)
+    B = len(rows)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.long)
+    position_ids = torch.zeros((B, T), dtype=torch.long)
+    for b, row in enumerate(rows):
+        t = 0
+        for s in row:
+            n = len(s)
+            input_ids[b, t:t + n] = torch.tensor(s.input_ids)
+            labels[b, t:t + n] = torch.tensor(s.labels)
+            position_ids[b, t:t + n] = torch.arange(n)
+            t += n
+        attention[b, :t] = 1
+        position_ids[b, t:] = torch.arange(T - t)
+    samples = [s for r in rows for s in r]
+    batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    if packed:
+        batch["position_ids"] = position_ids
+    batch.update(_pixels(samples, image_inputs))
+    real = int(sum(lengths))
+    batch["modality"] = _modality(samples)
+    batch["keys"] = [s.key for s in samples]
+    batch["stats"] = {"samples": len(samples), "tokens": real, "pad_tokens": B * T - real,
+                      "images": sum(s.num_images for s in samples)}
+    return batch
+
+
+def collate(samples: Sequence[Encoded], pad_id: int, image_inputs: Sequence[tuple[str, int]] = ()) -> dict[str, Any]:
+    """One sample per row, right padded to the longest."""
+    return collate_rows([[s] for s in samples], pad_id, image_inputs)

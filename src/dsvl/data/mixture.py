@@ -1,0 +1,100 @@
+"""A weighted mixture of sources for one modality (SPEC.md Tables 1 and 2 as config).
+
+Which source gives the next sample is decided by a deterministic quota (smooth weighted round
+robin on the counts drawn so far), so the realised shares track the weights within one sample
+and the mixture's state is just those counts. `peek`/`pop` let the packer look at a sample
+without consuming it: the saved position of a source with a pending sample is just before it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from dsvl.data.streams import SourceReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One data source: shards (dir, glob, brace pattern or list), weight within its modality, modality."""
+
+    name: str
+    urls: str | list[str]
+    weight: float = 1.0
+    modality: str = "text"
+
+
+def parse_sources(cfg: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None) -> list[SourceConfig]:
+    """Sources from config: a mapping name -> {urls, weight, modality} or a list of {name, ...}."""
+    if not cfg:
+        return []
+    items = cfg.items() if isinstance(cfg, Mapping) else ((c.get("name"), c) for c in cfg)
+    out = []
+    for name, c in items:
+        if c is None:  # an override may null a source out
+            continue
+        if "urls" not in c:
+            raise ValueError(f"data source {name!r} needs 'urls'")
+        modality = c.get("modality", "text")
+        if modality not in ("text", "multimodal"):
+            raise ValueError(f"data source {name!r}: modality must be 'text' or 'multimodal', got {modality!r}")
+        weight = float(c.get("weight", 1.0))
+        if weight < 0:
+            raise ValueError(f"data source {name!r}: weight must be >= 0, got {weight}")
+        urls = c["urls"]
+        out.append(SourceConfig(str(name), list(urls) if not isinstance(urls, str) else urls, weight, modality))
+    return out
+
+
+class Mixture:
+    """Endless stream of encoded samples drawn from weighted sources."""
+
+    def __init__(self, readers: Sequence[SourceReader], weights: Sequence[float]) -> None:
+        if not readers:
+            raise ValueError("a mixture needs at least one source")
+        total = float(sum(weights))
+        if total <= 0:
+            raise ValueError("mixture weights sum to 0")
+        self.readers = list(readers)
+        self.weights = [w / total for w in weights]
+        self.counts = [0] * len(readers)
+        self._pending: tuple[int, Any, tuple[int, int]] | None = None
+
+    def _choose(self) -> int:
+        n = sum(self.counts) + 1
+        return max(range(len(self.readers)), key=lambda i: (self.weights[i] * n - self.counts[i], -i))
+
+    def peek(self) -> Any:
+        """The next sample, not yet consumed."""
+        if self._pending is None:
+            i = self._choose()
+            got = self.readers[i].next_good()
+            if got is None:
+                raise RuntimeError(f"source {self.readers[i].name!r} ended")
+            self._pending = (i, got[0], got[1])
+        return self._pending[1]
+
+    def pop(self) -> Any:
+        sample = self.peek()
+        assert self._pending is not None
+        self.counts[self._pending[0]] += 1
+        self._pending = None
+        return sample
+
+    def state_dict(self) -> dict[str, Any]:
+        pos = {r.name: list(r.position) for r in self.readers}
+        if self._pending is not None:
+            pos[self.readers[self._pending[0]].name] = list(self._pending[2])
+        return {"counts": {r.name: c for r, c in zip(self.readers, self.counts)}, "positions": pos}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._pending = None
+        counts, positions = state.get("counts", {}), state.get("positions", {})
+        for i, r in enumerate(self.readers):
+            self.counts[i] = int(counts.get(r.name, 0))
+            if r.name in positions:
+                r.seek(*positions[r.name])
+            else:
+                log.warning("no saved position for data source %r: it starts from the beginning", r.name)
