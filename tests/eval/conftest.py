@@ -1,0 +1,52 @@
+"""Tiny real models and a demo tokenizer for the eval tests (built once per session, nothing downloads)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dsvl.cli._config import compose
+from dsvl.data.chat import IMAGE_TOKEN
+from dsvl.data.demo import generate_samples, sample_texts, train_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data engineer's demo BPE tokenizer, trained on a few hundred demo samples."""
+    texts = [sample_texts(s) for name in ("sft/multimodal", "sft/text", "pretrain/text")
+             for s in generate_samples(name, "train", 150, seed=0)]
+    texts += [sample_texts(s) for s in generate_samples("mc", "val", 50, seed=0)]
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tokenizer"), vocab_size=384)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def model_config(preset: str, tokenizer: Any) -> dict[str, Any]:
+    """The `model` node of a preset, fitted to the tokenizer (image token id, vocabulary)."""
+    cfg = compose([f"model={preset}", "checkpoint=unused"], config_name="eval")
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    node["image_token_id"] = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    node["llm"]["vocab_size"] = len(tokenizer)
+    return node
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tokenizer: Any) -> dict[str, Any]:
+    return model_config("tiny", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config: dict[str, Any]) -> torch.nn.Module:
+    """Tiny hybrid (SigLIP + SAM) model with random weights, eval mode."""
+    from dsvl.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_config).eval()
