@@ -76,17 +76,29 @@ class VisionLanguageModel(nn.Module):
     def num_image_tokens(self) -> int:
         return self.vision.spec.num_image_tokens
 
+    def _checkpointable(self) -> list[PreTrainedModel]:
+        towers = (getattr(t, "model", None) for t in (self.vision.low, self.vision.high))
+        return [m for m in (self.llm, *towers) if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
         """Activation checkpointing in the LLM and every transformers tower (memory for compute)."""
         kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        for module in (self.llm, *(getattr(t, "model", None) for t in (self.vision.low, self.vision.high))):
-            if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
+        for module in self._checkpointable():
+            enable = getattr(module, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs=kwargs)
+            else:
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        for module in (self.llm, *(getattr(t, "model", None) for t in (self.vision.low, self.vision.high))):
-            if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
-                module.gradient_checkpointing_disable()
+        for module in self._checkpointable():
+            disable = getattr(module, "activation_checkpointing_disable", None) or module.gradient_checkpointing_disable
+            disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """True when every checkpointable part recomputes activations."""
+        return all(any(getattr(m, "gradient_checkpointing", False) for m in part.modules()) for part in self._checkpointable())
 
     # ---- inputs ----------------------------------------------------------------------------
     def encode_images(
