@@ -9,6 +9,15 @@ from typing import Iterable, Mapping
 log = logging.getLogger(__name__)
 
 
+LOG_FIRST = 5  # per reason and process; after that only the 10th, 100th, ... skip is logged
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
 class SkipReason(str, Enum):
     """Why a sample (or a whole shard) was skipped. Values are stable log/metric names."""
 
@@ -40,7 +49,10 @@ class SkipCounter:
     def add(self, reason: SkipReason, key: str = "", detail: str = "") -> None:
         """Count one skip and log it with its key."""
         self.counts[reason.value] += 1
-        log.warning("skipped sample %s: %s%s", key or "?", reason.value, f" ({detail})" if detail else "")
+        n = self.counts[reason.value]
+        if n > LOG_FIRST and not _is_power_of_ten(n):
+            return
+        log.warning("skipped sample %s: %s%s [%s so far]", key or "?", reason.value, f" ({detail})" if detail else "", n)
 
     def merge(self, other: "SkipCounter | Mapping[str, int]") -> "SkipCounter":
         counts = other.counts if isinstance(other, SkipCounter) else other

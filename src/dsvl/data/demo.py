@@ -86,7 +86,7 @@ def render(scene: Scene, rng: random.Random, size: int = 64) -> bytes:
         else:
             draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

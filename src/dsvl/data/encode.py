@@ -25,8 +25,6 @@ class SampleEncoder:
         key = sample.key
         if self.modality is not None and sample.modality != self.modality:
             raise BadSample(SkipReason.UNKNOWN_MODALITY, f"{sample.modality!r} sample in a {self.modality!r} source", key)
-        if sample.num_placeholders and self.images is None:
-            raise BadSample(SkipReason.UNKNOWN_MODALITY, "image sample but the model has no vision tower", key)
         try:
             enc = (self.text.encode_text(sample.text) if sample.text is not None
                    else self.text.encode_conversation(sample.conversation or []))
@@ -38,7 +36,7 @@ class SampleEncoder:
             raise BadSample(SkipReason.EMPTY_TEXT, "no supervised tokens", key)
         if sample.num_placeholders:
             sample = parse_sample(raw, decode_images=True)  # decode only what survived the cheap checks
-            assert self.images is not None
-            enc.pixels = self.images(sample.images)
+            if self.images is not None:  # None: validation only (images decoded, not preprocessed)
+                enc.pixels = self.images(sample.images)
         enc.key, enc.modality = key, sample.modality
         return enc

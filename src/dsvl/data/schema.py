@@ -87,8 +87,6 @@ def _check_conversation(conv: Any, key: str) -> list[dict[str, str]]:
             raise BadSample(SkipReason.BAD_CONVERSATION, f"message {i} needs role in {_ROLES} and string content", key)
         if m["role"] == "system" and i:
             raise BadSample(SkipReason.BAD_CONVERSATION, "system message only allowed first", key)
-    if not any(m["role"] == "assistant" for m in conv):
-        raise BadSample(SkipReason.BAD_CONVERSATION, "no assistant message", key)
     return [{"role": m["role"], "content": m["content"]} for m in conv]
 
 

@@ -1,0 +1,114 @@
+"""Shard builder (JSONL + image folder -> webdataset shards) and validator (per-reason bad-sample counts).
+
+JSONL: one sample per line, the shard json plus ``"images": ["rel/path.jpg", ...]`` (paths relative
+to the image root, in placeholder order) and optionally ``"key"``. Problems are counted per reason
+and logged with the line's key; they never stop a build.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
+from dsvl.data.schema import IMAGE_EXTENSIONS, parse_sample
+from dsvl.data.shards import ShardWriter
+from dsvl.data.streams import expand_urls, read_tar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    """Outcome of a build or a validation."""
+
+    good: int = 0
+    skipped: SkipCounter = field(default_factory=SkipCounter)
+    shards: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{self.good} good samples in {len(self.shards)} shards; {self.skipped.summary()}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"good": self.good, "skipped": self.skipped.as_dict(), "shards": self.shards}
+
+
+def _progress(it: Iterable[Any], enabled: bool, desc: str, total: int | None = None) -> Iterable[Any]:
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, total=total, unit="sample")
+
+
+def _records(jsonl: str | Path, image_root: Path, counter: SkipCounter) -> Iterator[dict[str, Any]]:
+    with open(jsonl, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            key = f"line{lineno:08d}"
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError as e:
+                counter.add(SkipReason.BAD_JSON, key, str(e).splitlines()[0])
+                continue
+            key = str(rec.pop("key", key)).replace(".", "_").replace("/", "_")
+            images = rec.pop("images", []) or []
+            sample: dict[str, Any] = {"__key__": key, "json": rec}
+            try:
+                for i, rel in enumerate(images):
+                    ext = os.path.splitext(str(rel))[1].lower().lstrip(".")
+                    if ext not in IMAGE_EXTENSIONS:
+                        raise BadSample(SkipReason.BAD_IMAGE, f"{rel}: extension not in {IMAGE_EXTENSIONS}", key)
+                    path = image_root / str(rel)
+                    if not path.is_file():
+                        raise BadSample(SkipReason.MISSING_FIELD, f"image file {path} not found", key)
+                    sample[f"{i}.{'jpg' if ext == 'jpeg' else ext}"] = path.read_bytes()
+                raw = {"json": json.dumps(rec).encode(), "__key__": key, **{k: v for k, v in sample.items() if "." in k}}
+                parse_sample(raw, decode_images=True)
+            except BadSample as e:
+                counter.add(e.reason, key, e.detail)
+                continue
+            yield sample
+
+
+def build_shards(jsonl: str | Path, image_root: str | Path, out_dir: str | Path, shard_size: int = 1000,
+                 prefix: str = "shard", progress: bool = True) -> Report:
+    """Validate every JSONL record (images decoded once) and write the good ones to shards."""
+    report = Report()
+    with ShardWriter(out_dir, prefix, shard_size) as w:
+        for sample in _progress(_records(jsonl, Path(image_root), report.skipped), progress, "build"):
+            w.write(sample)
+            report.good += 1
+    report.shards = [str(p) for p in w.paths]
+    log.info("built %s", report.summary())
+    return report
+
+
+def validate_shards(urls: str | list[str], progress: bool = True, encoder: Any | None = None) -> Report:
+    """Read shards as training would (tar integrity, schema, images; token length too when an
+    `encoder` (SampleEncoder) is given) and count bad samples per reason."""
+    report = Report(shards=expand_urls(urls))
+    if not report.shards:
+        raise FileNotFoundError(f"no shards match {urls!r}")
+
+    def samples() -> Iterator[dict[str, Any]]:
+        for url in report.shards:
+            yield from read_tar(url, report.skipped)
+
+    for raw in _progress(samples(), progress, "validate"):
+        try:
+            if encoder is not None:
+                encoder(raw)
+            else:
+                parse_sample(raw, decode_images=True)
+            report.good += 1
+        except BadSample as e:
+            report.skipped.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
+    log.info("validated %s", report.summary())
+    return report
