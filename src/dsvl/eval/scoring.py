@@ -1,6 +1,6 @@
 """Per-row NLL from logits, and option scoring for multiple choice in one forward pass.
 
-A multiple-choice batch (`dsvl.data.multiple_choice.collate_multiple_choice`) flattens every
+A multiple-choice batch (`dsvl.data.multiple_choice.MultipleChoiceCollator`) flattens every
 (question, option) pair into one row whose labels are -100 except on the option's tokens; a
 single model forward over all rows then gives every option's mean NLL.
 """

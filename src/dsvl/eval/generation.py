@@ -1,0 +1,190 @@
+"""Chat generation on top of `VisionLanguageModel.generate`: batched, left padded, multi-image.
+
+Prompts are rendered with the data pipeline's chat template (SPEC.md §2, `dsvl.data.chat`) and
+tokenized by its `TextEncoder`, so generation sees exactly the token layout training used:
+BOS, placeholders expanded to the tower's token count, the prompt ending with "Assistant:".
+Rows are left padded so every row's next token comes from the last column (what HF generate with
+a KV cache expects). Decoding stops at `<｜end▁of▁sentence｜>`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+
+from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
+from dsvl.data.images import ImagePreprocessor
+from dsvl.data.tokenize import TextEncoder
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GenerationSettings", "ChatGenerator", "load_image", "left_pad", "user_turn"]
+
+Conversation = Sequence[Mapping[str, str]]
+ImageLike = Image.Image | str | Path
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding options passed to HF generate; greedy by default (SPEC §4: greedy for evaluation)."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    use_cache: bool = True
+    seed: int | None = None
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Only the options that apply, so HF does not warn about sampling flags under greedy."""
+        kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "use_cache": self.use_cache}
+        if self.do_sample:
+            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.repetition_penalty != 1.0:
+            kw["repetition_penalty"] = self.repetition_penalty
+        return kw
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """An RGB PIL image from a path or image; a clear `ValueError` for missing or unreadable files."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise ValueError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+def user_turn(question: str, num_images: int) -> dict[str, str]:
+    """A user message; images without placeholders in the text go first, one placeholder each."""
+    present = question.count(IMAGE_TOKEN)
+    if present and present != num_images:
+        raise ValueError(f"the question has {present} {IMAGE_TOKEN} but {num_images} images were given")
+    if not present:
+        question = IMAGE_TOKEN * num_images + question
+    return {"role": "user", "content": question}
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """(input_ids, attention_mask) with rows right-aligned, pads on the left."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, length - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, length - len(row):] = 1
+    return ids, mask
+
+
+class ChatGenerator:
+    """Answers conversations with a `VisionLanguageModel` (anything with `.vision_spec` and `.generate`).
+
+    >>> gen = ChatGenerator(model, tokenizer)
+    >>> gen.answer("What color is the shape?", images=["0.png"])
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        spec = model.vision_spec
+        self.encoder = TextEncoder(tokenizer, spec.num_image_tokens, supervise="assistant", system_prompt=system_prompt)
+        self.images = ImagePreprocessor(spec) if spec.inputs else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def build_batch(self, conversations: Sequence[Conversation], images: Sequence[Sequence[ImageLike]] | None = None) -> dict[str, Tensor]:
+        """Left-padded generation batch: prompts end with "Assistant:"; images in order of appearance."""
+        images = images if images is not None else [[] for _ in conversations]
+        if len(images) != len(conversations):
+            raise ValueError(f"{len(images)} image lists for {len(conversations)} conversations")
+        rows: list[list[int]] = []
+        pixels: dict[str, list[Tensor]] = {}
+        for conv, imgs in zip(conversations, images):
+            enc = self.encoder.encode_conversation(conv, add_generation_prompt=True)
+            if enc.num_images != len(imgs):
+                raise ValueError(f"a prompt has {enc.num_images} {IMAGE_TOKEN} but {len(imgs)} images")
+            rows.append(enc.input_ids)
+            if imgs:
+                if self.images is None:
+                    raise ValueError("this model has no vision tower: it cannot take images")
+                for name, t in self.images([load_image(i) for i in imgs]).items():
+                    pixels.setdefault(name, []).append(t)
+        input_ids, attention_mask = left_pad(rows, self.encoder.pad_id)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        batch.update({name: torch.cat(t) for name, t in pixels.items()})
+        return batch
+
+    @torch.no_grad()
+    def generate_ids(self, batch: Mapping[str, Tensor], settings: GenerationSettings | None = None) -> list[list[int]]:
+        """New token ids per row, cut before the first end-of-sentence token."""
+        settings = settings or GenerationSettings()
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        device = self.device
+        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
+        dtype = next(self.model.parameters()).dtype
+        for name in ("pixel_values", "high_res_pixel_values"):
+            if name in inputs:
+                inputs[name] = inputs[name].to(dtype)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(
+                **inputs,
+                eos_token_id=self.encoder.eos_id,
+                pad_token_id=self.encoder.pad_id,
+                **settings.generate_kwargs(),
+            )
+        finally:
+            self.model.train(was_training)
+        sequences = out.sequences if hasattr(out, "sequences") else out
+        result = []
+        for row in sequences.tolist():
+            cut = row.index(self.encoder.eos_id) if self.encoder.eos_id in row else len(row)
+            result.append(row[:cut])
+        return result
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        images: Sequence[Sequence[ImageLike]] | None = None,
+        settings: GenerationSettings | None = None,
+    ) -> list[str]:
+        """The assistant's next answer for each conversation (one batched generate call)."""
+        return [self.decode(ids) for ids in self.generate_ids(self.build_batch(conversations, images), settings)]
+
+    def answer(
+        self,
+        question: str,
+        images: Sequence[ImageLike] = (),
+        history: Sequence[Mapping[str, str]] = (),
+        history_images: Sequence[ImageLike] = (),
+        settings: GenerationSettings | None = None,
+    ) -> str:
+        """One question (images placed before its text unless it has placeholders), after `history`.
+
+        `history` holds earlier turns and `history_images` the images of their placeholders.
+        """
+        conversation = [*history, user_turn(question, len(images))]
+        return self.generate([conversation], [[*history_images, *images]], settings)[0]
