@@ -112,14 +112,14 @@ class HybridSplitMLPGelu(nn.Module):
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Needs both towers: each half reads one of them."""
-        if kwargs:
-            raise ConfigError(
-                f"{key}: unknown keys {sorted(kwargs)} for {cls.__name__}; accepted: low_in_dim, high_in_dim, out_dim"
-            )
         if vision.low is None or vision.high is None:
             raise ConfigError(
                 f"{key}: hybrid_split_mlp_gelu needs a hybrid vision tower (vision.low and vision.high); "
                 f"accepted vision presets: hybrid_siglip_sam, tiny_hybrid"
+            )
+        if kwargs:
+            raise ConfigError(
+                f"{key}: unknown keys {sorted(kwargs)} for {cls.__name__}; accepted: low_in_dim, high_in_dim, out_dim"
             )
         out = _fit(f"{key}.out_dim", out_dim, llm_hidden, "llm hidden_size")
         if out % 2:

@@ -1,0 +1,180 @@
+"""Config presets, Hydra overrides, size checks before any weights, and the real sizes (issue 2, item 4)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import (
+    DeepseekVLConfig,
+    DeepseekVLForConditionalGeneration,
+    DeepseekVLHybridConfig,
+    DeepseekVLHybridForConditionalGeneration,
+)
+
+from dsvl.model import (
+    ConfigError,
+    HybridSplitMLPGelu,
+    MLPGelu,
+    available_presets,
+    build_model,
+    model_config,
+    plan_model,
+    vision_spec,
+)
+
+from ._tiny import make_batch
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(overrides=list(overrides)).model
+
+
+def test_hydra_override_swaps_tower_and_adaptor():
+    cfg = _compose("+model=tiny", "model/vision=tiny_siglip", "model/adaptor=mlp_gelu")
+    model = build_model(cfg)  # a DictConfig goes in as is
+    assert model.vision.high is None and isinstance(model.adaptor, MLPGelu)
+    assert model(**make_batch([1, 1], hybrid=False)).logits.shape == (2, 48, 1024)
+
+    hybrid = build_model(_compose("+model=tiny_siglip", "model/vision=tiny_hybrid", "model/adaptor=hybrid_split_mlp_gelu"))
+    assert hybrid.vision.high is not None and isinstance(hybrid.adaptor, HybridSplitMLPGelu)
+
+
+def test_llm_override_and_derived_adaptor_widths():
+    cfg = _compose("+model=tiny", "model.llm.hidden_size=96", "model.llm.vocab_size=2000", "model.image_token_id=1999")
+    model = build_model(cfg)
+    assert model.adaptor.proj.out_features == 96 and model.llm.config.vocab_size == 2000
+    assert model.adaptor.high_proj.in_features == 64 and model.adaptor.low_proj.in_features == 32
+
+
+@pytest.mark.parametrize("vision", ["tiny_siglip", "tiny_sam", "tiny_hybrid", "siglip_l_384", "sam_b_1024", "hybrid_siglip_sam"])
+@pytest.mark.parametrize("adaptor", ["linear", "mlp_gelu", "hybrid_split_mlp_gelu"])
+def test_every_vision_and_adaptor_preset_plans_or_explains(vision, adaptor):
+    cfg = _compose("+model=tiny", f"model/vision={vision}", f"model/adaptor={adaptor}")
+    is_hybrid = "hybrid" in vision
+    if adaptor == "hybrid_split_mlp_gelu" and not is_hybrid:
+        with pytest.raises(ConfigError, match="needs a hybrid vision tower"):
+            plan_model(cfg)
+        return
+    plan = plan_model(cfg)
+    # tiny SAM alone: its 8x8 map / 4 (no SigLIP grid to follow); in the hybrid it follows SigLIP's 4x4
+    expected_tokens = {"siglip_l_384": 576, "sam_b_1024": 576, "hybrid_siglip_sam": 576, "tiny_sam": 4}.get(vision, 16)
+    assert plan.vision.num_tokens == expected_tokens
+
+
+def test_full_presets_have_the_spec_sizes():
+    assert set(available_presets()) >= {"tiny", "tiny_siglip", "deepseek_vl_1.3b", "deepseek_vl_7b"}
+    big = model_config("deepseek_vl_7b")
+    spec = vision_spec(big)
+    assert spec.num_image_tokens == 576
+    assert [(i.name, i.size) for i in spec.inputs] == [("pixel_values", 384), ("high_res_pixel_values", 1024)]
+    assert spec.input("pixel_values").mean == (0.5, 0.5, 0.5)
+    assert spec.input("high_res_pixel_values").mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    plan = plan_model(big)
+    assert plan.vision.low.embed_dim == 1024 and plan.vision.high.embed_dim == 1024 and plan.llm.hidden_size == 4096
+    assert big["hub_id"] == "deepseek-community/deepseek-vl-7b-chat" and big["pretrained"] is None
+    assert big["image_token_id"] == 100015
+    small = model_config("deepseek_vl_1.3b")
+    assert vision_spec(small).num_image_tokens == 576 and plan_model(small).llm.hidden_size == 2048
+    assert small["hub_id"] == "deepseek-community/deepseek-vl-1.3b-chat"
+
+
+def test_vision_spec_from_config_equals_the_built_model(tiny_cfg, tiny_siglip_cfg):
+    for cfg in (tiny_cfg, tiny_siglip_cfg):
+        assert vision_spec(cfg) == build_model(cfg).vision_spec
+
+
+# transformers configs written from SPEC.md, independently of the YAML presets
+SIGLIP_L = dict(model_type="siglip_vision_model", image_size=384, patch_size=16, hidden_size=1024, intermediate_size=4096,
+                num_hidden_layers=24, num_attention_heads=16, vision_use_head=False)
+SAM_B = dict(model_type="sam_vision_model", image_size=1024, patch_size=16, hidden_size=768, num_hidden_layers=12,
+             num_attention_heads=12, window_size=14, global_attn_indexes=[2, 5, 8, 11], output_channels=256)
+LLM_7B = dict(model_type="llama", hidden_size=4096, num_hidden_layers=30, num_attention_heads=32, num_key_value_heads=32,
+              intermediate_size=11008, vocab_size=102400, max_position_embeddings=16384)
+LLM_1_3B = dict(LLM_7B, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16, intermediate_size=5504)
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    ("preset", "reference"),
+    [
+        ("deepseek_vl_7b", lambda: DeepseekVLHybridForConditionalGeneration(DeepseekVLHybridConfig(
+            vision_config=SIGLIP_L, high_res_vision_config=SAM_B, text_config=LLM_7B, tie_word_embeddings=False))),
+        ("deepseek_vl_1.3b", lambda: DeepseekVLForConditionalGeneration(DeepseekVLConfig(
+            vision_config=SIGLIP_L, text_config=LLM_1_3B, tie_word_embeddings=False))),
+    ],
+)
+def test_real_presets_on_meta_have_exactly_transformers_parameter_count(preset, reference):
+    with torch.device("meta"):
+        ours = build_model(model_config(preset))
+        ref = reference()
+    assert _count(ours) == _count(ref)
+    if preset == "deepseek_vl_7b":
+        assert 7.0e9 < _count(ours) < 7.5e9
+    rows = {r["part"]: r["total"] for r in ours.parameter_summary()}
+    assert rows["vision.low"] == _count(ref.model.vision_model)
+    assert rows["adaptor"] == _count(ref.model.aligner)
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Any attempt to create weights fails the test: config errors must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were created before the config was checked")
+
+    for name in ("SiglipTower", "SamTower"):
+        monkeypatch.setattr(f"dsvl.model.vision.{name}.__init__", refuse)
+    monkeypatch.setattr("dsvl.model.llm.AutoModelForCausalLM.from_config", refuse)
+
+
+def _with(cfg: dict, path: str, value) -> dict:
+    """A copy of cfg with one dotted key set."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    node = out
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("preset", "key", "value", "message"),
+    [
+        ("tiny_siglip", "adaptor.in_dim", 48, r"model\.adaptor\.in_dim=48 does not match the vision feature width \(32\)"),
+        ("tiny_siglip", "adaptor.out_dim", 32, r"model\.adaptor\.out_dim=32 does not match llm hidden_size \(64\)"),
+        ("tiny", "adaptor.high_in_dim", 32, r"high_in_dim=32 does not match the high-res \(SAM\) width \(64\)"),
+        ("tiny", "vision.high.grid", 3, r"model\.vision\.high\.grid=3 does not match the SigLIP grid 4"),
+        ("tiny_siglip", "adaptor._target_", "dsvl.model.adaptor.HybridSplitMLPGelu", "needs a hybrid vision tower"),
+        ("tiny", "vision.low._target_", "dsvl.model.vision.NoSuchTower", r"model\.vision\.low\._target_=.*cannot be imported"),
+        ("tiny", "adaptor._target_", "torch.nn.Identity", "has no resolve"),
+        ("tiny", "llm.model_type", "not_a_model", r"model\.llm\.model_type='not_a_model' is not a transformers model type"),
+        ("tiny", "image_token_id", 5000, r"model\.image_token_id=5000 is outside the LLM vocabulary \[0, 1024\)"),
+        ("tiny_siglip", "adaptor.dept", 3, r"unknown keys \['dept'\]"),
+        ("tiny", "vision.low.image_size", 30, "must be a multiple of"),
+    ],
+)
+def test_parts_that_do_not_fit_give_one_line_errors_before_weights(no_weights, preset, key, value, message):
+    cfg = _with(model_config(preset), key, value)
+    with pytest.raises(ConfigError, match=message) as err:
+        build_model(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_preset_names_are_clear_errors():
+    with pytest.raises(ConfigError, match=r"unknown model preset 'tinyy'; accepted: .*tiny_siglip"):
+        model_config("tinyy")
+    with pytest.raises(ConfigError, match="Could not find 'model/vision/nope'") as err:
+        model_config("tiny", ["model/vision=nope"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="lacks \\['adaptor'\\]"):
+        build_model({"vision": model_config("tiny")["vision"], "llm": model_config("tiny")["llm"]})
