@@ -4,7 +4,7 @@ Rows are filled greedily in stream order up to `max_length`; a sample that does 
 the next row (it stays pending in the stream when the micro-batch is full, so nothing is lost
 and the resume position stays exact). Isolation: `collate_rows` restarts `position_ids` at 0 for
 every sample. transformers (5.x) Llama-family models then keep attention inside each sample when
-called with ``attention_mask=None`` and these `position_ids`
+called with ``attention_mask=None``, ``use_cache=False`` (no KV cache) and these `position_ids`
 (`masking_utils.find_packed_sequence_indices`); with a 2D attention_mask they would NOT isolate,
 so `model_inputs_for_packed` drops it. tests/data/test_packing.py checks losses to 1e-5.
 """
@@ -42,4 +42,5 @@ def model_inputs_for_packed(batch: dict[str, Any]) -> dict[str, Any]:
     kwargs = {k: batch[k] for k in keys if k in batch}
     if "position_ids" in batch:
         kwargs["attention_mask"] = None
+        kwargs["use_cache"] = False  # with a KV cache transformers skips packed-sequence detection
     return kwargs
