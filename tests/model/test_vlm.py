@@ -178,3 +178,36 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_cfg):
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert missing == []
     assert model.vision.high.alpha.grad is not None and model.vision.high.alpha.item() == 0.0  # starts at 0, learns
+
+
+def test_packed_rows_with_restarting_positions_do_not_attend_across_samples(model):
+    """Packing (data side): position_ids restart per sample and no attention_mask; each sample sees only itself."""
+    a = make_batch([1], seq_len=23, seed=13)
+    b = make_batch([0], seq_len=5, seed=14)
+    ids = torch.cat([a["input_ids"], b["input_ids"]], dim=1)
+    positions = torch.cat([torch.arange(23), torch.arange(5)]).unsqueeze(0)
+    images = {k: a[k] for k in ("pixel_values", "high_res_pixel_values")}
+    with torch.no_grad():
+        packed = model(ids, position_ids=positions, **images).logits
+        alone_a = model(a["input_ids"], **images).logits
+        alone_b = model(b["input_ids"]).logits
+    assert torch.allclose(packed[:, :23], alone_a, atol=1e-5)
+    assert torch.allclose(packed[:, 23:], alone_b, atol=1e-5)
+
+
+def test_bf16_model_accepts_fp32_pixels(tiny_cfg):
+    model = build_model(tiny_cfg).to(torch.bfloat16)
+    out = model(**make_batch([1, 0], seed=15))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
+def test_model_package_imports_without_lightning_or_hydra():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dsvl.model; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -136,7 +136,7 @@ class SiglipTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, grid**2, hidden)."""
-        return self.model(pixel_values=pixel_values).last_hidden_state
+        return self.model(pixel_values=pixel_values.to(self.model.dtype)).last_hidden_state
 
 
 class SamTower(nn.Module):
@@ -211,7 +211,7 @@ class SamTower(nn.Module):
 
     def forward(self, high_res_pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, grid**2, 4 * output_channels)."""
-        out = self.model(pixel_values=high_res_pixel_values, output_hidden_states=True)
+        out = self.model(pixel_values=high_res_pixel_values.to(self.model.dtype), output_hidden_states=True)
         features = self.proj(out.last_hidden_state)
         tapped = out.hidden_states[self.global_attn_index + 1]  # +1: hidden_states[0] is the patch embedding
         features = features + self.proj(self.global_neck(tapped)) * self.alpha
