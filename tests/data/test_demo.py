@@ -1,0 +1,71 @@
+"""Demo data: deterministic, fast, learnable format, tokenizer loadable by AutoTokenizer."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from transformers import AutoTokenizer
+
+from dsvl.data import IMAGE_TOKEN, parse_sample, read_tar
+from dsvl.data.demo import COLORS, make_demo_data
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "manifest.json":
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_deterministic_and_fast(tmp_path):
+    t = time.perf_counter()
+    make_demo_data(tmp_path / "a", seed=7, train_size=100, eval_size=20, shard_size=50)
+    seconds = time.perf_counter() - t
+    make_demo_data(tmp_path / "b", seed=7, train_size=100, eval_size=20, shard_size=50)
+    make_demo_data(tmp_path / "c", seed=8, train_size=100, eval_size=20, shard_size=50)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+    assert seconds < 10
+
+
+def test_layout_splits_and_formats(demo_dir):
+    manifest = json.loads((demo_dir / "manifest.json").read_text())
+    assert manifest["samples"]["mc"] == {"val": 40, "test": 40}
+    for split in ("train", "val", "test"):
+        assert list((demo_dir / "sft/multimodal" / split).glob("*.tar"))
+    keys = {split: {s["__key__"] for u in (demo_dir / "align/caption" / split).glob("*.tar") for s in read_tar(str(u))}
+            for split in ("train", "val", "test")}
+    assert len(keys["train"]) == 240 and len(keys["val"]) == 40
+
+    mc = [parse_sample(s) for u in sorted((demo_dir / "mc/val").glob("*.tar")) for s in read_tar(str(u))]
+    assert len(mc) == 40
+    for s in mc:
+        assert s.modality == "multimodal" and s.category in ("color", "shape", "count")
+        assert len(s.meta["options"]) == 4 and len(set(s.meta["options"])) == 4
+        assert 0 <= s.meta["answer"] < 4
+        assert s.conversation[0]["role"] == "user" and s.conversation[0]["content"].startswith(IMAGE_TOKEN)
+        assert s.images[0].size == (64, 64)
+    colour_qs = [s for s in mc if s.category == "color"]
+    assert len(colour_qs) >= len(mc) // 3  # colour is the prominent category
+    # the answer is visible: the dominant non-background colour of the image is the answer's colour
+    for s in colour_qs:
+        answer = s.meta["options"][s.meta["answer"]]
+        px = [p for p in s.images[0].getdata() if max(p) - min(p) > 60]
+        mean = tuple(sum(c) / len(px) for c in zip(*px))
+        nearest = min(COLORS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLORS[c], mean)))
+        assert nearest == answer
+
+
+def test_tokenizer(demo_dir):
+    tok = AutoTokenizer.from_pretrained(str(demo_dir / "tokenizer"))
+    assert len(tok) <= 1024
+    assert tok.bos_token == "<｜begin▁of▁sentence｜>" and tok.eos_token == "<｜end▁of▁sentence｜>"
+    assert tok.pad_token is not None and tok.pad_token_id not in (tok.bos_token_id, tok.eos_token_id)
+    img = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert tok.image_token == IMAGE_TOKEN
+    ids = tok(f"{IMAGE_TOKEN}two blue squares.")["input_ids"]
+    assert ids[:2] == [tok.bos_token_id, img]
+    assert tok.decode(ids[2:]) == "two blue squares."
