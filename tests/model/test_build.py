@@ -161,6 +161,9 @@ def _with(cfg: dict, path: str, value) -> dict:
         ("tiny", "image_token_id", 5000, r"model\.image_token_id=5000 is outside the LLM vocabulary \[0, 1024\)"),
         ("tiny_siglip", "adaptor.dept", 3, r"unknown keys \['dept'\]"),
         ("tiny", "vision.low.image_size", 30, "must be a multiple of"),
+        ("tiny", "vision.low.hidden_sizee", 32, r"model\.vision\.low: unknown keys \['hidden_sizee'\] for transformers' SiglipVisionConfig"),
+        ("tiny", "llm.num_attention_heads", 5, r"model\.llm: transformers' LlamaConfig rejects these settings: .*not a multiple"),
+        ("tiny", "vision.high.hidden_size", "wide", r"model\.vision\.high: transformers' SamVisionConfig rejects"),
     ],
 )
 def test_parts_that_do_not_fit_give_one_line_errors_before_weights(no_weights, preset, key, value, message):

@@ -150,3 +150,13 @@ def test_image_processor_matches_the_model_inputs(tiny_cfg):
     background = torch.tensor([122, 116, 104]) / 255
     assert torch.allclose(out["pixel_values"][0, :, 0, 0], (background - 0.5) / 0.5, atol=1e-3)
     assert out["high_res_pixel_values"][0, :, 0, 0].abs().max() < 0.05
+
+
+def test_loading_a_non_deepseek_checkpoint_is_a_clear_error(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(**{k: v for k, v in HF_LLAMA.items() if k != "model_type"})).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="model_type 'llama' is not a DeepSeek-VL checkpoint; accepted: deepseek_vl, deepseek_vl_hybrid"):
+        VisionLanguageModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        VisionLanguageModel.from_pretrained(tmp_path, trust_remote_code=True)

@@ -1,6 +1,7 @@
 """Plain-Python handling of config nodes, so `dsvl.model` accepts DictConfig without importing omegaconf."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
@@ -52,3 +53,24 @@ def describe_node(node: Any, key: str, **context: Any) -> tuple[Callable[..., An
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: invalid settings for {target.__qualname__}: {exc}".replace("\n", " ")) from None
+
+
+def hf_config_fields(cls: type) -> set[str] | None:
+    """Keys a transformers config class accepts (its dataclass fields and aliases); None when it is not a dataclass."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "attribute_map", {}))
+
+
+def make_hf_config(cls: type, key: str, **kwargs: Any) -> Any:
+    """A transformers config from YAML keys: a typo or a rejected value is a one-line ConfigError, not silently kept."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    known = hf_config_fields(cls)
+    unknown = sorted(set(kwargs) - known) if known is not None else []
+    if unknown:
+        raise ConfigError(f"{key}: unknown keys {unknown} for transformers' {cls.__name__}; accepted: its documented fields")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, StrictDataclassError) as exc:
+        raise ConfigError(f"{key}: transformers' {cls.__name__} rejects these settings: {' '.join(str(exc).split())}") from None

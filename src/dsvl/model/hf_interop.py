@@ -24,6 +24,7 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 
 from .adaptor import HybridSplitMLPGelu, MLPGelu
+from .cfgutil import hf_config_fields
 from .errors import ConfigError
 from .spec import VisionSpec
 from .vision import SamTower, SiglipTower
@@ -129,8 +130,9 @@ def to_hf_config(model: VisionLanguageModel) -> PretrainedConfig:
 
 
 def _plain_hf(config: PretrainedConfig) -> dict[str, Any]:
-    """A transformers sub-config as plain keys (what a YAML node would hold)."""
-    return {k: v for k, v in config.to_diff_dict().items() if k not in _META_KEYS}
+    """A transformers sub-config as plain keys (what a YAML node would hold): its fields, minus file metadata."""
+    known = hf_config_fields(type(config))
+    return {k: v for k, v in config.to_diff_dict().items() if k not in _META_KEYS and (known is None or k in known)}
 
 
 def config_from_hf(config: PretrainedConfig) -> dict[str, Any]:

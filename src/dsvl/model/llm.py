@@ -5,8 +5,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from .cfgutil import make_hf_config
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -24,12 +26,9 @@ class LLMInfo:
 def _hf_config(key: str, model_type: str, config: PretrainedConfig | None, hf_config: dict[str, Any]) -> PretrainedConfig:
     if config is not None:
         return config
-    try:
-        return AutoConfig.for_model(model_type, **hf_config)
-    except ValueError as exc:
-        if "Unrecognized model" in str(exc) or "model_type" in str(exc):
-            raise ConfigError(f"{key}.model_type={model_type!r} is not a transformers model type; accepted e.g. 'llama', 'qwen2'") from None
-        raise
+    if model_type not in CONFIG_MAPPING:
+        raise ConfigError(f"{key}.model_type={model_type!r} is not a transformers model type; accepted e.g. 'llama', 'qwen2'")
+    return make_hf_config(CONFIG_MAPPING[model_type], key, **hf_config)
 
 
 def describe_causal_lm(

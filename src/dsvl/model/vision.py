@@ -20,7 +20,7 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
     DeepseekVLSamVisionProj,
 )
 
-from .cfgutil import describe_node, split_target
+from .cfgutil import describe_node, make_hf_config, split_target
 from .errors import ConfigError
 from .spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
 
@@ -111,7 +111,7 @@ class SiglipTower(nn.Module):
             log.info("SigLIP tower: loading weights from %s", src)
             self.model = SiglipVisionModel.from_pretrained(src, **hf_config)
         else:
-            self.model = SiglipVisionModel(config if config is not None else SiglipVisionConfig(**hf_config))
+            self.model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, "vision.low", **hf_config))
         self.mean, self.std = tuple(mean), tuple(std)
         self.info = self.describe(key="vision.low", config=self.model.config, mean=self.mean, std=self.std)
 
@@ -128,7 +128,8 @@ class SiglipTower(nn.Module):
         **hf_config: Any,
     ) -> TowerInfo:
         """Sizes from the config alone (no weights)."""
-        cfg = config if config is not None else SiglipVisionConfig(**hf_config)
+        hf_config.setdefault("vision_use_head", False)
+        cfg = config if config is not None else make_hf_config(SiglipVisionConfig, key, **hf_config)
         size, patch = _side(cfg.image_size, f"{key}.image_size"), _side(cfg.patch_size, f"{key}.patch_size")
         if size % patch:
             raise ConfigError(f"{key}.image_size={size} must be a multiple of {key}.patch_size={patch}")
@@ -167,7 +168,7 @@ class SamTower(nn.Module):
             log.info("SAM tower: loading weights from %s", src)
             self.model = SamVisionModel.from_pretrained(src, **hf_config)
         else:
-            self.model = SamVisionModel(config if config is not None else SamVisionConfig(**hf_config))
+            self.model = SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, "vision.high", **hf_config))
         cfg = self.model.config
         self.mean, self.std = tuple(mean), tuple(std)
         self.info = self.describe(key="vision.high", grid=grid, config=cfg, mean=self.mean, std=self.std)
@@ -194,7 +195,7 @@ class SamTower(nn.Module):
         **hf_config: Any,
     ) -> TowerInfo:
         """Sizes from the config alone; `grid` defaults to the SigLIP grid in a hybrid, else the SAM map / 4."""
-        cfg = config if config is not None else SamVisionConfig(**hf_config)
+        cfg = config if config is not None else make_hf_config(SamVisionConfig, key, **hf_config)
         size, patch = _side(cfg.image_size, f"{key}.image_size"), _side(cfg.patch_size, f"{key}.patch_size")
         if size % patch:
             raise ConfigError(f"{key}.image_size={size} must be a multiple of {key}.patch_size={patch}")
