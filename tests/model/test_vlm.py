@@ -211,3 +211,8 @@ def test_model_package_imports_without_lightning_or_hydra():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_block_classes_name_each_parts_transformer_layer(model):
+    names = {c.__name__ for c in model.block_classes()}
+    assert names == {"SiglipEncoderLayer", "SamVisionLayer", "LlamaDecoderLayer"}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .spec import VisionSpec
 from .summary import parameter_summary
@@ -96,6 +97,11 @@ class VisionLanguageModel(nn.Module):
         for module in self._checkpointable():
             disable = getattr(module, "activation_checkpointing_disable", None) or module.gradient_checkpointing_disable
             disable()
+
+    def block_classes(self) -> set[type[nn.Module]]:
+        """The repeated transformer block classes of every part (e.g. SiglipEncoderLayer, SamVisionLayer,
+        LlamaDecoderLayer): the units for FSDP's `auto_wrap_policy` and activation-checkpointing policies."""
+        return {type(m) for m in self.modules() if isinstance(m, GradientCheckpointingLayer)}
 
     @property
     def is_gradient_checkpointing(self) -> bool:
