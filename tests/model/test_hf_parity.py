@@ -52,6 +52,10 @@ def test_transformers_dir_loads_with_same_logits_and_loss(tmp_path, arch, tie):
     model = VisionLanguageModel.from_pretrained(tmp_path).eval()
     assert (model.vision.high is not None) == (arch == "deepseek_vl_hybrid")
     assert (model.llm.lm_head.weight is model.llm.get_input_embeddings().weight) == tie
+    # model.config describes what was loaded (SigLIP's pooling head included): it rebuilds the same model
+    with torch.device("meta"):
+        rebuilt = build_model(model.config)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
     batch = make_batch([2, 1], hybrid=arch == "deepseek_vl_hybrid")  # three images, two in the first sample
     with torch.no_grad():

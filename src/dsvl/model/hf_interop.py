@@ -132,7 +132,7 @@ def to_hf_config(model: VisionLanguageModel) -> PretrainedConfig:
 def _plain_hf(config: PretrainedConfig) -> dict[str, Any]:
     """A transformers sub-config as plain keys (what a YAML node would hold): its fields, minus file metadata."""
     known = hf_config_fields(type(config))
-    return {k: v for k, v in config.to_diff_dict().items() if k not in _META_KEYS and (known is None or k in known)}
+    return {k: v for k, v in config.to_dict().items() if k not in _META_KEYS and (known is None or k in known)}
 
 
 def config_from_hf(config: PretrainedConfig) -> dict[str, Any]:
