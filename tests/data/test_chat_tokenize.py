@@ -86,3 +86,15 @@ def test_tokenizer_without_placeholder_is_a_clear_error(tokenizer):
 
     with pytest.raises(ValueError, match="image placeholder"):
         TextEncoder(NoImage(), 4)
+
+
+def test_encode_answer_scores_only_the_option(tokenizer):
+    enc = TextEncoder(tokenizer, num_image_tokens=2, supervise="all", system_prompt=None)
+    conv = [{"role": "user", "content": f"{IMAGE_TOKEN}What color is the shape?"}]
+    out = enc.encode_answer(conv, "blue")
+    prompt = enc.encode_conversation(conv, add_generation_prompt=True)
+    option = _ids(tokenizer, " blue")
+    assert out.input_ids == prompt.input_ids + option
+    assert out.labels == [IGNORE_INDEX] * len(prompt) + option
+    assert enc.encode_answer(conv, "blue", add_eos=True).labels[-1] == tokenizer.eos_token_id
+    assert enc.supervise == "all"  # restored

@@ -69,3 +69,12 @@ def test_tokenizer(demo_dir):
     ids = tok(f"{IMAGE_TOKEN}two blue squares.")["input_ids"]
     assert ids[:2] == [tok.bos_token_id, img]
     assert tok.decode(ids[2:]) == "two blue squares."
+
+
+def test_iter_samples_reads_mc(demo_dir):
+    from dsvl.data import SkipCounter, iter_samples
+
+    counter = SkipCounter()
+    samples = list(iter_samples(str(demo_dir / "mc/test"), counter))
+    assert len(samples) == 40 and counter.total == 0
+    assert samples[0].key == "mc_test_000000" and samples[0].images

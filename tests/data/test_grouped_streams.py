@@ -97,3 +97,22 @@ def test_mixture_weights_are_tracked(demo_dir, hybrid_spec):
     keys = [k for b in itertools.islice(iter(dm.train_dataset()), 10) for k in b["keys"]]
     n_caption = sum(k.startswith("pretrain_caption") for k in keys)
     assert n_caption == 60  # weights 0.6 / 0.4 over 100 samples, exactly by the quota rule
+
+
+def test_accounting_tracks_the_schedule(demo_dir, hybrid_spec):
+    dm = _dm(demo_dir, hybrid_spec, packing=False, schedule=dict(start=1.0, target=0.5, warmup_steps=0),
+             accumulate_grad_batches=1, micro_batch_size=2)
+    it = iter(dm.train_dataloader())
+    batches = _consume(dm, it, 30)
+    acc = dm.accounting.as_dict()
+    assert acc["text/steps"] + acc["multimodal/steps"] == 30
+    assert abs(acc["language_ratio"] - 0.5) <= 1 / 30
+    assert acc["multimodal/images"] == sum(b["stats"]["images"] for b in batches)
+    assert acc["text/tokens"] == sum(int(b["attention_mask"].sum()) for b in batches if b["modality"] == "text")
+    assert dm.state_dict()["accounting"]["totals"]["text"]["steps"] == acc["text/steps"]
+
+
+def test_multimodal_sources_need_a_vision_spec(demo_dir):
+    with pytest.raises(ValueError, match="vision_spec"):
+        _dm(demo_dir, None)
+    assert _dm(demo_dir, None, mode="text_only").mode == "text_only"

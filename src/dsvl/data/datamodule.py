@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
+from dsvl.data.accounting import DataAccounting
 from dsvl.data.bad_samples import SkipCounter
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
 from dsvl.data.encode import SampleEncoder
@@ -96,6 +97,11 @@ class DSVLDataModule(L.LightningDataModule):
         self.num_workers, self.prefetch_factor, self.pin_memory = int(num_workers), prefetch_factor, pin_memory
         self.shuffle_buffer, self.seed, self.val_max_batches = int(shuffle_buffer), int(seed), val_max_batches
         BatchingConfig(mode=mode)  # fail early on a bad mode
+        has_images = bool(self.vision and self.vision.inputs and self.vision.num_image_tokens > 0)
+        if mode != "text_only" and not has_images and any(s.modality == "multimodal" for s in self.train_sources):
+            raise ValueError("multimodal data sources need a vision_spec with image inputs and num_image_tokens > 0 "
+                             "(instantiate with vision_spec=dsvl.model.vision_spec(cfg.model))")
+        self.accounting = DataAccounting()
         self._encoder: SampleEncoder | None = None
         self._next_micro_index = 0
         self._worker_states: dict[int, dict[str, Any]] = {}
@@ -179,6 +185,7 @@ class DSVLDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and "state" in batch:
             state = batch.pop("state")
             self._worker_states[int(state["worker"])] = state
+            self.accounting.update(batch["modality"], batch["stats"], int(state["step"]))
             self._next_micro_index = max(self._next_micro_index, int(state["micro_index"]) + 1)
         return batch
 
@@ -211,7 +218,7 @@ class DSVLDataModule(L.LightningDataModule):
             ranks = {str(r): m for r, m in gathered}  # type: ignore[misc]
         return {"version": STATE_VERSION, "next_micro_index": self._next_micro_index, "world_size": world,
                 "num_workers": self.num_workers, "schedule": self.schedule.state_dict(), "ranks": ranks,
-                "skipped": self.skip_counts().as_dict()}
+                "skipped": self.skip_counts().as_dict(), "accounting": self.accounting.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("version", 0)) != STATE_VERSION:
@@ -220,8 +227,9 @@ class DSVLDataModule(L.LightningDataModule):
         self._next_micro_index = int(state["next_micro_index"])
         self._resume = state
         self._worker_states = {}
+        self.accounting.load_state_dict(state.get("accounting", {}))
         log.info("data resumes at micro-batch %d (global step %d)", self._next_micro_index,
                  self._next_micro_index // max(1, int(self.accumulate or 1)))
 
     def teardown(self, stage: str) -> None:
-        log.info("data: %s", self.skip_counts().summary())
+        log.info("data: %s; consumed %s", self.skip_counts().summary(), self.accounting.as_dict())

@@ -74,6 +74,20 @@ def read_tar(url: str, counter: SkipCounter | None = None) -> Iterator[RawSample
         (counter or SkipCounter()).add(SkipReason.BAD_SHARD, url, f"{type(e).__name__}: {e}")
 
 
+def iter_samples(urls: str | list[str], counter: SkipCounter | None = None) -> Iterator[Any]:
+    """Parsed `Sample`s (images decoded) of shards in order, bad ones counted and skipped; for
+    evaluation sets such as the demo's multiple-choice shards."""
+    from dsvl.data.schema import parse_sample
+
+    counter = counter if counter is not None else SkipCounter()
+    for url in expand_urls(urls):
+        for raw in read_tar(url, counter):
+            try:
+                yield parse_sample(raw)
+            except BadSample as e:
+                counter.add(e.reason, e.key, e.detail)
+
+
 def shuffle_buffer(items: Iterator[RawSample], size: int, rng: random.Random) -> Iterator[RawSample]:
     """Classic reservoir-style buffer shuffle; `size` <= 1 keeps the order."""
     if size <= 1:

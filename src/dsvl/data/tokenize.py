@@ -110,3 +110,16 @@ class TextEncoder:
     def encode_conversation(self, conversation: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> Encoded:
         """A chat sample rendered with the deepseek template."""
         return self.encode_segments(conversation_segments(conversation, self.system_prompt, add_generation_prompt))
+
+    def encode_answer(self, conversation: Sequence[Mapping[str, str]], answer: str, add_eos: bool = False) -> Encoded:
+        """Prompt + one candidate answer with labels on the answer only (multiple-choice PPL scoring):
+        the same tokens training sees for ``{"role": "assistant", "content": answer}``, EOS optional."""
+        segments = conversation_segments(list(conversation) + [{"role": "assistant", "content": answer}],
+                                         self.system_prompt)
+        last = segments[-1]
+        segments[-1] = Segment(last.text, supervised=True, eos=add_eos)
+        supervise, self.supervise = self.supervise, "assistant"
+        try:
+            return self.encode_segments(segments)
+        finally:
+            self.supervise = supervise
