@@ -6,11 +6,9 @@ from typing import Any
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from dsvl.cli._config import compose
-from dsvl.data.chat import IMAGE_TOKEN
 from dsvl.data.demo import generate_samples, sample_texts, train_tokenizer
+from eval_helpers import model_config
 
 
 @pytest.fixture(scope="session")
@@ -27,15 +25,6 @@ def tokenizer(tokenizer_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tokenizer_dir))
-
-
-def model_config(preset: str, tokenizer: Any) -> dict[str, Any]:
-    """The `model` node of a preset, fitted to the tokenizer (image token id, vocabulary)."""
-    cfg = compose([f"model={preset}", "checkpoint=unused"], config_name="eval")
-    node = OmegaConf.to_container(cfg.model, resolve=True)
-    node["image_token_id"] = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
-    node["llm"]["vocab_size"] = len(tokenizer)
-    return node
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,9 @@ def _free_port() -> int:
 
 
 def test_ddp_sync_two_processes_no_double_counting() -> None:
-    ctx = mp.get_context("spawn")
+    # fork, not spawn: a spawned child re-imports torch and torchmetrics (~10 s on a busy 2-core box);
+    # the children only run tiny single-threaded ops and gloo collectives, which are fork-safe
+    ctx = mp.get_context("fork")
     queue = ctx.Queue()
     port = _free_port()
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]

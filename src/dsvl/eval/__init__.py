@@ -1,21 +1,43 @@
-"""dsvl.eval: validation metrics (multi-choice PPL, text perplexity, multimodal loss) and scoring.
+"""dsvl.eval: validation metrics, option scoring, generation and run plots.
 
-Public API:
 - `MultipleChoiceAccuracy(mode="text"|"letter")`: update(option_nll, answer, categories, keys);
-  compute() -> accuracy; summary() -> overall + per-category.
-- `TextPerplexity`, `MultimodalLoss`: update(loss, num_tokens) with `VLMOutput.loss` / `.num_loss_tokens`.
-- `score_options(model, mc_batch) -> (B, K)` mean option NLLs in one forward pass.
-- `sequence_nll(logits, labels) -> (sum, count)` per row.
-"""
-from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, MultipleChoiceResult, TextPerplexity
-from dsvl.eval.scoring import forward_inputs, score_options, sequence_nll
+  compute() -> accuracy (what Lightning logs as `val/mc_acc`); summary() -> overall + per category.
+- `TextPerplexity` (`val/text_ppl`), `MultimodalLoss` (`val/mm_loss`): update(loss, num_tokens)
+  with `VLMOutput.loss` / `.num_loss_tokens`.
+- `score_options(model, mc_batch) -> (B, K)` mean option NLLs in one forward pass;
+  `sequence_nll(logits, labels) -> (sum, count)` per row.
+- `ChatGenerator`, `GenerationSettings`: batched, left-padded, multi-image chat generation.
+- `plot_run(run_dir, output=None) -> Path`: training curves PNG from the CSV logger.
 
-__all__ = [
-    "MultipleChoiceAccuracy",
-    "MultipleChoiceResult",
-    "MultimodalLoss",
-    "TextPerplexity",
-    "forward_inputs",
-    "score_options",
-    "sequence_nll",
-]
+Names load lazily, so `dsvl.eval.plots` (matplotlib only) does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MultipleChoiceAccuracy": "dsvl.eval.metrics",
+    "MultipleChoiceResult": "dsvl.eval.metrics",
+    "MultimodalLoss": "dsvl.eval.metrics",
+    "TextPerplexity": "dsvl.eval.metrics",
+    "forward_inputs": "dsvl.eval.scoring",
+    "score_options": "dsvl.eval.scoring",
+    "sequence_nll": "dsvl.eval.scoring",
+    "ChatGenerator": "dsvl.eval.generation",
+    "GenerationSettings": "dsvl.eval.generation",
+    "plot_run": "dsvl.eval.plots",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dsvl.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

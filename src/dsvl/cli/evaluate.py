@@ -1,0 +1,410 @@
+"""`dsvl-eval`: multiple choice by perplexity and held-out text perplexity of a trained model.
+
+    dsvl-eval checkpoint=outputs/train/<run>/checkpoints/last.ckpt mc.shards=data/demo/mc/val
+    dsvl-eval checkpoint=outputs/export/demo text.shards=data/demo/pretrain/text/val mc.modes=[text,letter]
+
+Accepts a Lightning `.ckpt` of `dsvl-train` (the model config comes from its run dir) and an
+exported `save_pretrained` directory alike (`load_for_inference`, shared with `dsvl-chat`).
+Prints a table and writes a JSON report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from dsvl.cli._config import CONFIG_DIR, fail, one_line
+from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
+
+log = logging.getLogger(__name__)
+
+PROG = "dsvl-eval"
+RUN_CONFIG_NAMES = ("config_resolved.yaml", ".hydra/config.yaml")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+TOKENIZER_KEYS = ("tokenizer", "tokenizer_path", "tokenizer_dir", "tokenizer_name")
+SYSTEM_PROMPT_AUTO = "auto"
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "fp32": torch.float32, "float32": torch.float32}
+
+
+class EvalError(ValueError):
+    """A model, tokenizer or data path that cannot be used; the message is one line for the user."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference with its tokenizer and where they came from."""
+
+    model: nn.Module
+    tokenizer: Any
+    source: str  # "checkpoint" or "exported"
+    path: Path
+    tokenizer_path: str
+    system_prompt: str | None  # the training run's when known, else DeepSeek-VL's default
+
+
+# ---------------------------------------------------------------------------------------- loading
+def find_run_config(checkpoint: Path) -> Path | None:
+    """The training run's saved config above a checkpoint (run_dir/checkpoints/last.ckpt) or in/above an export dir."""
+    start = checkpoint.resolve()
+    for parent in ([start] if start.is_dir() else []) + list(start.parents)[:3]:
+        for name in RUN_CONFIG_NAMES:
+            if (parent / name).is_file():
+                return parent / name
+    return None
+
+
+def load_run_config(path: Path) -> DictConfig | None:
+    """The saved config of the training run a checkpoint (or an export inside a run dir) came from."""
+    found = find_run_config(path)
+    if found is None:
+        return None
+    try:
+        cfg = OmegaConf.load(found)
+    except (OSError, OmegaConfBaseException) as e:
+        raise EvalError(f"{found}: unreadable run config ({one_line(e)})") from None
+    return cfg if isinstance(cfg, DictConfig) else None
+
+
+def _model_node(checkpoint: Path, run_cfg: DictConfig | None, model_cfg: Any = None) -> dict[str, Any]:
+    """The model config to rebuild a checkpoint's model: the given node wins over the run's."""
+    node = model_cfg if model_cfg is not None else (run_cfg.get("model") if run_cfg is not None else None)
+    if node is None:
+        raise EvalError(f"{checkpoint}: no run config (.hydra/config.yaml) above it to rebuild the model; pass model=<preset>")
+    try:
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    except OmegaConfBaseException as e:
+        raise EvalError(f"{checkpoint}: the run's model config does not resolve ({one_line(e)})") from None
+
+
+def _run_system_prompt(run_cfg: DictConfig | None) -> str | None:
+    """The system prompt the run trained with (`data.system_prompt`; null there means none)."""
+    from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
+
+    if run_cfg is None or OmegaConf.select(run_cfg, "data", default=None) is None:
+        return DEFAULT_SYSTEM_PROMPT
+    try:
+        data = run_cfg.data
+        if "system_prompt" not in data:
+            return DEFAULT_SYSTEM_PROMPT
+        return OmegaConf.select(run_cfg, "data.system_prompt", default=None) or None
+    except OmegaConfBaseException:
+        return DEFAULT_SYSTEM_PROMPT
+
+
+def _run_tokenizer(run_cfg: DictConfig | None) -> str | None:
+    """The tokenizer path the training run used (a `data.*tokenizer*` key), if any."""
+    if run_cfg is None or not isinstance(run_cfg.get("data"), DictConfig):
+        return None
+    for key in TOKENIZER_KEYS:
+        try:
+            value = OmegaConf.select(run_cfg, f"data.{key}", default=None)
+        except OmegaConfBaseException:
+            continue
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, DictConfig):  # e.g. data.tokenizer: {path: ...}
+            for sub in ("path", "pretrained_model_name_or_path", "name"):
+                if isinstance(value.get(sub), str):
+                    return value.get(sub)
+    return None
+
+
+def _check_tokenizer_dir(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir() or not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise EvalError(f"no tokenizer in {p} (expected tokenizer.json / tokenizer_config.json); pass --tokenizer / tokenizer=DIR")
+    return p
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A transformers tokenizer from a local directory (never downloads)."""
+    from transformers import AutoTokenizer
+
+    p = _check_tokenizer_dir(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise EvalError(f"cannot load the tokenizer in {p}: {one_line(e)}") from None
+
+
+def _check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
+    """The tokenizer must name the model's image token and fit its vocabulary."""
+    from dsvl.data.chat import IMAGE_TOKEN
+
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if model.vision_spec.inputs and image_id != model.image_token_id:
+        raise EvalError(f"tokenizer's {IMAGE_TOKEN} is id {image_id} but the model expects {model.image_token_id}: wrong tokenizer?")
+    vocab = model.llm.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise EvalError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}: wrong tokenizer?")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise EvalError(f"device={name}: {one_line(e)}") from None
+
+
+def quiet_transformers() -> None:
+    """No per-load progress bars on a CLI's stderr (errors there must stay one line)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_for_inference(
+    path: str | Path,
+    tokenizer: str | Path | None = None,
+    device: str | torch.device | None = "cpu",
+    dtype: str | None = None,
+    model_cfg: Any = None,
+) -> LoadedModel:
+    """Model + tokenizer from a dsvl `.ckpt` or an exported directory, in eval mode on `device`.
+
+    Checkpoints load with `torch.load(weights_only=True)`; their model config is the training run's
+    (`config_resolved.yaml` / `.hydra/config.yaml` above the file) unless `model_cfg` is given.
+    """
+    from dsvl.model import ConfigError, VisionLanguageModel, build_model
+    from dsvl.stages.checkpoint import InitFromError, load_init_weights
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise EvalError(f"model not found: {p}")
+    tok_path: str | None = str(_check_tokenizer_dir(tokenizer)) if tokenizer else None
+    run_cfg = load_run_config(p)
+    try:
+        if p.is_dir():
+            if not (p / "config.json").is_file():
+                raise EvalError(f"{p} is not an exported model directory (no config.json); expected save_pretrained output or a .ckpt")
+            model = VisionLanguageModel.from_pretrained(str(p))
+            source = "exported"
+            tok_path = tok_path or str(p)
+        elif p.suffix in (".ckpt", ".pt", ".pth"):
+            model = build_model(_model_node(p, run_cfg, model_cfg))
+            load_init_weights(model, p)
+            source = "checkpoint"
+            tok_path = tok_path or _run_tokenizer(run_cfg)
+            if tok_path is None:
+                raise EvalError(f"{p}: the run config names no tokenizer; pass --tokenizer / tokenizer=DIR")
+        else:
+            raise EvalError(f"{p}: expected a Lightning .ckpt file or an exported model directory")
+    except InitFromError as e:
+        raise EvalError(str(e).replace("init_from=", "", 1)) from None
+    except (ConfigError, OSError, KeyError) as e:
+        raise EvalError(f"cannot load {p}: {one_line(e)}") from None
+    tok = load_tokenizer(tok_path)
+    _check_tokenizer(model, tok)
+    torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
+    if dtype and torch_dtype is None:
+        raise EvalError(f"dtype={dtype}: expected one of {sorted(DTYPES)}")
+    model = model.to(device=resolve_device(str(device)) if not isinstance(device, torch.device) else device, dtype=torch_dtype)
+    model.eval()
+    log.info("loaded %s model from %s (tokenizer %s)", source, p, tok_path)
+    return LoadedModel(model=model, tokenizer=tok, source=source, path=p, tokenizer_path=str(tok_path),
+                       system_prompt=_run_system_prompt(run_cfg))
+
+
+def pick_system_prompt(requested: str | None, loaded: LoadedModel) -> str | None:
+    """"auto" (or None): the model's training prompt; "" or "none": no system block; else the text."""
+    if requested in (None, SYSTEM_PROMPT_AUTO):
+        return loaded.system_prompt
+    return None if requested.strip().lower() in ("", "none", "null") else requested
+
+
+# ---------------------------------------------------------------------------------------- data
+def _urls(spec: Any) -> list[str]:
+    from dsvl.data.streams import expand_urls
+
+    if OmegaConf.is_config(spec):
+        spec = OmegaConf.to_container(spec)
+    urls = expand_urls(spec)
+    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+    if not urls or missing:
+        raise EvalError(f"no shards at {spec}" if not urls else f"shard not found: {missing[0]}")
+    return urls
+
+
+def _raw_samples(urls: Sequence[str], counter: Any) -> Iterator[dict[str, Any]]:
+    from dsvl.data.streams import read_tar
+
+    for url in urls:
+        yield from read_tar(url, counter)
+
+
+def _batches(items: Iterator[Any], size: int, limit: int | None) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for n, item in enumerate(items):
+        if limit is not None and n >= limit:
+            break
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _good(raws: Iterator[dict[str, Any]], parse: Any, counter: Any) -> Iterator[Any]:
+    """Parsed samples; bad ones counted and skipped (never fatal)."""
+    from dsvl.data.bad_samples import BadSample
+
+    for raw in raws:
+        try:
+            yield parse(raw)
+        except BadSample as e:
+            counter.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
+
+
+def _to_device(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    param = next(model.parameters())
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(param.device, dtype=param.dtype if v.is_floating_point() else None)
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_mc(model: nn.Module, tokenizer: Any, shards: Any, mode: str = "text", batch_size: int = 8,
+                limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
+    """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips."""
+    from dsvl.data.bad_samples import SkipCounter
+    from dsvl.data.multiple_choice import MultipleChoiceCollator, parse_mc_sample
+    from dsvl.eval import MultipleChoiceAccuracy, score_options
+
+    urls = _urls(shards)
+    counter = SkipCounter()
+    collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt)
+    metric = MultipleChoiceAccuracy(mode=mode)
+    for samples in _batches(_good(_raw_samples(urls, counter), parse_mc_sample, counter), batch_size, limit):
+        batch = _to_device(collate(samples), model)
+        metric.update(score_options(model, batch).cpu(), batch["answer"].cpu(), batch["categories"], batch["keys"])
+    result = dict(metric.summary())
+    result.update(shards=urls, skipped=counter.as_dict())
+    return result
+
+
+@torch.no_grad()
+def evaluate_text(model: nn.Module, tokenizer: Any, shards: Any, batch_size: int = 8, max_length: int = 2048,
+                  limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
+    """Token-mean NLL on held-out shards: perplexity of text samples, loss of multimodal ones."""
+    from dsvl.data.bad_samples import SkipCounter
+    from dsvl.data.collate import collate
+    from dsvl.data.encode import SampleEncoder
+    from dsvl.data.images import ImagePreprocessor
+    from dsvl.data.tokenize import TextEncoder
+    from dsvl.eval import MultimodalLoss, TextPerplexity, forward_inputs
+
+    urls = _urls(shards)
+    counter = SkipCounter()
+    spec = model.vision_spec
+    text = TextEncoder(tokenizer, spec.num_image_tokens, supervise="all", system_prompt=system_prompt)
+    encoder = SampleEncoder(text, ImagePreprocessor(spec) if spec.inputs else None, max_length)
+    image_inputs = [(i.name, i.size) for i in spec.inputs]
+    metrics = {"text": TextPerplexity(), "multimodal": MultimodalLoss()}
+    samples = {"text": 0, "multimodal": 0}
+    for encoded in _batches(_good(_raw_samples(urls, counter), encoder, counter), batch_size, limit):
+        for modality in ("text", "multimodal"):
+            group = [e for e in encoded if e.modality == modality]
+            if not group:
+                continue
+            batch = _to_device(collate(group, text.pad_id, image_inputs), model)
+            out = model(**forward_inputs(batch), labels=batch["labels"])
+            metrics[modality].update(out.loss.float().cpu(), out.num_loss_tokens.cpu())
+            samples[modality] += len(group)
+    result: dict[str, Any] = {"shards": urls, "skipped": counter.as_dict()}
+    if samples["text"]:
+        ppl = float(metrics["text"].compute())
+        result.update(perplexity=ppl, loss=math.log(ppl), num_tokens=int(metrics["text"].num_tokens), num_samples=samples["text"])
+    if samples["multimodal"]:
+        result["multimodal"] = {"loss": float(metrics["multimodal"].compute()),
+                                "num_tokens": int(metrics["multimodal"].num_tokens), "num_samples": samples["multimodal"]}
+    if not samples["text"] and not samples["multimodal"]:
+        raise EvalError(f"no usable samples in {shards} ({counter.summary()})")
+    return result
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as an aligned plain-text table (one row per metric)."""
+    rows: list[tuple[str, str, str]] = []
+    for mode, res in report.get("mc", {}).items():
+        rows.append((f"mc/{mode}/accuracy", f"{res['accuracy']:.4f}", str(res["num_samples"])))
+        for cat, c in res["per_category"].items():
+            rows.append((f"mc/{mode}/{cat}", f"{c['accuracy']:.4f}", str(c["num_samples"])))
+    text = report.get("text")
+    if text:
+        if "perplexity" in text:
+            rows.append(("text/perplexity", f"{text['perplexity']:.4f}", str(text["num_samples"])))
+        if "multimodal" in text:
+            rows.append(("multimodal/loss", f"{text['multimodal']['loss']:.4f}", str(text["multimodal"]["num_samples"])))
+    header = ("metric", "value", "samples")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
+    return "\n".join([f"model: {report['model']} ({report['source']})", line(header),
+                      "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Everything `dsvl-eval` does, as a function: returns the report and writes it as JSON."""
+    start = time.perf_counter()
+    mc_shards, text_shards = cfg.mc.get("shards"), cfg.text.get("shards")
+    if not mc_shards and not text_shards:
+        raise EvalError("nothing to evaluate: set mc.shards and/or text.shards")
+    modes = list(cfg.mc.get("modes") or ["text"])
+    bad = [m for m in modes if m not in ("text", "letter")]
+    if bad:
+        raise EvalError(f"mc.modes: unknown mode {bad[0]!r}; accepted: text, letter")
+    loaded = load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), resolve_device(cfg.get("device")), cfg.get("dtype"),
+                                cfg.get("model"))
+    system_prompt = pick_system_prompt(cfg.get("system_prompt"), loaded)
+    report: dict[str, Any] = {"model": str(loaded.path), "source": loaded.source, "tokenizer": loaded.tokenizer_path,
+                              "device": str(next(loaded.model.parameters()).device), "system_prompt": system_prompt}
+    if mc_shards:
+        report["mc"] = {mode: evaluate_mc(loaded.model, loaded.tokenizer, mc_shards, mode, int(cfg.mc.batch_size),
+                                          cfg.mc.get("limit"), system_prompt) for mode in modes}
+    if text_shards:
+        report["text"] = evaluate_text(loaded.model, loaded.tokenizer, text_shards, int(cfg.text.batch_size),
+                                       int(cfg.text.max_length), cfg.text.get("limit"), system_prompt)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    path = Path(cfg.report)
+    if not path.is_absolute():
+        path = Path(output_dir or cfg.paths.output_dir) / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    report["report_path"] = str(path)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Console script `dsvl-eval`."""
+    from dsvl.data.bad_samples import BadSample
+
+    quiet_transformers()
+    try:
+        report = run_eval(cfg)
+    except (EvalError, BadSample, OmegaConfBaseException, FileNotFoundError) as e:
+        fail(PROG, e)
+    print(format_table(report))
+    print(f"report: {report['report_path']}")
+
+
+if __name__ == "__main__":
+    main()

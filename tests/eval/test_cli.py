@@ -1,0 +1,147 @@
+"""dsvl-chat and dsvl-eval on a tiny model this module trains, exported and as a dsvl checkpoint."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from dsvl.cli import chat
+from dsvl.cli._config import compose
+from dsvl.cli.evaluate import EvalError, format_table, load_for_inference, run_eval
+from dsvl.data.chat import IMAGE_TOKEN
+from dsvl.data.demo import generate_samples
+from dsvl.data.images import ImagePreprocessor
+from dsvl.data.shards import write_shards
+from dsvl.data.tokenize import TextEncoder
+from dsvl.model import build_model
+
+from eval_helpers import model_config
+
+QUESTION = "What color is the shape?"
+ANSWER = "red"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any, tokenizer_dir: Path) -> dict[str, Path]:
+    """Tiny SigLIP model taught one answer (adaptor + LLM, no system prompt), saved both ways.
+
+    - `export`: `save_pretrained` + tokenizer files (what training's export writes);
+    - `ckpt`: a Lightning-layout checkpoint (`state_dict` keys `model.*`) in a run dir whose
+      `.hydra/config.yaml` holds the model node and the data node (tokenizer, system prompt).
+    """
+    root = tmp_path_factory.mktemp("trained")
+    cfg = model_config("tiny_siglip", tokenizer)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    enc = TextEncoder(tokenizer, model.num_image_tokens, supervise="assistant", system_prompt=None)
+    sample = enc.encode_conversation([{"role": "user", "content": IMAGE_TOKEN + QUESTION}, {"role": "assistant", "content": ANSWER}])
+    image = Image.new("RGB", (48, 64), (220, 40, 40))
+    image.save(root / "red.png")
+    pixels = ImagePreprocessor(model.vision_spec)([image])
+    model.vision.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    ids, labels = torch.tensor([sample.input_ids]), torch.tensor([sample.labels])
+    model.train()
+    for _ in range(25):
+        loss = model(input_ids=ids, labels=labels, **pixels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    export = root / "export"
+    model.save_pretrained(export)
+    tokenizer.save_pretrained(str(export))
+    run = root / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"model": cfg, "data": {"tokenizer": str(tokenizer_dir), "system_prompt": None}}),
+                   run / ".hydra" / "config.yaml")
+    (run / "checkpoints").mkdir()
+    state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 25, "epoch": 0}
+    torch.save(state, run / "checkpoints" / "last.ckpt")
+    return {"export": export, "ckpt": run / "checkpoints" / "last.ckpt", "image": root / "red.png", "root": root}
+
+
+def test_chat_answers_from_export_and_checkpoint(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    # the export has no run config: its default system prompt would differ from training's (none)
+    assert chat.main(["--model", str(trained["export"]), "--image", str(trained["image"]), "--system-prompt", "",
+                      "--max-new-tokens", "8", QUESTION]) == 0
+    assert capsys.readouterr().out.strip() == ANSWER
+    # the checkpoint's run config says "no system prompt": auto picks it up
+    assert chat.main(["--model", str(trained["ckpt"]), "--image", str(trained["image"]), "--max-new-tokens", "8",
+                      QUESTION]) == 0
+    assert capsys.readouterr().out.strip() == ANSWER
+
+
+def test_chat_interactive_loop(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    stdin = io.StringIO(f"{QUESTION}\nand again?\n\nnever asked\n")
+    assert chat.main(["--model", str(trained["ckpt"]), "--image", str(trained["image"]), "--max-new-tokens", "4"], stdin=stdin) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0] == ANSWER  # stops at the empty line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/nonexistent/model", "q"], "model not found"),
+    (["--model", "{root}", "q"], "not an exported model directory"),
+    (["--model", "{export}", "--image", "/nonexistent.png", "q"], "image not found"),
+    (["--model", "{export}", "--tokenizer", "{root}", "q"], "no tokenizer"),
+])
+def test_chat_bad_input_is_one_line(trained: dict[str, Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    argv = [a.format(root=trained["root"], export=trained["export"]) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        chat.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and err.startswith("dsvl-chat: error:")
+
+
+def test_checkpoint_and_export_load_the_same_weights(trained: dict[str, Path]) -> None:
+    a = load_for_inference(trained["export"])
+    b = load_for_inference(trained["ckpt"])
+    assert (a.source, b.source) == ("exported", "checkpoint")
+    assert b.system_prompt is None and a.system_prompt  # the run trained without one; the export does not say
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sb)
+
+
+def test_eval_writes_report(trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mc_dir, text_dir = tmp_path / "mc", tmp_path / "text"
+    mc = list(generate_samples("mc", "val", 6, seed=0))
+    mc.append({"__key__": "broken", "json": {"modality": "text", "conversation": [{"role": "user", "content": "q"}],
+                                            "options": ["only one"], "answer": 0}})
+    write_shards(mc, mc_dir, prefix="mc", max_count=4)
+    write_shards(generate_samples("pretrain/text", "val", 5, seed=0), text_dir, prefix="text")
+    cfg = compose([f"checkpoint={trained['ckpt']}", f"mc.shards={mc_dir}", f"text.shards={text_dir}",
+                   "mc.modes=[text,letter]", "mc.batch_size=4", "device=cpu", f"report={tmp_path / 'report.json'}"],
+                  config_name="eval", output_dir=tmp_path)
+    report = run_eval(cfg)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved) >= {"model", "source", "tokenizer", "device", "system_prompt", "mc", "text", "seconds"}
+    for mode in ("text", "letter"):
+        res = saved["mc"][mode]
+        assert set(res) >= {"accuracy", "num_samples", "per_category", "mode", "skipped", "shards"}
+        assert res["num_samples"] == 6 and res["skipped"] == {"missing_field": 1} and len(res["shards"]) == 2
+        assert 0.0 <= res["accuracy"] <= 1.0
+        assert sum(c["num_samples"] for c in res["per_category"].values()) == 6
+    text = saved["text"]
+    assert text["num_samples"] == 5 and text["num_tokens"] > 0 and text["perplexity"] > 1.0
+    table = format_table(report)
+    assert "mc/letter/accuracy" in table and "text/perplexity" in table
+
+
+def test_eval_cli_errors(trained: dict[str, Path], tmp_path: Path) -> None:
+    cfg = compose([f"checkpoint={trained['export']}"], config_name="eval", output_dir=tmp_path)
+    with pytest.raises(EvalError, match="nothing to evaluate"):
+        run_eval(cfg)
+    cfg = compose([f"checkpoint={trained['export']}", f"mc.shards={tmp_path}/missing"], config_name="eval", output_dir=tmp_path)
+    with pytest.raises(EvalError, match="shard not found"):
+        run_eval(cfg)
+    lonely = tmp_path / "lonely.ckpt"
+    torch.save({"state_dict": {}}, lonely)
+    with pytest.raises(EvalError, match="no run config"):
+        load_for_inference(lonely)
