@@ -87,6 +87,16 @@ def test_letter_mode_scores_letters(tiny_model: Any, tokenizer: Any, samples: li
     assert metric.summary()["mode"] == "letter" and metric.summary()["num_samples"] == 3
 
 
+def test_multi_turn_question_scores_only_the_final_answer(tokenizer: Any) -> None:
+    sample = mc_sample_from_json({"modality": "text", "conversation": [
+        {"role": "user", "content": "What is one plus one?"}, {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "And one plus two?"}], "options": ["three", "four"], "answer": 0}, key="multi")
+    rows = MultipleChoiceCollator(tokenizer, None, mode="text", system_prompt=None).encode_rows(sample)
+    for (ids, labels), option in zip(rows, sample.options):
+        option_ids = tokenizer(" " + option, add_special_tokens=False)["input_ids"]
+        assert [l for l in labels if l != -100] == option_ids and ids[-len(option_ids):] == option_ids
+
+
 def test_bad_mc_samples_are_rejected_with_reason() -> None:
     base = {"modality": "text", "conversation": [{"role": "user", "content": "q?"}], "options": ["a", "b"], "answer": 1}
     assert mc_sample_from_json({**base, "answer": "B"}).answer == 1

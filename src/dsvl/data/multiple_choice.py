@@ -137,14 +137,18 @@ class MultipleChoiceCollator:
         self.max_length = max_length
 
     def encode_rows(self, sample: MultipleChoiceSample) -> list[tuple[list[int], list[int]]]:
-        """(input_ids, labels) per option; labels keep only the option's own tokens."""
+        """(input_ids, labels) per option; labels keep only the option's own tokens (no end of turn).
+
+        `TextEncoder.encode_answer` gives the tokens training sees for the answer; earlier
+        assistant turns of a multi-turn question are unmasked there too, so only the final run of
+        labels (after the last unscored position, the end of "Assistant:") is kept.
+        """
         conversation, answers = candidate_answers(sample, self.mode)
         rows = []
         for answer in answers:
-            enc = self.encoder.encode_conversation([*conversation, {"role": "assistant", "content": answer}])
-            labels = list(enc.labels)
-            if labels and labels[-1] == self.encoder.eos_id:
-                labels[-1] = IGNORE_INDEX  # score the option, not the end of the turn
+            enc = self.encoder.encode_answer(conversation, answer, add_eos=False)
+            last_unscored = max(i for i, label in enumerate(enc.labels) if label == IGNORE_INDEX)
+            labels = [IGNORE_INDEX] * (last_unscored + 1) + list(enc.labels[last_unscored + 1:])
             if self.max_length is not None and len(enc.input_ids) > self.max_length:
                 raise BadSample(SkipReason.TOO_LONG, f"{len(enc.input_ids)} tokens > max_length {self.max_length}", sample.key)
             rows.append((enc.input_ids, labels))
