@@ -95,7 +95,7 @@ SAM_B = dict(model_type="sam_vision_model", image_size=1024, patch_size=16, hidd
              num_attention_heads=12, window_size=14, global_attn_indexes=[2, 5, 8, 11], output_channels=256)
 LLM_7B = dict(model_type="llama", hidden_size=4096, num_hidden_layers=30, num_attention_heads=32, num_key_value_heads=32,
               intermediate_size=11008, vocab_size=102400, max_position_embeddings=16384)
-LLM_1_3B = dict(LLM_7B, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16, intermediate_size=5504)
+LLM_1_3B = dict(LLM_7B, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16, intermediate_size=5632)
 
 
 def _count(module: torch.nn.Module) -> int:

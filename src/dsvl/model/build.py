@@ -119,7 +119,11 @@ def build_model(cfg: Mapping[str, Any]) -> VisionLanguageModel:
         if got != expected:
             diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
             raise ConfigError(f"model.pretrained={plan.pretrained!r} does not have the configured shapes (first differences: {diff}); use its matching preset")
-        model.config = plan.config
+        loaded_tie = bool(model.llm.config.tie_word_embeddings)
+        if loaded_tie != bool(plan.llm.config.tie_word_embeddings):
+            log.warning("model.pretrained=%s ties word embeddings=%s, unlike model.llm.tie_word_embeddings; following the checkpoint", plan.pretrained, loaded_tie)
+        # the checkpoint's own part configs (what was really loaded) plus this node's top-level keys
+        model.config = {**model.config, **{k: v for k, v in plan.config.items() if k not in ("vision", "adaptor", "llm")}}
     if plan.config.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     log.info("built %s", {r["part"]: r["total"] for r in model.parameter_summary()})
