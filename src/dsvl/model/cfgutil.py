@@ -22,12 +22,19 @@ def resolve_target(path: Any, key: str) -> Callable[..., Any]:
     """Import the object a `_target_` string names; `key` is the config key, for the error message."""
     if not isinstance(path, str) or "." not in path:
         raise ConfigError(f"{key}._target_ must be a dotted import path like 'dsvl.model.vision.SiglipTower', got {path!r}")
-    module_name, _, attr = path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{key}._target_={path!r} cannot be imported ({exc.__class__.__name__}: {exc})") from None
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):  # longest importable module, then attributes (e.g. Class.method)
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[split:]:
+                obj = getattr(obj, attr)
+        except AttributeError as exc:
+            raise ConfigError(f"{key}._target_={path!r} cannot be imported (AttributeError: {exc})") from None
+        return obj
+    raise ConfigError(f"{key}._target_={path!r} cannot be imported (no module {parts[0]!r})")
 
 
 def split_target(node: Any, key: str) -> tuple[Callable[..., Any], dict[str, Any]]:
@@ -66,6 +73,7 @@ def make_hf_config(cls: type, key: str, **kwargs: Any) -> Any:
     """A transformers config from YAML keys: a typo or a rejected value is a one-line ConfigError, not silently kept."""
     from huggingface_hub.errors import StrictDataclassError
 
+    kwargs = to_plain(kwargs)  # hydra.utils.instantiate passes ListConfig / DictConfig values
     known = hf_config_fields(cls)
     unknown = sorted(set(kwargs) - known) if known is not None else []
     if unknown:

@@ -228,6 +228,11 @@ class VisionEncoder(nn.Module):
             raise ConfigError("vision needs at least one tower; accepted: vision.low and/or vision.high")
         self.low, self.high = low, high
         self.info = VisionInfo(low=getattr(low, "info", None), high=getattr(high, "info", None))
+        if self.info.low and self.info.high and self.info.low.grid != self.info.high.grid:
+            raise ConfigError(
+                f"vision.high grid {self.info.high.grid} != vision.low grid {self.info.low.grid}; "
+                "build with dsvl.model.build_model (derives it) or set vision.high.grid"
+            )
 
     @classmethod
     def describe(cls, *, key: str = "vision", low: Any = None, high: Any = None) -> VisionInfo:
