@@ -106,3 +106,17 @@ def test_bad_mc_samples_are_rejected_with_reason() -> None:
         with pytest.raises(BadSample) as err:
             mc_sample_from_json({**base, **change}, key="k")
         assert err.value.reason.value == reason
+
+
+def test_mc_batches_split_ranks_disjointly(tokenizer: Any, tiny_model: Any, tmp_path: Any) -> None:
+    from dsvl.data.multiple_choice import MultipleChoiceBatches
+    from dsvl.data.shards import write_shards
+
+    write_shards(generate_samples("mc", "val", 7, seed=0), tmp_path, prefix="mc", max_count=3)
+    collate = MultipleChoiceCollator(tokenizer, tiny_model.vision_spec)
+    parts = [[k for b in MultipleChoiceBatches(str(tmp_path), collate, batch_size=2, rank=r, world_size=2) for k in b["keys"]]
+             for r in range(2)]
+    assert len(parts[0]) == 4 and len(parts[1]) == 3 and not set(parts[0]) & set(parts[1])
+    limited = list(MultipleChoiceBatches(str(tmp_path), collate, batch_size=4, limit=5))
+    assert [len(b["keys"]) for b in limited] == [4, 1]
+    assert limited[0]["input_ids"].shape[0] == 16 and limited[0]["pixel_values"].shape[0] == 16

@@ -286,15 +286,15 @@ def evaluate_mc(model: nn.Module, tokenizer: Any, shards: Any, mode: str = "text
                 limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
     """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips."""
     from dsvl.data.bad_samples import SkipCounter
-    from dsvl.data.multiple_choice import MultipleChoiceCollator, parse_mc_sample
+    from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceCollator
     from dsvl.eval import MultipleChoiceAccuracy, score_options
 
     urls = _urls(shards)
     counter = SkipCounter()
     collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt)
     metric = MultipleChoiceAccuracy(mode=mode)
-    for samples in _batches(_good(_raw_samples(urls, counter), parse_mc_sample, counter), batch_size, limit):
-        batch = _to_device(collate(samples), model)
+    for batch in MultipleChoiceBatches(urls, collate, batch_size, limit, counter=counter):
+        batch = _to_device(batch, model)
         metric.update(score_options(model, batch).cpu(), batch["answer"].cpu(), batch["categories"], batch["keys"])
     result = dict(metric.summary())
     result.update(shards=urls, skipped=counter.as_dict())

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
 
-from dsvl.data.bad_samples import BadSample, SkipReason
+from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.schema import MODALITIES, decode_image, image_fields, parse_json
+from dsvl.data.streams import expand_urls, read_tar
 from dsvl.data.tokenize import IGNORE_INDEX, TextEncoder
 from dsvl.model.spec import VisionSpec
 
@@ -195,3 +197,63 @@ class MultipleChoiceCollator:
         }
         batch.update({name: torch.cat(t) for name, t in pixels.items()})
         return batch
+
+
+class MultipleChoiceBatches(IterableDataset):
+    """Scoring batches of MC shards, in shard order, for a validation DataLoader (``batch_size=None``).
+
+    Each (rank, worker) part takes every n-th raw sample, so parts are disjoint; `limit` counts raw
+    samples of the whole set, so all ranks agree on it. Bad samples are counted in `counter` and
+    skipped. `MultipleChoiceAccuracy` dedupes by key, so a sampler that repeats samples is harmless too.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        collator: MultipleChoiceCollator,
+        batch_size: int = 8,
+        limit: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        counter: SkipCounter | None = None,
+    ) -> None:
+        super().__init__()
+        self.urls = expand_urls(list(urls) if not isinstance(urls, str) else urls)
+        if not self.urls:
+            raise ValueError(f"no multiple-choice shards at {urls}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.collator, self.batch_size, self.limit = collator, int(batch_size), limit
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.counter = counter if counter is not None else SkipCounter()
+
+    def _part(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def samples(self) -> Iterator[MultipleChoiceSample]:
+        """This part's valid samples."""
+        index, parts = self._part()
+        n = 0
+        for url in self.urls:
+            for raw in read_tar(url, self.counter):
+                if self.limit is not None and n >= self.limit:
+                    return
+                n += 1
+                if (n - 1) % parts != index:
+                    continue
+                try:
+                    yield parse_mc_sample(raw)
+                except BadSample as e:
+                    self.counter.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        batch: list[MultipleChoiceSample] = []
+        for sample in self.samples():
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield self.collator(batch)
+                batch = []
+        if batch:
+            yield self.collator(batch)
