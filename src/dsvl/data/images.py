@@ -52,9 +52,10 @@ class ImagePreprocessor:
         self.min_size = min_size
         # largest first: smaller towers are derived from its padded square (hybrid processor order)
         self.inputs: list[ImageInputSpec] = sorted(spec.inputs, key=lambda i: -i.size)
-        self._norm = {
-            i.name: (torch.tensor(i.mean, dtype=torch.float32).view(3, 1, 1) * 255.0,
-                     torch.tensor(i.std, dtype=torch.float32).view(3, 1, 1) * 255.0)
+        # (x/255 - mean)/std == x * scale + bias, applied in place to the whole batch
+        self._affine = {
+            i.name: (1.0 / (torch.tensor(i.std, dtype=torch.float64) * 255.0),
+                     -torch.tensor(i.mean, dtype=torch.float64) / torch.tensor(i.std, dtype=torch.float64))
             for i in self.inputs
         }
 
@@ -69,18 +70,12 @@ class ImagePreprocessor:
             out[spec.name] = pad_to_square(resize_longest_side(big, spec.size, self.min_size), background_color(spec.mean))
         return out
 
-    def normalize(self, name: str, square: Image.Image) -> torch.Tensor:
-        """uint8 HWC -> (3, S, S) float32: (x/255 - mean)/std computed as (x - 255 mean)/(255 std)."""
-        x = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy()).permute(2, 0, 1).float()
-        mean, std = self._norm[name]
-        return (x - mean) / std
-
     def __call__(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        per_input: dict[str, list[torch.Tensor]] = {i.name: [] for i in self.inputs}
-        for image in images:
+        out = {i.name: torch.empty(len(images), 3, i.size, i.size) for i in self.inputs}
+        for k, image in enumerate(images):
             for name, sq in self.squares(image).items():
-                per_input[name].append(self.normalize(name, sq))
-        return {
-            name: torch.stack(t) if t else torch.empty(0, 3, self.spec.input(name).size, self.spec.input(name).size)
-            for name, t in per_input.items()
-        }
+                out[name][k].copy_(torch.from_numpy(np.array(sq, dtype=np.uint8)).permute(2, 0, 1))
+        for name, t in out.items():
+            scale, bias = self._affine[name]
+            t.mul_(scale.to(t.dtype).view(3, 1, 1)).add_(bias.to(t.dtype).view(3, 1, 1))
+        return out
