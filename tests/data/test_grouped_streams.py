@@ -116,3 +116,13 @@ def test_multimodal_sources_need_a_vision_spec(demo_dir):
     with pytest.raises(ValueError, match="vision_spec"):
         _dm(demo_dir, None)
     assert _dm(demo_dir, None, mode="text_only").mode == "text_only"
+
+
+def test_missing_shards_are_a_config_error(demo_dir, hybrid_spec, tmp_path):
+    from dsvl.data import DataConfigError
+
+    sources = pretrain_sources(demo_dir)
+    sources["text"] = {"urls": str(tmp_path / "nowhere" / "*.tar"), "modality": "text"}
+    dm = _dm(demo_dir, hybrid_spec, train_sources=sources)
+    with pytest.raises(DataConfigError, match="'text': no shards"):
+        dm.train_dataloader()

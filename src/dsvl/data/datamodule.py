@@ -13,6 +13,7 @@ Trainer wiring (see docs/data_format.md, "Training with DSVLDataModule"):
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -22,10 +23,12 @@ from dsvl.data.accounting import DataAccounting
 from dsvl.data.bad_samples import SkipCounter
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
 from dsvl.data.encode import SampleEncoder
+from dsvl.data.errors import DataConfigError
 from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches
 from dsvl.data.images import ImagePreprocessor
-from dsvl.data.mixture import parse_sources
+from dsvl.data.mixture import SourceConfig, parse_sources
 from dsvl.data.schedule import ModalitySchedule
+from dsvl.data.streams import expand_urls
 from dsvl.data.tokenize import TextEncoder
 from dsvl.model.spec import ImageInputSpec, VisionSpec
 
@@ -84,7 +87,7 @@ class DSVLDataModule(L.LightningDataModule):
         self.train_sources = parse_sources(train_sources)
         self.val_sources = parse_sources(val_sources)
         if not self.train_sources:
-            raise ValueError("data.train_sources is empty")
+            raise DataConfigError("data.train_sources is empty")
         self.vision = as_vision_spec(vision_spec)
         if isinstance(schedule, ModalitySchedule):
             self.schedule = schedule
@@ -99,7 +102,7 @@ class DSVLDataModule(L.LightningDataModule):
         BatchingConfig(mode=mode)  # fail early on a bad mode
         has_images = bool(self.vision and self.vision.inputs and self.vision.num_image_tokens > 0)
         if mode != "text_only" and not has_images and any(s.modality == "multimodal" for s in self.train_sources):
-            raise ValueError("multimodal data sources need a vision_spec with image inputs and num_image_tokens > 0 "
+            raise DataConfigError("multimodal data sources need a vision_spec with image inputs and num_image_tokens > 0 "
                              "(instantiate with vision_spec=dsvl.model.vision_spec(cfg.model))")
         self.accounting = DataAccounting()
         self._encoder: SampleEncoder | None = None
@@ -138,7 +141,7 @@ class DSVLDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         from_trainer = int(getattr(trainer, "accumulate_grad_batches", 0) or 0) if trainer is not None else 0
         if self.accumulate and from_trainer and int(self.accumulate) != from_trainer:
-            raise ValueError(f"data.accumulate_grad_batches={self.accumulate} but the trainer accumulates "
+            raise DataConfigError(f"data.accumulate_grad_batches={self.accumulate} but the trainer accumulates "
                              f"{from_trainer}: leave the data key null to take the trainer's")
         return int(self.accumulate or from_trainer or 1)
 
@@ -146,8 +149,19 @@ class DSVLDataModule(L.LightningDataModule):
         return BatchingConfig(self.micro_batch_size, self.max_length, self.packing, self.pad_to_max_length, self.mode,
                               self._accumulate(), self.seed, self.shuffle_buffer)
 
+    @staticmethod
+    def check_sources(sources: Sequence[SourceConfig], what: str) -> None:
+        """Fail before training (one line) when a source matches no shard file."""
+        for s in sources:
+            urls = expand_urls(s.urls)
+            missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
+            if not urls or missing:
+                raise DataConfigError(f"{what} source {s.name!r}: no shards at {s.urls!r}"
+                                      + (" (make the demo data with `dsvl-data demo`?)" if "demo" in str(s.urls) else ""))
+
     def train_dataset(self) -> GlobalStepBatches:
         """The dataset a fresh or resumed run reads, positioned at the next micro-batch."""
+        self.check_sources(self.train_sources, "data.train_sources")
         rank, world = self._rank_world()
         resume: dict[int, Any] = {}
         start = self._next_micro_index
@@ -176,6 +190,7 @@ class DSVLDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_sources:
             return []
+        self.check_sources(self.val_sources, "data.val_sources")
         rank, world = self._rank_world()
         ds = EvalBatches(self.val_sources, self.encoder, self.val_batch_size, rank, world, self.val_max_batches)
         return self._loader(ds)
@@ -222,7 +237,7 @@ class DSVLDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("version", 0)) != STATE_VERSION:
-            raise ValueError(f"data state version {state.get('version')} is not {STATE_VERSION}")
+            raise DataConfigError(f"data state version {state.get('version')} is not {STATE_VERSION}")
         self.schedule.load_state_dict(state.get("schedule", {}))
         self._next_micro_index = int(state["next_micro_index"])
         self._resume = state

@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from dsvl.data.bad_samples import SkipCounter
 from dsvl.data.collate import collate, collate_rows
 from dsvl.data.encode import SampleEncoder
+from dsvl.data.errors import DataConfigError
 from dsvl.data.mixture import Mixture, SourceConfig
 from dsvl.data.packing import pack_rows
 from dsvl.data.schedule import MULTIMODAL, TEXT, ModalitySchedule
@@ -50,9 +51,9 @@ class BatchingConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"data mode must be one of {MODES}, got {self.mode!r}")
+            raise DataConfigError(f"data mode must be one of {MODES}, got {self.mode!r}")
         if self.micro_batch_size < 1 or self.max_length < 2 or self.accumulate_grad_batches < 1:
-            raise ValueError("micro_batch_size, accumulate_grad_batches must be >= 1 and max_length >= 2")
+            raise DataConfigError("micro_batch_size, accumulate_grad_batches must be >= 1 and max_length >= 2")
 
 
 def build_mixtures(sources: Sequence[SourceConfig], encoder: SampleEncoder, part: Part, seed: int, shuffle: int,
@@ -85,7 +86,7 @@ class GlobalStepBatches(IterableDataset):
             ratios = {schedule.start, schedule.target}
             need = ({TEXT} if max(ratios) > 0 else set()) | ({MULTIMODAL} if min(ratios) < 1 else set())
         if need - have:
-            raise ValueError(f"data mode {cfg.mode!r} with schedule {schedule} needs {sorted(need)} sources, "
+            raise DataConfigError(f"data mode {cfg.mode!r} with schedule {schedule} needs {sorted(need)} sources, "
                              f"config has {sorted(have) or 'none'}")
         self.image_inputs = [(i.name, i.size) for i in (encoder.images.spec.inputs if encoder.images else ())]
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dsvl.data.errors import DataConfigError
 from dsvl.model.spec import ImageInputSpec, VisionSpec
 
 
@@ -47,7 +48,7 @@ class ImagePreprocessor:
 
     def __init__(self, spec: VisionSpec, min_size: int = 14) -> None:
         if not spec.inputs:
-            raise ValueError("VisionSpec has no image inputs: a text-only model takes no images")
+            raise DataConfigError("VisionSpec has no image inputs: a text-only model takes no images")
         self.spec = spec
         self.min_size = min_size
         # largest first: smaller towers are derived from its padded square (hybrid processor order)

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from dsvl.data.errors import DataConfigError
 from dsvl.data.streams import SourceReader
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,13 @@ def parse_sources(cfg: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, A
         if c is None:  # an override may null a source out
             continue
         if "urls" not in c:
-            raise ValueError(f"data source {name!r} needs 'urls'")
+            raise DataConfigError(f"data source {name!r} needs 'urls'")
         modality = c.get("modality", "text")
         if modality not in ("text", "multimodal"):
-            raise ValueError(f"data source {name!r}: modality must be 'text' or 'multimodal', got {modality!r}")
+            raise DataConfigError(f"data source {name!r}: modality must be 'text' or 'multimodal', got {modality!r}")
         weight = float(c.get("weight", 1.0))
         if weight < 0:
-            raise ValueError(f"data source {name!r}: weight must be >= 0, got {weight}")
+            raise DataConfigError(f"data source {name!r}: weight must be >= 0, got {weight}")
         urls = c["urls"]
         out.append(SourceConfig(str(name), list(urls) if not isinstance(urls, str) else urls, weight, modality))
     return out
@@ -53,10 +54,10 @@ class Mixture:
 
     def __init__(self, readers: Sequence[SourceReader], weights: Sequence[float]) -> None:
         if not readers:
-            raise ValueError("a mixture needs at least one source")
+            raise DataConfigError("a mixture needs at least one source")
         total = float(sum(weights))
         if total <= 0:
-            raise ValueError("mixture weights sum to 0")
+            raise DataConfigError("mixture weights sum to 0")
         self.readers = list(readers)
         self.weights = [w / total for w in weights]
         self.counts = [0] * len(readers)
