@@ -126,3 +126,25 @@ def test_missing_shards_are_a_config_error(demo_dir, hybrid_spec, tmp_path):
     dm = _dm(demo_dir, hybrid_spec, train_sources=sources)
     with pytest.raises(DataConfigError, match="'text': no shards"):
         dm.train_dataloader()
+
+
+def test_validation_batches_cover_each_sample_once_across_ranks(demo_dir, hybrid_spec):
+    from dsvl.data import EvalBatches
+
+    dm = _dm(demo_dir, hybrid_spec)
+    sources = parse_sources(pretrain_sources(demo_dir, "val"))
+    per_rank = [[b for b in EvalBatches(sources, dm.encoder, 16, rank=r, world_size=2)] for r in range(2)]
+    keys = [k for batches in per_rank for b in batches for k in b["keys"]]
+    assert len(keys) == len(set(keys)) == 3 * 40
+    for batches in per_rank:
+        mods = [b["modality"] for b in batches]
+        assert mods == sorted(mods, key=lambda m: m != "text")  # text first, then multimodal
+    again = [b["keys"] for b in EvalBatches(sources, dm.encoder, 16, rank=0, world_size=2)]
+    assert again == [b["keys"] for b in per_rank[0]]
+
+
+def test_vision_spec_from_config_mapping(demo_dir, hybrid_spec):
+    from dataclasses import asdict
+
+    dm = _dm(demo_dir, asdict(hybrid_spec))
+    assert dm.vision == hybrid_spec
