@@ -17,8 +17,10 @@ log = logging.getLogger(__name__)
 
 
 def find_schedule(trainer: pl.Trainer) -> Any | None:
-    """The datamodule's modality schedule, when it has one."""
+    """The datamodule's modality schedule, when its batches follow one (modes grouped / mixed)."""
     dm = getattr(trainer, "datamodule", None)
+    if getattr(dm, "mode", "grouped") not in ("grouped", "mixed"):
+        return None
     for name in ("schedule", "modality_schedule"):
         schedule = getattr(dm, name, None)
         if schedule is not None and hasattr(schedule, "language_ratio"):
@@ -40,7 +42,8 @@ class ModalityAccounting(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         modality = str(batch.get("modality", "text")) if isinstance(batch, dict) else "text"
         schedule = find_schedule(trainer)
-        expected = schedule.modality(trainer.global_step) if schedule is not None and hasattr(schedule, "modality") else None
+        grouped = getattr(getattr(trainer, "datamodule", None), "mode", "grouped") == "grouped"
+        expected = schedule.modality(trainer.global_step) if grouped and schedule is not None else None
         if expected is not None and expected != modality:
             self.mismatches += 1
             if self.mismatches <= 3:

@@ -106,14 +106,6 @@ def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None]) -> T:
             log.warning("closing loggers failed: %s", err)
 
 
-def save_resolved(cfg: DictConfig, output_dir: str | Path) -> Path:
-    """The fully resolved config next to Hydra's `.hydra/` (which keeps the unresolved one)."""
-    path = Path(output_dir) / "config_resolved.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, path, resolve=True)
-    return path
-
-
 def to_overrides(items: dict[str, Any]) -> list[str]:
     """Hydra override strings for a dict of dotted keys."""
     return [f"{k}={v}" for k, v in items.items()]

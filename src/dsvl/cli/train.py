@@ -10,7 +10,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from dsvl.cli._config import CONFIG_DIR, guarded, save_resolved
+from dsvl.cli._config import CONFIG_DIR, guarded
 
 
 def run_task(cfg: DictConfig) -> float:
@@ -19,7 +19,6 @@ def run_task(cfg: DictConfig) -> float:
 
     def body() -> float:
         plan = plan_run(cfg)  # before any weights: a bad config costs a second
-        save_resolved(cfg, cfg.paths.output_dir)
         result = run_stage(cfg, plan)
         return value_of(result.metrics, cfg.get("optimized_metric"))
 

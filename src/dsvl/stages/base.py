@@ -44,7 +44,7 @@ class VLMStage(LightningModule):
 
     stage_name: ClassVar[str] = "stage"
     default_trainable: ClassVar[tuple[str, ...]] = ("adaptor", "llm")
-    supervise: ClassVar[str] = "all"  # what the stage's labels cover: "all" text tokens, or "answers" (SFT)
+    supervise: ClassVar[str] = "all"  # what the stage's labels cover (data.supervise): "all" text tokens, or "assistant" answers
     default_lr: ClassVar[float] = 1e-4
 
     def __init__(
@@ -84,6 +84,12 @@ class VLMStage(LightningModule):
 
     def on_fit_start(self) -> None:
         self._report_freezing()
+
+    def configure_model(self) -> None:
+        """Shard the parts under FSDP2 (`trainer=fsdp`); a no-op for other strategies (dsvl.stages.strategies)."""
+        from dsvl.stages.strategies import configure_model
+
+        configure_model(self)
 
     @rank_zero_only
     def _report_freezing(self) -> None:

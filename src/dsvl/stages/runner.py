@@ -75,11 +75,11 @@ def world_size(trainer_cfg: Any) -> int:
 
 def micro_batch_size(cfg: DictConfig) -> int:
     """Samples per device per forward (the data config's batch size)."""
-    for key in ("batch_size", "micro_batch_size"):
+    for key in ("micro_batch_size", "batch_size"):
         value = cfg.data.get(key)
         if value is not None:
             return int(value)
-    raise TrainConfigError("data.batch_size is not set (samples per device per micro-batch)")
+    raise TrainConfigError("data.micro_batch_size is not set (samples per device per micro-batch)")
 
 
 def plan_run(cfg: DictConfig) -> RunPlan:
@@ -107,10 +107,10 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         global_batch = micro * world
     global_batch = int(global_batch)
     if micro <= 0 or global_batch <= 0:
-        raise TrainConfigError(f"stage.global_batch ({global_batch}) and data.batch_size ({micro}) must be positive")
+        raise TrainConfigError(f"stage.global_batch ({global_batch}) and data.micro_batch_size ({micro}) must be positive")
     if global_batch % (micro * world):
         raise TrainConfigError(
-            f"stage.global_batch={global_batch} is not divisible by data.batch_size={micro} x world size {world} "
+            f"stage.global_batch={global_batch} is not divisible by data.micro_batch_size={micro} x world size {world} "
             "(trainer.devices x trainer.num_nodes)"
         )
     accumulation = global_batch // (micro * world)
@@ -118,7 +118,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     if set_accum is not None and int(set_accum) != accumulation:
         raise TrainConfigError(
             f"trainer.accumulate_grad_batches={set_accum} contradicts stage.global_batch={global_batch} / "
-            f"(data.batch_size={micro} x world size {world}) = {accumulation}; remove it, it is derived"
+            f"(data.micro_batch_size={micro} x world size {world}) = {accumulation}; remove it, it is derived"
         )
     max_steps = int(cfg.trainer.get("max_steps", -1) or -1)
     if max_steps <= 0:
@@ -178,24 +178,52 @@ def wandb_offline() -> bool:
     return not os.environ.get("WANDB_API_KEY")
 
 
-def build_datamodule(cfg: DictConfig, plan: RunPlan, model: Any, stage_cls: type) -> Any:
-    """The data config instantiated with what only the run knows (accumulation, world size, vision spec)."""
+def build_datamodule(cfg: DictConfig, plan: RunPlan, stage_cls: type) -> Any:
+    """The data config instantiated with what only the run knows: the model's vision spec (no
+    weights needed), what the stage's labels supervise, accumulation and seed (unless the data
+    config sets them)."""
     from hydra.utils import get_class, instantiate
 
+    from dsvl.model import vision_spec
+
     target = get_class(cfg.data._target_)
-    extra: dict[str, Any] = {}
     offered = {
-        "accumulate_grad_batches": plan.accumulation,
-        "micro_batches_per_step": plan.accumulation,
-        "world_size": plan.world_size,
-        "vision_spec": model.vision_spec,
-        "seed": int(cfg.get("seed", 0)),
+        "vision_spec": vision_spec(cfg.model),
         "supervise": stage_cls.supervise,
+        "accumulate_grad_batches": plan.accumulation,
+        "seed": int(cfg.get("seed", 0)),
     }
-    for key, value in offered.items():
-        if key not in cfg.data and _accepts(target, key):
-            extra[key] = value
+    extra = {k: v for k, v in offered.items() if cfg.data.get(k) is None and _accepts(target, k)}
+    supervise = cfg.data.get("supervise")
+    if supervise is not None and supervise != stage_cls.supervise:
+        log.warning("data.supervise=%s differs from the %s stage's default (%s)", supervise, stage_cls.__name__, stage_cls.supervise)
     return instantiate(cfg.data, _convert_="all", **extra)
+
+
+def data_tokenizer(datamodule: Any) -> Any | None:
+    """The transformers tokenizer the datamodule encodes with (None when it has none)."""
+    text = getattr(getattr(datamodule, "encoder", None), "text", None)
+    return getattr(text, "tokenizer", None) or getattr(datamodule, "tokenizer", None)
+
+
+def align_model_to_data(cfg: DictConfig, datamodule: Any) -> None:
+    """The model's image token id is the tokenizer's; its vocabulary must cover the tokenizer."""
+    token_id = getattr(datamodule, "image_token_id", None)
+    if token_id is not None and cfg.model.get("image_token_id") != token_id:
+        log.info("model.image_token_id set to the tokenizer's image token id %s", token_id)
+        cfg.model.image_token_id = int(token_id)
+    tokenizer = data_tokenizer(datamodule)
+    vocab = cfg.model.get("llm", {}).get("vocab_size") if cfg.model.get("llm") is not None else None
+    if tokenizer is not None and vocab is not None and len(tokenizer) > int(vocab):
+        raise TrainConfigError(f"model.llm.vocab_size={vocab} is smaller than the tokenizer ({len(tokenizer)} tokens)")
+
+
+def save_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
+    """`config_resolved.yaml` in the run dir (Hydra's `.hydra/config.yaml` keeps the unresolved one);
+    `dsvl-eval` rebuilds the model of a checkpoint from it."""
+    path = output_dir / "config_resolved.yaml"
+    OmegaConf.save(cfg, path, resolve=True)
+    return path
 
 
 def log_hyperparameters(loggers: list[Any], cfg: DictConfig, plan: RunPlan) -> None:
@@ -233,8 +261,10 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
 
     stage_cls = get_class(cfg.stage._target_)
+    datamodule = build_datamodule(cfg, plan, stage_cls)
+    align_model_to_data(cfg, datamodule)
+    save_resolved_config(cfg, output_dir)  # after the model takes the tokenizer's image token id
     model = build_model(cfg.model)
-    datamodule = build_datamodule(cfg, plan, model, stage_cls)
     if cfg.get("init_from"):
         load_init_weights(model, cfg.init_from)
     optimizer = instantiate(cfg.optim, _convert_="all") if cfg.get("optim") else None
@@ -264,7 +294,7 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     if cfg.get("validate_at_end", True):
         limit = cfg.get("limit_val_batches")
         trainer.limit_val_batches = 1.0 if limit is None else limit
-        trainer.validate(stage, datamodule=datamodule, verbose=False)
+        trainer.validate(stage, datamodule=datamodule, verbose=False, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     export = None
     if cfg.get("export_dir"):
@@ -281,7 +311,7 @@ def export_model(model: Any, datamodule: Any, out: Path) -> Path:
     """`save_pretrained` of the model plus the tokenizer files: a transformers-loadable directory."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    tokenizer = getattr(datamodule, "tokenizer", None)
+    tokenizer = data_tokenizer(datamodule)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(out))
     log.info("exported model to %s", out)

@@ -12,5 +12,5 @@ class SFTStage(VLMStage):
 
     stage_name = "sft"
     default_trainable = ("adaptor", "llm", "vision.low")
-    supervise = "answers"
+    supervise = "assistant"
     default_lr = 2.0e-5

@@ -1,0 +1,155 @@
+"""`dsvl-demo` (`make demo`): the whole method on a laptop CPU in a few minutes.
+
+Makes the demo data (if missing), runs stages 1-3 of `recipes/demo/` (each starting from the
+previous one's weights), exports a transformers-loadable model (save_pretrained + tokenizer),
+evaluates it on held-out data (4-way multiple choice by perplexity, text perplexity), plots the
+loss curves by modality with the language ratio, prints a summary table and writes
+`summary.json`, whose path is the last line of output.
+
+    dsvl-demo
+    dsvl-demo --out outputs/demo/mine sft:trainer.max_steps=300
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("dsvl.demo")
+CHANCE = 0.25
+
+
+def ensure_demo_data(data_dir: Path, fresh: bool = False) -> float:
+    """Make the demo data unless it is there; returns the seconds spent."""
+    if (data_dir / "manifest.json").is_file() and (data_dir / "tokenizer").is_dir() and not fresh:
+        log.info("demo data found in %s", data_dir)
+        return 0.0
+    from dsvl.data.demo import make_demo_data
+
+    start = time.perf_counter()
+    make_demo_data(data_dir)
+    return time.perf_counter() - start
+
+
+def evaluate_export(export_dir: Path, data_dir: Path, system_prompt: str | None) -> dict[str, Any]:
+    """Load the exported dir as users would (transformers + dsvl) and score held-out test data."""
+    from transformers import AutoConfig
+
+    from dsvl.cli.evaluate import evaluate_mc, evaluate_text, load_for_inference
+
+    hf_config = AutoConfig.from_pretrained(str(export_dir))  # the directory is a transformers model dir
+    loaded = load_for_inference(export_dir, device="cpu")
+    mc = evaluate_mc(loaded.model, loaded.tokenizer, str(data_dir / "mc" / "test"), mode="text", batch_size=16,
+                     system_prompt="" if system_prompt is None else system_prompt)
+    text = evaluate_text(loaded.model, loaded.tokenizer, str(data_dir / "pretrain" / "text" / "test"), batch_size=32)
+    return {"model_type": hf_config.model_type, "mc": mc, "text": text}
+
+
+def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any]) -> str:
+    """The demo's table: per stage steps, seconds, final loss by modality; then held-out metrics."""
+    def loss(v: float | None) -> str:
+        return f"{v:.3f}" if v is not None else "-"
+
+    header = f"{'stage':<9} {'steps':>6} {'seconds':>8} {'loss text':>10} {'loss mm':>8}"
+    lines = [header, "-" * len(header)]
+    for s in stages:
+        lines.append(f"{s['stage']:<9} {s['steps']:>6} {s['seconds']:>8.1f} {loss(s['final_loss'].get('text')):>10} "
+                     f"{loss(s['final_loss'].get('multimodal')):>8}")
+    mc = evaluation["mc"]
+    lines.append("")
+    lines.append(f"multiple-choice accuracy (held-out, 4-way, chance {CHANCE}): {mc['accuracy']:.3f} on {mc['num_samples']} questions")
+    for name, cat in mc.get("per_category", {}).items():
+        lines.append(f"  {name:<8} {cat['accuracy']:.3f} ({cat['num_samples']})")
+    lines.append(f"held-out text perplexity: {evaluation['text']['perplexity']:.3f}")
+    return "\n".join(lines)
+
+
+def quiet_logging() -> None:
+    """Our INFO lines, Lightning's warnings only (the demo prints its own table)."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "dsvl.data", "dsvl.model", "dsvl.stages.checkpoint",
+                 "dsvl.cli.evaluate", "transformers"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script `dsvl-demo`."""
+    parser = argparse.ArgumentParser(prog="dsvl-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage; STAGE:key=value for one")
+    parser.add_argument("--out", type=Path, default=None, help="run dir (default outputs/demo/<date>_<time>)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data/demo"), help="demo data (made when missing)")
+    parser.add_argument("--fresh-data", action="store_true", help="remake the demo data")
+    parser.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
+    args = parser.parse_args(argv)
+    quiet_logging()
+
+    from dsvl.cli._config import guarded
+    from dsvl.stages.runner import close_loggers
+
+    out = (args.out or Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
+    data_dir = args.data_dir.resolve()
+
+    def body() -> int:
+        from dsvl.cli.pipeline import run_pipeline
+        from dsvl.eval.plots import plot_run
+
+        start = time.perf_counter()
+        data_seconds = ensure_demo_data(data_dir, args.fresh_data)
+        export_dir = out / "export"
+        common = [f"paths.data_dir={data_dir}"]
+        if not args.progress:
+            common.append("+trainer.enable_progress_bar=false")
+        results = run_pipeline("demo", out, [*common, *args.overrides], last_overrides=[f"export_dir={export_dir}"])
+        sft_system_prompt = None
+        cfg_path = results[-1].output_dir / "config_resolved.yaml"
+        if cfg_path.is_file():
+            from omegaconf import OmegaConf
+
+            sft_system_prompt = OmegaConf.load(cfg_path).data.get("system_prompt")
+        evaluation = evaluate_export(export_dir, data_dir, sft_system_prompt)
+        plots = {}
+        for r in results:
+            try:
+                plots[r.stage] = str(plot_run(r.output_dir, out / f"curves_{r.stage}.png", title=f"demo {r.stage}"))
+            except (FileNotFoundError, ValueError) as err:
+                log.warning("no plot for %s: %s", r.stage, err)
+        stages = [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2), "final_loss": r.final_loss,
+                   "checkpoint": str(r.checkpoint), "run_dir": str(r.output_dir),
+                   "val": {k: v for k, v in r.metrics.items() if k.startswith("val/")}} for r in results]
+        summary = {
+            "mc_accuracy": evaluation["mc"]["accuracy"],
+            "mc_num_samples": evaluation["mc"]["num_samples"],
+            "mc_per_category": evaluation["mc"].get("per_category", {}),
+            "text_ppl": evaluation["text"]["perplexity"],
+            "stages": {s["stage"]: s for s in stages},
+            "export_dir": str(export_dir),
+            "export_model_type": evaluation["model_type"],
+            "plots": plots,
+            "data_dir": str(data_dir),
+            "data_seconds": round(data_seconds, 2),
+            "total_seconds": round(time.perf_counter() - start, 2),
+        }
+        print()
+        print(format_summary(stages, evaluation))
+        print(f"exported model: {export_dir} (transformers model_type {evaluation['model_type']})")
+        if "pretrain" in plots:
+            print(f"loss curves: {plots['pretrain']}")
+        print(f"total: {summary['total_seconds']:.0f}s")
+        path = out / "summary.json"
+        path.write_text(json.dumps(summary, indent=2))
+        print(path)
+        return 0
+
+    return guarded("dsvl-demo", body, close_loggers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Lightning strategies for dsvl: FSDP2 sharding per component, strategy checks, SLURM requeue.
+
+dsvl runs on Lightning's own strategies and launchers (DESIGN.md principle 7); this module only
+says *how the VLM is cut*:
+
+- `FSDP2Strategy` is Lightning's `ModelParallelStrategy` (FSDP2, `fully_shard`) with dsvl's
+  defaults: a 1-D data-parallel mesh over all ranks and the sharding options as constructor
+  arguments, so `conf/trainer/fsdp.yaml` can set them.
+- `shard_model` applies `fully_shard` bottom-up, each component by its own blocks
+  (`VisionLanguageModel.block_classes()`: LLM decoder layers, SigLIP / SAM blocks), then each
+  part (`vision.low`, `vision.high`, `adaptor`, `llm`) as one unit, then the root. A part is
+  either wholly frozen or wholly trained, so every FSDP parameter group is homogeneous: frozen
+  towers are sharded (1/N of their weights per rank), get no gradients and, since the stage hands
+  only trainable parameters to the optimizer, no optimizer state.
+- `configure_model(stage)` is what `VLMStage.configure_model` calls: a no-op for every strategy
+  but `ModelParallelStrategy`, and idempotent (Lightning calls it again for `validate`).
+- `check_strategy(trainer_cfg)` turns "DeepSpeed is not installed" or "FSDP on one CPU" into
+  one line before any weights are built.
+- `slurm_environment()` is `SLURMEnvironment(auto_requeue=True)` with the signal given by name,
+  for `trainer.plugins` in YAML.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Literal
+
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                                   "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+
+
+def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if str(name) not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; accepted: {', '.join(_DTYPES)}")
+    return _DTYPES[str(name)]
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """`ModelParallelStrategy` for pure FSDP2 (data-parallel mesh over all ranks, no tensor parallel).
+
+    Args:
+        activation_checkpointing: recompute every transformer block in backward (LLM and towers)
+            through the model's own `gradient_checkpointing_enable` (memory for ~30% compute).
+        reshard_after_forward: free gathered weights after forward (ZeRO-3 like); False keeps them
+            until backward (ZeRO-2 like: more memory, fewer all-gathers).
+        param_dtype / reduce_dtype: FSDP2 `MixedPrecisionPolicy` ("bf16", "fp32", ...); None keeps
+            the parameters' dtype (then `trainer.precision=bf16-mixed` autocasts instead).
+        cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory.
+        Other arguments are `ModelParallelStrategy`'s.
+    """
+
+    def __init__(
+        self,
+        activation_checkpointing: bool = False,
+        reshard_after_forward: bool = True,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = None,
+        cpu_offload: bool = False,
+        data_parallel_size: Literal["auto"] | int = "auto",
+        tensor_parallel_size: int = 1,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=tensor_parallel_size,
+                         save_distributed_checkpoint=save_distributed_checkpoint,
+                         process_group_backend=process_group_backend, **kwargs)
+        if int(tensor_parallel_size) != 1:
+            raise ValueError("FSDP2Strategy shards data-parallel only (tensor_parallel_size=1); "
+                             "use lightning's ModelParallelStrategy with your own configure_model for 2-D parallelism")
+        self.activation_checkpointing = bool(activation_checkpointing)
+        self.reshard_after_forward = bool(reshard_after_forward)
+        self.param_dtype, self.reduce_dtype = _dtype(param_dtype), _dtype(reduce_dtype)
+        self.cpu_offload = bool(cpu_offload)
+
+    def setup_environment(self) -> None:
+        # Lightning's "auto" is one data-parallel group per node (for 2-D meshes); FSDP2 alone shards over all ranks
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+def _fully_shard_kwargs(strategy: ModelParallelStrategy) -> dict[str, Any]:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+
+    opts: dict[str, Any] = {"mesh": strategy.device_mesh["data_parallel"]}
+    if isinstance(strategy, FSDP2Strategy):
+        opts["reshard_after_forward"] = strategy.reshard_after_forward
+        opts["mp_policy"] = MixedPrecisionPolicy(param_dtype=strategy.param_dtype, reduce_dtype=strategy.reduce_dtype)
+        opts["offload_policy"] = CPUOffloadPolicy() if strategy.cpu_offload else OffloadPolicy()
+    return opts
+
+
+def shard_model(model: nn.Module, **fully_shard_kwargs: Any) -> dict[str, int]:
+    """`fully_shard` each block of each part, then each part, then `model`; returns blocks sharded per part.
+
+    `model` is a `VisionLanguageModel` (or anything with `parts()` and `block_classes()`).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = tuple(model.block_classes())
+    counts: dict[str, int] = {}
+    for name, part in model.parts().items():
+        n = 0
+        for module in part.modules():
+            if blocks and isinstance(module, blocks):
+                fully_shard(module, **fully_shard_kwargs)
+                n += 1
+        if any(True for _ in part.parameters()):
+            fully_shard(part, **fully_shard_kwargs)
+        counts[name] = n
+    fully_shard(model, **fully_shard_kwargs)
+    return counts
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True once `fully_shard` has been applied to `module`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def configure_model(stage: Any) -> None:
+    """Apply the strategy's parallelism to `stage.model` (the `configure_model` hook of `VLMStage`).
+
+    Only `ModelParallelStrategy` (FSDP2) needs it; DDP and DeepSpeed wrap the module themselves.
+    """
+    trainer = getattr(stage, "_trainer", None)
+    strategy = getattr(trainer, "strategy", None)
+    if not isinstance(strategy, ModelParallelStrategy) or is_sharded(stage.model):
+        return
+    if isinstance(strategy, FSDP2Strategy) and strategy.activation_checkpointing:
+        stage.model.gradient_checkpointing_enable()
+    counts = shard_model(stage.model, **_fully_shard_kwargs(strategy))
+    frozen = set(getattr(stage, "frozen_parts", ()))
+    log.info("FSDP2 over %d ranks: %s", strategy.world_size,
+             ", ".join(f"{p} ({n} blocks, {'frozen' if p in frozen else 'trained'})" for p, n in counts.items()))
+
+
+# ---------------------------------------------------------------------------------------- checks
+def strategy_name(trainer_cfg: Mapping[str, Any]) -> str:
+    """'ddp', 'fsdp', 'deepspeed', 'model_parallel' or the strategy string as configured ('auto', ...)."""
+    strategy = trainer_cfg.get("strategy", "auto")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, Mapping) else str(strategy)
+    low = target.lower()
+    for key, name in (("deepspeed", "deepspeed"), ("fsdp2", "fsdp"), ("modelparallel", "fsdp"), ("fsdp", "fsdp"), ("ddp", "ddp")):
+        if key in low.replace("_", ""):
+            return name
+    return low or "auto"
+
+
+def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
+    """One-line errors for strategies that cannot run here (before any weights are built)."""
+    from dsvl.stages.runner import TrainConfigError
+
+    name = strategy_name(trainer_cfg)
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if name == "deepspeed":
+        if importlib.util.find_spec("deepspeed") is None:
+            raise TrainConfigError("trainer=deepspeed needs the deepspeed package (pip install deepspeed, on a CUDA machine); "
+                                   "or use trainer=fsdp, Lightning's FSDP2, which needs nothing extra")
+        if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+            raise TrainConfigError("trainer=deepspeed runs on GPUs only; on CPU use trainer=ddp or trainer=fsdp with trainer.accelerator=cpu")
+    if name in ("ddp", "fsdp") and accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise TrainConfigError(f"trainer.accelerator={accelerator} but no CUDA device is visible; "
+                               "set trainer.accelerator=cpu (gloo) to try the strategy on CPU")
+
+
+def slurm_environment(auto_requeue: bool = True, requeue_signal: str = "SIGUSR1") -> SLURMEnvironment:
+    """`SLURMEnvironment` with the requeue signal given by name (YAML cannot name a `signal.Signals`).
+
+    On the signal (sbatch `--signal=USR1@<s>`, set by conf/hydra/launcher/submitit_slurm.yaml)
+    Lightning saves `hpc_ckpt_<n>.ckpt` in `trainer.default_root_dir`, requeues the job with
+    `scontrol requeue`, and the requeued job resumes from it (weights, optimizer, data position).
+    """
+    return SLURMEnvironment(auto_requeue=auto_requeue, requeue_signal=signal.Signals[requeue_signal])
