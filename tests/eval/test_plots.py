@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dsvl.eval.plots import plot_run, read_metrics
+import os
+
+from dsvl.eval.plots import find_metrics_csv, group_runs, plot_run, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ["epoch", "step", "train/loss_text", "train/loss_multimodal", "train/language_ratio", "val/text_ppl", "val/mc_acc"]
@@ -35,6 +37,17 @@ def test_plot_run_function_writes_png(tmp_path: Path) -> None:
     out = plot_run(tmp_path / "run", tmp_path / "out" / "curves.png")
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 10_000
+
+
+def test_runs_are_grouped_and_versions_merged(tmp_path: Path) -> None:
+    first = write_metrics(tmp_path / "pipe" / "align" / "csv" / "metrics.csv", steps=10)
+    write_metrics(tmp_path / "pipe" / "sft" / "csv" / "version_0" / "metrics.csv", steps=10)
+    resumed = write_metrics(tmp_path / "pipe" / "sft" / "csv" / "version_1" / "metrics.csv", steps=20)
+    os.utime(first, (1, 1))  # align was written first
+    groups = group_runs(find_metrics_csv(tmp_path / "pipe"), tmp_path / "pipe")
+    assert [label for label, _ in groups] == ["align", "sft"] and len(groups[1][1]) == 2
+    assert len(read_metrics(groups[1][1])["train/language_ratio"]) == 20  # steps 0..19, resume overlaps merged
+    assert resumed.exists() and plot_run(tmp_path / "pipe").stat().st_size > 10_000
 
 
 def test_plot_run_tool(tmp_path: Path) -> None:

@@ -128,6 +128,20 @@ def _check_tokenizer_dir(path: str | Path) -> Path:
     return p
 
 
+def _locate(path: str | None, anchor: Path) -> str | None:
+    """A run-config path as given if it exists from here, else relative to the run's ancestors.
+
+    Training configs hold paths relative to where training was launched (`data/demo/tokenizer`);
+    evaluating from elsewhere should still find them next to the run's outputs tree.
+    """
+    if path is None or Path(path).is_absolute() or Path(path).exists():
+        return path
+    for parent in anchor.resolve().parents:
+        if (parent / path).exists():
+            return str(parent / path)
+    return path
+
+
 def load_tokenizer(path: str | Path) -> Any:
     """A transformers tokenizer from a local directory (never downloads)."""
     from transformers import AutoTokenizer
@@ -198,7 +212,7 @@ def load_for_inference(
             model = build_model(_model_node(p, run_cfg, model_cfg))
             load_init_weights(model, p)
             source = "checkpoint"
-            tok_path = tok_path or _run_tokenizer(run_cfg)
+            tok_path = tok_path or _locate(_run_tokenizer(run_cfg), p)
             if tok_path is None:
                 raise EvalError(f"{p}: the run config names no tokenizer; pass --tokenizer / tokenizer=DIR")
         else:

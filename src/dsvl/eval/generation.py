@@ -61,7 +61,7 @@ def load_image(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     path = Path(image)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise ValueError(f"image not found: {path}")
     try:
         with Image.open(path) as img:

@@ -1,27 +1,35 @@
 """Training curves of a run from Lightning's CSVLogger `metrics.csv`, as one PNG.
 
-Panels: loss by modality (`train/loss_text`, `train/loss_multimodal`), `val/text_ppl`,
-`val/mc_acc` and `train/language_ratio`, each against the global step. Metrics a run did not
-log are left out of their panel (a stage-1 run has no text loss), never an error.
+Panels: loss by modality (`train/loss_text`, `train/loss_multimodal`, `val/mm_loss`),
+`val/text_ppl`, `val/mc_acc` and the language ratio (scheduled `train/language_ratio`, realised
+`train/text_share`), each against the global step. Metrics a run did not log are left out of
+their panel (a stage-1 run has no text loss), never an error.
+
+A directory holding several runs (e.g. the demo's align/pretrain/sft stages) is drawn stage after
+stage on one step axis, in the order the runs were written; `version_N` logs of one run (resumes)
+are merged.
 """
 from __future__ import annotations
 
 import csv
 import logging
 import math
+import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PANELS", "find_metrics_csv", "read_metrics", "plot_run"]
+__all__ = ["PANELS", "find_metrics_csv", "group_runs", "read_metrics", "plot_run"]
 
-# (panel title, y label, metric names, log scale)
+# (panel title, y label, metric names, log scale); "train/loss" is drawn only without per-modality losses
 PANELS: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
-    ("training loss by modality", "loss", ("train/loss_text", "train/loss_multimodal", "train/loss"), False),
+    ("loss by modality", "loss", ("train/loss_text", "train/loss_multimodal", "val/mm_loss", "train/loss"), False),
     ("held-out text perplexity", "perplexity", ("val/text_ppl",), True),
     ("multiple-choice accuracy (PPL)", "accuracy", ("val/mc_acc",), False),
-    ("language ratio", "share of text steps", ("train/language_ratio",), False),
+    ("language ratio", "share of text steps", ("train/language_ratio", "train/text_share"), False),
 )
+_VERSION_DIR = re.compile(r"^version_\d+$")
+Series = dict[str, list[tuple[float, float]]]
 
 
 def find_metrics_csv(run_dir: str | Path) -> list[Path]:
@@ -35,6 +43,23 @@ def find_metrics_csv(run_dir: str | Path) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no metrics.csv under {root} (was the run logged with the CSV logger?)")
     return found
+
+
+def group_runs(paths: list[Path], root: Path) -> list[tuple[str, list[Path]]]:
+    """(label, files) per run, oldest run first: files differing only by `version_N` are one run."""
+    groups: dict[Path, list[Path]] = {}
+    for path in paths:
+        run = path.parent
+        while _VERSION_DIR.match(run.name):
+            run = run.parent
+        groups.setdefault(run, []).append(path)
+    base = root if root.is_dir() else root.parent
+    labels = {run: (run.relative_to(base).parts if run != base and base in run.parents else (run.name,)) for run in groups}
+    # drop a logger folder name all runs share ("csv", "logs"): the stage names are what differ
+    if len(groups) > 1 and len({p[-1] for p in labels.values()}) == 1 and all(len(p) > 1 for p in labels.values()):
+        labels = {run: parts[:-1] for run, parts in labels.items()}
+    ordered = sorted(groups, key=lambda run: min(f.stat().st_mtime for f in groups[run]))
+    return [("/".join(labels[run]) or run.name, groups[run]) for run in ordered]
 
 
 def read_metrics(paths: list[Path]) -> dict[str, list[tuple[float, float]]]:
@@ -66,6 +91,24 @@ def _number(cell: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _concatenate(runs: list[tuple[str, Series]]) -> tuple[Series, list[tuple[float, str]]]:
+    """One series per metric over all runs, each run shifted past the previous one's last step;
+    a nan point between runs breaks the line. Returns the series and (start step, label) per run."""
+    merged: Series = {}
+    starts: list[tuple[float, str]] = []
+    offset = 0.0
+    for label, series in runs:
+        starts.append((offset, label))
+        last = 0.0
+        for name, points in series.items():
+            if merged.get(name):
+                merged[name].append((offset, math.nan))
+            merged.setdefault(name, []).extend((offset + step, value) for step, value in points)
+            last = max(last, max(step for step, _ in points))
+        offset += last + 1
+    return merged, starts
+
+
 def plot_run(run_dir: str | Path, output: str | Path | None = None, title: str | None = None) -> Path:
     """Write the run's curves to `output` (default `RUN_DIR/curves.png`) and return its path."""
     import matplotlib
@@ -73,27 +116,36 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None, title: str |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = find_metrics_csv(run_dir)
-    series = read_metrics(paths)
     root = Path(run_dir)
+    paths = find_metrics_csv(root)
+    runs = [(label, read_metrics(files)) for label, files in group_runs(paths, root)]
+    series, starts = _concatenate(runs)
     output = Path(output) if output is not None else (root if root.is_dir() else root.parent) / "curves.png"
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), squeeze=False)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), squeeze=False, sharex=True)
     plotted = 0
     for ax, (panel, ylabel, names, log_scale) in zip(axes.flat, PANELS):
-        # "train/loss" only when neither per-modality loss was logged
         shown = [n for n in names if n in series and not (n == "train/loss" and any(m in series for m in names[:-1]))]
         for name in shown:
             steps, values = zip(*series[name])
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=name)
+            sparse = sum(not math.isnan(v) for v in values) < 30
+            ax.plot(steps, values, marker="o" if sparse else None, markersize=3, label=name,
+                    linestyle="--" if name.startswith("val/") and "loss" in name else "-")
             plotted += 1
         if shown:
             ax.legend(fontsize=8)
-            if log_scale and all(v > 0 for n in shown for _, v in series[n]):
+            values = [v for n in shown for _, v in series[n] if not math.isnan(v)]
+            if log_scale and min(values) > 0 and max(values) / min(values) > 10:  # log only when it spans decades
                 ax.set_yscale("log")
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+        if len(starts) > 1:
+            for start, label in starts:
+                ax.axvline(start, color="grey", linewidth=0.8, linestyle=":")
+                ax.text(start, 1.0, f" {label}", transform=ax.get_xaxis_transform(), fontsize=7, color="grey",
+                        va="top", ha="left")
         ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("step")
+        ax.tick_params(labelbottom=True)
+        ax.set_xlabel("step" if len(starts) == 1 else "step (runs in sequence)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     if not plotted:
@@ -104,5 +156,5 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None, title: str |
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=110)
     plt.close(fig)
-    log.info("wrote %s from %d metrics file(s)", output, len(paths))
+    log.info("wrote %s from %d metrics file(s) of %d run(s)", output, len(paths), len(runs))
     return output
