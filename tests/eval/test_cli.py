@@ -59,7 +59,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any, tokenizer_
     tokenizer.save_pretrained(str(export))
     run = root / "run"
     (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"model": cfg, "data": {"tokenizer": str(tokenizer_dir), "system_prompt": None}}),
+    # like Hydra's unresolved config: the preset's placeholder image token id, not the tokenizer's
+    # (training aligns it at run time; loading must too)
+    run_model = {**cfg, "image_token_id": len(tokenizer) - 1}
+    OmegaConf.save(OmegaConf.create({"model": run_model, "data": {"tokenizer": str(tokenizer_dir), "system_prompt": None}}),
                    run / ".hydra" / "config.yaml")
     (run / "checkpoints").mkdir()
     state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 25, "epoch": 0}
@@ -105,6 +108,7 @@ def test_checkpoint_and_export_load_the_same_weights(trained: dict[str, Path]) -
     b = load_for_inference(trained["ckpt"])
     assert (a.source, b.source) == ("exported", "checkpoint")
     assert b.system_prompt is None and a.system_prompt  # the run trained without one; the export does not say
+    assert a.model.image_token_id == b.model.image_token_id == a.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sb)
 

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from dsvl.cli._config import CONFIG_DIR, fail, one_line
-from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
+from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,6 @@ def load_tokenizer(path: str | Path) -> Any:
 
 def _check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
     """The tokenizer must name the model's image token and fit its vocabulary."""
-    from dsvl.data.chat import IMAGE_TOKEN
-
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if model.vision_spec.inputs and image_id != model.image_token_id:
         raise EvalError(f"tokenizer's {IMAGE_TOKEN} is id {image_id} but the model expects {model.image_token_id}: wrong tokenizer?")
@@ -205,23 +203,28 @@ def load_for_inference(
         if p.is_dir():
             if not (p / "config.json").is_file():
                 raise EvalError(f"{p} is not an exported model directory (no config.json); expected save_pretrained output or a .ckpt")
+            tok_path = tok_path or str(p)
+            tok = load_tokenizer(tok_path)
             model = VisionLanguageModel.from_pretrained(str(p))
             source = "exported"
-            tok_path = tok_path or str(p)
         elif p.suffix in (".ckpt", ".pt", ".pth"):
-            model = build_model(_model_node(p, run_cfg, model_cfg))
-            load_init_weights(model, p)
-            source = "checkpoint"
+            node = _model_node(p, run_cfg, model_cfg)
             tok_path = tok_path or _locate(_run_tokenizer(run_cfg), p)
             if tok_path is None:
                 raise EvalError(f"{p}: the run config names no tokenizer; pass --tokenizer / tokenizer=DIR")
+            tok = load_tokenizer(tok_path)
+            # as training does (runner.align_model_to_data): the image token is the tokenizer's
+            # (.hydra/config.yaml keeps the preset's placeholder id; config_resolved.yaml the aligned one)
+            node["image_token_id"] = int(tok.convert_tokens_to_ids(IMAGE_TOKEN))
+            model = build_model(node)
+            load_init_weights(model, p)
+            source = "checkpoint"
         else:
             raise EvalError(f"{p}: expected a Lightning .ckpt file or an exported model directory")
     except InitFromError as e:
         raise EvalError(str(e).replace("init_from=", "", 1)) from None
     except (ConfigError, OSError, KeyError) as e:
         raise EvalError(f"cannot load {p}: {one_line(e)}") from None
-    tok = load_tokenizer(tok_path)
     _check_tokenizer(model, tok)
     torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
     if dtype and torch_dtype is None:
