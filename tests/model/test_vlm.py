@@ -189,10 +189,13 @@ def test_packed_rows_with_restarting_positions_do_not_attend_across_samples(mode
     images = {k: a[k] for k in ("pixel_values", "high_res_pixel_values")}
     with torch.no_grad():
         packed = model(ids, position_ids=positions, **images).logits
+        # a collated packed batch also carries a 2D attention mask: isolation must not depend on leaving it out
+        packed_masked = model(ids, attention_mask=torch.ones_like(ids), position_ids=positions, **images).logits
         alone_a = model(a["input_ids"], **images).logits
         alone_b = model(b["input_ids"]).logits
     assert torch.allclose(packed[:, :23], alone_a, atol=1e-5)
     assert torch.allclose(packed[:, 23:], alone_b, atol=1e-5)
+    assert torch.allclose(packed_masked, packed, atol=1e-6)
 
 
 def test_bf16_model_accepts_fp32_pixels(tiny_cfg):

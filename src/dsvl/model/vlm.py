@@ -152,8 +152,16 @@ class VisionLanguageModel(nn.Module):
         use_cache: bool = False,
         **llm_kwargs: Any,
     ) -> VLMOutput:
-        """Logits for every position and, with `labels` (unshifted, -100 = no loss), the mean next-token NLL."""
+        """Logits for every position and, with `labels` (unshifted, -100 = no loss), the mean next-token NLL.
+
+        `position_ids` mark packed rows: each restart at 0 begins a sample that attends only to itself.
+        """
         embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values)
+        if position_ids is not None and not use_cache:
+            # Packed rows (positions restart at 0 for each sample): transformers keeps attention inside
+            # each segment only when no 2D mask is given (masking_utils.find_packed_sequence_indices);
+            # with one, samples would attend across boundaries. Padding is a segment of its own.
+            attention_mask = None
         out = self.llm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
