@@ -138,6 +138,24 @@ def test_eval_writes_report(trained: dict[str, Path], tmp_path: Path, capsys: py
     assert "mc/letter/accuracy" in table and "text/perplexity" in table
 
 
+class Payload:
+    """Anything that is not a tensor or a plain container: unpickling it would run code."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("this must never run",))
+
+
+def test_checkpoint_with_code_is_refused(trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text((trained["ckpt"].parents[1] / ".hydra" / "config.yaml").read_text())
+    torch.save({"state_dict": {}, "payload": Payload()}, run / "evil.ckpt")
+    with pytest.raises(EvalError) as err:
+        load_for_inference(run / "evil.ckpt")
+    assert "\n" not in str(err.value) and "checkpoint" in str(err.value)
+    assert "this must never run" not in capsys.readouterr().out
+
+
 def test_eval_cli_errors(trained: dict[str, Path], tmp_path: Path) -> None:
     cfg = compose([f"checkpoint={trained['export']}"], config_name="eval", output_dir=tmp_path)
     with pytest.raises(EvalError, match="nothing to evaluate"):
