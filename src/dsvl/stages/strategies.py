@@ -119,9 +119,21 @@ def shard_model(model: nn.Module, **fully_shard_kwargs: Any) -> dict[str, int]:
             if blocks and isinstance(module, blocks):
                 fully_shard(module, **fully_shard_kwargs)
                 n += 1
-        if any(True for _ in part.parameters()):
-            fully_shard(part, **fully_shard_kwargs)
         counts[name] = n
+        if not any(True for _ in part.parameters()):
+            continue
+        get_in = getattr(part, "get_input_embeddings", None)
+        if get_in is None:
+            fully_shard(part, **fully_shard_kwargs)
+            continue
+        # the VLM embeds tokens itself (image features are scattered into them) before calling the LLM,
+        # so the input embedding must gather on its own call: its own unit. Tied to the output head,
+        # both stay in the root unit (gathered by the VLM's forward) instead.
+        emb, head = get_in(), part.get_output_embeddings()
+        if head is not None and head.weight is emb.weight:
+            continue
+        fully_shard(emb, **fully_shard_kwargs)
+        fully_shard(part, **fully_shard_kwargs)
     fully_shard(model, **fully_shard_kwargs)
     return counts
 
