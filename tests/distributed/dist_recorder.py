@@ -41,5 +41,6 @@ class StepRecorder(pl.Callback):
                              "in_optimizer": n in in_opt, "optimizer_state": n in with_state,
                              "sharded": type(p.data).__name__ == "DTensor" or type(p).__name__ == "DTensor"}
             out = {"world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__, "ranks": ranks,
+                   "checkpointing": bool(getattr(module, "is_gradient_checkpointing", False)),
                    "params": frozen}
             Path(trainer.default_root_dir, "record.json").write_text(json.dumps(out))

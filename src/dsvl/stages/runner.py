@@ -100,6 +100,9 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     trainable = cfg.stage.get("trainable")
     trainable = expand_part_names(list(trainable), parts) if trainable is not None else None
 
+    from dsvl.stages.strategies import check_strategy
+
+    check_strategy(cfg.trainer)  # e.g. trainer=deepspeed without the package: one line, before any weights
     world = world_size(cfg.trainer)
     micro = micro_batch_size(cfg)
     global_batch = cfg.stage.get("global_batch")

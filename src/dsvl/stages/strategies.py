@@ -186,9 +186,6 @@ def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
                                    "or use trainer=fsdp, Lightning's FSDP2, which needs nothing extra")
         if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
             raise TrainConfigError("trainer=deepspeed runs on GPUs only; on CPU use trainer=ddp or trainer=fsdp with trainer.accelerator=cpu")
-    if name in ("ddp", "fsdp") and accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise TrainConfigError(f"trainer.accelerator={accelerator} but no CUDA device is visible; "
-                               "set trainer.accelerator=cpu (gloo) to try the strategy on CPU")
 
 
 def slurm_environment(auto_requeue: bool = True, requeue_signal: str = "SIGUSR1") -> SLURMEnvironment:
