@@ -93,7 +93,11 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
             mc.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]),
                       categories=["y", "x"], keys=["d", "a"])
             ppl.update(torch.tensor(3.0), 2)
-        queue.put((rank, mc.compute().item(), mc.summary(), ppl.compute().item()))
+        # a metric that only rank 0 fed: the idle rank still takes part in the sync
+        lonely = MultipleChoiceAccuracy()
+        if rank == 0:
+            lonely.update(torch.tensor([[0.0, 1.0]]), torch.tensor([0]), categories=["z"], keys=["only"])
+        queue.put((rank, mc.compute().item(), mc.summary(), ppl.compute().item(), lonely.summary()))
     finally:
         dist.destroy_process_group()
 
@@ -117,7 +121,8 @@ def test_ddp_sync_two_processes_no_double_counting() -> None:
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
-    for _rank, acc, summary, ppl in results:
+    for _rank, acc, summary, ppl, lonely in results:
+        assert lonely["num_samples"] == 1 and lonely["per_category"] == {"z": {"accuracy": 1.0, "num_samples": 1}}
         assert acc == pytest.approx(2 / 4)
         assert summary["num_samples"] == 4
         assert summary["per_category"] == {

@@ -16,6 +16,7 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -120,13 +121,31 @@ class MultipleChoiceAccuracy(Metric):
         cats = categories if categories is not None else [UNCATEGORIZED] * batch
         self.categories.append(_encode_categories(cats).to(option_nll.device))
 
+    def _empty_states(self) -> dict[str, Tensor]:
+        return {
+            "ids": torch.empty(0, dtype=torch.int64, device=self.device),
+            "correct": torch.empty(0, dtype=torch.int64, device=self.device),
+            "categories": torch.empty(0, CATEGORY_BYTES, dtype=torch.uint8, device=self.device),
+        }
+
+    def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
+        """A rank that saw no MC batch gathers typed empty rows (torchmetrics would send float32 `[]`,
+        which does not match the other ranks' int64 / uint8 rows)."""
+        for name, empty in self._empty_states().items():
+            state = getattr(self, name)
+            if isinstance(state, list) and not state:
+                state.append(empty)
+        super()._sync_dist(*args, **kwargs)
+
     def _unique(self) -> tuple[Tensor, Tensor]:
         """Correctness and category rows with each sample id kept once (its first occurrence)."""
-        if isinstance(self.ids, list) and not self.ids:
-            return torch.empty(0, dtype=torch.int64), torch.empty(0, CATEGORY_BYTES, dtype=torch.uint8)
-        ids = dim_zero_cat(self.ids)
-        correct = dim_zero_cat(self.correct)
-        cats = dim_zero_cat(self.categories)
+        states = {name: getattr(self, name) for name in ("ids", "correct", "categories")}
+        if any(isinstance(v, list) and not v for v in states.values()):
+            empty = self._empty_states()
+            return empty["correct"], empty["categories"]
+        ids, correct, cats = (dim_zero_cat(states[n]) for n in ("ids", "correct", "categories"))
+        if ids.numel() == 0:
+            return correct[:0], cats[:0]
         _, inverse = torch.unique(ids, return_inverse=True)
         order = torch.arange(ids.numel(), device=ids.device)
         first = torch.full((int(inverse.max()) + 1,), ids.numel(), dtype=torch.long, device=ids.device)
