@@ -1,5 +1,8 @@
 """`dsvl-eval`: multiple choice by perplexity and held-out text perplexity of a trained model.
 
+Loading lives here (it reuses the training side's checkpoint reader); the evaluation itself is
+`dsvl.eval.evaluate`.
+
     dsvl-eval checkpoint=outputs/train/<run>/checkpoints/last.ckpt mc.shards=data/demo/mc/val
     dsvl-eval checkpoint=outputs/export/demo text.shards=data/demo/pretrain/text/val mc.modes=[text,letter]
 
@@ -11,9 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from dsvl.cli._config import CONFIG_DIR, fail, one_line
-from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
+from dsvl.data.chat import IMAGE_TOKEN
+from dsvl.eval.evaluate import EvalError, evaluate_mc, evaluate_text, format_table
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,6 @@ TOKENIZER_KEYS = ("tokenizer", "tokenizer_path", "tokenizer_dir", "tokenizer_nam
 SYSTEM_PROMPT_AUTO = "auto"
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
-
-
-class EvalError(ValueError):
-    """A model, tokenizer or data path that cannot be used; the message is one line for the user."""
 
 
 @dataclass
@@ -229,7 +227,8 @@ def load_for_inference(
     torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
     if dtype and torch_dtype is None:
         raise EvalError(f"dtype={dtype}: expected one of {sorted(DTYPES)}")
-    model = model.to(device=resolve_device(str(device)) if not isinstance(device, torch.device) else device, dtype=torch_dtype)
+    target = device if isinstance(device, torch.device) else resolve_device(None if device is None else str(device))
+    model = model.to(device=target, dtype=torch_dtype)
     model.eval()
     log.info("loaded %s model from %s (tokenizer %s)", source, p, tok_path)
     return LoadedModel(model=model, tokenizer=tok, source=source, path=p, tokenizer_path=str(tok_path),
@@ -243,145 +242,11 @@ def pick_system_prompt(requested: str | None, loaded: LoadedModel) -> str | None
     return None if requested.strip().lower() in ("", "none", "null") else requested
 
 
-# ---------------------------------------------------------------------------------------- data
-def _urls(spec: Any) -> list[str]:
-    from dsvl.data.streams import expand_urls
-
-    if OmegaConf.is_config(spec):
-        spec = OmegaConf.to_container(spec)
-    urls = expand_urls(spec)
-    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
-    if not urls or missing:
-        raise EvalError(f"no shards at {spec}" if not urls else f"shard not found: {missing[0]}")
-    return urls
-
-
-def _raw_samples(urls: Sequence[str], counter: Any) -> Iterator[dict[str, Any]]:
-    from dsvl.data.streams import read_tar
-
-    for url in urls:
-        yield from read_tar(url, counter)
-
-
-def _batches(items: Iterator[Any], size: int, limit: int | None) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for n, item in enumerate(items):
-        if limit is not None and n >= limit:
-            break
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _good(raws: Iterator[dict[str, Any]], parse: Any, counter: Any) -> Iterator[Any]:
-    """Parsed samples; bad ones counted and skipped (never fatal)."""
-    from dsvl.data.bad_samples import BadSample
-
-    for raw in raws:
-        try:
-            yield parse(raw)
-        except BadSample as e:
-            counter.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
-
-
-def _to_device(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    param = next(model.parameters())
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(param.device, dtype=param.dtype if v.is_floating_point() else None)
-        out[k] = v
-    return out
-
-
-# ---------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_mc(model: nn.Module, tokenizer: Any, shards: Any, mode: str = "text", batch_size: int = 8,
-                limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
-    """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips."""
-    from dsvl.data.bad_samples import SkipCounter
-    from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceCollator
-    from dsvl.eval import MultipleChoiceAccuracy, score_options
-
-    urls = _urls(shards)
-    counter = SkipCounter()
-    collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt)
-    metric = MultipleChoiceAccuracy(mode=mode)
-    for batch in MultipleChoiceBatches(urls, collate, batch_size, limit, counter=counter):
-        batch = _to_device(batch, model)
-        metric.update(score_options(model, batch).cpu(), batch["answer"].cpu(), batch["categories"], batch["keys"])
-    result = dict(metric.summary())
-    result.update(shards=urls, skipped=counter.as_dict())
-    return result
-
-
-@torch.no_grad()
-def evaluate_text(model: nn.Module, tokenizer: Any, shards: Any, batch_size: int = 8, max_length: int = 2048,
-                  limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
-    """Token-mean NLL on held-out shards: perplexity of text samples, loss of multimodal ones."""
-    from dsvl.data.bad_samples import SkipCounter
-    from dsvl.data.collate import collate
-    from dsvl.data.encode import SampleEncoder
-    from dsvl.data.images import ImagePreprocessor
-    from dsvl.data.tokenize import TextEncoder
-    from dsvl.eval import MultimodalLoss, TextPerplexity, forward_inputs
-
-    urls = _urls(shards)
-    counter = SkipCounter()
-    spec = model.vision_spec
-    text = TextEncoder(tokenizer, spec.num_image_tokens, supervise="all", system_prompt=system_prompt)
-    encoder = SampleEncoder(text, ImagePreprocessor(spec) if spec.inputs else None, max_length)
-    image_inputs = [(i.name, i.size) for i in spec.inputs]
-    metrics = {"text": TextPerplexity(), "multimodal": MultimodalLoss()}
-    samples = {"text": 0, "multimodal": 0}
-    for encoded in _batches(_good(_raw_samples(urls, counter), encoder, counter), batch_size, limit):
-        for modality in ("text", "multimodal"):
-            group = [e for e in encoded if e.modality == modality]
-            if not group:
-                continue
-            batch = _to_device(collate(group, text.pad_id, image_inputs), model)
-            out = model(**forward_inputs(batch), labels=batch["labels"])
-            metrics[modality].update(out.loss.float().cpu(), out.num_loss_tokens.cpu())
-            samples[modality] += len(group)
-    result: dict[str, Any] = {"shards": urls, "skipped": counter.as_dict()}
-    if samples["text"]:
-        ppl = float(metrics["text"].compute())
-        result.update(perplexity=ppl, loss=math.log(ppl), num_tokens=int(metrics["text"].num_tokens), num_samples=samples["text"])
-    if samples["multimodal"]:
-        result["multimodal"] = {"loss": float(metrics["multimodal"].compute()),
-                                "num_tokens": int(metrics["multimodal"].num_tokens), "num_samples": samples["multimodal"]}
-    if not samples["text"] and not samples["multimodal"]:
-        raise EvalError(f"no usable samples in {shards} ({counter.summary()})")
-    return result
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The report as an aligned plain-text table (one row per metric)."""
-    rows: list[tuple[str, str, str]] = []
-    for mode, res in report.get("mc", {}).items():
-        rows.append((f"mc/{mode}/accuracy", f"{res['accuracy']:.4f}", str(res["num_samples"])))
-        for cat, c in res["per_category"].items():
-            rows.append((f"mc/{mode}/{cat}", f"{c['accuracy']:.4f}", str(c["num_samples"])))
-    text = report.get("text")
-    if text:
-        if "perplexity" in text:
-            rows.append(("text/perplexity", f"{text['perplexity']:.4f}", str(text["num_samples"])))
-        if "multimodal" in text:
-            rows.append(("multimodal/loss", f"{text['multimodal']['loss']:.4f}", str(text["multimodal"]["num_samples"])))
-    header = ("metric", "value", "samples")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
-    return "\n".join([f"model: {report['model']} ({report['source']})", line(header),
-                      "  ".join("-" * w for w in widths), *map(line, rows)])
-
-
 def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Everything `dsvl-eval` does, as a function: returns the report and writes it as JSON."""
     start = time.perf_counter()
-    mc_shards, text_shards = cfg.mc.get("shards"), cfg.text.get("shards")
+    mc_shards, text_shards = (OmegaConf.to_object(x) if OmegaConf.is_config(x) else x
+                              for x in (cfg.mc.get("shards"), cfg.text.get("shards")))
     if not mc_shards and not text_shards:
         raise EvalError("nothing to evaluate: set mc.shards and/or text.shards")
     modes = list(cfg.mc.get("modes") or ["text"])

@@ -7,6 +7,8 @@
 - `score_options(model, mc_batch) -> (B, K)` mean option NLLs in one forward pass;
   `sequence_nll(logits, labels) -> (sum, count)` per row.
 - `ChatGenerator`, `GenerationSettings`: batched, left-padded, multi-image chat generation.
+- `evaluate_mc(model, tokenizer, shards, mode, ...)`, `evaluate_text(model, tokenizer, shards, ...)`:
+  whole evaluation sets -> report dicts (what `dsvl-eval` runs); `format_table(report)`.
 - `plot_run(run_dir, output=None) -> Path`: training curves PNG from the CSV logger.
 
 Names load lazily, so `dsvl.eval.plots` (matplotlib only) does not import torch.
@@ -27,6 +29,10 @@ _EXPORTS = {
     "ChatGenerator": "dsvl.eval.generation",
     "GenerationSettings": "dsvl.eval.generation",
     "plot_run": "dsvl.eval.plots",
+    "EvalError": "dsvl.eval.evaluate",
+    "evaluate_mc": "dsvl.eval.evaluate",
+    "evaluate_text": "dsvl.eval.evaluate",
+    "format_table": "dsvl.eval.evaluate",
 }
 __all__ = sorted(_EXPORTS)
 

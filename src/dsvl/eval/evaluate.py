@@ -1,0 +1,148 @@
+"""Evaluation sets of a trained model: multiple choice by perplexity and held-out perplexity.
+
+Functions over a loaded `VisionLanguageModel` + tokenizer, so `dsvl-eval`, the demo and user code
+share them. Shards are read in order; bad samples are counted per reason and skipped.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dsvl.data.bad_samples import BadSample, SkipCounter
+from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
+from dsvl.data.collate import collate
+from dsvl.data.encode import SampleEncoder
+from dsvl.data.images import ImagePreprocessor
+from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceCollator
+from dsvl.data.streams import expand_urls, read_tar
+from dsvl.data.tokenize import TextEncoder
+from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
+from dsvl.eval.scoring import forward_inputs, score_options
+
+__all__ = ["EvalError", "evaluate_mc", "evaluate_text", "format_table"]
+
+
+class EvalError(ValueError):
+    """A model, tokenizer or data path that cannot be used; the message is one line for the user."""
+
+
+def _urls(spec: str | Sequence[str]) -> list[str]:
+    """Shard files of a directory, glob, brace pattern or list; a clear error when there are none."""
+    spec = spec if isinstance(spec, str) else [str(s) for s in spec]
+    urls = expand_urls(spec)
+    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+    if not urls or missing:
+        raise EvalError(f"no shards at {spec}" if not urls else f"shard not found: {missing[0]}")
+    return urls
+
+
+def _raw_samples(urls: Sequence[str], counter: SkipCounter) -> Iterator[dict[str, Any]]:
+    for url in urls:
+        yield from read_tar(url, counter)
+
+
+def _batches(items: Iterator[Any], size: int, limit: int | None) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for n, item in enumerate(items):
+        if limit is not None and n >= limit:
+            break
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _good(raws: Iterator[dict[str, Any]], parse: Any, counter: SkipCounter) -> Iterator[Any]:
+    """Parsed samples; bad ones counted and skipped (never fatal)."""
+    for raw in raws:
+        try:
+            yield parse(raw)
+        except BadSample as e:
+            counter.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
+
+
+def _to_device(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Tensors onto the model's device; images in its dtype."""
+    param = next(model.parameters())
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(param.device, dtype=param.dtype if v.is_floating_point() else None)
+        out[k] = v
+    return out
+
+
+@torch.no_grad()
+def evaluate_mc(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], mode: str = "text", batch_size: int = 8,
+                limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
+    """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips."""
+    urls = _urls(shards)
+    counter = SkipCounter()
+    collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt)
+    metric = MultipleChoiceAccuracy(mode=mode)
+    for batch in MultipleChoiceBatches(urls, collate, batch_size, limit, counter=counter):
+        batch = _to_device(batch, model)
+        metric.update(score_options(model, batch).cpu(), batch["answer"].cpu(), batch["categories"], batch["keys"])
+    result = dict(metric.summary())
+    result.update(shards=urls, skipped=counter.as_dict())
+    return result
+
+
+@torch.no_grad()
+def evaluate_text(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], batch_size: int = 8, max_length: int = 2048,
+                  limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
+    """Token-mean NLL on held-out shards: perplexity of text samples, loss of multimodal ones."""
+    urls = _urls(shards)
+    counter = SkipCounter()
+    spec = model.vision_spec
+    text = TextEncoder(tokenizer, spec.num_image_tokens, supervise="all", system_prompt=system_prompt)
+    encoder = SampleEncoder(text, ImagePreprocessor(spec) if spec.inputs else None, max_length)
+    image_inputs = [(i.name, i.size) for i in spec.inputs]
+    metrics = {"text": TextPerplexity(), "multimodal": MultimodalLoss()}
+    samples = {"text": 0, "multimodal": 0}
+    for encoded in _batches(_good(_raw_samples(urls, counter), encoder, counter), batch_size, limit):
+        for modality in ("text", "multimodal"):
+            group = [e for e in encoded if e.modality == modality]
+            if not group:
+                continue
+            batch = _to_device(collate(group, text.pad_id, image_inputs), model)
+            out = model(**forward_inputs(batch), labels=batch["labels"])
+            metrics[modality].update(out.loss.float().cpu(), out.num_loss_tokens.cpu())
+            samples[modality] += len(group)
+    result: dict[str, Any] = {"shards": urls, "skipped": counter.as_dict()}
+    if samples["text"]:
+        m = metrics["text"]
+        result.update(perplexity=float(m.compute()), loss=float(m.nll_sum) / int(m.num_tokens),
+                      num_tokens=int(m.num_tokens), num_samples=samples["text"])
+    if samples["multimodal"]:
+        result["multimodal"] = {"loss": float(metrics["multimodal"].compute()),
+                                "num_tokens": int(metrics["multimodal"].num_tokens), "num_samples": samples["multimodal"]}
+    if not samples["text"] and not samples["multimodal"]:
+        raise EvalError(f"no usable samples in {shards} ({counter.summary()})")
+    return result
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as an aligned plain-text table (one row per metric)."""
+    rows: list[tuple[str, str, str]] = []
+    for mode, res in report.get("mc", {}).items():
+        rows.append((f"mc/{mode}/accuracy", f"{res['accuracy']:.4f}", str(res["num_samples"])))
+        for cat, c in res["per_category"].items():
+            rows.append((f"mc/{mode}/{cat}", f"{c['accuracy']:.4f}", str(c["num_samples"])))
+    text = report.get("text")
+    if text:
+        if "perplexity" in text:
+            rows.append(("text/perplexity", f"{text['perplexity']:.4f}", str(text["num_samples"])))
+        if "multimodal" in text:
+            rows.append(("multimodal/loss", f"{text['multimodal']['loss']:.4f}", str(text["multimodal"]["num_samples"])))
+    header = ("metric", "value", "samples")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
+    return "\n".join([f"model: {report['model']} ({report['source']})", line(header),
+                      "  ".join("-" * w for w in widths), *map(line, rows)])
