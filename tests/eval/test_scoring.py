@@ -117,6 +117,12 @@ def test_mc_batches_split_ranks_disjointly(tokenizer: Any, tiny_model: Any, tmp_
     parts = [[k for b in MultipleChoiceBatches(str(tmp_path), collate, batch_size=2, rank=r, world_size=2) for k in b["keys"]]
              for r in range(2)]
     assert len(parts[0]) == 4 and len(parts[1]) == 3 and not set(parts[0]) & set(parts[1])
+    from dsvl.data.bad_samples import SkipCounter
+
+    counter = SkipCounter()
+    short = MultipleChoiceCollator(tokenizer, tiny_model.vision_spec, max_length=20)
+    assert list(MultipleChoiceBatches(str(tmp_path), short, counter=counter)) == []
+    assert counter.as_dict() == {"too_long": 7}  # skipped and counted, never fatal
     limited = list(MultipleChoiceBatches(str(tmp_path), collate, batch_size=4, limit=5))
     assert [len(b["keys"]) for b in limited] == [4, 1]
     assert limited[0]["input_ids"].shape[0] == 16 and limited[0]["pixel_values"].shape[0] == 16

@@ -260,7 +260,7 @@ def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str,
                               "device": str(next(loaded.model.parameters()).device), "system_prompt": system_prompt}
     if mc_shards:
         report["mc"] = {mode: evaluate_mc(loaded.model, loaded.tokenizer, mc_shards, mode, int(cfg.mc.batch_size),
-                                          cfg.mc.get("limit"), system_prompt) for mode in modes}
+                                          cfg.mc.get("limit"), system_prompt, cfg.mc.get("max_length")) for mode in modes}
     if text_shards:
         report["text"] = evaluate_text(loaded.model, loaded.tokenizer, text_shards, int(cfg.text.batch_size),
                                        int(cfg.text.max_length), cfg.text.get("limit"), system_prompt)

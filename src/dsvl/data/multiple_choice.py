@@ -113,6 +113,15 @@ def candidate_answers(sample: MultipleChoiceSample, mode: Mode) -> tuple[list[di
     raise ValueError(f"mode must be 'text' or 'letter', got {mode!r}")
 
 
+@dataclass
+class EncodedMC:
+    """A sample with its (input_ids, labels) row per option and its image tensors (per input name)."""
+
+    sample: MultipleChoiceSample
+    rows: list[tuple[list[int], list[int]]]
+    pixels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class MultipleChoiceCollator:
     """Turns MC samples into one batch of (question, option) rows for `dsvl.eval.score_options`.
 
@@ -156,23 +165,31 @@ class MultipleChoiceCollator:
             rows.append((enc.input_ids, labels))
         return rows
 
-    def __call__(self, samples: Sequence[MultipleChoiceSample]) -> dict[str, Any]:
+    def encode(self, sample: MultipleChoiceSample) -> EncodedMC:
+        """Token rows and image tensors of one sample; `BadSample` when it cannot be scored."""
+        rows = self.encode_rows(sample)
+        pixels: dict[str, torch.Tensor] = {}
+        if sample.images:
+            if self.images is None:
+                raise BadSample(SkipReason.UNKNOWN_MODALITY, "image sample but the model has no vision tower", sample.key)
+            pixels = self.images(sample.images)
+        return EncodedMC(sample, rows, pixels)
+
+    def __call__(self, samples: Sequence[MultipleChoiceSample | EncodedMC]) -> dict[str, Any]:
         if not samples:
             raise ValueError("empty multiple-choice batch")
+        encoded = [s if isinstance(s, EncodedMC) else self.encode(s) for s in samples]
         rows: list[tuple[list[int], list[int]]] = []
         row_sample: list[int] = []
         row_option: list[int] = []
         pixels: dict[str, list[torch.Tensor]] = {}
-        for s_idx, sample in enumerate(samples):
-            sample_rows = self.encode_rows(sample)
-            rows.extend(sample_rows)
-            row_sample.extend([s_idx] * len(sample_rows))
-            row_option.extend(range(len(sample_rows)))
-            if sample.images:
-                if self.images is None:
-                    raise ValueError(f"sample {sample.key!r} has images but the model has no vision tower")
-                for name, tensor in self.images(sample.images).items():
-                    pixels.setdefault(name, []).extend([tensor] * len(sample_rows))
+        for s_idx, enc in enumerate(encoded):
+            rows.extend(enc.rows)
+            row_sample.extend([s_idx] * len(enc.rows))
+            row_option.extend(range(len(enc.rows)))
+            for name, tensor in enc.pixels.items():
+                pixels.setdefault(name, []).extend([tensor] * len(enc.rows))
+        samples = [enc.sample for enc in encoded]
         length = max(len(ids) for ids, _ in rows)
         pad = self.encoder.pad_id
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
@@ -232,8 +249,8 @@ class MultipleChoiceBatches(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         return self.rank * workers + worker, self.world_size * workers
 
-    def samples(self) -> Iterator[MultipleChoiceSample]:
-        """This part's valid samples."""
+    def samples(self) -> Iterator[EncodedMC]:
+        """This part's valid samples, encoded (bad or too long ones counted and skipped)."""
         index, parts = self._part()
         n = 0
         for url in self.urls:
@@ -244,12 +261,14 @@ class MultipleChoiceBatches(IterableDataset):
                 if (n - 1) % parts != index:
                     continue
                 try:
-                    yield parse_mc_sample(raw)
+                    encoded = self.collator.encode(parse_mc_sample(raw))
                 except BadSample as e:
                     self.counter.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
+                    continue
+                yield encoded
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        batch: list[MultipleChoiceSample] = []
+        batch: list[EncodedMC] = []
         for sample in self.samples():
             batch.append(sample)
             if len(batch) == self.batch_size:

@@ -80,11 +80,15 @@ def _to_device(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate_mc(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], mode: str = "text", batch_size: int = 8,
-                limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
-    """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips."""
+                limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                max_length: int | None = None) -> dict[str, Any]:
+    """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips.
+
+    A question whose longest row exceeds `max_length` tokens is skipped (counted as too_long).
+    """
     urls = _urls(shards)
     counter = SkipCounter()
-    collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt)
+    collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt, max_length=max_length)
     metric = MultipleChoiceAccuracy(mode=mode)
     for batch in MultipleChoiceBatches(urls, collate, batch_size, limit, counter=counter):
         batch = _to_device(batch, model)
