@@ -167,3 +167,21 @@ def test_eval_cli_errors(trained: dict[str, Path], tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, lonely)
     with pytest.raises(EvalError, match="no run config"):
         load_for_inference(lonely)
+
+
+def test_dsvl_eval_console_entry(trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from dsvl.cli import evaluate
+
+    write_shards(generate_samples("mc", "val", 3, seed=0), tmp_path / "mc", prefix="mc")
+    run_dir = tmp_path / "hydra_run"
+    monkeypatch.setattr("sys.argv", ["dsvl-eval", f"checkpoint={trained['export']}", f"mc.shards={tmp_path / 'mc'}",
+                                     "device=cpu", f"hydra.run.dir={run_dir}"])
+    evaluate.main()
+    out = capsys.readouterr().out
+    assert "mc/text/accuracy" in out and (run_dir / "eval_report.json").is_file()
+    monkeypatch.setattr("sys.argv", ["dsvl-eval", f"mc.shards={tmp_path / 'mc'}", f"hydra.run.dir={run_dir}"])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1] == "dsvl-eval: error: Missing mandatory value: checkpoint"
