@@ -29,9 +29,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from dsvl.stages.checkpoint import InitFromError
     from dsvl.stages.freezing import FreezeConfigError
     from dsvl.stages.runner import TrainConfigError
+    from dsvl.callbacks.nan_guard import NonFiniteLossError
+    from dsvl.cli.validate import RunConfigError
+    from dsvl.stages.resume import ResumeError
 
     types: list[type[BaseException]] = [ConfigError, TrainConfigError, FreezeConfigError, InitFromError,
-                                        OmegaConfBaseException, FileNotFoundError]
+                                        OmegaConfBaseException, FileNotFoundError, RunConfigError, ResumeError,
+                                        NonFiniteLossError]
     try:
         from dsvl.data import DataConfigError  # type: ignore[attr-defined]
 
@@ -96,9 +100,14 @@ def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None]) -> T:
             log.error("job failed: %s", one_line(err))
             raise
         fail(prog, err)
-    except Exception:
-        log.exception("run crashed")
-        raise
+    except Exception as err:
+        from dsvl.cli.validate import user_error_of
+
+        inner = user_error_of(err, user_error_types())  # e.g. a DataConfigError inside Hydra's InstantiationException
+        if inner is None or is_multirun():
+            log.exception("run crashed")
+            raise
+        fail(prog, inner)
     finally:
         try:
             cleanup()

@@ -8,11 +8,12 @@ resume the same stage).
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from dsvl.model.safe_load import UnsafeCheckpointError, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,9 @@ def check_init_from(path: str | Path) -> Path:
 def lightning_state_dict(path: Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
     """The model weights of a Lightning checkpoint, loaded with `weights_only=True`."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InitFromError(f"init_from={path}: not a loadable checkpoint ({first})") from None
+        ckpt = safe_torch_load(path, map_location="cpu")  # weights_only: a pickle needing code execution is refused
+    except UnsafeCheckpointError as err:
+        raise InitFromError(f"init_from={path}: {err}") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise InitFromError(f"init_from={path}: no state_dict inside")

@@ -128,7 +128,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         raise TrainConfigError(f"trainer.max_steps must be > 0 (training is counted in global steps), got {max_steps}")
     sched = cfg.get("scheduler")
     if sched is not None and sched.get("warmup_steps") is not None and int(sched.warmup_steps) > max_steps:
-        raise TrainConfigError(f"scheduler.warmup_steps={sched.warmup_steps} exceeds trainer.max_steps={max_steps}")
+        raise TrainConfigError(f"scheduler.warmup_steps={sched.warmup_steps} exceeds trainer.max_steps={max_steps} (accepted: 0 to {max_steps})")
     val_every = cfg.get("val_every_n_steps")
     val_check = int(val_every) * accumulation if val_every else None
     for key in ("init_from", "ckpt_path"):
@@ -255,6 +255,7 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     import lightning.pytorch as pl
     from hydra.utils import get_class, instantiate
 
+    from dsvl.callbacks.preemption import was_preempted
     from dsvl.model import build_model
     from dsvl.stages.checkpoint import load_init_weights
 
@@ -287,20 +288,22 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     log_hyperparameters(loggers, cfg, plan)
 
     start = time.perf_counter()
-    trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path") or None, weights_only=False)
+    trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path") or None, weights_only=True)
     seconds = time.perf_counter() - start
     ckpt_dir = Path(cfg.paths.get("ckpt_dir") or output_dir / "checkpoints")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = ckpt_dir / "last.ckpt"
-    trainer.save_checkpoint(checkpoint)
+    preempted = was_preempted(trainer)  # PreemptionCheckpoint wrote last.ckpt where it stopped; exit fast
+    if not preempted:
+        trainer.save_checkpoint(checkpoint)
 
-    if cfg.get("validate_at_end", True):
+    if cfg.get("validate_at_end", True) and not preempted:
         limit = cfg.get("limit_val_batches")
         trainer.limit_val_batches = 1.0 if limit is None else limit
         trainer.validate(stage, datamodule=datamodule, verbose=False, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     export = None
-    if cfg.get("export_dir"):
+    if cfg.get("export_dir") and not preempted:
         export = export_model(stage.model, datamodule, Path(cfg.export_dir))
     for lg in loggers:
         lg.finalize("success")

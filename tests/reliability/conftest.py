@@ -1,0 +1,66 @@
+"""Fixtures for the reliability tests: small demo data (made once) and a `dsvl-train` subprocess runner.
+
+Every run is the tiny model on CPU, a few steps, one thread; the test hooks (reliability_hooks.py)
+reach the subprocess through PYTHONPATH.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+EXIT_USER_ERROR = 2
+
+
+def dsvl_train_cmd() -> list[str]:
+    """The installed console script (as users run it); `python -m` when the venv has no script."""
+    script = Path(sys.executable).with_name("dsvl-train")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dsvl.cli.train"]
+
+
+def run_train(overrides: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """`dsvl-train OVERRIDES...` in a subprocess (one CPU thread, offline, test hooks importable)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(dsvl_train_cmd() + list(overrides), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def read_records(path: Path) -> list[dict]:
+    """The StepRecorder lines of one run."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    from dsvl.data.demo import make_demo_data
+
+    out = tmp_path_factory.mktemp("reliability_demo")
+    make_demo_data(out, seed=0, train_size=96, eval_size=16, shard_size=32)
+    return out
+
+
+def stage2(data_dir: Path, run_dir: Path, *extra: str, max_steps: int = 5, workers: int = 2) -> list[str]:
+    """A few-step stage-2 run of the tiny model: grouped text / multimodal steps, 2 micro-batches per step."""
+    return [
+        "experiment=demo/pretrain", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
+        f"trainer.max_steps={max_steps}", "stage.global_batch=4", "data.micro_batch_size=2", f"data.num_workers={workers}",
+        "data.max_length=128", "data.schedule.warmup_steps=2", "data.schedule.target=0.5", "scheduler.warmup_steps=1",
+        "validate_at_end=false", "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.samples=null",
+        "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false", *extra,
+    ]
+
+
+def recorder(path: Path) -> list[str]:
+    return ["+callbacks.record._target_=reliability_hooks.StepRecorder", f"+callbacks.record.path={path}"]
+
+
+def signal_at(step: int, micro: int, sig: str) -> list[str]:
+    return ["+callbacks.hook._target_=reliability_hooks.SignalAt", f"+callbacks.hook.step={step}",
+            f"+callbacks.hook.micro={micro}", f"+callbacks.hook.signal={sig}"]
