@@ -13,7 +13,7 @@ def overrides(strategy: str, data_dir: str, steps: int, devices: int, global_bat
     """The stage-2 demo recipe on a small schedule with both modalities from step 0."""
     trainer = {"ddp": "ddp", "fsdp": "fsdp", "single": "cpu"}[strategy]
     # FSDP2 with activation checkpointing on: recomputation must not change a single loss
-    extra = ["trainer.strategy.activation_checkpointing=true"] if strategy == "fsdp" else []
+    extra = ["model.gradient_checkpointing=true"] if strategy == "fsdp" else []
     return extra + [
         "experiment=demo/pretrain", f"trainer={trainer}", "trainer.accelerator=cpu", f"trainer.devices={devices}",
         "trainer.precision=32-true", f"trainer.max_steps={steps}", "+trainer.enable_progress_bar=false",

@@ -121,7 +121,7 @@ def test_ddp_matches_single_process(demo, reference, tmp_path):
 
 def test_fsdp2_matches_single_process_and_frozen_towers_hold_no_state(demo, reference, tmp_path):
     record = torchrun("fsdp", demo, tmp_path)
-    assert record["strategy"] == "FSDP2Strategy" and record["checkpointing"]  # trainer.strategy.activation_checkpointing
+    assert record["strategy"] == "FSDP2Strategy" and record["checkpointing"]  # model.gradient_checkpointing
     check_run(record, reference, tol=1e-4)
     params = record["params"]
     frozen = {n: p for n, p in params.items() if n.startswith("vision.")}

@@ -43,11 +43,10 @@ def test_fsdp_is_fsdp2_through_model_parallel_strategy_with_options():
 
     from dsvl.stages.strategies import FSDP2Strategy
 
-    cfg = compose(["trainer=fsdp", "trainer.strategy.activation_checkpointing=true", "trainer.strategy.param_dtype=bf16",
-                   "trainer.strategy.reshard_after_forward=false"])
+    cfg = compose(["trainer=fsdp", "trainer.strategy.param_dtype=bf16", "trainer.strategy.reshard_after_forward=false"])
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDP2Strategy) and isinstance(strategy, ModelParallelStrategy)
-    assert strategy.activation_checkpointing and strategy.param_dtype is bfloat16 and not strategy.reshard_after_forward
+    assert strategy.param_dtype is bfloat16 and not strategy.reshard_after_forward
     with pytest.raises(ValueError, match="dtype"):
         FSDP2Strategy(param_dtype="bf17")
     with pytest.raises(ValueError, match="tensor_parallel_size"):

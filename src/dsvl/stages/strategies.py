@@ -50,9 +50,10 @@ def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 class FSDP2Strategy(ModelParallelStrategy):
     """`ModelParallelStrategy` for pure FSDP2 (data-parallel mesh over all ranks, no tensor parallel).
 
+    Activation checkpointing is the model's switch, the same under every strategy:
+    `model.gradient_checkpointing=true` (every LLM and tower block recomputed in backward).
+
     Args:
-        activation_checkpointing: recompute every transformer block in backward (LLM and towers)
-            through the model's own `gradient_checkpointing_enable` (memory for ~30% compute).
         reshard_after_forward: free gathered weights after forward (ZeRO-3 like); False keeps them
             until backward (ZeRO-2 like: more memory, fewer all-gathers).
         param_dtype / reduce_dtype: FSDP2 `MixedPrecisionPolicy` ("bf16", "fp32", ...); None keeps
@@ -63,7 +64,6 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def __init__(
         self,
-        activation_checkpointing: bool = False,
         reshard_after_forward: bool = True,
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
@@ -81,7 +81,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         if int(tensor_parallel_size) != 1:
             raise ValueError("FSDP2Strategy shards data-parallel only (tensor_parallel_size=1); "
                              "use lightning's ModelParallelStrategy with your own configure_model for 2-D parallelism")
-        self.activation_checkpointing = bool(activation_checkpointing)
         self.reshard_after_forward = bool(reshard_after_forward)
         self.param_dtype, self.reduce_dtype = _dtype(param_dtype), _dtype(reduce_dtype)
         self.cpu_offload = bool(cpu_offload)
@@ -154,8 +153,6 @@ def configure_model(stage: Any) -> None:
     strategy = getattr(trainer, "strategy", None)
     if not isinstance(strategy, ModelParallelStrategy) or is_sharded(stage.model):
         return
-    if isinstance(strategy, FSDP2Strategy) and strategy.activation_checkpointing:
-        stage.model.gradient_checkpointing_enable()
     counts = shard_model(stage.model, **_fully_shard_kwargs(strategy))
     frozen = set(getattr(stage, "frozen_parts", ()))
     log.info("FSDP2 over %d ranks: %s", strategy.world_size,
