@@ -5,6 +5,7 @@ reach the subprocess through PYTHONPATH.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 EXIT_USER_ERROR = 2
@@ -30,6 +32,29 @@ def run_train(overrides: list[str], timeout: float = 240) -> subprocess.Complete
                WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(dsvl_train_cmd() + list(overrides), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def png_bytes(size: int = 32, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def text_sample(i: int) -> dict:
+    return {"json": {"modality": "text", "category": "fact", "text": f"fact {i}: a red square has four corners."}}
+
+
+def mm_sample(i: int) -> dict:
+    return {"json": {"modality": "multimodal", "category": "caption", "text": f"<image_placeholder>shape {i}, a red square."},
+            "0.png": png_bytes()}
+
+
+def write_shard(rows: list[dict], out: Path, prefix: str) -> Path:
+    """One shard `<out>/<prefix>-000000.tar` holding `rows` in order, keys `<prefix>_0000`, ..."""
+    from dsvl.data.shards import write_shards
+
+    samples = [dict(r, __key__=f"{prefix}_{i:04d}") for i, r in enumerate(rows)]
+    return write_shards(samples, out, prefix=prefix, max_count=10_000)[0]
 
 
 def read_records(path: Path) -> list[dict]:

@@ -8,38 +8,24 @@ steps alternating text / multimodal), so every planted sample is read exactly on
 from __future__ import annotations
 
 import csv
-import io
 import json
 import tarfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import mm_sample as _mm
+from conftest import png_bytes as _png
 from conftest import run_train
-from PIL import Image
+from conftest import text_sample as _text
+from conftest import write_shard as _write
 
 from dsvl.data import SkipCounter
 from dsvl.data.schedule import ModalitySchedule
-from dsvl.data.shards import write_shards
 from dsvl.data.streams import Part, SourceReader
 
 MAX_STEPS, SAMPLES_PER_STEP = 22, 4  # global_batch 4 = 2 micro-batches of 2
 SCHEDULE = {"start": 0.5, "target": 0.5, "warmup_steps": 0, "shape": "linear"}
-
-
-def _png(size: int = 32, color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _text(i: int) -> dict:
-    return {"json": {"modality": "text", "category": "fact", "text": f"fact {i}: a red square has four corners."}}
-
-
-def _mm(i: int) -> dict:
-    return {"json": {"modality": "multimodal", "category": "caption", "text": f"<image_placeholder>shape {i}, a red square."},
-            "0.png": _png()}
 
 
 BAD_TEXT = {
@@ -78,11 +64,6 @@ def _interleave(good: list[dict], bad: list[dict], shards: int) -> list[list[dic
         rows[-1:-1] = mine_bad  # any left: before the last good sample
         out.append(rows)
     return out
-
-
-def _write(rows: list[dict], out: Path, prefix: str) -> Path:
-    samples = [dict(r, __key__=f"{prefix}_{i:04d}") for i, r in enumerate(rows)]
-    return write_shards(samples, out, prefix=prefix, max_count=10_000)[0]
 
 
 def _truncate(path: Path) -> Path:
