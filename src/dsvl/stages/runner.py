@@ -267,6 +267,12 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     stage_cls = get_class(cfg.stage._target_)
     datamodule = build_datamodule(cfg, plan, stage_cls)
     align_model_to_data(cfg, datamodule)
+    mc_val = cfg.get("mc_val")
+    if mc_val is not None and mc_val.get("shards"):
+        from dsvl.model import vision_spec
+        from dsvl.stages.validation import add_mc_validation
+
+        add_mc_validation(datamodule, mc_val, data_tokenizer(datamodule), vision_spec(cfg.model), cfg.data.get("system_prompt"))
     save_resolved_config(cfg, output_dir)  # after the model takes the tokenizer's image token id
     model = build_model(cfg.model)
     if cfg.get("init_from"):
@@ -277,6 +283,10 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
 
     loggers = instantiate_group(cfg.get("logger"), "logger")
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback then
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer_kwargs: dict[str, Any] = {"accumulate_grad_batches": plan.accumulation, "check_val_every_n_epoch": None}
     if plan.val_check_interval is None:  # no validation during fit; validate_at_end runs it once after
         trainer_kwargs |= {"limit_val_batches": 0, "val_check_interval": plan.max_steps * plan.accumulation + 1}
@@ -297,7 +307,8 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     if not preempted:
         trainer.save_checkpoint(checkpoint)
 
-    if cfg.get("validate_at_end", True) and not preempted:
+    validated_last_step = plan.val_check_interval is not None and (plan.max_steps * plan.accumulation) % plan.val_check_interval == 0
+    if cfg.get("validate_at_end", True) and not preempted and not validated_last_step:
         limit = cfg.get("limit_val_batches")
         trainer.limit_val_batches = 1.0 if limit is None else limit
         trainer.validate(stage, datamodule=datamodule, verbose=False, weights_only=True)

@@ -7,13 +7,16 @@ step (Lightning `interval: step`).
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["WarmupCosineLR", "WarmupMultiStepLR", "warmup_factor"]
+log = logging.getLogger(__name__)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -35,8 +38,25 @@ class _WarmupLR(LRScheduler):
         self.total_steps = int(total_steps)
         super().__init__(optimizer, last_epoch)
 
+    _CONFIG_KEYS: tuple[str, ...] = ("warmup_steps", "total_steps", "min_lr_ratio", "milestone_steps", "factors")
+
     def decay_factor(self, step: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position (`last_epoch`, `base_lrs`) plus the shape under `config`, which a resumed run
+        does not restore: the schedule of the run's config wins (e.g. a longer `max_steps`)."""
+        state = super().state_dict()
+        state["config"] = {k: state.pop(k) for k in self._CONFIG_KEYS if k in state}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        saved = state.pop("config", {})
+        now = {k: getattr(self, k) for k in saved if hasattr(self, k)}
+        if saved and saved != now:
+            log.warning("lr schedule changed on resume: checkpoint %s, now %s (the config wins)", saved, now)
+        super().load_state_dict(state)
 
     def factor(self, step: int) -> float:
         """Multiplier of the peak lr at `step` (0-based optimizer step)."""

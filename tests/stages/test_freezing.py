@@ -1,0 +1,100 @@
+"""Each stage freezes what the paper freezes; frozen parts leave the optimizer and stay in eval mode."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dsvl.stages import STAGES, AlignStage, FreezeConfigError, PretrainStage, SFTStage, expand_part_names, freeze_table
+
+EXPECTED = {  # SPEC §3: what trains in each stage
+    "align": {"adaptor"},
+    "pretrain": {"adaptor", "llm"},
+    "sft": {"adaptor", "llm", "vision.low"},
+}
+
+
+def _tiny(name: str = "tiny"):
+    from hydra import compose, initialize_config_dir
+
+    from dsvl.cli._config import CONFIG_DIR
+    from dsvl.model import build_model
+
+    with initialize_config_dir(str(CONFIG_DIR / "model"), version_base="1.3"):
+        cfg = compose(name)
+    return build_model(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_state() -> dict:
+    return _tiny().state_dict()
+
+
+@pytest.fixture
+def model(tiny_state):
+    m = _tiny()
+    m.load_state_dict(tiny_state)
+    return m
+
+
+def _optimizer_ids(stage) -> set[int]:
+    opt = stage.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    return {id(p) for g in opt.param_groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("name", ["align", "pretrain", "sft"])
+def test_stage_default_freezing_and_optimizer_contents(name: str, model) -> None:
+    stage = STAGES[name](model)
+    parts = model.parts()
+    assert set(stage.trainable_parts) == EXPECTED[name]
+    for part, module in parts.items():
+        grads = {p.requires_grad for p in module.parameters()}
+        assert grads == {part in EXPECTED[name]}, part
+    trainable = {id(p) for part in EXPECTED[name] for p in parts[part].parameters()}
+    assert _optimizer_ids(stage) == trainable  # frozen parts are not in the optimizer at all
+    rows = {r["part"]: r for r in model.parameter_summary()}
+    for part in parts:
+        assert rows[part]["trainable"] == (rows[part]["total"] if part in EXPECTED[name] else 0)
+
+
+def test_optimizer_is_adamw_095_wd0_by_default(model) -> None:
+    opt = PretrainStage(model).configure_optimizers()
+    assert isinstance(opt, torch.optim.AdamW)
+    assert all(g["betas"] == (0.9, 0.95) and g["weight_decay"] == 0.0 for g in opt.param_groups)
+    assert opt.param_groups[0]["lr"] == pytest.approx(3e-5)
+
+
+@pytest.mark.parametrize("name", ["align", "pretrain", "sft"])
+def test_frozen_parts_stay_in_eval_mode_after_train(name: str, model) -> None:
+    stage = STAGES[name](model)
+    model.eval()
+    stage.train()
+    for part, module in model.parts().items():
+        modes = {m.training for m in module.modules()}
+        assert modes == {part in EXPECTED[name]}, part
+
+
+def test_trainable_override_unfreezes_sam_in_sft(model) -> None:
+    stage = SFTStage(model, trainable=["adaptor", "llm", "vision.low", "vision.high"])
+    assert stage.frozen_parts == []
+    assert all(p.requires_grad for p in model.parameters())
+    stage = SFTStage(model, trainable=["adaptor", "llm", "vision"])  # alias of both towers
+    assert set(stage.trainable_parts) == {"adaptor", "llm", "vision.low", "vision.high"}
+
+
+def test_unknown_or_absent_parts_fail_in_one_line(model) -> None:
+    with pytest.raises(FreezeConfigError, match="unknown part 'encoder'") as err:
+        AlignStage(model, trainable=["encoder"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(FreezeConfigError, match="no 'vision.high' part"):
+        expand_part_names(["vision.high"], ["vision.low", "adaptor", "llm"])
+
+
+def test_freeze_table_lists_every_part_with_counts(model) -> None:
+    AlignStage(model)
+    table = freeze_table(model.parameter_summary())
+    adaptor = sum(p.numel() for p in model.parts()["adaptor"].parameters())
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
+    assert rows["adaptor"] == ["train", f"{adaptor:,}", f"{adaptor:,}"]
+    assert rows["llm"][0] == rows["vision.low"][0] == rows["vision.high"][0] == "frozen"
+    assert rows["llm"][2] == "0"

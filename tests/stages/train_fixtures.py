@@ -1,0 +1,44 @@
+"""Fixtures shared by tests/stages, tests/cli and tests/recipes: small demo data, fast overrides."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+# Every training test runs a few steps of the tiny model with small micro-batches on the demo data.
+FAST = [
+    "trainer.max_steps=2",
+    "+trainer.enable_progress_bar=false",
+    "scheduler.warmup_steps=1",
+    "data.micro_batch_size=4",
+    "data.val_batch_size=4",
+    "data.val_max_batches=1",
+    "data.shuffle_buffer=8",
+    "stage.global_batch=8",
+    "logger=csv",
+    "callbacks.samples=null",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small copy of the bundled demo data (all sets, tokenizer), made once per session."""
+    from dsvl.data.demo import make_demo_data
+
+    out = tmp_path_factory.mktemp("demo_data")
+    make_demo_data(out, train_size=96, eval_size=24, shard_size=48)
+    return out
+
+
+@pytest.fixture
+def compose_train(demo_data: Path, tmp_path: Path):
+    """compose(overrides) -> the dsvl-train config on the small demo data, run dir in tmp_path."""
+    from dsvl.cli._config import compose
+
+    def make(*overrides: str, fast: bool = True, out: Path | None = None):
+        return compose([f"paths.data_dir={demo_data}", *(FAST if fast else []), *overrides], output_dir=out or tmp_path / "run")
+
+    return make
