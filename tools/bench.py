@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -273,21 +272,29 @@ def bench_images(n: int, repeats: int) -> dict[str, Any]:
             "ratio": ours_ips / ref_ips, "goal": 1.0, "max_abs_diff": diff, "transformers_class": type(ref).__name__}
 
 
+RSS_PROBE = """import resource, runpy, sys
+sys.argv = ["dsvl-train", *sys.argv[1:]]
+try:
+    runpy.run_module("dsvl.cli.train", run_name="__main__")
+finally:
+    print("DSVL_PEAK_RSS_KB=%d" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
 def bench_memory(data_dir: Path, tmp: Path, steps: int) -> dict[str, Any]:
-    """Peak RSS of `dsvl-train experiment=demo/pretrain` (the demo's stage 2) for a few steps, in a child process."""
+    """Peak RSS of `dsvl-train experiment=demo/pretrain` (the demo's stage 2, validation included) in a
+    child process that reports its own ru_maxrss."""
     run_dir = tmp / "memory_run"
-    cmd = [sys.executable, "-m", "dsvl.cli.train", "experiment=demo/pretrain", f"paths.data_dir={data_dir}",
-           f"trainer.max_steps={steps}", "scheduler.warmup_steps=1", "logger=none", f"hydra.run.dir={run_dir}",
-           "limit_val_batches=2", "callbacks.progress_bar.refresh_rate=0"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    args = ["experiment=demo/pretrain", f"paths.data_dir={data_dir}", f"trainer.max_steps={steps}",
+            "scheduler.warmup_steps=1", "logger=none", f"hydra.run.dir={run_dir}", "limit_val_batches=2",
+            "callbacks.progress_bar.refresh_rate=0"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+    proc = subprocess.run([sys.executable, "-c", RSS_PROBE, *args], capture_output=True, text=True, cwd=tmp)
     seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
+    peak = [line.split("=", 1)[1] for line in proc.stderr.splitlines() if line.startswith("DSVL_PEAK_RSS_KB=")]
+    if proc.returncode != 0 or not peak:
         raise RuntimeError(f"demo run failed: {proc.stderr[-2000:]}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"steps": steps, "peak_rss_mb": peak_kb / 1024.0, "seconds": seconds,
-            "note": "ru_maxrss of the largest child so far" if peak_kb == before else "child process peak"}
+    return {"steps": steps, "peak_rss_mb": int(peak[-1]) / 1024.0, "seconds": seconds}
 
 
 def bench_cuda(data_dir: Path, tmp: Path, sizes: Sequence[str], steps: int, device: str, peak_tflops: float | None,
