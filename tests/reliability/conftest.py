@@ -34,6 +34,51 @@ def run_train(overrides: list[str], timeout: float = 240) -> subprocess.Complete
     return subprocess.run(dsvl_train_cmd() + list(overrides), capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_train_forked(overrides: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """`dsvl-train OVERRIDES...` in a forked child of this process: the same entry point (`dsvl.cli.train:main`)
+    and a separate process, without paying torch / Lightning / transformers imports again. For runs that must
+    stop before any computation (config errors, refused checkpoints)."""
+    import signal
+    import tempfile
+    import time
+
+    from dsvl.cli.train import main
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        pid = os.fork()
+        if pid == 0:  # child: never returns into pytest
+            code = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+                sys.argv = ["dsvl-train", *overrides]
+                main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:  # noqa: BLE001 - report like an uncaught error would
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise TimeoutError(f"dsvl-train {' '.join(overrides)} did not stop within {timeout}s")
+        rc = os.waitstatus_to_exitcode(done[1])
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(["dsvl-train", *overrides], rc, out.read(), err.read())
+
+
 def png_bytes(size: int = 32, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (size, size), color).save(buf, format="PNG")

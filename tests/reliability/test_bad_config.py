@@ -1,14 +1,18 @@
 """Bad configs fail fast and clearly: one line `dsvl-train: error: ...` naming the key and what is
-accepted, exit code 2, no traceback, and nothing built (no model, no checkpoint dir)."""
+accepted, exit code 2, no traceback, and nothing built (no model, no checkpoint dir).
+
+Each case runs the `dsvl-train` entry point in its own process: forked from the test process (no second
+import of torch and Lightning); one case also through the installed console script."""
 from __future__ import annotations
 
 import pytest
-from conftest import EXIT_USER_ERROR, run_train
+from conftest import EXIT_USER_ERROR, run_train, run_train_forked
 
 CASES = {
     "unknown_preset": (["model=tiny_nope"], ["model=tiny_nope", "accepted:", "tiny", "deepseek_vl_7b"]),
     "unknown_group_option": (["model/adaptor=nope"], ["model/adaptor=nope", "accepted:", "mlp_gelu", "hybrid_split_mlp_gelu"]),
     "unknown_recipe": (["experiment=demo/nope"], ["experiment=demo/nope", "accepted:", "demo/pretrain"]),
+    "unknown_key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "no such key"]),
     "adaptor_vs_llm": (["model.adaptor.out_dim=48"], ["model.adaptor.out_dim=48", "hidden_size", "64"]),
     "adaptor_vs_tower": (["model.adaptor.low_in_dim=7"], ["model.adaptor.low_in_dim=7", "accepted: 32"]),
     "language_ratio": (["data.schedule.target=1.5"], ["data.schedule.target=1.5", "[0, 1]"]),
@@ -23,8 +27,18 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_config_is_one_line_exit_2(name, demo_data, tmp_path):
     overrides, expected = CASES[name]
+    proc = run_train_forked(["experiment=demo/pretrain", f"paths.data_dir={demo_data}", f"hydra.run.dir={tmp_path / 'run'}", *overrides])
+    _check(proc, expected, tmp_path)
+
+
+def test_console_script_reports_one_line(demo_data, tmp_path):
+    overrides, expected = CASES["global_batch_not_divisible"]
     proc = run_train(["experiment=demo/pretrain", f"paths.data_dir={demo_data}", f"hydra.run.dir={tmp_path / 'run'}", *overrides],
                      timeout=180)
+    _check(proc, expected, tmp_path)
+
+
+def _check(proc, expected: list[str], tmp_path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == EXIT_USER_ERROR, out[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("dsvl-train: error:")]

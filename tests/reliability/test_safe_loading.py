@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXIT_USER_ERROR, run_train
+from conftest import EXIT_USER_ERROR, run_train_forked
 
 from dsvl.model.safe_load import UnsafeCheckpointError, check_checkpoint, load_weights, safe_torch_load
 from dsvl.stages.checkpoint import InitFromError, load_init_weights
@@ -61,8 +61,8 @@ def test_plain_and_safetensors_weights_load(tmp_path):
 @pytest.mark.parametrize("key", ["ckpt_path", "init_from"])
 def test_dsvl_train_refuses_malicious_checkpoint(key, evil, demo_data, tmp_path):
     path, marker = evil
-    proc = run_train(["experiment=demo/pretrain", f"paths.data_dir={demo_data}", f"hydra.run.dir={tmp_path / 'run'}",
-                      f"{key}={path}"], timeout=180)
+    proc = run_train_forked(["experiment=demo/pretrain", f"paths.data_dir={demo_data}", f"hydra.run.dir={tmp_path / 'run'}",
+                             f"{key}={path}"])
     out = proc.stdout + proc.stderr
     assert proc.returncode == EXIT_USER_ERROR, out[-2000:]
     assert re.search(r"dsvl-train: error: .*refusing to load .*evil\.ckpt: it calls os\.makedirs", proc.stderr)

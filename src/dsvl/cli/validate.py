@@ -66,6 +66,8 @@ def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
     first = lines[0]
     if any("is not in struct" in ln for ln in lines) or any(ln.startswith("To append to your config") for ln in lines):
         return f"{first.rstrip('.')}: no such key (check the spelling; prefix with '+' to add a new key)"
+    if first.startswith("Ambiguous value"):
+        return f"{first}: use -m to sweep over the values, key=[a,b] for a list, or quote it for a string"
     return first
 
 
