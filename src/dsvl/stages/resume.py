@@ -33,6 +33,20 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(ckpt_dir) if ckpt_dir else Path(paths.get("output_dir", ".")) / "checkpoints"
 
 
+def run_dir_is_fixed() -> bool:
+    """False when Hydra made a fresh timestamped run dir (a restarted job would never find its checkpoint)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return True
+        hc = HydraConfig.get()
+        overrides = [*hc.overrides.hydra, *hc.overrides.task]
+    except Exception:  # noqa: BLE001 - no Hydra app: the caller chose the output dir itself
+        return True
+    return any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "paths.output_dir=", "paths.ckpt_dir=")) for o in overrides)
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """The checkpoint this run resumes from, or None for a fresh start; checked to load safely.
 
@@ -50,6 +64,10 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         path = Path(str(requested)).expanduser()
         if not path.is_file():
             raise ResumeError(f"ckpt_path={requested}: no such checkpoint file (accepted: a .ckpt file, or 'last')")
+    elif cfg.get("auto_resume") and not last.is_file() and not run_dir_is_fixed():
+        log.warning("auto_resume=true with a new timestamped run dir (%s): a restarted job will not find this run's "
+                    "checkpoints; set hydra.run.dir=outputs/<name>", last.parent.parent)
+        path = None
     elif cfg.get("auto_resume") and last.is_file():
         path = last
         if cfg.get("init_from"):
