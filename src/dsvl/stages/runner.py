@@ -50,6 +50,8 @@ class StageResult:
     final_loss: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     export_dir: Path | None = None
+    trainable: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -321,6 +323,7 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     return StageResult(
         stage=stage.stage_name, output_dir=output_dir, checkpoint=checkpoint, steps=int(trainer.global_step),
         seconds=seconds, final_loss=dict(getattr(stage, "final_loss", {})), metrics=metrics, export_dir=export,
+        trainable=list(stage.trainable_parts), frozen=list(stage.frozen_parts),
     )
 
 
