@@ -1,4 +1,4 @@
-"""Fixtures for the reliability tests: small demo data (made once) and a `dsvl-train` subprocess runner.
+"""Fixtures for the reliability tests: small demo data (made once) and `dsvl-train` process runners.
 
 Every run is the tiny model on CPU, a few steps, one thread; the test hooks (reliability_hooks.py)
 reach the subprocess through PYTHONPATH.
@@ -34,10 +34,10 @@ def run_train(overrides: list[str], timeout: float = 240) -> subprocess.Complete
     return subprocess.run(dsvl_train_cmd() + list(overrides), capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def run_train_forked(overrides: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+def run_train_forked(overrides: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """`dsvl-train OVERRIDES...` in a forked child of this process: the same entry point (`dsvl.cli.train:main`)
-    and a separate process, without paying torch / Lightning / transformers imports again. For runs that must
-    stop before any computation (config errors, refused checkpoints)."""
+    in a separate process (its own signals, exit code, SIGKILL), without paying the torch / Lightning /
+    transformers imports again. One torch thread in the child, as DataLoader workers do after a fork."""
     import signal
     import tempfile
     import time
@@ -53,6 +53,9 @@ def run_train_forked(overrides: list[str], timeout: float = 120) -> subprocess.C
                 os.dup2(err.fileno(), 2)
                 sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
                 os.environ.pop("HYDRA_FULL_ERROR", None)
+                import torch
+
+                torch.set_num_threads(1)
                 sys.argv = ["dsvl-train", *overrides]
                 main()
                 code = 0

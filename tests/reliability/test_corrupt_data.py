@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import mm_sample as _mm
 from conftest import png_bytes as _png
-from conftest import run_train
+from conftest import run_train_forked
 from conftest import text_sample as _text
 from conftest import write_shard as _write
 
@@ -112,7 +112,7 @@ def corrupt(tmp_path_factory, demo_data):
         return "{urls:[" + ",".join(f"'{u}'" for u in urls) + f"],weight:1.0,modality:{modality}}}"
 
     run_dir = root / "run"
-    proc = run_train([
+    proc = run_train_forked([
         "experiment=demo/pretrain", f"paths.data_dir={demo_data}", f"hydra.run.dir={run_dir}", f"seed={seed}",
         f"trainer.max_steps={MAX_STEPS}", "stage.global_batch=4", "data.micro_batch_size=2", "data.num_workers=0",
         "data.max_length=128", "data.packing=false", "data.shuffle_buffer=0",

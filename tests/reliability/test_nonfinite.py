@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import EXIT_USER_ERROR, read_records, recorder, run_train, stage2
+from conftest import EXIT_USER_ERROR, read_records, recorder, run_train_forked, stage2
 
 POISONED = [1, 3, 4]  # step 1 alone (skipped, run goes on); steps 3-4 in a row (limit 2: stop)
 
@@ -16,7 +16,7 @@ POISONED = [1, 3, 4]  # step 1 alone (skipped, run goes on); steps 3-4 in a row 
 @pytest.fixture(scope="module")
 def run(demo_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nonfinite")
-    proc = run_train(stage2(demo_data, tmp / "run", *recorder(tmp / "rec.jsonl"), "callbacks.nonfinite_guard.max_consecutive=2",
+    proc = run_train_forked(stage2(demo_data, tmp / "run", *recorder(tmp / "rec.jsonl"), "callbacks.nonfinite_guard.max_consecutive=2",
                             "+callbacks.poison._target_=reliability_hooks.PoisonLoss", f"+callbacks.poison.steps={POISONED}",
                             max_steps=8, workers=0))
     return proc, read_records(tmp / "rec.jsonl"), tmp / "run"

@@ -11,7 +11,7 @@ import signal
 
 import pytest
 import torch
-from conftest import read_records, recorder, run_train, signal_at, stage2
+from conftest import read_records, recorder, run_train_forked, signal_at, stage2
 
 MAX_STEPS = 5
 KILL_STEP, TERM_STEP = 2, 3
@@ -32,16 +32,16 @@ def _same(got: list[dict], want: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def runs(demo_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    ref = run_train(stage2(demo_data, tmp / "ref", *recorder(tmp / "ref.jsonl"), max_steps=MAX_STEPS))
+    ref = run_train_forked(stage2(demo_data, tmp / "ref", *recorder(tmp / "ref.jsonl"), max_steps=MAX_STEPS))
     assert ref.returncode == 0, ref.stderr[-3000:]
     chain = tmp / "chain"
-    killed = run_train(stage2(demo_data, chain, *recorder(tmp / "killed.jsonl"), *signal_at(KILL_STEP, 0, "SIGKILL"),
+    killed = run_train_forked(stage2(demo_data, chain, *recorder(tmp / "killed.jsonl"), *signal_at(KILL_STEP, 0, "SIGKILL"),
                               max_steps=MAX_STEPS))
-    resumed = run_train(stage2(demo_data, chain, "ckpt_path=last", *recorder(tmp / "resumed.jsonl"),
+    resumed = run_train_forked(stage2(demo_data, chain, "ckpt_path=last", *recorder(tmp / "resumed.jsonl"),
                                *signal_at(TERM_STEP, 0, "SIGTERM"), max_steps=MAX_STEPS))
     last_after_term = torch.load(chain / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True) \
         if (chain / "checkpoints" / "last.ckpt").exists() else None
-    final = run_train(stage2(demo_data, chain, "auto_resume=true", *recorder(tmp / "final.jsonl"), max_steps=MAX_STEPS))
+    final = run_train_forked(stage2(demo_data, chain, "auto_resume=true", *recorder(tmp / "final.jsonl"), max_steps=MAX_STEPS))
     return {"ref": read_records(tmp / "ref.jsonl"), "killed": killed, "killed_rec": read_records(tmp / "killed.jsonl"),
             "resumed": resumed, "resumed_rec": read_records(tmp / "resumed.jsonl"), "term_ckpt": last_after_term,
             "final": final, "final_rec": read_records(tmp / "final.jsonl")}
