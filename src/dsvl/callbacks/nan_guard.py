@@ -8,8 +8,8 @@ diverged: after `max_consecutive` such steps it stops with `NonFiniteLossError` 
 on disk, `last.ckpt` included, is the last good state.
 
 All ranks decide together (any rank non-finite -> all skip), so replicas never diverge. With a
-GradScaler (precision 16-mixed) the scaler already skips overflow steps; the guard then only
-counts non-finite losses.
+GradScaler (precision 16-mixed) the scaler already skips overflow steps, and DeepSpeed keeps the
+gradients in its engine: there the guard only counts non-finite losses (and stops the run).
 """
 from __future__ import annotations
 
@@ -52,15 +52,16 @@ class NonFiniteGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        bad = self._loss_bad or (scaler is None and not grads_finite(params))
+        # a GradScaler skips overflow steps itself; DeepSpeed keeps gradients in its engine: count and stop only
+        owns_grads = getattr(trainer.precision_plugin, "scaler", None) is None and "DeepSpeed" not in type(trainer.strategy).__name__
+        bad = self._loss_bad or (owns_grads and not grads_finite(params))
         self._loss_bad = False
         if trainer.world_size > 1:
             bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
         if not bad:
             self.consecutive, self._first_bad_step = 0, None
             return
-        if scaler is None:
+        if owns_grads:
             for p in params:  # no gradient -> torch optimizers skip the parameter entirely
                 p.grad = None
         self.skipped += 1
