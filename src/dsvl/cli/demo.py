@@ -41,12 +41,13 @@ def evaluate_export(export_dir: Path, data_dir: Path, system_prompt: str | None)
     """Load the exported dir as users would (transformers + dsvl) and score held-out test data."""
     from transformers import AutoConfig
 
-    from dsvl.cli.evaluate import evaluate_mc, evaluate_text, load_for_inference
+    from dsvl.cli.evaluate import load_for_inference
+    from dsvl.eval.evaluate import evaluate_mc, evaluate_text
 
     hf_config = AutoConfig.from_pretrained(str(export_dir))  # the directory is a transformers model dir
     loaded = load_for_inference(export_dir, device="cpu")
     mc = evaluate_mc(loaded.model, loaded.tokenizer, str(data_dir / "mc" / "test"), mode="text", batch_size=16,
-                     system_prompt="" if system_prompt is None else system_prompt)
+                     system_prompt=system_prompt)  # as the SFT data rendered conversations
     text = evaluate_text(loaded.model, loaded.tokenizer, str(data_dir / "pretrain" / "text" / "test"), batch_size=32)
     return {"model_type": hf_config.model_type, "mc": mc, "text": text}
 
@@ -72,10 +73,14 @@ def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any]) -> 
 
 def quiet_logging() -> None:
     """Our INFO lines, Lightning's warnings only (the demo prints its own table)."""
+    import lightning.pytorch  # noqa: F401 - it sets its own logger levels on import; ours come after
+
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "dsvl.data", "dsvl.model", "dsvl.stages.checkpoint",
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "dsvl.data", "dsvl.model", "dsvl.stages.checkpoint", "dsvl.stages.runner", "dsvl.callbacks",
                  "dsvl.cli.evaluate", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").propagate = False  # it has its own handler: no double lines
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

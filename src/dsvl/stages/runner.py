@@ -248,7 +248,9 @@ def close_loggers() -> None:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(exit_code=1 if sys.exc_info()[0] is not None else 0)
+            crashed = sys.exc_info()[0] is not None
+            wandb.finish(exit_code=1 if crashed else 0)
+            log.info("closed the W&B run%s", " of a crashed job" if crashed else "")
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -265,6 +267,8 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    if cfg.get("torch_threads"):  # small models on shared CPUs: fewer threads, no oversubscription
+        torch.set_num_threads(int(cfg.torch_threads))
 
     stage_cls = get_class(cfg.stage._target_)
     datamodule = build_datamodule(cfg, plan, stage_cls)
