@@ -1,7 +1,9 @@
 """Fixtures for the reliability tests: small demo data (made once) and `dsvl-train` process runners.
 
-Every run is the tiny model on CPU, a few steps, one thread; the test hooks (reliability_hooks.py)
-reach the subprocess through PYTHONPATH.
+Every run is the tiny model on CPU, a few steps, one thread. Training runs fork the `dsvl-train` entry
+point from this process (`run_train_forked`: a real process with its own exit code and signals, no second
+import of torch); `run_train` starts the installed console script. The test hooks (reliability_hooks.py)
+are importable in both (sys.path here, PYTHONPATH there).
 """
 from __future__ import annotations
 
