@@ -107,6 +107,25 @@ def write_shard(rows: list[dict], out: Path, prefix: str) -> Path:
     return write_shards(samples, out, prefix=prefix, max_count=10_000)[0]
 
 
+def bad_prefixed_shards(out: Path) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Two text and two multimodal shards, each starting with two bad samples of its own kind, then 20
+    good ones: a reader that got one good sample of a shard has counted its bad ones, whatever it reads
+    next. Returns the shard paths per modality and the planted counts per reason."""
+    bad = {
+        "text_a": ("bad_json", {"json": b"{oops"}),
+        "text_b": ("empty_text", {"json": {"modality": "text", "text": " "}}),
+        "mm_a": ("bad_image", {"json": {"modality": "multimodal", "text": "<image_placeholder>x"}, "0.png": b"junk"}),
+        "mm_b": ("placeholder_mismatch", {"json": {"modality": "multimodal", "text": "<image_placeholder>" * 2 + "x"},
+                                          "0.png": png_bytes()}),
+    }
+    urls: dict[str, list[str]] = {"text": [], "multimodal": []}
+    for name, (_, sample) in bad.items():
+        modality = "text" if name.startswith("text") else "multimodal"
+        good = [text_sample(i) if modality == "text" else mm_sample(i) for i in range(20)]
+        urls[modality].append(str(write_shard([sample, sample, *good], out, name)))
+    return urls, {reason: 2 for reason, _ in sorted(bad.values())}
+
+
 def read_records(path: Path) -> list[dict]:
     """The StepRecorder lines of one run."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
@@ -133,7 +152,7 @@ def stage2(data_dir: Path, run_dir: Path, *extra: str, max_steps: int = 5, worke
 
 
 def recorder(path: Path) -> list[str]:
-    return ["+callbacks.record._target_=reliability_hooks.StepRecorder", f"+callbacks.record.path={path}"]
+    return ["+callbacks.record._target_=reliability_hooks.StepRecorder", f"+callbacks.record.path='{path}'"]
 
 
 def signal_at(step: int, micro: int, sig: str) -> list[str]:

@@ -24,11 +24,16 @@ def trainable_checksum(module: torch.nn.Module) -> float:
 
 class StepRecorder(Callback):
     """Appends one JSON line per micro-batch: global step, index in the step, modality, sample keys, loss and
-    a checksum of the trainable weights *before* the micro-batch (flushed at once, so a SIGKILL loses nothing)."""
+    a checksum of the trainable weights *before* the micro-batch (flushed at once, so a SIGKILL loses nothing).
+    `{rank}` in the path is replaced by the global rank."""
 
     def __init__(self, path: str) -> None:
-        self.path = Path(path)
+        self.template = str(path)
+        self.path = Path(self.template.format(rank=0))
         self._before: dict[str, Any] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.path = Path(self.template.format(rank=trainer.global_rank))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         accumulate = max(int(trainer.accumulate_grad_batches), 1)
@@ -61,12 +66,16 @@ class SignalAt(Callback):
 
 
 class PoisonLoss(Callback):
-    """Multiplies the loss of the first micro-batch of each step in `steps` by NaN (an injected bad step)."""
+    """Multiplies the loss of the first micro-batch of each step in `steps` by NaN (an injected bad step),
+    on every rank or only on `rank`."""
 
-    def __init__(self, steps: list[int]) -> None:
+    def __init__(self, steps: list[int], rank: int | None = None) -> None:
         self.steps = {int(s) for s in steps}
+        self.rank = rank
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         original = pl_module.training_step
 
         def poisoned(batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:

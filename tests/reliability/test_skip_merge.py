@@ -1,21 +1,13 @@
 """Skip counts are merged over DataLoader workers (each reads its own shards) and survive a resume."""
 from __future__ import annotations
 
-from conftest import mm_sample, png_bytes, text_sample, write_shard
+from conftest import bad_prefixed_shards
 
 from dsvl.data import DSVLDataModule
 from dsvl.model.spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
 
 SPEC = VisionSpec((ImageInputSpec("pixel_values", 32, SIGLIP_MEAN, SIGLIP_STD),
                    ImageInputSpec("high_res_pixel_values", 64, CLIP_MEAN, CLIP_STD)), num_image_tokens=4)
-# each shard starts with two bad samples of its own kind, then 20 good ones
-BAD = {
-    "text_a": ("bad_json", {"json": b"{oops"}),
-    "text_b": ("empty_text", {"json": {"modality": "text", "text": " "}}),
-    "mm_a": ("bad_image", {"json": {"modality": "multimodal", "text": "<image_placeholder>x"}, "0.png": b"junk"}),
-    "mm_b": ("placeholder_mismatch", {"json": {"modality": "multimodal", "text": "<image_placeholder>" * 2 + "x"},
-                                      "0.png": png_bytes()}),
-}
 
 
 def _datamodule(demo_data, urls: dict[str, list[str]]) -> DSVLDataModule:
@@ -29,15 +21,11 @@ def _datamodule(demo_data, urls: dict[str, list[str]]) -> DSVLDataModule:
 
 
 def test_skip_counts_merge_over_workers_and_resume(tmp_path, demo_data):
-    urls: dict[str, list[str]] = {"text": [], "multimodal": []}
-    for name, (_, bad) in BAD.items():
-        good = [text_sample(i) if name.startswith("text") else mm_sample(i) for i in range(20)]
-        urls["text" if name.startswith("text") else "multimodal"].append(str(write_shard([bad, bad, *good], tmp_path, name)))
+    urls, planted = bad_prefixed_shards(tmp_path)
     dm = _datamodule(demo_data, urls)
     # micro-batches 0-7: steps text, mm, text, mm; worker k builds micro-batches k, k+2, ...: both read both modalities
     for _, batch in zip(range(8), dm.train_dataloader()):
         dm.record(batch)
-    planted = {reason: 2 for reason, _ in BAD.values()}
     assert dm.skip_counts().as_dict() == dict(sorted(planted.items()))
     state = dm.state_dict()
     per_worker = [w["skipped"] for w in state["ranks"]["0"].values()]

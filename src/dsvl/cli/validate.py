@@ -51,8 +51,10 @@ def _user_override(missing: str, overrides: Sequence[str]) -> tuple[str, str] | 
 
 def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
     """One line for a Hydra composition / override error: the key, and the accepted options when known."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import MissingConfigException, OverrideParseException
 
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the override {err.override!r}: {str(err).strip().splitlines()[0]} (see Hydra's override grammar)"
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         missing = str(err.missing_cfg_file)
         group, name = _user_override(missing, overrides) or missing.rpartition("/")[::2]
