@@ -92,56 +92,87 @@ def new_stage(cfg: Any, seed: int = 0) -> Any:
                        _convert_="all")
 
 
-def hand_loop(stage: Any, batches: Sequence[dict[str, Any]], clip: float = 1.0) -> tuple[list[float], list[float]]:
-    """Plain PyTorch: forward, backward, clip, AdamW (the stage's own parameter groups and optimizer
-    factory), zero_grad. Returns per-step seconds and losses."""
-    from dsvl.eval.scoring import forward_inputs
+class HandStep:
+    """Plain PyTorch on a stage's model: forward, backward, clip, AdamW (the stage's own parameter
+    groups and optimizer factory), zero_grad. Calling it on a batch returns (seconds, loss)."""
 
-    model = stage.model
-    model.train()
-    for part in stage.frozen_parts:
-        model.parts()[part].eval()
-    params = stage.trainable_parameters()
-    optimizer = stage.optimizer_factory(stage.parameter_groups())
-    times, losses = [], []
-    for batch in batches:
+    def __init__(self, stage: Any, clip: float = 1.0) -> None:
+        self.model, self.clip = stage.model, clip
+        self.model.train()
+        for part in stage.frozen_parts:
+            self.model.parts()[part].eval()
+        self.params = stage.trainable_parameters()
+        self.optimizer = stage.optimizer_factory(stage.parameter_groups())
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[float, float]:
+        from dsvl.eval.scoring import forward_inputs
+
         t0 = time.perf_counter()
-        out = model(**forward_inputs(batch), labels=batch["labels"])
+        out = self.model(**forward_inputs(batch), labels=batch["labels"])
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(out.loss.detach()))
-        times.append(time.perf_counter() - t0)
-    return times, losses
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = float(out.loss.detach())
+        return time.perf_counter() - t0, loss
 
 
-def lightning_loop(stage: Any, batches: Sequence[dict[str, Any]], clip: float = 1.0) -> tuple[list[float], list[float]]:
-    """The same steps through `lightning.Trainer.fit` (per-step seconds between batch starts, and losses)."""
+def lockstep(steppers: Sequence[HandStep], batches: Sequence[Sequence[dict[str, Any]]], warmup: int = 0) -> list[list[float]]:
+    """Step i of every stepper, then step i + 1 of every stepper, ...: on a shared machine, load
+    changes hit all of them alike. `warmup` untimed steps first (on the first batches). Returns
+    per-stepper per-step seconds."""
+    for i in range(warmup):
+        for k, step in enumerate(steppers):
+            step(batches[k][i])
+    times: list[list[float]] = [[] for _ in steppers]
+    for i in range(min(len(b) for b in batches)):
+        for k, step in enumerate(steppers):
+            times[k].append(step(batches[k][i])[0])
+    return times
+
+
+def lightning_vs_hand(cfg: Any, batches: Sequence[dict[str, Any]], clip: float = 1.0
+                      ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """The same steps through `lightning.Trainer.fit` (a fresh `PretrainStage`) and through `HandStep`
+    (a second fresh stage, same weights), in lockstep: the hand step on batch i runs inside
+    `on_train_batch_start` of Lightning's step i, just before it. A Lightning step is timed from the
+    end of that hand step to the start of the next one: its training step, optimizer step, hooks,
+    logging and the fetch of the next batch. Returns (lightning s, hand s, lightning losses, hand losses)."""
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    class StepTimer(pl.Callback):
-        def __init__(self) -> None:
-            self.starts: list[float] = []
-            self.losses: list[float] = []
+    hand = HandStep(new_stage(cfg), clip)
 
-        def on_train_batch_start(self, *args: Any) -> None:
-            self.starts.append(time.perf_counter())
+    class Lockstep(pl.Callback):
+        def __init__(self) -> None:
+            self.marks: list[tuple[float, float]] = []  # (entry, after the hand step)
+            self.hand_s: list[float] = []
+            self.hand_loss: list[float] = []
+            self.losses: list[float] = []
+            self.end = 0.0
+
+        def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+            entry = time.perf_counter()
+            seconds, loss = hand(batches[batch_idx])
+            self.hand_s.append(seconds)
+            self.hand_loss.append(loss)
+            self.marks.append((entry, time.perf_counter()))
 
         def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, *args: Any) -> None:
             self.losses.append(float(outputs["loss"]))
 
         def on_train_end(self, *args: Any) -> None:
-            self.starts.append(time.perf_counter())
+            self.end = time.perf_counter()
 
-    timer = StepTimer()
+    cb = Lockstep()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=clip,
-                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[cb])
     loader = DataLoader([dict(b) for b in batches], batch_size=None, shuffle=False)
-    trainer.fit(stage, train_dataloaders=loader)
-    return [b - a for a, b in zip(timer.starts, timer.starts[1:])], timer.losses
+    trainer.fit(new_stage(cfg), train_dataloaders=loader)
+    nexts = [entry for entry, _ in cb.marks[1:]] + [cb.end]
+    light = [nxt - after for (_, after), nxt in zip(cb.marks, nexts)]
+    return light, cb.hand_s, cb.losses, cb.hand_loss
 
 
 def best_of(runs: Sequence[Sequence[float]], warmup: int) -> float:
@@ -154,13 +185,8 @@ def bench_overhead(data_dir: Path, tmp: Path, steps: int, repeats: int, warmup: 
     cfg = stage2_config(data_dir, tmp / "overhead")
     batches, loader_s = make_batches(cfg, steps)
     hand, light, loss_diff = [], [], 0.0
-    for r in range(repeats):  # alternate which goes first, so slow phases of a shared machine hit both
-        if r % 2:
-            t_l, l_l = lightning_loop(new_stage(cfg), batches)
-            t_h, l_h = hand_loop(new_stage(cfg), batches)
-        else:
-            t_h, l_h = hand_loop(new_stage(cfg), batches)
-            t_l, l_l = lightning_loop(new_stage(cfg), batches)
+    for _ in range(repeats):
+        t_l, t_h, l_l, l_h = lightning_vs_hand(cfg, batches)
         hand.append(t_h)
         light.append(t_l)
         loss_diff = max(loss_diff, max(abs(a - b) for a, b in zip(l_h, l_l)))
@@ -176,22 +202,26 @@ def bench_overhead(data_dir: Path, tmp: Path, steps: int, repeats: int, warmup: 
 
 def bench_grouping(data_dir: Path, tmp: Path, size: str, steps: int, repeats: int, warmup: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    modes = ("grouped", "mixed")
+    cfgs = {m: stage2_config(data_dir, tmp / f"group_{size}_{m}", size=size, mode=m, packing=False) for m in modes}
+    # a multiple of 10 steps at a 0.7 ratio: both modes draw exactly 70% text and 30% image samples,
+    # the same ones (each modality's stream in order)
+    steps = max(10, steps // 10 * 10)
+    batches = {m: make_batches(cfgs[m], steps)[0] for m in modes}
+    # both modes step in lockstep (grouped step i, mixed step i, ...), fastest of the repeats per step
+    runs = [lockstep([HandStep(new_stage(cfgs[m])) for m in modes], [batches[m] for m in modes], warmup)
+            for _ in range(repeats)]
     keys: dict[str, set[str]] = {}
-    for mode in ("grouped", "mixed"):
-        cfg = stage2_config(data_dir, tmp / f"group_{size}_{mode}", size=size, mode=mode, packing=False)
-        batches, _ = make_batches(cfg, steps)
-        runs = [hand_loop(new_stage(cfg), batches)[0] for _ in range(repeats)]
-        seconds = best_of(runs, warmup)
-        timed = batches[warmup:]
+    for k, mode in enumerate(modes):
+        seconds = best_of([r[k] for r in runs], 0)
+        made = timed = batches[mode]
         samples = sum(b["stats"]["samples"] for b in timed)
         tokens = sum(b["stats"]["tokens"] for b in timed)
         pad = sum(b["stats"]["pad_tokens"] for b in timed)
-        images = sum(b["stats"]["images"] for b in batches)
-        text = sum(1 for b in batches for k in b["keys"] if "text" in k.split("_")[1])
-        keys[mode] = {k for b in batches for k in b["keys"]}
+        keys[mode] = {key for b in made for key in b["keys"]}
         out[mode] = {"samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-                     "pad_fraction": pad / (pad + tokens), "images": images,
-                     "text_share": text / max(1, sum(len(b["keys"]) for b in batches))}
+                     "pad_fraction": pad / (pad + tokens), "images": sum(b["stats"]["images"] for b in made),
+                     "step_s": seconds / len(timed)}
     union = keys["grouped"] | keys["mixed"]
     out["same_samples"] = len(keys["grouped"] & keys["mixed"]) / max(1, len(union))
     out["ratio"] = out["grouped"]["samples_per_s"] / out["mixed"]["samples_per_s"]
@@ -420,8 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "overhead" not in args.skip:
             results["overhead"] = bench_overhead(data_dir, tmp, steps, repeats, warmup)
         if "grouping" not in args.skip:
-            results["grouping"] = {size: bench_grouping(data_dir, tmp, size, steps if size == "tiny" else max(steps // 2, 4),
-                                                        repeats, warmup if size == "tiny" else 1)
+            results["grouping"] = {size: bench_grouping(data_dir, tmp, size, steps if size == "tiny" else 20, repeats, 2)
                                    for size in (("tiny",) if quick else ("tiny", "mid"))}
         if "packing" not in args.skip:
             results["packing"] = bench_packing_lengths(data_dir, tmp, 8 if quick else 60, (256,) if quick else (256, 1024))
