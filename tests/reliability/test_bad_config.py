@@ -21,6 +21,8 @@ CASES = {
     "missing_data_path": (["data.train_sources.text.urls=/nonexistent/shards"],
                           ["data.train_sources", "'text'", "/nonexistent/shards", "no shards", "accepted:"]),
     "global_batch_not_divisible": (["stage.global_batch=10"], ["stage.global_batch=10", "data.micro_batch_size=8", "world size 1"]),
+    "nonfinite_limit": (["callbacks.nonfinite_guard.max_consecutive=0"],
+                        ["callbacks.nonfinite_guard.max_consecutive=0", "integer >= 1"]),
     # raised inside hydra.utils.instantiate (wrapped in InstantiationException): still one line
     "error_inside_instantiate": (["data.mode=bogus"], ["data mode must be one of", "grouped", "'bogus'"]),
 }
