@@ -58,7 +58,6 @@ class FSDP2Strategy(ModelParallelStrategy):
             until backward (ZeRO-2 like: more memory, fewer all-gathers).
         param_dtype / reduce_dtype: FSDP2 `MixedPrecisionPolicy` ("bf16", "fp32", ...); None keeps
             the parameters' dtype (then `trainer.precision=bf16-mixed` autocasts instead).
-        cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory.
         Other arguments are `ModelParallelStrategy`'s.
     """
 
@@ -67,7 +66,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         reshard_after_forward: bool = True,
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
-        cpu_offload: bool = False,
         data_parallel_size: Literal["auto"] | int = "auto",
         tensor_parallel_size: int = 1,
         save_distributed_checkpoint: bool = True,
@@ -83,7 +81,6 @@ class FSDP2Strategy(ModelParallelStrategy):
                              "use lightning's ModelParallelStrategy with your own configure_model for 2-D parallelism")
         self.reshard_after_forward = bool(reshard_after_forward)
         self.param_dtype, self.reduce_dtype = _dtype(param_dtype), _dtype(reduce_dtype)
-        self.cpu_offload = bool(cpu_offload)
 
     def setup_environment(self) -> None:
         # Lightning's "auto" is one data-parallel group per node (for 2-D meshes); FSDP2 alone shards over all ranks
@@ -93,13 +90,12 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 
 def _fully_shard_kwargs(strategy: ModelParallelStrategy) -> dict[str, Any]:
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
     opts: dict[str, Any] = {"mesh": strategy.device_mesh["data_parallel"]}
     if isinstance(strategy, FSDP2Strategy):
         opts["reshard_after_forward"] = strategy.reshard_after_forward
         opts["mp_policy"] = MixedPrecisionPolicy(param_dtype=strategy.param_dtype, reduce_dtype=strategy.reduce_dtype)
-        opts["offload_policy"] = CPUOffloadPolicy() if strategy.cpu_offload else OffloadPolicy()
     return opts
 
 
