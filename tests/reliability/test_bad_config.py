@@ -15,7 +15,7 @@ CASES = {
     "unknown_key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "no such key"]),
     "adaptor_vs_llm": (["model.adaptor.out_dim=48"], ["model.adaptor.out_dim=48", "hidden_size", "64"]),
     "adaptor_vs_tower": (["model.adaptor.low_in_dim=7"], ["model.adaptor.low_in_dim=7", "accepted: 32"]),
-    "language_ratio": (["data.schedule.target=1.5"], ["data.schedule.target=1.5", "[0, 1]"]),
+    "language_ratio": (["data.schedule.target=1.5"], ["data.schedule", "target must be in [0, 1], got 1.5"]),
     "warmup_longer_than_training": (["trainer.max_steps=10", "scheduler.warmup_steps=50"],
                                     ["scheduler.warmup_steps=50", "trainer.max_steps=10", "accepted: 0 to 10"]),
     "missing_data_path": (["data.train_sources.text.urls=/nonexistent/shards"],

@@ -122,24 +122,17 @@ def check_sources(data: Any) -> None:
 
 
 def check_schedule(data: Any) -> None:
-    """The language share of steps is a fraction: start and target in [0, 1], warm-up >= 0."""
+    """The modality schedule, checked by `ModalitySchedule` itself (language ratios in [0, 1], warm-up >= 0)."""
+    from dsvl.data.errors import DataConfigError
+    from dsvl.data.schedule import ModalitySchedule
+
     schedule = data.get("schedule") if data is not None else None
     if not schedule:
         return
-    for name in ("start", "target"):
-        value = schedule.get(name)
-        if value is None:
-            continue
-        try:
-            ok = 0.0 <= float(value) <= 1.0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise RunConfigError(f"data.schedule.{name}={value} is outside [0, 1] (accepted: the share of text-only "
-                                 "global steps, 0.0 to 1.0)")
-    warmup = schedule.get("warmup_steps")
-    if warmup is not None and int(warmup) < 0:
-        raise RunConfigError(f"data.schedule.warmup_steps={warmup} must be >= 0 (global steps)")
+    try:
+        ModalitySchedule(**OmegaConf.to_container(schedule, resolve=True))
+    except (DataConfigError, TypeError) as err:
+        raise RunConfigError(f"data.schedule: {err} (start/target: the share of text-only global steps)") from None
 
 
 def check_callbacks(callbacks: Any) -> None:
