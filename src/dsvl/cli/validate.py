@@ -121,8 +121,9 @@ def check_sources(data: Any) -> None:
                                  "existing shard files)") from None
 
 
-def check_schedule(data: Any) -> None:
-    """The modality schedule, checked by `ModalitySchedule` itself (language ratios in [0, 1], warm-up >= 0)."""
+def check_schedule(data: Any, max_steps: int | None = None) -> None:
+    """The modality schedule, checked by `ModalitySchedule` itself (language ratios in [0, 1], warm-up >= 0);
+    a warm-up longer than training only warns (short debug runs do that on purpose)."""
     from dsvl.data.errors import DataConfigError
     from dsvl.data.schedule import ModalitySchedule
 
@@ -130,9 +131,12 @@ def check_schedule(data: Any) -> None:
     if not schedule:
         return
     try:
-        ModalitySchedule(**OmegaConf.to_container(schedule, resolve=True))
+        sched = ModalitySchedule(**OmegaConf.to_container(schedule, resolve=True))
     except (DataConfigError, TypeError) as err:
         raise RunConfigError(f"data.schedule: {err} (start/target: the share of text-only global steps)") from None
+    if max_steps and sched.warmup_steps > max_steps:
+        log.warning("data.schedule.warmup_steps=%d > trainer.max_steps=%d: the language ratio never reaches its target %s",
+                    sched.warmup_steps, max_steps, sched.target)
 
 
 def check_callbacks(callbacks: Any) -> None:
@@ -149,7 +153,8 @@ def check_callbacks(callbacks: Any) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Value checks Hydra cannot do; raises `RunConfigError` (one line) before any weights load."""
     data = cfg.get("data")
-    check_schedule(data)
+    trainer = cfg.get("trainer") or {}
+    check_schedule(data, int(trainer.get("max_steps") or 0) or None)
     check_sources(data)
     check_callbacks(cfg.get("callbacks"))
 
