@@ -11,7 +11,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # Every training test runs a few steps of the tiny model with small micro-batches on the demo data.
 FAST = [
     "trainer.max_steps=2",
-    "+trainer.enable_progress_bar=false",
+    "++trainer.enable_progress_bar=false",
     "scheduler.warmup_steps=1",
     "data.micro_batch_size=4",
     "data.val_batch_size=4",

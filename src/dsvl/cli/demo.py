@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,10 @@ def quiet_logging() -> None:
                  "dsvl.cli.evaluate", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").propagate = False  # it has its own handler: no double lines
+    warnings.filterwarnings("ignore", message=".*treespec.*")  # a torch/Lightning deprecation, not ours
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bars between our lines
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -93,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("data/demo"), help="demo data (made when missing)")
     parser.add_argument("--fresh-data", action="store_true", help="remake the demo data")
     parser.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     quiet_logging()
 
     from dsvl.cli._config import guarded
@@ -111,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_dir = out / "export"
         common = [f"paths.data_dir={data_dir}"]
         if not args.progress:
-            common.append("+trainer.enable_progress_bar=false")
+            common.append("++trainer.enable_progress_bar=false")
         results = run_pipeline("demo", out, [*common, *args.overrides], last_overrides=[f"export_dir={export_dir}"])
         sft_system_prompt = None
         cfg_path = results[-1].output_dir / "config_resolved.yaml"

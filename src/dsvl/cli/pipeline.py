@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="run dir (default outputs/pipeline_<family>/<time>)")
     parser.add_argument("--stages", default=None, help="comma-separated subset, e.g. pretrain,sft")
     parser.add_argument("--init-from", default=None, help="weights for the first stage run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     out = args.out or Path("outputs") / f"pipeline_{args.family.replace('/', '_')}" / time.strftime("%Y-%m-%d_%H-%M-%S")
     stages = args.stages.split(",") if args.stages else None

@@ -1,0 +1,106 @@
+"""`dsvl-train` as users run it: one-line config errors (exit 2), multiruns with a dir per job,
+a crashed job that closes its W&B run and leaves the other jobs running, W&B offline files,
+`dsvl-pipeline` chaining init_from and `dsvl-demo`'s summary."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from train_fixtures import FAST
+
+
+def _train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "dsvl.cli.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _wandb_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stage.global_batch=30", "stage.global_batch=30 is not divisible by data.micro_batch_size=4"),
+        ("stage.trainable=[adaptor,encoder]", "unknown part 'encoder'"),
+        ("init_from=/nonexistent/last.ckpt", "init_from=/nonexistent/last.ckpt: no such file"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_code_2(override: str, message: str, demo_data: Path, tmp_path: Path) -> None:
+    proc = _train([f"paths.data_dir={demo_data}", *FAST, override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("dsvl-train: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # failed before any training
+
+
+@pytest.mark.slow
+def test_multirun_two_jobs_each_in_its_own_dir_and_wandb_offline_metrics(demo_data: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _train(["-m", "experiment=demo/align", f"paths.data_dir={demo_data}", *FAST, "logger=many_loggers",
+                   "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, lr in ((0, 1e-3), (1, 2e-3)):
+        run = sweep / str(job)
+        assert (run / ".hydra" / "config.yaml").is_file() and (run / "csv" / "metrics.csv").is_file()
+        assert OmegaConf.load(run / "config_resolved.yaml").optim.lr == lr
+        files = _wandb_files(run)
+        assert len(files) == 1  # one W&B run per job, in the job's dir
+        data = files[0].read_bytes()
+        for name in (b"train/loss", b"train/loss_multimodal", b"train/lr", b"train/grad_norm", b"perf/tokens_per_s",
+                     b"val/mm_loss", b"optim"):
+            assert name in data, name
+
+
+@pytest.mark.slow
+def test_crashed_job_closes_its_wandb_run_and_the_multirun_goes_on(demo_data: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    # job 0 crashes inside Lightning (AdamW refuses a negative lr); job 1 must still run
+    proc = _train(["-m", "experiment=demo/align", f"paths.data_dir={demo_data}", *FAST, "logger=wandb",
+                   "optim.lr=-1.0,1e-3", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode != 0  # the sweep reports the failure at the end
+    assert "Invalid learning rate" in proc.stderr
+    crashed, ok = sweep / "0", sweep / "1"
+    assert "closed the W&B run of a crashed job" in (crashed / "train.log").read_text()
+    assert (ok / "checkpoints" / "last.ckpt").is_file()
+    ok_runs = _wandb_files(ok)
+    assert len(ok_runs) == 1 and _wandb_files(crashed) != ok_runs  # a fresh W&B run, not the crashed one reused
+    assert b"train/loss" in ok_runs[0].read_bytes()
+
+
+@pytest.mark.slow
+def test_pipeline_chains_init_from_through_the_three_stages(demo_data: Path, tmp_path: Path) -> None:
+    from dsvl.cli.pipeline import main
+
+    out = tmp_path / "pipe"
+    assert main(["demo", "--out", str(out), f"paths.data_dir={demo_data}", *FAST, "mc_val.limit=8"]) == 0
+    cfgs = {s: OmegaConf.load(out / s / "config_resolved.yaml") for s in ("align", "pretrain", "sft")}
+    assert cfgs["align"].init_from is None
+    assert Path(cfgs["pretrain"].init_from) == out / "align" / "checkpoints" / "last.ckpt"
+    assert Path(cfgs["sft"].init_from) == out / "pretrain" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_demo_writes_summary_and_prints_its_path_last(demo_data: Path, tmp_path: Path, capsys) -> None:
+    from dsvl.cli.demo import main
+
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--data-dir", str(demo_data), *FAST, "mc_val.limit=8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(out / "summary.json")
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["mc_accuracy"] <= 1.0 and summary["text_ppl"] > 1.0
+    assert set(summary["stages"]) == {"align", "pretrain", "sft"}
+    assert all(s["steps"] == 2 and s["seconds"] > 0 for s in summary["stages"].values())
+    assert (out / "export" / "config.json").is_file() and (out / "export" / "tokenizer.json").is_file()
+    assert Path(summary["plots"]["pretrain"]).is_file()
+    assert any("multiple-choice accuracy" in line for line in lines)
