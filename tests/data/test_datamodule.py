@@ -58,7 +58,7 @@ class Recorder(L.LightningModule):
 
 
 def _dm(demo_dir, spec, workers=0):
-    from conftest import pretrain_sources
+    from .conftest import pretrain_sources
 
     return DSVLDataModule(str(demo_dir / "tokenizer"), pretrain_sources(demo_dir), vision_spec=spec,
                           micro_batch_size=2, max_length=160, packing=True,

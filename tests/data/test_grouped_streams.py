@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import pretrain_sources
+from .conftest import pretrain_sources
 
 from dsvl.data import DSVLDataModule, ModalitySchedule
 from dsvl.data.grouped import BatchingConfig, GlobalStepBatches

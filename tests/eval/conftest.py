@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dsvl.data.demo import generate_samples, sample_texts, train_tokenizer
-from eval_helpers import model_config
+from .eval_helpers import model_config
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from dsvl.data.shards import write_shards
 from dsvl.data.tokenize import TextEncoder
 from dsvl.model import build_model
 
-from eval_helpers import model_config
+from .eval_helpers import model_config
 
 QUESTION = "What color is the shape?"
 ANSWER = "red"

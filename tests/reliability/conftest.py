@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # reliability_hooks, named by `_target_` in forked runs
 EXIT_USER_ERROR = 2
 
 

@@ -6,7 +6,7 @@ import of torch and Lightning); one case also through the installed console scri
 from __future__ import annotations
 
 import pytest
-from conftest import EXIT_USER_ERROR, run_train, run_train_forked
+from .conftest import EXIT_USER_ERROR, run_train, run_train_forked
 
 CASES = {
     "unknown_preset": (["model=tiny_nope"], ["model=tiny_nope", "accepted:", "tiny", "deepseek_vl_7b"]),

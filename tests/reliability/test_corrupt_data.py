@@ -14,11 +14,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import mm_sample as _mm
-from conftest import png_bytes as _png
-from conftest import run_train_forked
-from conftest import text_sample as _text
-from conftest import write_shard as _write
+from .conftest import mm_sample as _mm
+from .conftest import png_bytes as _png
+from .conftest import run_train_forked
+from .conftest import text_sample as _text
+from .conftest import write_shard as _write
 
 from dsvl.data import SkipCounter
 from dsvl.data.schedule import ModalitySchedule

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import EXIT_USER_ERROR, read_records, recorder, run_train_forked, stage2
+from .conftest import EXIT_USER_ERROR, read_records, recorder, run_train_forked, stage2
 
 POISONED = [1, 3, 4]  # step 1 alone (skipped, run goes on); steps 3-4 in a row (limit 2: stop)
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HERE, bad_prefixed_shards, read_records, recorder
+from .conftest import HERE, bad_prefixed_shards, read_records, recorder
 
 pytestmark = pytest.mark.slow
 

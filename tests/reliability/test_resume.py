@@ -11,7 +11,7 @@ import signal
 
 import pytest
 import torch
-from conftest import read_records, recorder, run_train_forked, signal_at, stage2
+from .conftest import read_records, recorder, run_train_forked, signal_at, stage2
 
 MAX_STEPS = 5
 KILL_STEP, TERM_STEP = 2, 3

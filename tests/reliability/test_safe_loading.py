@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXIT_USER_ERROR, run_train_forked
+from .conftest import EXIT_USER_ERROR, run_train_forked
 
 from dsvl.model.safe_load import UnsafeCheckpointError, check_checkpoint, load_weights, safe_torch_load
 from dsvl.stages.checkpoint import InitFromError, load_init_weights

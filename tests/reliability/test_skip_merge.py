@@ -1,7 +1,7 @@
 """Skip counts are merged over DataLoader workers (each reads its own shards) and survive a resume."""
 from __future__ import annotations
 
-from conftest import bad_prefixed_shards
+from .conftest import bad_prefixed_shards
 
 from dsvl.data import DSVLDataModule
 from dsvl.model.spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
