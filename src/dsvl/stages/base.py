@@ -66,6 +66,7 @@ class VLMStage(LightningModule):
         self.val_mc_acc = MultipleChoiceAccuracy()
         self.current_modality: str | None = None
         self._window: dict[str, float] = {"nll": 0.0, "tokens": 0.0}
+        self._sample_batch: dict[str, Any] | None = None
         self.final_loss: dict[str, float] = {}  # last global step's loss per modality (the demo's summary)
 
     # ------------------------------------------------------------------ freezing
@@ -151,9 +152,65 @@ class VLMStage(LightningModule):
             scores = score_options(self.model, batch)
             self.val_mc_acc.update(scores, batch["answer"], batch.get("categories"), batch.get("keys"))
             return
+        self._keep_sample_batch(batch)
         out = self(batch)
         metric = self.val_text_ppl if batch.get("modality", "text") == "text" else self.val_mm_loss
         metric.update(out.loss.detach(), out.num_loss_tokens)
+
+    def _keep_sample_batch(self, batch: Mapping[str, Any]) -> None:
+        """The first multimodal validation batch of an epoch, on CPU, for `sample_predictions`."""
+        if self._sample_batch is None and batch.get("modality") == "multimodal" and "row_option" not in batch:
+            self._sample_batch = {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def sample_predictions(self, limit: int = 4, max_new_tokens: int = 24) -> list[dict[str, Any]]:
+        """Greedy answers for up to `limit` samples of the kept validation batch: rows of
+        `image` (HxWx3 uint8 of the first image), `prompt`, `prediction`, `target` (W&B tables)."""
+        batch, self._sample_batch = self._sample_batch, None
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(getattr(getattr(dm, "encoder", None), "text", None), "tokenizer", None)
+        if batch is None or tokenizer is None:
+            return []
+        spec = self.model.vision_spec
+        image_token_id = getattr(self.model, "image_token_id", None)
+        per_image = max(int(spec.num_image_tokens), 1)
+        images_before = 0
+        rows = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i in range(min(limit, batch["input_ids"].shape[0])):
+                ids, labels = batch["input_ids"][i], batch["labels"][i]
+                length = int(batch["attention_mask"][i].sum())
+                n_images = int((ids == image_token_id).sum()) // per_image if image_token_id is not None else 0
+                supervised = (labels[:length] != -100).nonzero()
+                start = int(supervised[0]) if len(supervised) else length
+                pixels = {inp.name: batch[inp.name][images_before:images_before + n_images].to(self.device)
+                          for inp in spec.inputs if inp.name in batch and n_images}
+                new = self.model.generate(ids[:start].unsqueeze(0).to(self.device), **pixels,
+                                          max_new_tokens=max_new_tokens, do_sample=False)
+                image = None
+                low = spec.inputs[0] if spec.inputs else None
+                if low is not None and n_images and low.name in batch:
+                    x = batch[low.name][images_before].float()
+                    mean, std = torch.tensor(low.mean).view(3, 1, 1), torch.tensor(low.std).view(3, 1, 1)
+                    image = ((x * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+                prompt_ids = ids[:start][ids[:start] != image_token_id] if image_token_id is not None else ids[:start]
+                rows.append({
+                    "image": image,
+                    "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=True),
+                    "prediction": tokenizer.decode(new[0], skip_special_tokens=True),
+                    "target": tokenizer.decode(ids[start:length], skip_special_tokens=True),
+                })
+                images_before += n_images
+        finally:
+            self.model.train(was_training)
+            if was_training:
+                self.train(True)  # frozen parts back to eval
+        return rows
+
+    def on_validation_epoch_start(self) -> None:
+        self._sample_batch = None
 
     def on_validation_epoch_end(self) -> None:
         for name, metric in (("val/text_ppl", self.val_text_ppl), ("val/mm_loss", self.val_mm_loss), ("val/mc_acc", self.val_mc_acc)):
