@@ -181,8 +181,8 @@ def best_of(runs: Sequence[Sequence[float]], warmup: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------- sections
-def bench_overhead(data_dir: Path, tmp: Path, steps: int, repeats: int, warmup: int) -> dict[str, Any]:
-    cfg = stage2_config(data_dir, tmp / "overhead")
+def bench_overhead(data_dir: Path, tmp: Path, steps: int, repeats: int, warmup: int, size: str = "tiny") -> dict[str, Any]:
+    cfg = stage2_config(data_dir, tmp / f"overhead_{size}", size=size)
     batches, loader_s = make_batches(cfg, steps)
     hand, light, loss_diff = [], [], 0.0
     for _ in range(repeats):
@@ -386,8 +386,12 @@ def table(results: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str, str]] = []
     o = results.get("overhead")
     if o:
-        rows.append(("framework overhead (Lightning / hand loop)", f"{o['ratio']:.3f}", "<= 1.05",
+        rows.append(("framework overhead tiny (Lightning / hand loop)", f"{o['ratio']:.3f}", "<= 1.05",
                      f"{o['lightning_step_s'] * 1e3:.1f} vs {o['hand_step_s'] * 1e3:.1f} ms/step, |dloss| {o['max_abs_loss_diff']:.1e}"))
+    om = results.get("overhead_mid")
+    if om:
+        rows.append(("framework overhead mid (Lightning / hand loop)", f"{om['ratio']:.3f}", "<= 1.05",
+                     f"{om['lightning_step_s'] * 1e3:.1f} vs {om['hand_step_s'] * 1e3:.1f} ms/step, |dloss| {om['max_abs_loss_diff']:.1e}"))
     for size in ("tiny", "mid"):
         g = results.get("grouping", {}).get(size)
         if g:
@@ -451,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tmp = Path(tmp_name)
         if "overhead" not in args.skip:
             results["overhead"] = bench_overhead(data_dir, tmp, steps, repeats, warmup)
+            if not quick:  # fixed per-step costs shrink against a bigger model's step
+                results["overhead_mid"] = bench_overhead(data_dir, tmp, 12, 2, 2, size="mid")
         if "grouping" not in args.skip:
             results["grouping"] = {size: bench_grouping(data_dir, tmp, size, steps if size == "tiny" else 20, repeats, 2)
                                    for size in (("tiny",) if quick else ("tiny", "mid"))}
