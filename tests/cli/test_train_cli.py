@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,9 @@ def _wandb_files(run_dir: Path) -> list[Path]:
         ("stage.global_batch=30", "stage.global_batch=30 is not divisible by data.micro_batch_size=4"),
         ("stage.trainable=[adaptor,encoder]", "unknown part 'encoder'"),
         ("init_from=/nonexistent/last.ckpt", "init_from=/nonexistent/last.ckpt: no such file"),
+        pytest.param("logger=tensorboard", "logger.tensorboard needs a package that is not installed",
+                     marks=pytest.mark.skipif(bool(find_spec("tensorboard") or find_spec("tensorboardX")),
+                                              reason="tensorboard is installed")),
     ],
 )
 def test_bad_config_is_one_line_and_exit_code_2(override: str, message: str, demo_data: Path, tmp_path: Path) -> None:
@@ -105,3 +109,15 @@ def test_demo_writes_summary_and_prints_its_path_last(demo_data: Path, tmp_path:
     assert (out / "export" / "config.json").is_file() and (out / "export" / "tokenizer.json").is_file()
     assert Path(summary["plots"]["pretrain"]).is_file()
     assert any("multiple-choice accuracy" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_in_their_own_dirs(demo_data: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "optuna"
+    proc = _train(["experiment=demo/align", "hparams_search=optuna", f"paths.data_dir={demo_data}", *FAST,
+                   "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+                   "trainer.max_steps=20", f"hydra.sweep.dir={sweep}"], tmp_path)  # warm-up choices go to 20
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.name == "optuna" and results.best_value > 0 and "optim.lr" in results.best_params
+    assert all((sweep / str(j) / "csv" / "metrics.csv").is_file() for j in (0, 1))

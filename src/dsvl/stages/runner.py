@@ -170,7 +170,8 @@ def instantiate_group(node: Any, what: str) -> list[Any]:
         except Exception as err:
             cause = err.__cause__ or err
             if isinstance(cause, ModuleNotFoundError) and what == "logger":
-                raise TrainConfigError(f"logger.{name} needs a package that is not installed ({cause}); pip install it or choose another logger") from None
+                missing = " ".join(str(cause).split())
+                raise TrainConfigError(f"logger.{name} needs a package that is not installed ({missing}); pip install it or choose another logger") from None
             raise
     return out
 
@@ -280,6 +281,9 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
 
         add_mc_validation(datamodule, mc_val, data_tokenizer(datamodule), vision_spec(cfg.model), cfg.data.get("system_prompt"))
     save_resolved_config(cfg, output_dir)  # after the model takes the tokenizer's image token id
+    # loggers and callbacks before any weights: a missing logger package fails in a second
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     model = build_model(cfg.model)
     if cfg.get("init_from"):
         load_init_weights(model, cfg.init_from)
@@ -287,8 +291,6 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None
     stage = instantiate(cfg.stage, model=model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
 
-    loggers = instantiate_group(cfg.get("logger"), "logger")
-    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback then
         from lightning.pytorch.callbacks import ProgressBar
 
