@@ -122,6 +122,13 @@ def test_init_from_chains_stage_weights_and_resume_continues_exactly(compose_tra
             assert torch.equal(tensor, state[name]), name
     with pytest.raises(InitFromError, match="no such file"):
         load_init_weights(model, tmp_path / "missing.ckpt")
+    # an exported (save_pretrained) directory works as init_from too
+    model.save_pretrained(tmp_path / "exported")
+    fresh = build_model(OmegaConf.load(align.output_dir / "config_resolved.yaml").model)
+    load_init_weights(fresh, tmp_path / "exported")
+    for name, tensor in fresh.state_dict().items():
+        if name in state:
+            assert torch.equal(tensor, state[name]), name
 
     # resume: 4 steps, then 2 more from the checkpoint == 6 steps straight (lr, loss, data order)
     common = ("experiment=demo/pretrain", "data.schedule.warmup_steps=2", "scheduler.warmup_steps=2",
