@@ -418,7 +418,7 @@ def table(results: dict[str, Any]) -> str:
     w = [max(len(r[i]) for r in rows + [("measure", "value", "goal", "detail")]) for i in range(4)]
     lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(("measure", "value", "goal", "detail"))), "  ".join("-" * x for x in w)]
     lines += ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def ensure_demo_data(data_dir: Path) -> Path:
