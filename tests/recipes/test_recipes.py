@@ -92,7 +92,7 @@ def test_sweep_recipes_compose_as_multiruns(sweep: str) -> None:
 def test_wandb_sweep_calls_dsvl_train() -> None:
     import yaml
 
-    spec = yaml.safe_load((RECIPES / "sweeps" / "wandb_sweep.yaml").read_text())
+    spec = yaml.safe_load((RECIPES / "sweeps" / "wandb_sweep.yml").read_text())
     assert spec["program"] == "dsvl-train" and spec["command"][0] == "${program}"
     assert "experiment=demo/align" in spec["command"] and spec["metric"]["name"].startswith("val/")
     assert set(spec["parameters"]) <= {"optim.lr", "scheduler.warmup_steps", "stage.global_batch"}
