@@ -27,6 +27,7 @@ from dsvl.data.errors import DataConfigError
 from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.mixture import SourceConfig, parse_sources
+from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceCollator
 from dsvl.data.schedule import ModalitySchedule
 from dsvl.data.streams import expand_urls
 from dsvl.data.tokenize import TextEncoder
@@ -81,6 +82,7 @@ class DSVLDataModule(L.LightningDataModule):
         seed: int = 0,
         val_max_batches: int | None = None,
         pin_memory: bool = False,
+        mc_val: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer_src = tokenizer
@@ -99,6 +101,8 @@ class DSVLDataModule(L.LightningDataModule):
         self.supervise, self.system_prompt = supervise, system_prompt
         self.num_workers, self.prefetch_factor, self.pin_memory = int(num_workers), prefetch_factor, pin_memory
         self.shuffle_buffer, self.seed, self.val_max_batches = int(shuffle_buffer), int(seed), val_max_batches
+        # multiple-choice validation (`val/mc_acc`): {shards, batch_size, limit, mode, max_length}
+        self.mc_val = dict(mc_val) if mc_val and mc_val.get("shards") else None
         BatchingConfig(mode=mode)  # fail early on a bad mode
         has_images = bool(self.vision and self.vision.inputs and self.vision.num_image_tokens > 0)
         if mode != "text_only" and not has_images and any(s.modality == "multimodal" for s in self.train_sources):
@@ -188,12 +192,25 @@ class DSVLDataModule(L.LightningDataModule):
         return self._loader(self.train_dataset())
 
     def val_dataloader(self) -> DataLoader | list:
-        if not self.val_sources:
-            return []
-        self.check_sources(self.val_sources, "data.val_sources")
+        """Held-out text/multimodal batches (`val/text_ppl`, `val/mm_loss`) and, with `mc_val`, a
+        multiple-choice loader whose batches carry `row_option` (`val/mc_acc`)."""
         rank, world = self._rank_world()
-        ds = EvalBatches(self.val_sources, self.encoder, self.val_batch_size, rank, world, self.val_max_batches)
-        return self._loader(ds)
+        loaders: list[DataLoader] = []
+        if self.val_sources:
+            self.check_sources(self.val_sources, "data.val_sources")
+            ds = EvalBatches(self.val_sources, self.encoder, self.val_batch_size, rank, world, self.val_max_batches)
+            loaders.append(self._loader(ds))
+        if self.mc_val is not None:
+            loaders.append(DataLoader(self.mc_dataset(rank, world), batch_size=None, num_workers=0))
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def mc_dataset(self, rank: int = 0, world_size: int = 1) -> MultipleChoiceBatches:
+        """The `mc_val` shards as scoring batches, with this module's tokenizer, images and system prompt."""
+        cfg = self.mc_val or {}
+        collator = MultipleChoiceCollator(self.encoder.text.tokenizer, self.vision, mode=str(cfg.get("mode", "text")),
+                                          system_prompt=self.system_prompt, max_length=cfg.get("max_length"))
+        return MultipleChoiceBatches(cfg["shards"], collator, int(cfg.get("batch_size", 8)), cfg.get("limit"),
+                                     rank, world_size, counter=self._val_counter)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record the data position of each training batch as it is consumed; strip it from the batch."""

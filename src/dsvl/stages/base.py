@@ -214,11 +214,19 @@ class VLMStage(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         for name, metric in (("val/text_ppl", self.val_text_ppl), ("val/mm_loss", self.val_mm_loss), ("val/mc_acc", self.val_mc_acc)):
-            if metric.update_count:
+            # decided on the global count: a rank that saw no batch of a kind must still join compute()'s sync
+            if self._global_count(metric.update_count):
                 value = metric.compute()
                 if not math.isnan(float(value)):
                     self.log(name, value.float(), prog_bar=name == "val/mc_acc", sync_dist=False)
             metric.reset()
+
+    def _global_count(self, count: int) -> int:
+        """`count` summed over ranks (the same on every rank; no collective without a trainer)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return count
+        total = self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum")
+        return int(total.item())
 
     # ------------------------------------------------------------------ optimizer
     def trainable_parameters(self) -> list[nn.Parameter]:

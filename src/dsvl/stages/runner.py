@@ -198,6 +198,7 @@ def build_datamodule(cfg: DictConfig, plan: RunPlan, stage_cls: type) -> Any:
         "supervise": stage_cls.supervise,
         "accumulate_grad_batches": plan.accumulation,
         "seed": int(cfg.get("seed", 0)),
+        "mc_val": OmegaConf.to_container(cfg.mc_val, resolve=True) if cfg.get("mc_val") is not None else None,
     }
     extra = {k: v for k, v in offered.items() if cfg.data.get(k) is None and _accepts(target, k)}
     supervise = cfg.data.get("supervise")
@@ -274,12 +275,6 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     stage_cls = get_class(cfg.stage._target_)
     datamodule = build_datamodule(cfg, plan, stage_cls)
     align_model_to_data(cfg, datamodule)
-    mc_val = cfg.get("mc_val")
-    if mc_val is not None and mc_val.get("shards"):
-        from dsvl.model import vision_spec
-        from dsvl.stages.validation import add_mc_validation
-
-        add_mc_validation(datamodule, mc_val, data_tokenizer(datamodule), vision_spec(cfg.model), cfg.data.get("system_prompt"))
     save_resolved_config(cfg, output_dir)  # after the model takes the tokenizer's image token id
     # loggers and callbacks before any weights: a missing logger package fails in a second
     loggers = instantiate_group(cfg.get("logger"), "logger")
