@@ -60,6 +60,7 @@ def run_pipeline(family: str, out_dir: Path, overrides: Sequence[str] = (), stag
 
     `last_overrides` go to the last stage only (the demo exports from it).
     """
+    from dsvl.cli.validate import validate_config
     from dsvl.stages.runner import plan_run, run_stage
 
     common, per_stage = split_overrides(overrides)
@@ -69,6 +70,8 @@ def run_pipeline(family: str, out_dir: Path, overrides: Sequence[str] = (), stag
     for i, (stage, experiment) in enumerate(recipes):
         extra = list(last_overrides) if i == len(recipes) - 1 else []
         cfg = compose([f"experiment={experiment}", *common, *per_stage[stage], *extra], output_dir=out_dir / stage)
+        validate_config(cfg)  # the checks dsvl-train makes (ratios, data paths, guard limits) ...
+        plan_run(cfg)  # ... and model fit and batch arithmetic, all before any stage trains
         configs.append((stage, cfg))
     results = []
     previous = init_from
