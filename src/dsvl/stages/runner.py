@@ -308,7 +308,7 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
     checkpoint = ckpt_dir / "last.ckpt"
     preempted = was_preempted(trainer)  # PreemptionCheckpoint wrote last.ckpt where it stopped; exit fast
     if not preempted:
-        trainer.save_checkpoint(checkpoint)
+        trainer.save_checkpoint(checkpoint, weights_only=False)  # full state: optimizer, scheduler, data position
 
     validated_last_step = plan.val_check_interval is not None and (plan.max_steps * plan.accumulation) % plan.val_check_interval == 0
     if cfg.get("validate_at_end", True) and not preempted and not validated_last_step:
