@@ -30,4 +30,4 @@ bench: setup
 	$(PY) tools/bench.py $(ARGS)
 
 clean:
-	rm -rf outputs multirun runs data/demo .pytest_cache
+	rm -rf outputs multirun runs data/demo .pytest_cache build dist  # a stale build/lib leaks old files into wheels
