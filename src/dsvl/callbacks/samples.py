@@ -7,7 +7,6 @@ callback only knows Lightning and the W&B logger.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
