@@ -65,9 +65,9 @@ class VLMStage(LightningModule):
         self.val_mm_loss = MultimodalLoss()
         self.val_mc_acc = MultipleChoiceAccuracy()
         self.current_modality: str | None = None
-        self._window: dict[str, float] = {"nll": 0.0, "tokens": 0.0}
+        self._window: dict[str, Tensor] = {}
         self._sample_batch: dict[str, Any] | None = None
-        self.final_loss: dict[str, float] = {}  # last global step's loss per modality (the demo's summary)
+        self.final_loss: dict[str, Tensor] = {}  # last global step's loss per modality (the demo's summary)
 
     # ------------------------------------------------------------------ freezing
     def train(self, mode: bool = True) -> VLMStage:
@@ -117,17 +117,17 @@ class VLMStage(LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         out = self(batch)
-        tokens = int(out.num_loss_tokens)
-        # a micro-batch without supervised tokens has loss nan: contribute a zero that keeps the graph
-        loss = out.loss if tokens > 0 else out.logits.sum() * 0.0
+        loss = out.loss  # the core gives 0 (with a graph) for a micro-batch without supervised tokens
+        tokens = out.num_loss_tokens.detach().float()
         modality = str(batch.get("modality", "text"))
         self.current_modality = modality
         if batch_idx % self._accumulation() == 0:  # first micro-batch of a global step
-            self._window = {"nll": 0.0, "tokens": 0.0}
-        self._window["nll"] += float(loss.detach()) * tokens
-        self._window["tokens"] += tokens
-        # running token-weighted mean of the global step: the value logged at its last micro-batch
-        step_loss = self._window["nll"] / self._window["tokens"] if self._window["tokens"] else float("nan")
+            self._window = {"nll": torch.zeros((), device=loss.device), "tokens": torch.zeros((), device=loss.device)}
+        # kept as tensors: reading them back to the host every micro-batch would sync the GPU
+        self._window["nll"] = self._window["nll"] + loss.detach().float() * tokens
+        self._window["tokens"] = self._window["tokens"] + tokens
+        # running token-weighted mean of the global step (nan without tokens): logged at its last micro-batch
+        step_loss = self._window["nll"] / self._window["tokens"]
         self.final_loss[modality] = step_loss
         size = int(batch["input_ids"].shape[0])
         self.log("train/loss", step_loss, on_step=True, prog_bar=True, batch_size=size)

@@ -323,7 +323,7 @@ def run_stage(cfg: DictConfig, plan: RunPlan | None = None) -> StageResult:
         lg.finalize("success")
     return StageResult(
         stage=stage.stage_name, output_dir=output_dir, checkpoint=checkpoint, steps=int(trainer.global_step),
-        seconds=seconds, final_loss=dict(getattr(stage, "final_loss", {})), metrics=metrics, export_dir=export,
+        seconds=seconds, final_loss={k: float(v) for k, v in getattr(stage, "final_loss", {}).items()}, metrics=metrics, export_dir=export,
         trainable=list(stage.trainable_parts), frozen=list(stage.frozen_parts),
     )
 
