@@ -1,0 +1,23 @@
+"""The one base class of every mistake a user can make (config, data, checkpoint).
+
+The console scripts catch `UserError` once and print it as one line with exit code 2; anything
+else is a bug in dsvl and keeps its traceback. Subclass the nearest kind below for new errors.
+"""
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Fix your command, config, data or checkpoint; the message is one line naming what and how."""
+
+
+class ConfigError(UserError):
+    """A config value or combination that cannot run (checked before any weights exist)."""
+
+
+class DataError(UserError):
+    """Input data that cannot be used at all (missing files, unknown format); single bad samples are
+    counted skips, not errors."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint or model directory that cannot be loaded safely or does not fit the model."""
