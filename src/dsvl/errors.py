@@ -11,7 +11,9 @@ class UserError(ValueError):
 
 
 class ConfigError(UserError):
-    """A config value or combination that cannot run (checked before any weights exist)."""
+    """A config value or combination that cannot run. Checked before any weights exist
+    (`dsvl.cli.validate.validate_config`); a run that diverges despite them (non-finite losses
+    step after step) ends with one too: the fix is a config change (lr, precision, clipping)."""
 
 
 class DataError(UserError):

@@ -1,5 +1,5 @@
-"""Shared by the training entry points: where the configs live, composing them without the
-`@hydra.main` decorator, and turning user errors into one line and exit code 2.
+"""Shared by the console scripts: where the configs live, composing them without the
+`@hydra.main` decorator, and turning a user's mistake into one line and exit code 2.
 """
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 import dsvl
+from dsvl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -23,26 +24,22 @@ EXIT_USER_ERROR = 2
 T = TypeVar("T")
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Errors that mean "fix your config / paths", not "dsvl has a bug"."""
-    from dsvl.model import ConfigError
-    from dsvl.stages.checkpoint import InitFromError
-    from dsvl.stages.freezing import FreezeConfigError
-    from dsvl.stages.runner import TrainConfigError
-    from dsvl.callbacks.nan_guard import NonFiniteLossError
-    from dsvl.cli.validate import RunConfigError
-    from dsvl.stages.resume import ResumeError
+def user_error_of(err: BaseException) -> BaseException | None:
+    """The user's mistake behind `err`, or None for a dsvl bug.
 
-    types: list[type[BaseException]] = [ConfigError, TrainConfigError, FreezeConfigError, InitFromError,
-                                        OmegaConfBaseException, FileNotFoundError, RunConfigError, ResumeError,
-                                        NonFiniteLossError]
-    try:
-        from dsvl.data import DataConfigError  # type: ignore[attr-defined]
-
-        types.append(DataConfigError)
-    except ImportError:
-        pass
-    return tuple(types)
+    A `dsvl.errors.UserError`, also when wrapped by the library that called our code (Hydra's
+    `InstantiationException` chains it as `__cause__`); a `FileNotFoundError` (a path the user
+    named that a library could not open); OmegaConf's unset `???` value or unresolvable
+    interpolation met while the command runs (e.g. `dsvl-eval` without `checkpoint=`).
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, (UserError, FileNotFoundError, MissingMandatoryValue, InterpolationResolutionError)):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__  # explicit `raise ... from err` only: an error *during* handling is a bug of its own
+    return None
 
 
 def one_line(err: BaseException) -> str:
@@ -87,7 +84,7 @@ def is_multirun() -> bool:
         return False
 
 
-def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None]) -> T:
+def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
     """Run `body`; always run `cleanup` (close loggers), even on a crash.
 
     A user error prints one line and exits 2 in a single run. Inside a multirun, every error is
@@ -95,26 +92,18 @@ def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None]) -> T:
     """
     try:
         return body()
-    except user_error_types() as err:
-        if is_multirun():
-            log.error("job failed: %s", one_line(err))
-            raise
-        fail(prog, err)
     except Exception as err:
-        from dsvl.cli.validate import user_error_of
-
-        inner = user_error_of(err, user_error_types())  # e.g. a DataConfigError inside Hydra's InstantiationException
-        if inner is None or is_multirun():
+        inner = user_error_of(err)
+        if inner is None:
             log.exception("run crashed")
+            raise
+        if is_multirun():
+            log.error("job failed: %s", one_line(inner))
             raise
         fail(prog, inner)
     finally:
         try:
-            cleanup()
+            if cleanup is not None:
+                cleanup()
         except Exception as err:  # noqa: BLE001 - closing must not mask the real error
             log.warning("closing loggers failed: %s", err)
-
-
-def to_overrides(items: dict[str, Any]) -> list[str]:
-    """Hydra override strings for a dict of dotted keys."""
-    return [f"{k}={v}" for k, v in items.items()]

@@ -1,23 +1,29 @@
 """Config checks that run before any weights load, so a typo costs seconds and one line (exit 2).
 
-Three layers, in the order a run meets them:
+Two layers, in the order a run meets them:
 1. `precheck_overrides`: composes the config the way `@hydra.main` will and turns Hydra's
    multi-line composition errors (unknown preset or group option, unknown key, bad override
    syntax) into one line naming the key and the accepted options.
-2. `validate_config`: values Hydra cannot know are wrong (language ratio outside [0, 1], data
-   sources whose shards do not exist, the non-finite guard's limit).
-3. `user_error_of`: errors raised inside `hydra.utils.instantiate` arrive wrapped in an
-   `InstantiationException`; the user error inside is what the message should show.
-Model-shape checks (adaptor widths) and batch arithmetic live with the code that knows them
-(`dsvl.model.vision_spec`, `dsvl.stages.runner.plan_run`) and run right after these.
+2. `validate_config`: every value, before any weights exist: types and ranges from the schemas
+   (`dsvl.cli.schema`), then what needs several keys or the file system (warm-up longer than
+   training, a global batch that micro-batches cannot fill, data shards, tokenizer, `init_from` /
+   `ckpt_path` opened the safe way).
+Model-shape checks (adaptor widths) and the world-size arithmetic need the model's and the
+Trainer's own code and run right after these.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from dsvl.cli._config import CONFIG_DIR, one_line
+from dsvl.cli.schema import check_schema
+from dsvl.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +32,13 @@ HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-
                     "--shell-completion", "-sc", "--experimental-rerun", "--version")
 
 
-class RunConfigError(ValueError):
+class RunConfigError(ConfigError):
     """A config value that cannot work; the message is one line naming the key and what is accepted."""
 
 
 # ---------------------------------------------------------------------------------------- 1. composition
 def _group_options(group: str) -> list[str]:
     """Option names of a config group folder (nested folders as `sub/option`)."""
-    from dsvl.cli._config import CONFIG_DIR
-
     root = CONFIG_DIR / group
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
 
@@ -85,8 +89,6 @@ def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from dsvl.cli._config import CONFIG_DIR
-
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -99,75 +101,138 @@ def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> 
 
 
 # ---------------------------------------------------------------------------------------- 2. values
-def check_sources(data: Any) -> None:
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+
+
+def plain(node: Any) -> Any:
+    """The config as plain dicts / lists with interpolations resolved, for the schemas.
+
+    Outside a Hydra app (tests, `compose()` without an output dir) the run-dir interpolation
+    `${hydra:runtime.output_dir}` cannot resolve; such values stay as written. Any other value
+    that does not resolve, or a mandatory `???` left unset, is the user's to fix (one line).
+    """
+    if isinstance(node, DictConfig):
+        return {k: plain(_resolved(node, k)) for k in node.keys() if k != "hydra"}
+    if isinstance(node, ListConfig):
+        return [plain(_resolved(node, i)) for i in range(len(node))]
+    return node
+
+
+def _resolved(node: DictConfig | ListConfig, key: Any) -> Any:
+    try:
+        return node[key]
+    except MissingMandatoryValue:
+        full = node._get_full_key(key)
+        raise RunConfigError(f"{full}: no value (set it: {full}=...)") from None
+    except InterpolationResolutionError as err:
+        if "HydraConfig was not set" in str(err):
+            return node._get_node(key)._value()  # type: ignore[union-attr]
+        raise RunConfigError(f"{node._get_full_key(key)}: {one_line(err)}") from None
+
+
+def check_sources(data: dict[str, Any]) -> None:
     """Every data source's shards must exist (the datamodule's own check, run before any weights load)."""
     from hydra.utils import get_class
 
-    from dsvl.data.errors import DataConfigError
     from dsvl.data.mixture import parse_sources
 
-    target = data.get("_target_") if data is not None else None
+    target = data.get("_target_")
     check = getattr(get_class(target), "check_sources", None) if target else None
     if check is None:
         return
     for key in ("train_sources", "val_sources"):
-        node = data.get(key)
-        if not node:
+        if not data.get(key):
             continue
         try:
-            check(parse_sources(OmegaConf.to_container(node, resolve=True)), f"data.{key}")
-        except DataConfigError as err:
-            raise RunConfigError(f"{err} (accepted: a folder of .tar shards, a glob, a brace pattern, or a list of "
-                                 "existing shard files)") from None
+            check(parse_sources(data[key]), f"data.{key}")
+        except DataError as err:
+            raise DataError(f"{err} (accepted: a folder of .tar shards, a glob, a brace pattern, or a list of "
+                            "existing shard files)") from None
 
 
-def check_schedule(data: Any, max_steps: int | None = None) -> None:
-    """The modality schedule, checked by `ModalitySchedule` itself (language ratios in [0, 1], warm-up >= 0);
-    a warm-up longer than training only warns (short debug runs do that on purpose)."""
-    from dsvl.data.errors import DataConfigError
-    from dsvl.data.schedule import ModalitySchedule
+def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
+    """What the data schema cannot see: the mode against the sources' modalities, the tokenizer and
+    shard paths, and the language-ratio warm-up (which may be longer than a short debug run)."""
+    from dsvl.data.streams import expand_urls
 
-    schedule = data.get("schedule") if data is not None else None
-    if not schedule:
-        return
-    try:
-        sched = ModalitySchedule(**OmegaConf.to_container(schedule, resolve=True))
-    except (DataConfigError, TypeError) as err:
-        raise RunConfigError(f"data.schedule: {err} (start/target: the share of text-only global steps)") from None
-    if max_steps and sched.warmup_steps > max_steps:
-        log.warning("data.schedule.warmup_steps=%d > trainer.max_steps=%d: the language ratio never reaches its target %s",
-                    sched.warmup_steps, max_steps, sched.target)
+    sources = data.get("train_sources") or {}
+    modalities = {s.get("modality", "text") for s in (sources.values() if isinstance(sources, dict) else sources) if s}
+    need = {"text_only": "text", "multimodal_only": "multimodal"}.get(str(data.get("mode")))
+    if need and need not in modalities:
+        raise RunConfigError(f"data.mode={data['mode']} but data.train_sources has no {need} source "
+                             f"(its sources are {', '.join(sorted(modalities)) or 'none'})")
+    tokenizer = data.get("tokenizer")
+    if isinstance(tokenizer, str) and _local_path(tokenizer) and not Path(tokenizer).expanduser().exists():
+        raise DataError(f"data.tokenizer={tokenizer}: no such directory (accepted: a tokenizer directory or a hub id)")
+    check_sources(data)
+    shards = (mc_val or {}).get("shards")
+    if shards and not any(Path(u).is_file() for u in expand_urls(shards)):
+        raise DataError(f"mc_val.shards={shards}: no shards found (accepted: a folder of .tar shards, a glob, "
+                        "a list of shard files, or null to skip)")
 
 
-def check_callbacks(callbacks: Any) -> None:
-    """Limits of the reliability callbacks (instantiated only after the model is built)."""
-    for name, node in (callbacks or {}).items():
-        if not isinstance(node, DictConfig) or not str(node.get("_target_", "")).endswith("NonFiniteGuard"):
+def _local_path(name: str) -> bool:
+    """A tokenizer given as a path (absolute, ./, ~, or deeper than a hub id's `org/name`)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
+
+
+def check_steps(cfg: dict[str, Any]) -> None:
+    """Step and batch arithmetic that holds on any number of devices."""
+    max_steps = (cfg.get("trainer") or {}).get("max_steps")
+    sched = cfg.get("scheduler") or {}
+    if max_steps and sched.get("warmup_steps") is not None and int(sched["warmup_steps"]) > int(max_steps):
+        raise RunConfigError(f"scheduler.warmup_steps={sched['warmup_steps']} exceeds trainer.max_steps={max_steps} "
+                             f"(accepted: 0 to {max_steps})")
+    if len(sched.get("milestones") or []) != len(sched.get("factors") or []):
+        raise RunConfigError(f"scheduler.milestones={sched['milestones']} and scheduler.factors={sched['factors']} "
+                             "need the same length (one lr factor from each milestone on)")
+    warmup = ((cfg.get("data") or {}).get("schedule") or {}).get("warmup_steps")
+    if max_steps and warmup and int(warmup) > int(max_steps):
+        log.warning("data.schedule.warmup_steps=%s > trainer.max_steps=%s: the language ratio never reaches its target",
+                    warmup, max_steps)
+    val_every = cfg.get("val_every_n_steps")
+    if max_steps and val_every and int(val_every) > int(max_steps):
+        log.warning("val_every_n_steps=%s > trainer.max_steps=%s: no validation during training", val_every, max_steps)
+    micro = (cfg.get("data") or {}).get("micro_batch_size")
+    global_batch = (cfg.get("stage") or {}).get("global_batch")
+    if micro and global_batch and int(global_batch) % int(micro):
+        raise RunConfigError(f"stage.global_batch={global_batch} is not divisible by data.micro_batch_size={micro} "
+                             "(accepted: a multiple of data.micro_batch_size x trainer.devices x trainer.num_nodes)")
+
+
+def check_checkpoints(cfg: dict[str, Any]) -> None:
+    """`init_from` / `ckpt_path` name loadable checkpoints, opened the safe way (weights-only, memory-mapped)."""
+    from dsvl.model.safe_load import check_checkpoint
+
+    init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
+    if init_from and ckpt_path:
+        raise RunConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
+    accepted = {"init_from": "accepted: a Lightning .ckpt file or an exported model directory",
+                "ckpt_path": "accepted: a .ckpt file, or 'last'"}
+    for key, value in (("init_from", init_from), ("ckpt_path", ckpt_path)):
+        if not value or (key == "ckpt_path" and value == "last"):  # `last` is found in the run dir, after Hydra made it
             continue
-        limit = node.get("max_consecutive")
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise RunConfigError(f"callbacks.{name}.max_consecutive={limit} must be an integer >= 1 "
-                                 "(consecutive non-finite steps before the run stops)")
+        path = Path(str(value)).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"{key}={value}: no such file or directory ({accepted[key]})")
+        if path.is_dir():
+            if key == "init_from" and (path / "config.json").is_file():
+                continue  # an exported (save_pretrained) model: transformers reads it
+            raise CheckpointError(f"{key}={value}: a directory without config.json is not a model ({accepted[key]})")
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise CheckpointError(f"{key}={value}: not a checkpoint (expected {', '.join(CHECKPOINT_SUFFIXES)}; {accepted[key]})")
+        try:
+            check_checkpoint(path)
+        except CheckpointError as err:
+            raise CheckpointError(f"{key}={value}: {err}") from None
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Value checks Hydra cannot do; raises `RunConfigError` (one line) before any weights load."""
-    data = cfg.get("data")
-    trainer = cfg.get("trainer") or {}
-    check_schedule(data, int(trainer.get("max_steps") or 0) or None)
-    check_sources(data)
-    check_callbacks(cfg.get("callbacks"))
-
-
-# ---------------------------------------------------------------------------------------- 3. unwrapping
-def user_error_of(err: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
-    """`err` itself or the user error it wraps (Hydra's `InstantiationException` chains the real one)."""
-    seen: set[int] = set()
-    cur: BaseException | None = err
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, types):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__  # explicit `raise ... from err` only: an error *during* handling is a bug of its own
-    return None
-
+    """Every value of a train config, before any weights exist; raises a `dsvl.errors.UserError`
+    (`ConfigError`, `DataError` or `CheckpointError`) with a one-line message naming the key."""
+    values = plain(cfg)
+    check_schema(values)
+    check_steps(values)
+    if values.get("data"):
+        check_data(values["data"], values.get("mc_val"))
+    check_checkpoints(values)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from dsvl.errors import DataError
+
 IMAGE_TOKEN = "<image_placeholder>"
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 EOS_TOKEN = "<｜end▁of▁sentence｜>"
@@ -21,7 +23,7 @@ ROLE_NAMES = {"user": "User", "assistant": "Assistant"}
 SEP = "\n\n"
 
 
-class ConversationError(ValueError):
+class ConversationError(DataError):
     """A conversation that cannot be rendered (unknown role, empty, no user turn...)."""
 
 

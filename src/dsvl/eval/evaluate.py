@@ -20,13 +20,14 @@ from dsvl.data.images import ImagePreprocessor
 from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceCollator
 from dsvl.data.streams import expand_urls, read_tar
 from dsvl.data.tokenize import TextEncoder
+from dsvl.errors import UserError
 from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
 from dsvl.eval.scoring import forward_inputs, score_options
 
 __all__ = ["EvalError", "evaluate_mc", "evaluate_text", "format_table"]
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     """A model, tokenizer or data path that cannot be used; the message is one line for the user."""
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from dsvl.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ _GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+
 _OPERAND = re.compile(r"Unsupported operand")
 
 
-class UnsafeCheckpointError(ConfigError):
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that cannot be loaded without executing pickle code (or is not a checkpoint at all)."""
 
 

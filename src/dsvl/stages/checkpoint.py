@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dsvl.errors import CheckpointError
 from dsvl.model.safe_load import UnsafeCheckpointError, safe_torch_load
 
 log = logging.getLogger(__name__)
 
 
-class InitFromError(ValueError):
+class InitFromError(CheckpointError):
     """`init_from` points at something that cannot give this model its weights (one-line message)."""
 
 

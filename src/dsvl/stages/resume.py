@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from dsvl.errors import CheckpointError
 from dsvl.model.safe_load import UnsafeCheckpointError, check_checkpoint
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ LAST = "last"
 LAST_FILE = "last.ckpt"
 
 
-class ResumeError(ValueError):
+class ResumeError(CheckpointError):
     """`ckpt_path` / `auto_resume` point at nothing resumable (one-line message)."""
 
 

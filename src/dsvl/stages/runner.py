@@ -18,10 +18,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dsvl.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """A training config that cannot run; the message is one line naming the keys."""
 
 

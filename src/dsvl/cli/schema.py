@@ -1,0 +1,265 @@
+"""Typed schemas with ranges for the config groups users override (pydantic models).
+
+`check_schema(cfg)` validates the composed config against `TrainConfig` and raises a one-line
+`ConfigError` naming the first wrong key, the value given and what is accepted, e.g.
+
+    trainer.max_steps=abc: expected a valid integer, unable to parse string as an integer
+    optim.lr=-1.0: expected a number greater than 0
+
+Every field has a default, so a schema only checks keys that are present; unknown keys are allowed
+here (Hydra's struct mode already refuses typos, and `+trainer.some_flag=...` stays possible).
+A new group gets its schema by adding a model below and a field of that type to `TrainConfig`;
+a new `_target_` with limits of its own (a callback, a logger) by an entry in `TARGET_SCHEMAS`.
+Checks that need more than one key or the file system live in `dsvl.cli.validate`.
+"""
+from __future__ import annotations
+
+import typing
+from typing import Annotated, Any, Literal, Optional, Union
+
+from lightning.fabric.connector import _PRECISION_INPUT
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dsvl.data.grouped import MODES
+from dsvl.errors import ConfigError
+from dsvl.stages.freezing import ALIASES, PART_NAMES
+
+# Lightning's accepted `precision` values (ints and strings), flattened from its own type.
+PRECISIONS: tuple[Any, ...] = tuple(v for lit in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(lit))
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+Part = Literal[PART_NAMES + tuple(ALIASES)]  # type: ignore[valid-type]
+Shards = Union[str, list[str]]
+
+
+class Schema(BaseModel):
+    """Lax types as in YAML ("12" is 12), no NaN/inf, numbers accepted where text is expected."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, coerce_numbers_to_str=True, populate_by_name=True)
+
+
+class Targeted(Schema):
+    """A node Hydra instantiates: `_target_` names the class (pydantic hides leading underscores, so aliases)."""
+
+    target: Optional[str] = Field(None, alias="_target_")
+    partial: Optional[bool] = Field(None, alias="_partial_")
+
+
+class TrainerConfig(Targeted):
+    """`trainer`: Lightning `Trainer` arguments (others pass through unchecked)."""
+
+    accelerator: str = "auto"
+    devices: Union[int, str, list[int]] = 1
+    num_nodes: PositiveInt = 1
+    strategy: Any = "auto"
+    precision: Literal[PRECISIONS] = "32-true"  # type: ignore[valid-type]
+    max_steps: PositiveInt = 100  # dsvl counts training in global steps: -1 (endless) is not accepted
+    max_epochs: Annotated[int, Field(ge=-1)] = -1
+    gradient_clip_val: Optional[Annotated[float, Field(ge=0.0)]] = None
+    gradient_clip_algorithm: Optional[Literal["norm", "value"]] = None
+    accumulate_grad_batches: Optional[PositiveInt] = None
+    log_every_n_steps: PositiveInt = 1
+    num_sanity_val_steps: Annotated[int, Field(ge=-1)] = 0
+    enable_model_summary: bool = True
+    deterministic: Union[bool, Literal["warn"], None] = None
+    benchmark: Optional[bool] = None
+    default_root_dir: Optional[str] = None
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: Any) -> Any:
+        if isinstance(v, int) and (v == 0 or v < -1):
+            raise ValueError("expected a count >= 1, -1 (all), 'auto' or a list of device ids")
+        return v
+
+
+class OptimConfig(Targeted):
+    """`optim`: the optimizer (AdamW by default), built with the trainable parameters only."""
+
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    betas: Optional[tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]]] = None
+    eps: Annotated[float, Field(ge=0.0)] = 1e-8
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class SchedulerConfig(Targeted):
+    """`scheduler`: warm-up then cosine / multi-step decay, stepped every optimizer step."""
+
+    warmup_steps: Count = 0
+    total_steps: PositiveInt = 1
+    min_lr_ratio: Ratio = 0.0
+    milestones: list[Annotated[float, Field(gt=0.0)]] = []
+    factors: list[Annotated[float, Field(gt=0.0)]] = []
+
+
+class StageConfig(Targeted):
+    """`stage`: which parts train and the samples per optimizer step."""
+
+    trainable: Optional[list[Part]] = None  # type: ignore[valid-type]
+    global_batch: Optional[PositiveInt] = None
+
+
+class Source(Schema):
+    """One data source of `data.train_sources` / `data.val_sources`."""
+
+    urls: Shards
+    weight: Annotated[float, Field(ge=0.0)] = 1.0
+    modality: Literal["text", "multimodal"] = "text"
+
+
+class Schedule(Schema):
+    """`data.schedule`: the share of text-only global steps, warmed from `start` to `target`."""
+
+    start: Ratio = 1.0
+    target: Ratio = 0.7
+    warmup_steps: Count = 0
+    shape: Literal["linear", "cosine"] = "linear"
+
+
+class DataConfig(Targeted):
+    """`data`: the datamodule (`dsvl.data.DSVLDataModule` arguments)."""
+
+    tokenizer: Optional[str] = None
+    train_sources: Union[dict[str, Optional[Source]], list[Source], None] = None
+    val_sources: Union[dict[str, Optional[Source]], list[Source], None] = None
+    micro_batch_size: PositiveInt = 8
+    val_batch_size: Optional[PositiveInt] = None
+    max_length: Annotated[int, Field(ge=2)] = 512
+    packing: bool = False
+    pad_to_max_length: bool = False
+    mode: Literal[MODES] = "grouped"  # type: ignore[valid-type]
+    schedule: Optional[Schedule] = None
+    accumulate_grad_batches: Optional[PositiveInt] = None
+    supervise: Optional[Literal["all", "assistant"]] = None
+    system_prompt: Optional[str] = None
+    num_workers: Count = 0
+    prefetch_factor: Optional[PositiveInt] = None
+    shuffle_buffer: Count = 1000
+    seed: Count = 0
+    val_max_batches: Optional[PositiveInt] = None
+    pin_memory: bool = False
+
+
+class PathsConfig(Schema):
+    """`paths`: where data, logs and this run's outputs are."""
+
+    root_dir: str = "."
+    data_dir: str = "data"
+    log_dir: str = "outputs"
+    output_dir: Optional[str] = None
+    ckpt_dir: Optional[str] = None
+
+
+class MCValConfig(Schema):
+    """`mc_val`: multiple-choice validation while training (val/mc_acc)."""
+
+    shards: Optional[Shards] = None
+    batch_size: PositiveInt = 8
+    limit: Optional[PositiveInt] = None
+    mode: Literal["text", "letter"] = "text"
+    max_length: Optional[PositiveInt] = None
+
+
+class LoggerConfig(Targeted):
+    """One entry of `logger` (CSV, TensorBoard, W&B): the basics every Lightning logger shares."""
+
+    target: str = Field(alias="_target_")
+    save_dir: Optional[str] = None
+    name: Optional[str] = None
+    version: Union[int, str, None] = None
+    offline: Optional[bool] = None
+    log_model: Union[bool, Literal["all"]] = False
+
+
+class NonFiniteGuardConfig(Targeted):
+    max_consecutive: PositiveInt = 5
+
+
+class ModelCheckpointConfig(Targeted):
+    every_n_train_steps: Optional[PositiveInt] = None
+    save_top_k: Annotated[int, Field(ge=-1)] = 1
+    save_last: Union[bool, Literal["link"], None] = None
+
+
+# limits of callbacks (and other dict-of-`_target_` entries) by the class they instantiate
+TARGET_SCHEMAS: dict[str, type[Schema]] = {
+    "NonFiniteGuard": NonFiniteGuardConfig,
+    "ModelCheckpoint": ModelCheckpointConfig,
+}
+
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # Lightning's seed_everything range
+
+
+class TrainConfig(Schema):
+    """`conf/train.yaml`: the top-level keys, then the groups (the first wrong key is reported)."""
+
+    task_name: str = "train"
+    tags: list[str] = []
+    seed: Seed = 0
+    torch_threads: Optional[PositiveInt] = None
+    init_from: Optional[str] = None
+    ckpt_path: Optional[str] = None
+    auto_resume: bool = False
+    val_every_n_steps: Optional[PositiveInt] = None
+    limit_val_batches: Union[Ratio, Annotated[int, Field(ge=0)], None] = None  # a fraction or a count
+    validate_at_end: bool = True
+    mc_val: Optional[MCValConfig] = None
+    export_dir: Optional[str] = None
+    optimized_metric: Optional[str] = None
+    paths: Optional[PathsConfig] = None
+    trainer: Optional[TrainerConfig] = None
+    optim: Optional[OptimConfig] = None
+    scheduler: Optional[SchedulerConfig] = None
+    stage: Optional[StageConfig] = None
+    data: Optional[DataConfig] = None
+    logger: Optional[dict[str, Optional[LoggerConfig]]] = None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """pydantic's message, phrased as what is expected ("Input should be ..." -> "expected ...")."""
+    msg = str(err["msg"])
+    if msg.startswith("Input should be "):
+        msg = msg[len("Input should be "):]
+        return f"expected a value {msg}" if msg.startswith(("greater", "less")) else f"expected {msg}"
+    msg = msg.removeprefix("Value error, ")
+    return msg[:1].lower() + msg[1:]
+
+
+def _value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _key(loc: tuple[Any, ...], prefix: str) -> str:
+    """`('trainer', 'max_steps')` -> `trainer.max_steps` (list indices as `[i]`, union branch names dropped)."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in str(part) or "-" in str(part) or part in ("int", "float", "str", "bool"):
+            continue  # a union member's name (e.g. 'list[Source]', 'constrained-int'), not a key
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def validate_against(schema: type[Schema], values: Any, prefix: str = "") -> None:
+    """Validate plain `values` with `schema`; the first error as a one-line `ConfigError`."""
+    try:
+        schema.model_validate(values)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        key = _key(first["loc"], prefix)
+        raise ConfigError(f"{key}={_value(first.get('input'))}: {_describe(first)}") from None
+
+
+def check_schema(values: dict[str, Any]) -> None:
+    """Types and ranges of the train config (resolved to plain values), then of known `_target_` nodes."""
+    validate_against(TrainConfig, values)
+    for group in ("callbacks", "logger"):
+        for name, node in (values.get(group) or {}).items():
+            target = str(node.get("_target_", "")) if isinstance(node, dict) else ""
+            schema = TARGET_SCHEMAS.get(target.rpartition(".")[2])
+            if schema is not None:
+                validate_against(schema, node, f"{group}.{name}")
