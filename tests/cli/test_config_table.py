@@ -66,7 +66,8 @@ CASES: dict[str, list[str]] = {
     "data.schedule.shape=square": ["data.schedule.shape=square", "'cosine'"],
     "data.train_sources.text.modality=image": ["data.train_sources.text.modality=image", "'multimodal'"],
     "mc_val.mode=letters": ["mc_val.mode=letters", "'letter'"],
-    "stage.trainable=[adaptor,encoder]": ["stage.trainable[1]=encoder", "'llm'", "'vision'"],
+    "stage.trainable=[adaptor,encoder]": ["stage.trainable", "unknown part 'encoder'", "llm", "aliases: vision"],
+    "experiment=demo/nope": ["experiment=demo/nope", "accepted:", "demo/pretrain"],
     "model=tiny_nope": ["model=tiny_nope", "accepted:", "tiny_siglip"],
     "model/adaptor=nope": ["model/adaptor=nope", "accepted:", "mlp_gelu"],
     "trainer.max_stepz=3": ["trainer.max_stepz", "no such key"],
@@ -88,6 +89,7 @@ CASES: dict[str, list[str]] = {
     "data.train_sources.text=null": None,
     # model shapes: the model's own checks, still before any weights
     "model.adaptor.out_dim=48": ["model.adaptor.out_dim=48", "hidden_size", "64"],
+    "model.adaptor.low_in_dim=7": ["model.adaptor.low_in_dim=7", "accepted: 32"],
 }
 WRONG = {k: v for k, v in CASES.items() if v is not None}
 RIGHT = [k for k, v in CASES.items() if v is None] + [
@@ -117,12 +119,12 @@ def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # Hydra rejects these while composing (group options, keys, sweep syntax): `precheck_overrides`' line
-COMPOSITION = {"model=tiny_nope", "model/adaptor=nope", "trainer.max_stepz=3", "optim.lr=1e-3,3e-3"}
+COMPOSITION = {"model=tiny_nope", "model/adaptor=nope", "trainer.max_stepz=3", "optim.lr=1e-3,3e-3", "experiment=demo/nope"}
 # the model's own shape checks, made by the run path after `validate_config`
-RUN_PATH = {"model.adaptor.out_dim=48"}
+RUN_PATH = {"model.adaptor.out_dim=48", "model.adaptor.low_in_dim=7"}
 # one row per kind of check, through the console entry (sys.argv in, exit code and stderr out)
-CONSOLE = ["trainer.max_steps=abc", "optim.lr=-1", "trainer.precision=17", "init_from=/etc/passwd", "data.max_length=1",
-           "model=tiny_nope", "model.adaptor.out_dim=48", "mc_val.shards=/nonexistent/mc"]
+CONSOLE = ["trainer.max_steps=abc", "optim.lr=-1", "trainer.precision=17", "init_from=/etc/passwd", "mc_val.shards=/nonexistent/mc",
+           "model=tiny_nope", "model.adaptor.out_dim=48", "model.adaptor.low_in_dim=7"]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +164,8 @@ def test_wrong_override_is_one_line_exit_2(override: str, recipe, capsys: pytest
     override = override.format(tmp=tmp)
     with pytest.raises(SystemExit) as exit_:
         if override in COMPOSITION:
-            fail("dsvl-train", precheck_overrides(["experiment=demo/pretrain", override]) or "composed")
+            recipe_and_override = [override] if override.startswith("experiment=") else ["experiment=demo/pretrain", override]
+            fail("dsvl-train", precheck_overrides(recipe_and_override) or "composed")
         cfg = _with_override(base, override)
         guarded("dsvl-train", lambda: validate_config(cfg))
     _line(exit_.value.code, capsys.readouterr().err, WRONG[override.replace(str(tmp), "{tmp}")])

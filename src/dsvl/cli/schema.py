@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dsvl.data.grouped import MODES
 from dsvl.errors import ConfigError
-from dsvl.stages.freezing import ALIASES, PART_NAMES
 
 # Lightning's accepted `precision` values (ints and strings), flattened from its own type.
 PRECISIONS: tuple[Any, ...] = tuple(v for lit in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(lit))
@@ -30,7 +29,6 @@ PRECISIONS: tuple[Any, ...] = tuple(v for lit in typing.get_args(_PRECISION_INPU
 PositiveInt = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
-Part = Literal[PART_NAMES + tuple(ALIASES)]  # type: ignore[valid-type]
 Shards = Union[str, list[str]]
 
 
@@ -97,7 +95,7 @@ class SchedulerConfig(Targeted):
 class StageConfig(Targeted):
     """`stage`: which parts train and the samples per optimizer step."""
 
-    trainable: Optional[list[Part]] = None  # type: ignore[valid-type]
+    trainable: Optional[list[str]] = None  # part names: checked by `dsvl.stages.freezing.expand_part_names`
     global_batch: Optional[PositiveInt] = None
 
 

@@ -176,6 +176,15 @@ def _local_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
+def check_stage(stage: dict[str, Any]) -> None:
+    """The trainable part names (the freezing code's own list and aliases; whether this model has
+    each part is known once its parts are)."""
+    from dsvl.stages.freezing import expand_part_names
+
+    if stage.get("trainable") is not None:
+        expand_part_names(stage["trainable"])
+
+
 def check_steps(cfg: dict[str, Any]) -> None:
     """Step and batch arithmetic that holds on any number of devices."""
     max_steps = (cfg.get("trainer") or {}).get("max_steps")
@@ -232,6 +241,7 @@ def validate_config(cfg: DictConfig) -> None:
     (`ConfigError`, `DataError` or `CheckpointError`) with a one-line message naming the key."""
     values = plain(cfg)
     check_schema(values)
+    check_stage(values.get("stage") or {})
     check_steps(values)
     if values.get("data"):
         check_data(values["data"], values.get("mc_val"))
