@@ -244,3 +244,21 @@ def test_a_user_error_wrapped_by_a_library_is_still_one_line(capsys: pytest.Capt
     assert exit_.value.code == 2 and capsys.readouterr().err == "dsvl-x: error: data mode must be one of grouped, mixed\n"
     with pytest.raises(KeyError):
         guarded("dsvl-x", lambda: {}["bug"])
+
+
+def test_hydra_app_answers_like_dsvl_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A console script made with `hydra_app`: a composition error and an error of the task are one line, exit 2."""
+    from dsvl.cli.app import hydra_app
+
+    @hydra_app("dsvl-x", config_name="eval")
+    def main(cfg) -> None:
+        print(cfg.checkpoint)  # `checkpoint: ???` in conf/eval.yaml: the user did not set it
+
+    for argv, expected in ((["mc.shard=x"], "mc.shard"), ([f"hydra.run.dir={tmp_path}"], "checkpoint")):
+        monkeypatch.setattr(sys, "argv", ["dsvl-x", *argv])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("dsvl-x: error: "), lines
+        assert expected in lines[0], lines[0]
