@@ -262,3 +262,20 @@ def test_hydra_app_answers_like_dsvl_train(tmp_path: Path, monkeypatch: pytest.M
         lines = capsys.readouterr().err.strip().splitlines()
         assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("dsvl-x: error: "), lines
         assert expected in lines[0], lines[0]
+
+
+def test_a_restarted_job_does_not_need_the_previous_stage(recipe) -> None:
+    """`auto_resume=true` with this run's last.ckpt present resumes it: `init_from` is then never read."""
+    from dsvl.cli.validate import validate_config
+    from dsvl.errors import CheckpointError
+
+    cfg = _with_override(_with_override(recipe[0], "auto_resume=true"), "init_from=/gone/last.ckpt")
+    with pytest.raises(CheckpointError, match="init_from=/gone/last.ckpt: no such file"):
+        validate_config(cfg)  # a first start needs the previous stage's weights
+    last = Path(cfg.paths.ckpt_dir) / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"global_step": 3, "state_dict": {}}, last)
+    try:
+        validate_config(cfg)
+    finally:
+        last.unlink()

@@ -152,7 +152,7 @@ def check_sources(data: dict[str, Any]) -> None:
 
 def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
     """What the data schema cannot see: the mode against the sources' modalities, the tokenizer and
-    shard paths, and the language-ratio warm-up (which may be longer than a short debug run)."""
+    the shard paths."""
     from dsvl.data.streams import expand_urls
 
     sources = data.get("train_sources") or {}
@@ -211,6 +211,8 @@ def check_steps(cfg: dict[str, Any]) -> None:
 
 def check_checkpoints(cfg: dict[str, Any]) -> None:
     """`init_from` / `ckpt_path` name loadable checkpoints, opened the safe way (weights-only, memory-mapped)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     from dsvl.model.safe_load import check_checkpoint
 
     init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
@@ -218,6 +220,10 @@ def check_checkpoints(cfg: dict[str, Any]) -> None:
         raise RunConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
     accepted = {"init_from": "accepted: a Lightning .ckpt file or an exported model directory",
                 "ckpt_path": "accepted: a .ckpt file, or 'last'"}
+    ckpt_dir = (cfg.get("paths") or {}).get("ckpt_dir")
+    last = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
+    if cfg.get("auto_resume") and ckpt_dir and (Path(str(ckpt_dir)) / last).is_file():
+        init_from = None  # a restarted job resumes its own progress; the previous stage's weights are not read
     for key, value in (("init_from", init_from), ("ckpt_path", ckpt_path)):
         if not value or (key == "ckpt_path" and value == "last"):  # `last` is found in the run dir, after Hydra made it
             continue
