@@ -1,0 +1,96 @@
+"""No import cycles in `src/dsvl` (imports inside functions count: they only postpone the cycle)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import dsvl
+
+SRC = Path(dsvl.__file__).resolve().parent
+# Cycles owned by work in flight, each with the edge that cuts it. Empty this once they are merged;
+# a cycle not listed here fails the test.
+KNOWN: set[frozenset[str]] = {
+    # model.vlm.from_pretrained -> hf_interop and hf_interop.load_hf_pretrained -> build (the meta-device rewrite)
+    frozenset({"dsvl.model.build", "dsvl.model.hf_interop", "dsvl.model.vlm"}),
+    # stages.strategies.check_strategy imports TrainConfigError from stages.runner (raise dsvl.errors.ConfigError)
+    frozenset({"dsvl.stages.runner", "dsvl.stages.strategies"}),
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The dsvl modules `name` imports (a name imported from a package counts as its submodule when it is one)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_cycles() -> set[frozenset[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: set[frozenset[str]] = set()
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.add(frozenset(group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_new_import_cycles() -> None:
+    assert import_cycles() <= KNOWN, sorted(map(sorted, import_cycles() - KNOWN))
+
+
+def test_the_scan_finds_a_cycle(tmp_path, monkeypatch) -> None:
+    """The scanner itself: two modules importing each other inside functions are one cycle."""
+    pkg = tmp_path / "dsvl"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from dsvl.b import g\n")
+    (pkg / "b.py").write_text("from . import a\ndef g():\n    pass\n")
+    monkeypatch.setitem(globals(), "SRC", pkg)
+    assert import_cycles() == {frozenset({"dsvl.a", "dsvl.b"})}
