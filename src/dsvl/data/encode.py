@@ -44,7 +44,8 @@ class SampleEncoder:
         vocab = self.text.tokenizer.get_vocab()
         return self.max_length * max((len(t) for t in vocab), default=1)
 
-    def _tokenize(self, sample: Sample) -> Encoded:
+    def tokenize(self, sample: Sample) -> Encoded:
+        """Token ids and labels of a parsed sample (its images not needed), or `BadSample`."""
         parts = [sample.text] if sample.text is not None else [m["content"] for m in sample.conversation or []]
         chars = sum(len(p) for p in parts) - sample.num_placeholders * len(IMAGE_TOKEN)
         if chars > self.max_chars:
@@ -65,7 +66,7 @@ class SampleEncoder:
         key = sample.key
         if self.modality is not None and sample.modality != self.modality:
             raise BadSample(SkipReason.UNKNOWN_MODALITY, f"{sample.modality!r} sample in a {self.modality!r} source", key)
-        enc = self._tokenize(sample)
+        enc = self.tokenize(sample)
         if len(enc) > self.max_length:
             raise BadSample(SkipReason.TOO_LONG, f"{len(enc)} tokens > max_length {self.max_length}", key)
         if all(l == IGNORE_INDEX for l in enc.labels[1:]):
