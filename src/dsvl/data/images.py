@@ -32,7 +32,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT or image.mode == "F":
         arr = np.asarray(image)
         arr = arr.astype(np.float64) / 257.0 if image.mode != "F" else arr  # 65535 -> 255
-        image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
     rgba = image.convert("RGBA")
     return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255)), rgba).convert("RGB")
 
