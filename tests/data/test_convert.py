@@ -165,3 +165,30 @@ def _exit_code(argv):
         return main(argv)
     except SystemExit as e:  # argparse's own usage errors
         return e.code
+
+
+def test_a_demo_recipe_trains_on_converted_data(converted, demo_dir):
+    from omegaconf import OmegaConf, open_dict
+
+    from dsvl.cli._config import compose
+    from dsvl.stages.runner import run_stage
+
+    tmp, _, _ = converted
+    out = tmp / "out"
+    cfg = compose(["experiment=demo/sft", f"paths.data_dir={demo_dir}", "trainer.max_steps=2", "scheduler.warmup_steps=1",
+                   "++trainer.enable_progress_bar=false", "data.micro_batch_size=2", "stage.global_batch=4",
+                   "data.num_workers=0", "data.shuffle_buffer=4", "logger=csv", "callbacks.samples=null",
+                   "val_every_n_steps=2", "data.val_max_batches=1", "mc_val.limit=4"], output_dir=tmp / "run")
+    with open_dict(cfg):
+        cfg.data.train_sources = OmegaConf.create({
+            "llava": {"urls": str(out / "llava" / "multimodal"), "weight": 0.6, "modality": "multimodal"},
+            "messages": {"urls": str(out / "messages" / "multimodal"), "weight": 0.4, "modality": "multimodal"},
+            "chat_text": {"urls": [str(out / "llava" / "text"), str(out / "messages" / "text")], "modality": "text"}})
+        cfg.data.val_sources = OmegaConf.create({"sharegpt": {"urls": str(out / "sharegpt" / "multimodal"),
+                                                              "modality": "multimodal"}})
+    result = run_stage(cfg)
+    import csv
+
+    rows = list(csv.DictReader((tmp / "run" / "csv" / "metrics.csv").open()))
+    assert result.checkpoint and any(r["train/loss"] for r in rows)
+    assert any(r["val/mm_loss"] for r in rows)  # the converted sharegpt validation source was read
