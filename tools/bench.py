@@ -15,6 +15,7 @@ Sections (each a ratio of two things measured here, now, on the same machine):
 - data: preprocessed images/s of one worker for the hybrid tower (384 + 1024) vs transformers'
   `DeepseekVLHybridImageProcessor` on the same images (goal >= 1.0), and the demo loader's batches/s
   over the trainer's consumption (>= 1: one worker keeps up);
+- convert: `dsvl-data convert --format llava` records/s on 384-px JPEGs per worker count (tools/bench_convert.py);
 - memory: peak RSS of a demo stage-2 run (`dsvl-train experiment=demo/pretrain`) in a subprocess;
 - cuda (only with --device cuda): tokens/s and model FLOPs utilisation of stage-2 steps.
 
@@ -41,6 +42,9 @@ for _k, _v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZ
     os.environ.setdefault(_k, _v)
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_convert import bench_convert  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_70_30 = "{start: 0.7, target: 0.7, warmup_steps: 0, shape: linear}"
@@ -408,6 +412,9 @@ def table(results: dict[str, Any]) -> str:
     if o:
         rows.append(("demo loader / trainer consumption (1 worker)", f"{o['loader_over_train']:.2f}", ">= 1.0",
                      f"{o['loader_batches_per_s']:.1f} vs {o['train_batches_per_s']:.1f} batches/s"))
+    for w, c in results.get("convert", {}).get("workers", {}).items():
+        rows.append((f"convert llava, 384-px JPEGs, {w} worker(s) (records/s)", f"{c['records_per_s']:.1f}", "-",
+                     f"{c['records_per_s_per_worker']:.1f}/worker, same bytes: {results['convert']['identical_output']}"))
     m = results.get("memory")
     if m:
         rows.append(("peak RSS, demo stage-2 run (MB)", f"{m['peak_rss_mb']:.0f}", "-", f"{m['steps']} steps, {m['seconds']:.0f} s"))
@@ -439,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak for MFU (default: known GPUs)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: one core per measurement, stable when the machine is shared)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "grouping", "packing", "images", "memory"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "grouping", "packing", "images", "convert", "memory"])
     args = ap.parse_args(argv)
     quick = args.quick
     steps, repeats, warmup = (6, 1, 2) if quick else (30, 3, 4)
@@ -464,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["packing"] = bench_packing_lengths(data_dir, tmp, 8 if quick else 60, (256,) if quick else (256, 1024))
         if "images" not in args.skip:
             results["images"] = bench_images(3 if quick else 12, 1 if quick else 2)
+        if "convert" not in args.skip:
+            results["convert"] = bench_convert(40 if quick else 400)
         if "memory" not in args.skip:
             results["memory"] = bench_memory(data_dir, tmp, 3 if quick else 20)
         if args.device == "cuda":

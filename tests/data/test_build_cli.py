@@ -54,6 +54,6 @@ def test_cli_build_validate_demo(tmp_path, capsys):
     assert out["good"] == 4 and out["skipped"] == {}
     (tmp_path / "s" / "bad.tar").write_bytes(b"garbage")
     assert main(["validate", str(tmp_path / "s"), "--quiet"]) == 2
-    assert main(["validate", str(tmp_path / "nothing" / "*.tar"), "--quiet"]) == 1
+    assert main(["validate", str(tmp_path / "nothing" / "*.tar"), "--quiet"]) == 2  # one line, exit 2
     assert main(["demo", "--out", str(tmp_path / "demo"), "--train-size", "20", "--eval-size", "8"]) == 0
     assert (tmp_path / "demo" / "tokenizer" / "tokenizer.json").exists()

@@ -40,6 +40,31 @@ def test_paper_mixture_configs(name):
         assert weights["text_sft"] == 47.9 and cfg.supervise == "assistant"
 
 
+PREFIX_TO_CATEGORY = {
+    "pretrain_mixture": {"text_": "text_only", "interleaved_": "interleaved", "caption_": "image_caption",
+                         "table_chart_": "table_chart", "web_code_": "web_code", "scene_ocr_": "scene_ocr",
+                         "document_ocr_": "document_ocr"},
+    "sft_mixture": {"text_sft_": "text_sft", "taxonomy_": "in_house_taxonomy", "general_": "general_multimodal",
+                    "table_chart_": "table_chart", "web_code_": "web_code"}}
+
+
+@pytest.mark.parametrize("stage,base", [("stage2_pretrain", "pretrain_mixture"), ("stage3_sft", "sft_mixture")])
+def test_recipes_fill_the_paper_categories_with_public_datasets(stage, base, tmp_path):
+    from dsvl.cli._config import compose
+    from dsvl.data import parse_sources
+
+    table = {k: v["weight"] for k, v in OmegaConf.load(CONF / f"{base}.yaml").train_sources.items()}
+    for size in ("1.3b", "7b"):
+        cfg = compose([f"experiment=deepseek_vl_{size}/{stage}", f"paths.data_dir={tmp_path}"], output_dir=tmp_path)
+        sources = parse_sources(cfg.data.train_sources)
+        assert all(s.urls.startswith(f"{tmp_path}/public/") for s in sources)
+        per_category: dict[str, float] = {}
+        for s in sources:  # each source is named after the Table 1/2 category it fills
+            category = next(c for p, c in PREFIX_TO_CATEGORY[base].items() if s.name.startswith(p))
+            per_category[category] = per_category.get(category, 0.0) + s.weight
+        assert per_category == pytest.approx(table, abs=1e-6)
+
+
 class Recorder(L.LightningModule):
     """Records the modality and keys of every micro-batch with the optimizer step it belongs to."""
 

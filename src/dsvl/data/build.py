@@ -6,6 +6,7 @@ and logged with the line's key; they never stop a build.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
-from dsvl.data.schema import IMAGE_EXTENSIONS, parse_sample
+from dsvl.data.schema import IMAGE_EXTENSIONS, caption_to_raw, parse_sample
 from dsvl.data.shards import ShardWriter
 from dsvl.data.streams import expand_urls, read_tar
+from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +92,25 @@ def build_shards(jsonl: str | Path, image_root: str | Path, out_dir: str | Path,
     return report
 
 
-def validate_shards(urls: str | list[str], progress: bool = True, encoder: Any | None = None) -> Report:
+def shard_urls(specs: str | list[str]) -> list[str]:
+    """Shards named by files, globs, brace patterns or folders; a folder gives every .tar below it
+    (a `dsvl-data convert` output holds `multimodal/` and `text/`). A one-line DataError if none."""
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    urls = [u for s in specs for u in (sorted(glob.glob(os.path.join(s, "**", "*.tar"), recursive=True))
+                                       if os.path.isdir(s) else expand_urls(s))]
+    missing = [u for u in urls if "://" not in u and not os.path.isfile(u)]
+    if not urls or missing:
+        raise DataError(f"no shards at {(missing or specs)[0]!r}")
+    return urls
+
+
+def validate_shards(urls: str | list[str], progress: bool = True, encoder: Any | None = None,
+                    fmt: str = "dsvl") -> Report:
     """Read shards as training would (tar integrity, schema, images; token length too when an
-    `encoder` (SampleEncoder) is given) and count bad samples per reason."""
-    report = Report(shards=expand_urls(urls))
-    if not report.shards:
-        raise FileNotFoundError(f"no shards match {urls!r}")
+    `encoder` (SampleEncoder) is given) and count bad samples per reason; `fmt` is the shards'
+    layout (`dsvl`, or `caption` for img2dataset tars)."""
+    report = Report(shards=shard_urls(urls))
+    encoder = encoder.for_format(fmt) if encoder is not None else None
 
     def samples() -> Iterator[dict[str, Any]]:
         for url in report.shards:
@@ -106,7 +121,7 @@ def validate_shards(urls: str | list[str], progress: bool = True, encoder: Any |
             if encoder is not None:
                 encoder(raw)
             else:
-                parse_sample(raw, decode_images=True)
+                parse_sample(caption_to_raw(raw) if fmt == "caption" else raw, decode_images=True)
             report.good += 1
         except BadSample as e:
             report.skipped.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)

@@ -65,7 +65,8 @@ def build_mixtures(sources: Sequence[SourceConfig], encoder: SampleEncoder, part
         if not mine:
             continue
         enc = encoder.for_modality(modality)
-        readers = [SourceReader(s.name, expand_urls(s.urls), part, seed, enc, counter, shuffle, loop) for s in mine]
+        readers = [SourceReader(s.name, expand_urls(s.urls), part, seed, enc.for_format(s.format), counter, shuffle, loop)
+                   for s in mine]
         out[modality] = Mixture(readers, [s.weight for s in mine])
     return out
 
@@ -168,7 +169,8 @@ class EvalBatches(IterableDataset):
         part = Part(self.rank, self.world_size, k, W)
         for modality in (TEXT, MULTIMODAL):
             enc = self.encoder.for_modality(modality)
-            readers = [SourceReader(s.name, expand_urls(s.urls), part, 0, enc, self.counter, shuffle=0, loop=False)
+            readers = [SourceReader(s.name, expand_urls(s.urls), part, 0, enc.for_format(s.format), self.counter,
+                                    shuffle=0, loop=False)
                        for s in self.sources if s.modality == modality]
             buf, made = [], 0
             for r in readers:

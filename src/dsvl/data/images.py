@@ -9,14 +9,49 @@ transformers does; with one tower it is made from the original image.
 """
 from __future__ import annotations
 
+import io
+import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dsvl.data.errors import DataConfigError
 from dsvl.model.spec import ImageInputSpec, VisionSpec
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as transformers' processors make it (`convert_to_rgb`: alpha composited on white, CMYK,
+    grey and palette converted), except that 16-bit greys are scaled to 8 bits instead of clipped."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT or image.mode == "F":
+        arr = np.asarray(image)
+        arr = arr.astype(np.float64) / 257.0 if image.mode != "F" else arr  # 65535 -> 255
+        image = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255)), rgba).convert("RGB")
+
+
+def load_rgb(data: bytes, max_side: int | None = None) -> Image.Image:
+    """Decode image bytes fully (truncated files fail here), apply the EXIF orientation (as
+    transformers' `load_image` does) and convert to RGB. JPEGs larger than `max_side` are decoded
+    at a reduced DCT scale (PIL `draft`, never below `max_side`), so a large scan needs bounded
+    memory. PIL's decompression-bomb limit raises `Image.DecompressionBombError`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = Image.open(io.BytesIO(data))
+        if max_side and image.format == "JPEG" and max(image.size) > max_side:
+            image.draft("RGB", (max_side, max_side))
+        image.load()
+        if min(image.size) < 1:
+            raise ValueError(f"image has no pixels ({image.size[0]}x{image.size[1]})")
+        ImageOps.exif_transpose(image, in_place=True)
+    return to_rgb(image)
 
 
 def resize_longest_side(image: Image.Image, size: int, min_size: int = 14) -> Image.Image:

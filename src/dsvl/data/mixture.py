@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from dsvl.data.encode import SOURCE_FORMATS
 from dsvl.data.errors import DataConfigError
 from dsvl.data.streams import SourceReader
 
@@ -19,16 +20,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One data source: shards (dir, glob, brace pattern or list), weight within its modality, modality."""
+    """One data source: shards (dir, glob, brace pattern or list), weight within its modality, modality,
+    and the shards' layout (`dsvl`, or `caption`: img2dataset tars streamed as caption samples)."""
 
     name: str
     urls: str | list[str]
     weight: float = 1.0
     modality: str = "text"
+    format: str = "dsvl"
 
 
 def parse_sources(cfg: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None) -> list[SourceConfig]:
-    """Sources from config: a mapping name -> {urls, weight, modality} or a list of {name, ...}."""
+    """Sources from config: a mapping name -> {urls, weight, modality, format} or a list of {name, ...}."""
     if not cfg:
         return []
     items = cfg.items() if isinstance(cfg, Mapping) else ((c.get("name"), c) for c in cfg)
@@ -44,8 +47,13 @@ def parse_sources(cfg: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, A
         weight = float(c.get("weight", 1.0))
         if weight < 0:
             raise DataConfigError(f"data source {name!r}: weight must be >= 0, got {weight}")
+        fmt = c.get("format", "dsvl")
+        if fmt not in SOURCE_FORMATS:
+            raise DataConfigError(f"data source {name!r}: format must be one of {SOURCE_FORMATS}, got {fmt!r}")
+        if fmt == "caption" and modality != "multimodal":
+            raise DataConfigError(f"data source {name!r}: format 'caption' gives multimodal samples; set modality: multimodal")
         urls = c["urls"]
-        out.append(SourceConfig(str(name), list(urls) if not isinstance(urls, str) else urls, weight, modality))
+        out.append(SourceConfig(str(name), list(urls) if not isinstance(urls, str) else urls, weight, modality, fmt))
     return out
 
 

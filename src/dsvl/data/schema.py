@@ -6,10 +6,8 @@ A raw sample is webdataset's dict of bytes: ``__key__``, ``__url__``, ``json`` a
 """
 from __future__ import annotations
 
-import io
 import json
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -17,6 +15,7 @@ from PIL import Image
 
 from dsvl.data.bad_samples import BadSample, SkipReason
 from dsvl.data.chat import IMAGE_TOKEN
+from dsvl.data.images import load_rgb
 
 MODALITIES = ("text", "multimodal")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -54,16 +53,24 @@ def image_fields(raw: Mapping[str, Any]) -> dict[int, str]:
     return out
 
 
-def decode_image(data: bytes, key: str = "", name: str = "") -> Image.Image:
-    """Decode fully (so truncated files fail here, not later in a worker) and convert to RGB."""
+def decode_image(data: bytes, key: str = "", name: str = "", max_side: int | None = None) -> Image.Image:
+    """Decode fully (so truncated files fail here, not later in a worker), EXIF-oriented RGB
+    (`dsvl.data.images.load_rgb`); JPEGs above `max_side` are decoded at a reduced scale."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        return img.convert("RGB")
+        return load_rgb(data, max_side)
     except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, DecompressionBombError...)
-        raise BadSample(SkipReason.BAD_IMAGE, f"{name}: {type(e).__name__}: {e}", key) from None
+        raise BadSample(SkipReason.BAD_IMAGE, f"{name}: {type(e).__name__}: {str(e)[:200]}", key) from None
+
+
+def loads(data: Any) -> Any:
+    """`json.loads` of untrusted bytes: every way they can fail is a `ValueError` (nesting too
+    deep for the parser included), so callers count one reason."""
+    try:
+        return json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+        raise ValueError(str(e).splitlines()[0][:200]) from None
+    except RecursionError:
+        raise ValueError("json nested too deep") from None
 
 
 def parse_json(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -71,9 +78,9 @@ def parse_json(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
         raise BadSample(SkipReason.MISSING_FIELD, "no json field", key)
     data = raw["json"]
     try:
-        meta = json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
-        raise BadSample(SkipReason.BAD_JSON, str(e).splitlines()[0], key) from None
+        meta = data if isinstance(data, dict) else loads(data)
+    except ValueError as e:
+        raise BadSample(SkipReason.BAD_JSON, str(e), key) from None
     if not isinstance(meta, dict):
         raise BadSample(SkipReason.BAD_JSON, f"json is a {type(meta).__name__}, not an object", key)
     return meta
@@ -90,7 +97,7 @@ def _check_conversation(conv: Any, key: str) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in conv]
 
 
-def parse_sample(raw: Mapping[str, Any], decode_images: bool = True) -> Sample:
+def parse_sample(raw: Mapping[str, Any], decode_images: bool = True, max_side: int | None = None) -> Sample:
     """Validate a raw webdataset sample; raise `BadSample` on the first problem."""
     key = str(raw.get("__key__", ""))
     meta = parse_json(raw, key)
@@ -102,8 +109,10 @@ def parse_sample(raw: Mapping[str, Any], decode_images: bool = True) -> Sample:
         raise BadSample(SkipReason.MISSING_FIELD, "neither 'text' nor 'conversation'", key)
     if text is not None and not isinstance(text, str):
         raise BadSample(SkipReason.BAD_JSON, "'text' must be a string", key)
-    sample = Sample(key=key, modality=modality, category=str(meta.get("category", "default")), meta=meta,
-                    url=str(raw.get("__url__", "")))
+    category = meta.get("category", "default")
+    if not isinstance(category, str):  # it becomes a metric name: never pass a list or dict on
+        raise BadSample(SkipReason.BAD_JSON, "'category' must be a string", key)
+    sample = Sample(key=key, modality=modality, category=category, meta=meta, url=str(raw.get("__url__", "")))
     if text is not None:
         sample.text = text
         plain = text.replace(IMAGE_TOKEN, "")
@@ -123,5 +132,30 @@ def parse_sample(raw: Mapping[str, Any], decode_images: bool = True) -> Sample:
     if sorted(fields) != list(range(n)):
         raise BadSample(SkipReason.MISSING_FIELD, f"image fields {sorted(fields.values())} are not 0..{n - 1}", key)
     if decode_images:
-        sample.images = [decode_image(raw[fields[i]], key, fields[i]) for i in range(n)]
+        sample.images = [decode_image(raw[fields[i]], key, fields[i], max_side) for i in range(n)]
     return sample
+
+
+CAPTION_IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
+
+
+def caption_to_raw(raw: Mapping[str, Any], category: str = "image_caption") -> dict[str, Any]:
+    """An img2dataset sample (``KEY.jpg|png|webp`` + ``KEY.txt``, optional ``KEY.json`` metadata) as
+    a dsvl raw sample: the caption document ``<image_placeholder>{caption}`` with its one image."""
+    key = str(raw.get("__key__", ""))
+    image = next((f for f in CAPTION_IMAGE_FIELDS if f in raw), None)
+    if image is None:
+        raise BadSample(SkipReason.MISSING_FIELD, f"no image field ({'|'.join(CAPTION_IMAGE_FIELDS)})", key)
+    caption: Any = raw.get("txt")
+    if caption is None and "json" in raw:  # img2dataset keeps the caption column in the metadata too
+        try:
+            meta = loads(raw["json"])
+        except ValueError as e:
+            raise BadSample(SkipReason.BAD_JSON, str(e), key) from None
+        caption = meta.get("caption") if isinstance(meta, dict) else None
+    if isinstance(caption, (bytes, bytearray)):
+        caption = caption.decode("utf-8", errors="replace")
+    if not isinstance(caption, str):
+        raise BadSample(SkipReason.MISSING_FIELD, "no caption (txt field or json 'caption' string)", key)
+    doc = {"modality": "multimodal", "category": category, "text": IMAGE_TOKEN + caption.strip()}
+    return {"__key__": key, "__url__": raw.get("__url__", ""), "json": doc, f"0.{image}": raw[image]}

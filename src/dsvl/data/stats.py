@@ -1,0 +1,129 @@
+"""`dsvl-data stats`: what a user needs to choose `max_length` and mixture weights.
+
+Samples per modality and category, images per sample and, with a tokenizer, token lengths after
+placeholder expansion (percentiles, histogram PNG), the share longer than `max_length`, and the
+row fill the text packer (`dsvl.data.packing.pack_rows`) would reach at `max_length`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
+from dsvl.data.build import shard_urls
+from dsvl.data.encode import SampleEncoder
+from dsvl.data.packing import pack_rows
+from dsvl.data.schema import caption_to_raw, parse_sample
+from dsvl.data.streams import read_tar
+
+log = logging.getLogger(__name__)
+PERCENTILES = (50, 90, 99, 100)
+
+
+class _Lengths:
+    """A peek/pop stream of lengths for `pack_rows` (objects whose len() is the length)."""
+
+    def __init__(self, lengths: list[int]) -> None:
+        self.items, self.i = [range(n) for n in lengths], 0
+
+    def peek(self) -> range:
+        return self.items[self.i] if self.i < len(self.items) else range(1 << 62)  # nothing more fits
+
+    def pop(self) -> range:
+        self.i += 1
+        return self.items[self.i - 1]
+
+
+def packing_fill(lengths: list[int], max_length: int) -> float:
+    """Real-token share of rows packed greedily in stream order (samples longer than max_length
+    are skipped by training, so left out)."""
+    fit = [n for n in lengths if n <= max_length]
+    if not fit:
+        return 0.0
+    stream, rows = _Lengths(fit), 0
+    while stream.i < len(fit):
+        pack_rows(stream, 1, max_length)  # type: ignore[arg-type]
+        rows += 1
+    return sum(fit) / (rows * max_length)
+
+
+def _percentile(sorted_values: list[int], q: float) -> int:
+    return sorted_values[min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))]
+
+
+def shard_stats(urls: str | list[str], encoder: SampleEncoder | None = None, max_length: int = 4096,
+                fmt: str = "dsvl", out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Statistics of the shards at `urls` (token lengths only with an `encoder`); with `out`, also
+    ``stats.json`` and ``token_lengths.png`` there."""
+    from tqdm import tqdm
+
+    shards = shard_urls(urls)
+    skipped = SkipCounter()
+    per_modality: Counter[str] = Counter()
+    per_category: Counter[str] = Counter()
+    images: dict[str, Counter[int]] = defaultdict(Counter)
+    lengths: dict[str, list[int]] = defaultdict(list)
+    too_long: Counter[str] = Counter()  # rejected by the encoder's character bound: surely over max_length
+
+    def raws() -> Iterator[dict[str, Any]]:
+        for url in shards:
+            yield from read_tar(url, skipped)
+
+    for raw in tqdm(raws(), desc="stats", unit="sample", disable=not progress):
+        try:
+            sample = parse_sample(caption_to_raw(raw) if fmt == "caption" else raw, decode_images=False)
+            if encoder is not None:
+                try:
+                    lengths[sample.modality].append(len(encoder.tokenize(sample)))
+                except BadSample as e:
+                    if e.reason != SkipReason.TOO_LONG:
+                        raise
+                    too_long[sample.modality] += 1
+        except BadSample as e:
+            skipped.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
+            continue
+        per_modality[sample.modality] += 1
+        per_category[f"{sample.modality}/{sample.category}"] += 1
+        images[sample.modality][sample.num_placeholders] += 1
+    result: dict[str, Any] = {
+        "shards": len(shards), "samples": dict(per_modality), "categories": dict(sorted(per_category.items())),
+        "images_per_sample": {m: dict(sorted(c.items())) for m, c in images.items()}, "skipped": skipped.as_dict()}
+    if encoder is not None:
+        result["max_length"] = max_length
+        result["tokens"] = {}
+        for m in sorted(set(lengths) | set(too_long)):
+            s = sorted(lengths[m])
+            over = (sum(n > max_length for n in s) + too_long[m]) / (len(s) + too_long[m])
+            result["tokens"][m] = {"mean": round(sum(s) / max(len(s), 1), 1),
+                                   **{f"p{q}": _percentile(s, q) for q in PERCENTILES if s},
+                                   "over_max_length": round(over, 4)}
+        if lengths.get("text"):
+            result["tokens"]["text"]["packing_fill"] = round(packing_fill(lengths["text"], max_length), 4)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "stats.json").write_text(json.dumps(result, indent=2) + "\n")
+        if lengths:
+            _histogram(lengths, max_length, out / "token_lengths.png")
+    return result
+
+
+def _histogram(lengths: dict[str, list[int]], max_length: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, ls in sorted(lengths.items()):
+        ax.hist(ls, bins=50, alpha=0.6, label=f"{m} ({len(ls)})")
+    ax.axvline(max_length, color="k", linestyle="--", label=f"max_length {max_length}")
+    ax.set_xlabel("tokens per sample (image placeholders expanded)")
+    ax.set_ylabel("samples")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
