@@ -21,10 +21,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.optim import Optimizer
 
+from dsvl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """Training produced non-finite losses or gradients for too many consecutive steps."""
 
 

@@ -1,24 +1,28 @@
-"""`init_from`: start a stage from the previous stage's weights (weights only, safe loading).
+"""Weights in and out of stage checkpoints, always through `torch.load(weights_only=True)`.
 
-Accepts a Lightning `.ckpt` (its `state_dict`, keys under `model.`) or an exported directory
-(`save_pretrained`, loaded by `VisionLanguageModel.from_pretrained`). Optimizer, scheduler and
-data position are deliberately not carried over: a new stage is a new run (use `ckpt_path=` to
-resume the same stage).
+- `load_init_weights`: `init_from`, a new stage starting from the previous stage's weights (a
+  Lightning `.ckpt`, keys under `model.`, or an exported `save_pretrained` directory). Optimizer,
+  scheduler and data position are deliberately not carried over: a new stage is a new run.
+- `load_stage_checkpoint`: a `.ckpt` alone gives back its model, because the stage saved the
+  resolved model config, image token id and tokenizer directory as hyperparameters (eval, chat).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from dsvl.errors import CheckpointError
 from dsvl.model.safe_load import UnsafeCheckpointError, safe_torch_load
 
 log = logging.getLogger(__name__)
 
 
-class InitFromError(ValueError):
+class InitFromError(CheckpointError):
     """`init_from` points at something that cannot give this model its weights (one-line message)."""
 
 
@@ -32,13 +36,19 @@ def check_init_from(path: str | Path) -> Path:
     return p
 
 
-def lightning_state_dict(path: Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
-    """The model weights of a Lightning checkpoint, loaded with `weights_only=True`."""
+def _load(path: Path) -> dict[str, Any]:
     try:
         ckpt = safe_torch_load(path, map_location="cpu")  # weights_only: a pickle needing code execution is refused
     except UnsafeCheckpointError as err:
         raise InitFromError(f"init_from={path}: {err}") from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt, dict):
+        raise InitFromError(f"init_from={path}: not a checkpoint dict")
+    return ckpt
+
+
+def lightning_state_dict(path: Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """The model weights of a Lightning checkpoint, loaded with `weights_only=True`."""
+    state = _load(Path(path)).get("state_dict")
     if not isinstance(state, dict):
         raise InitFromError(f"init_from={path}: no state_dict inside")
     if any(k.startswith(prefix) for k in state):
@@ -66,3 +76,34 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
             "stages must use the same model config"
         )
     log.info("initialised weights from %s (%d tensors)", p, len(state))
+
+
+@dataclass
+class StageCheckpoint:
+    """What a stage `.ckpt` holds for inference: the model (weights loaded) and the stage's hyperparameters."""
+
+    model: nn.Module
+    hparams: dict[str, Any]
+
+    @property
+    def tokenizer(self) -> str | None:
+        """The tokenizer directory the stage's data was encoded with (None when unknown)."""
+        return self.hparams.get("tokenizer")
+
+
+def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
+    """Rebuild the model of a dsvl stage `.ckpt` from its saved hyperparameters and load its weights.
+
+    Raises `InitFromError` (a `CheckpointError`, one line) for unsafe files or checkpoints without a
+    model config (written before stages saved their hyperparameters: pass the run's model config).
+    """
+    from dsvl.model import build_model
+
+    p = check_init_from(path)
+    hparams = dict(_load(p).get("hyper_parameters") or {})
+    model_config = hparams.get("model_config")
+    if not model_config:
+        raise InitFromError(f"{path}: the checkpoint saves no model config (written by an older dsvl); pass the run's model config")
+    model = build_model(model_config)
+    load_init_weights(model, p)
+    return StageCheckpoint(model=model, hparams=hparams)

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
+from dsvl.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 PART_NAMES: tuple[str, ...] = ("vision.low", "vision.high", "adaptor", "llm")
@@ -18,7 +20,7 @@ PART_NAMES: tuple[str, ...] = ("vision.low", "vision.high", "adaptor", "llm")
 ALIASES: dict[str, tuple[str, ...]] = {"vision": ("vision.low", "vision.high"), "siglip": ("vision.low",), "sam": ("vision.high",)}
 
 
-class FreezeConfigError(ValueError):
+class FreezeConfigError(ConfigError):
     """A trainable-part list that names unknown or absent parts (one-line message)."""
 
 
