@@ -71,3 +71,21 @@ class FailAt:
                     raise RuntimeError(f"interrupted at step {step}")
 
         return _Fail()
+
+
+def caption_stage_class():
+    """A new stage, as a user adds one: a VLMStage subclass naming what differs (see test_new_stage.py)."""
+    from dsvl.stages import VLMStage
+
+    class CaptionStage(VLMStage):
+        """Adaptor + LLM train on captions; towers frozen."""
+
+        stage_name = "caption"
+        default_trainable = ("adaptor", "llm")
+        supervise = "all"
+        default_lr = 1.0e-3
+
+    return CaptionStage
+
+
+CaptionStage = caption_stage_class()

@@ -34,14 +34,14 @@ log = logging.getLogger(__name__)
 WANDB_ID_FILE = "wandb_run_id"
 
 
-def close_wandb() -> None:
+def close_wandb(crashed: bool = False) -> None:
     """Finish an open W&B run (also after a crash, so a multirun's or pipeline's next job starts clean)."""
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
-            crashed = sys.exc_info()[0] is not None
             wandb.finish(exit_code=1 if crashed else 0)
+            log.info("closed the W&B run%s", " of a crashed job" if crashed else "")
 
 
 def task_wrapper(fn: Callable[[DictConfig], dict[str, float]]) -> Callable[[DictConfig], dict[str, float]]:
@@ -50,9 +50,12 @@ def task_wrapper(fn: Callable[[DictConfig], dict[str, float]]) -> Callable[[Dict
     @functools.wraps(fn)
     def wrap(cfg: DictConfig) -> dict[str, float]:
         try:
-            return fn(cfg)
-        finally:
-            close_wandb()
+            metrics = fn(cfg)
+        except BaseException:
+            close_wandb(crashed=True)
+            raise
+        close_wandb()
+        return metrics
 
     return wrap
 

@@ -63,7 +63,7 @@ class VLMStage(LightningModule):
     ) -> None:
         super().__init__()
         # plain values only (no nn.Module, no partials): the checkpoint loads with weights_only=True
-        self.save_hyperparameters({"stage": self.stage_name, "model_config": dict(model_config or {}),
+        self.save_hyperparameters({"stage_name": self.stage_name, "model_config": dict(model_config or {}),
                                    "image_token_id": (model_config or {}).get("image_token_id"),
                                    "tokenizer": tokenizer, "trainable": list(trainable) if trainable is not None else None,
                                    "global_batch": global_batch})
