@@ -206,26 +206,30 @@ def check_parts(cfg: DictConfig) -> None:
     expand_part_names(list(trainable), [*towers, "adaptor", "llm"])
 
 
-def set_accumulation(cfg: DictConfig, trainer: Any) -> None:
-    """Gradient accumulation = `stage.global_batch` / (micro-batch x the Trainer's world size); validation
-    every `val_every_n_steps` optimizer steps (Lightning counts micro-batches), else only at the end."""
+def accumulation(cfg: DictConfig, world: int) -> int:
+    """Micro-batches per optimizer step: `stage.global_batch` / (micro-batch x world size), one line if it is not whole."""
     micro = int(cfg.data.get("micro_batch_size") or cfg.data.get("batch_size") or 0)
-    world = int(trainer.world_size)
     global_batch = int(cfg.stage.get("global_batch") or micro * world)
     if micro <= 0 or global_batch % (micro * world):
         raise ConfigError(f"stage.global_batch={global_batch} is not divisible by data.micro_batch_size={micro} x world size "
                           f"{world} (trainer.devices x trainer.num_nodes)")
-    accumulation = global_batch // (micro * world)
-    if cfg.trainer.get("accumulate_grad_batches") not in (None, accumulation):
+    steps = global_batch // (micro * world)
+    if cfg.trainer.get("accumulate_grad_batches") not in (None, steps):
         raise ConfigError(f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches} contradicts stage.global_batch="
-                          f"{global_batch} / (data.micro_batch_size={micro} x world size {world}) = {accumulation}; remove it, it is derived")
-    trainer.accumulate_grad_batches = accumulation
+                          f"{global_batch} / (data.micro_batch_size={micro} x world size {world}) = {steps}; remove it, it is derived")
+    return steps
+
+
+def set_accumulation(cfg: DictConfig, trainer: Any) -> None:
+    """The Trainer's accumulation from its own world size; validation every `val_every_n_steps` optimizer steps
+    (Lightning counts micro-batches), else none during fit."""
+    trainer.accumulate_grad_batches = steps = accumulation(cfg, int(trainer.world_size))
     if cfg.get("val_every_n_steps"):
-        trainer.val_check_interval = int(cfg.val_every_n_steps) * accumulation
+        trainer.val_check_interval = int(cfg.val_every_n_steps) * steps
         if cfg.get("limit_val_batches") is not None:
             trainer.limit_val_batches = cfg.limit_val_batches
     else:  # no validation during fit; validate_at_end runs it once after
-        trainer.limit_val_batches, trainer.val_check_interval = 0, trainer.max_steps * accumulation + 1
+        trainer.limit_val_batches, trainer.val_check_interval = 0, trainer.max_steps * steps + 1
 
 
 # ---------------------------------------------------------------------------------------- parts
