@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from dsvl.cli.train import build_datamodule, check_parts, set_accumulation, train
+from dsvl.cli.train import build_datamodule, check_run, set_accumulation, train
 from dsvl.errors import ConfigError
 
 IMAGE_TOKEN = "<image_placeholder>"
@@ -49,7 +49,7 @@ def test_batch_arithmetic_and_parts_are_one_line_errors(compose_train) -> None:
     with pytest.raises(ConfigError, match="accumulate_grad_batches=3 contradicts"):
         _accumulation(compose_train("+trainer.accumulate_grad_batches=3"))
     with pytest.raises(ConfigError, match="no 'vision.high' part"):
-        check_parts(compose_train("model=tiny_siglip", "stage.trainable=[vision.high]"))
+        check_run(compose_train("model=tiny_siglip", "stage.trainable=[vision.high]"))
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def compose_stages(family: str, out_dir: Path, overrides: Sequence[str], stages:
                    last_overrides: Sequence[str]) -> list[tuple[str, object]]:
     """[(stage name, composed config)] of the family, `STAGE:key=value` overrides applied to their stage,
     each checked before any stage trains (a typo in stage 3 fails in a second)."""
-    from dsvl.cli.train import check_parts
+    from dsvl.cli.train import check_run
     from dsvl.cli.validate import validate_config
 
     common = [o for o in overrides if ":" not in o.split("=", 1)[0]]
@@ -86,7 +86,7 @@ def compose_stages(family: str, out_dir: Path, overrides: Sequence[str], stages:
         cfg = compose([f"experiment={experiment}", *common, *[o for s, o in scoped if s == stage], *extra],
                       output_dir=out_dir / stage)
         validate_config(cfg)
-        check_parts(cfg)
+        check_run(cfg)
         configs.append((stage, cfg))
     return configs
 

@@ -72,6 +72,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from dsvl.cli.validate import validate_config
     from dsvl.model import build_model
     from dsvl.stages.checkpoint import check_init_from, load_init_weights
+    from dsvl.stages.strategies import check_strategy
 
     # 1. check: every value before any weights exist; a bad config costs a second and one line
     validate_config(cfg)
@@ -79,7 +80,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("init_from"):
         check_init_from(cfg.init_from)
     stage_cls = get_class(cfg.stage._target_)
-    check_parts(cfg)
+    check_run(cfg)
+    check_strategy(cfg.trainer)  # e.g. trainer=deepspeed without the package
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
@@ -193,17 +195,22 @@ def resume_from(cfg: DictConfig) -> str | None:
     return requested
 
 
-def check_parts(cfg: DictConfig) -> None:
-    """`stage.trainable` names parts this model has (from its vision spec: no weights needed)."""
+def check_run(cfg: DictConfig) -> None:
+    """What `validate_config` leaves to the run: the model's parts fit (`vision_spec`, no weights),
+    `stage.trainable` names parts it has, training has steps and the LR warm-up fits in them."""
     from dsvl.model import vision_spec
     from dsvl.stages.freezing import expand_part_names
 
-    trainable = cfg.stage.get("trainable")
-    if trainable is None:
-        return
-    spec = vision_spec(cfg.model)
+    spec = vision_spec(cfg.model)  # dsvl.model.ConfigError (one line) for parts that do not fit
     towers = [p for p, key in (("vision.low", "pixel_values"), ("vision.high", "high_res_pixel_values")) if spec.input(key)]
-    expand_part_names(list(trainable), [*towers, "adaptor", "llm"])
+    if cfg.stage.get("trainable") is not None:
+        expand_part_names(list(cfg.stage.trainable), [*towers, "adaptor", "llm"])
+    max_steps = int(cfg.trainer.get("max_steps") or -1)
+    if max_steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be > 0 (training is counted in global steps), got {max_steps}")
+    warmup = OmegaConf.select(cfg, "scheduler.warmup_steps")
+    if warmup is not None and int(warmup) > max_steps:
+        raise ConfigError(f"scheduler.warmup_steps={warmup} exceeds trainer.max_steps={max_steps} (accepted: 0 to {max_steps})")
 
 
 def accumulation(cfg: DictConfig, world: int) -> int:
