@@ -195,22 +195,27 @@ def resume_from(cfg: DictConfig) -> str | None:
     return requested
 
 
-def check_run(cfg: DictConfig) -> None:
+def check_run(cfg: DictConfig) -> list[str]:
     """What `validate_config` leaves to the run: the model's parts fit (`vision_spec`, no weights),
-    `stage.trainable` names parts it has, training has steps and the LR warm-up fits in them."""
+    `stage.trainable` names parts it has, training has steps and the LR warm-up fits in them.
+    Returns the parts that will train."""
+    from hydra.utils import get_class
+
     from dsvl.model import vision_spec
     from dsvl.stages.freezing import expand_part_names
 
     spec = vision_spec(cfg.model)  # dsvl.model.ConfigError (one line) for parts that do not fit
     towers = [p for p, key in (("vision.low", "pixel_values"), ("vision.high", "high_res_pixel_values")) if spec.input(key)]
-    if cfg.stage.get("trainable") is not None:
-        expand_part_names(list(cfg.stage.trainable), [*towers, "adaptor", "llm"])
+    trainable = cfg.stage.get("trainable")
+    trainable = get_class(cfg.stage._target_).default_trainable if trainable is None else trainable
+    parts = expand_part_names(list(trainable), [*towers, "adaptor", "llm"])
     max_steps = int(cfg.trainer.get("max_steps") or -1)
     if max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be > 0 (training is counted in global steps), got {max_steps}")
     warmup = OmegaConf.select(cfg, "scheduler.warmup_steps")
     if warmup is not None and int(warmup) > max_steps:
         raise ConfigError(f"scheduler.warmup_steps={warmup} exceeds trainer.max_steps={max_steps} (accepted: 0 to {max_steps})")
+    return parts
 
 
 def accumulation(cfg: DictConfig, world: int) -> int:
