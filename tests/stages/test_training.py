@@ -138,7 +138,7 @@ def test_init_from_chains_stage_weights_and_resume_continues_exactly(compose_tra
     state = lightning_state_dict(ckpt)
     loaded = load_stage_checkpoint(ckpt)  # the checkpoint alone: no run config needed
     assert loaded.hparams["stage_name"] == "align" and loaded.hparams["image_token_id"] == align_cfg.model.image_token_id
-    assert loaded.tokenizer and Path(loaded.tokenizer, "tokenizer_config.json").is_file()
+    assert Path(loaded.hparams["tokenizer"], "tokenizer_config.json").is_file()
     for name, tensor in loaded.model.state_dict().items():
         if name in state:
             assert torch.equal(tensor, state[name]), name

@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plots[r.stage] = str(plot_run(r.output_dir, out / f"curves_{r.stage}.png", title=f"demo {r.stage}"))
             except (FileNotFoundError, ValueError) as err:
                 log.warning("no plot for %s: %s", r.stage, err)
-        stages = [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2), "metrics": r.metrics,
+        stages = [{"stage": r.stage, "steps": int(r.metrics["trainer/global_step"]),
+                   "seconds": round(r.metrics["perf/fit_seconds"], 2), "metrics": r.metrics,
                    "final_loss": {m: r.metrics[f"train/loss_{m}"] for m in ("text", "multimodal") if f"train/loss_{m}" in r.metrics},
                    "checkpoint": str(r.checkpoint), "run_dir": str(r.output_dir),
                    "val": {k: v for k, v in r.metrics.items() if k.startswith("val/")}} for r in results]

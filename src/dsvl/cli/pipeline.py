@@ -30,20 +30,13 @@ RESULT_FILE = "stage_metrics.json"
 
 @dataclass
 class StageRun:
-    """One finished stage: its name, run dir, checkpoint and the metrics `train(cfg)` returned."""
+    """One finished stage: its name, run dir, checkpoint and the metrics `train(cfg)` returned
+    (`trainer/global_step`, `perf/fit_seconds`, the last `train/*`, `val/*`)."""
 
     stage: str
     output_dir: Path
     checkpoint: Path
     metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def steps(self) -> int:
-        return int(self.metrics.get("trainer/global_step", 0))
-
-    @property
-    def seconds(self) -> float:
-        return float(self.metrics.get("perf/fit_seconds", 0.0))
 
 
 def family_recipes(family: str) -> list[str]:
@@ -137,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         for r in run_pipeline(args.family, out, args.overrides, stages=stages, init_from=args.init_from):
-            print(f"{r.stage:<9} steps {r.steps:>6}  {r.seconds:8.1f}s  checkpoint {r.checkpoint}")
+            print(f"{r.stage:<9} steps {r.metrics['trainer/global_step']:>6.0f}  {r.metrics['perf/fit_seconds']:8.1f}s  "
+                  f"checkpoint {r.checkpoint}")
         return 0
 
     return guarded("dsvl-pipeline", body, close_wandb)

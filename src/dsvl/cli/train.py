@@ -333,17 +333,12 @@ def export_model(model: Any, datamodule: Any, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- entry
-def objective(metrics: dict[str, float], name: str | None) -> float:
-    """The sweep's objective (`optimized_metric`; nan when the run did not produce it)."""
-    value = metrics.get(name) if name else None
-    return float(value) if value is not None and math.isfinite(value) else float("nan")
-
-
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    """The Hydra app (composition, run dir, multirun): train, return the sweep objective."""
-    metrics = guarded("dsvl-train", lambda: train(cfg), close_wandb)
-    return objective(metrics, cfg.get("optimized_metric"))
+    """The Hydra app (composition, run dir, multirun): train, return the sweep objective (`optimized_metric`;
+    nan when the run did not produce it)."""
+    value = guarded("dsvl-train", lambda: train(cfg), close_wandb).get(cfg.get("optimized_metric") or "")
+    return value if value is not None and math.isfinite(value) else float("nan")
 
 
 def main() -> None:

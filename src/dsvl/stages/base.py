@@ -92,10 +92,6 @@ class VLMStage(LightningModule):
                 parts[name].eval()
         return self
 
-    def parameter_rows(self) -> list[dict[str, Any]]:
-        """`parameter_summary()` rows of the model (part, total, trainable)."""
-        return list(self.model.parameter_summary())
-
     def on_fit_start(self) -> None:
         self._report_freezing()
 
@@ -107,7 +103,7 @@ class VLMStage(LightningModule):
 
     @rank_zero_only
     def _report_freezing(self) -> None:
-        rows = self.parameter_rows()
+        rows = list(self.model.parameter_summary())
         log.info("stage %s: training %s, frozen %s\n%s", self.stage_name, self.trainable_parts or "-",
                  self.frozen_parts or "-", freeze_table(rows))
         params = {f"parts/{r['part']}/total": int(r["total"]) for r in rows}

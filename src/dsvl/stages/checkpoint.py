@@ -93,15 +93,11 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
 
 @dataclass
 class StageCheckpoint:
-    """What a stage `.ckpt` holds for inference: the model (weights loaded) and the stage's hyperparameters."""
+    """What a stage `.ckpt` holds for inference: the model (weights loaded) and the stage's hyperparameters
+    (`stage_name`, `model_config`, `image_token_id`, `tokenizer` directory, `trainable`, `global_batch`)."""
 
     model: nn.Module
     hparams: dict[str, Any]
-
-    @property
-    def tokenizer(self) -> str | None:
-        """The tokenizer directory the stage's data was encoded with (None when unknown)."""
-        return self.hparams.get("tokenizer")
 
 
 def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
