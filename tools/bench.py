@@ -73,10 +73,9 @@ def make_batches(cfg: Any, n: int) -> tuple[list[dict[str, Any]], float]:
     """`n` training micro-batches from the config's DSVLDataModule (one process = one worker), and their seconds."""
     from hydra.utils import get_class
 
-    from dsvl.stages.runner import align_model_to_data, build_datamodule, plan_run
+    from dsvl.cli.train import accumulation, align_model_to_data, build_datamodule
 
-    plan = plan_run(cfg)
-    dm = build_datamodule(cfg, plan, get_class(cfg.stage._target_))
+    dm = build_datamodule(cfg, accumulation(cfg, 1), get_class(cfg.stage._target_).supervise)
     align_model_to_data(cfg, dm)
     it = iter(dm.train_dataset())
     start = time.perf_counter()

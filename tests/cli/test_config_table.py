@@ -217,13 +217,11 @@ def test_every_user_error_class_has_one_base() -> None:
     from dsvl.model.safe_load import UnsafeCheckpointError
     from dsvl.stages.checkpoint import InitFromError
     from dsvl.stages.freezing import FreezeConfigError
-    from dsvl.stages.resume import ResumeError
-    from dsvl.stages.runner import TrainConfigError
 
-    kinds = {ModelConfigError: ConfigError, TrainConfigError: ConfigError, FreezeConfigError: ConfigError,
+    kinds = {ModelConfigError: ConfigError, FreezeConfigError: ConfigError,
              RunConfigError: ConfigError, NonFiniteLossError: ConfigError, DataConfigError: DataError,
              ConversationError: DataError, UnsafeCheckpointError: CheckpointError, InitFromError: CheckpointError,
-             ResumeError: CheckpointError, EvalError: UserError}
+             EvalError: UserError}
     for cls, kind in kinds.items():
         assert issubclass(cls, kind), cls
 

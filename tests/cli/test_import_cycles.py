@@ -12,8 +12,6 @@ SRC = Path(dsvl.__file__).resolve().parent
 KNOWN: set[frozenset[str]] = {
     # model.vlm.from_pretrained -> hf_interop and hf_interop.load_hf_pretrained -> build (the meta-device rewrite)
     frozenset({"dsvl.model.build", "dsvl.model.hf_interop", "dsvl.model.vlm"}),
-    # stages.strategies.check_strategy imports TrainConfigError from stages.runner (raise dsvl.errors.ConfigError)
-    frozenset({"dsvl.stages.runner", "dsvl.stages.strategies"}),
 }
 
 

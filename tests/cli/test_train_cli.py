@@ -1,8 +1,9 @@
 """`dsvl-train` as users run it: one-line config errors (exit 2), multiruns with a dir per job,
 a crashed job that closes its W&B run and leaves the other jobs running, W&B offline files,
-`dsvl-pipeline` chaining init_from and `dsvl-demo`'s summary."""
+`dsvl-pipeline` chaining init_from and resuming, `dsvl-demo`'s summary."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -60,8 +61,9 @@ def test_multirun_two_jobs_each_in_its_own_dir_and_wandb_offline_metrics(demo_da
         assert OmegaConf.load(run / "config_resolved.yaml").optim.lr == lr
         files = _wandb_files(run)
         assert len(files) == 1  # one W&B run per job, in the job's dir
+        assert files[0].name == f"run-{(run / 'wandb_run_id').read_text().strip()}.wandb"
         data = files[0].read_bytes()
-        for name in (b"train/loss", b"train/loss_multimodal", b"train/lr", b"train/grad_norm", b"perf/tokens_per_s",
+        for name in (b"train/loss", b"train/loss_multimodal", b"train/lr/decay", b"train/grad_norm", b"train/device/items_per_sec",
                      b"val/mm_loss", b"val/samples", b"optim"):
             assert name in data, name
 
@@ -83,15 +85,31 @@ def test_crashed_job_closes_its_wandb_run_and_the_multirun_goes_on(demo_data: Pa
 
 
 @pytest.mark.slow
-def test_pipeline_chains_init_from_through_the_three_stages(demo_data: Path, tmp_path: Path) -> None:
+def test_pipeline_chains_stages_and_a_rerun_skips_finished_ones_and_resumes_the_interrupted(demo_data: Path, tmp_path: Path) -> None:
+    """Stage 2 of `dsvl-pipeline demo` dies after its step-1 checkpoint; the same command reruns: stage 1
+    is not retrained, stage 2 continues from its step 1 (one CSV history), stage 3 runs from stage 2."""
     from dsvl.cli.pipeline import main
 
     out = tmp_path / "pipe"
-    assert main(["demo", "--out", str(out), f"paths.data_dir={demo_data}", *FAST, "mc_val.limit=8"]) == 0
+    fast = [a for a in FAST if not a.startswith("logger=")]
+    args = ["demo", "--out", str(out), f"paths.data_dir={demo_data}", *fast, "mc_val.limit=8", "auto_resume=true",
+            "trainer.max_steps=3", "callbacks.model_checkpoint.every_n_train_steps=1", "logger=many_loggers"]
+    with pytest.raises(RuntimeError, match="interrupted at step 2"):
+        main([*args, "pretrain:+callbacks.fail._target_=train_fixtures.FailAt", "pretrain:+callbacks.fail.step=2"])
+    align_ckpt = out / "align" / "checkpoints" / "last.ckpt"
+    stamp = align_ckpt.stat().st_mtime_ns
+    assert not (out / "pretrain" / "stage_metrics.json").exists()
+    assert main(args) == 0
+    assert align_ckpt.stat().st_mtime_ns == stamp  # stage 1 skipped, not retrained
+    rows = [r for r in csv.DictReader((out / "pretrain" / "csv" / "metrics.csv").open()) if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]  # steps 0-1 of the first process, 2 of the resumed one
     cfgs = {s: OmegaConf.load(out / s / "config_resolved.yaml") for s in ("align", "pretrain", "sft")}
-    assert cfgs["align"].init_from is None
-    assert Path(cfgs["pretrain"].init_from) == out / "align" / "checkpoints" / "last.ckpt"
+    assert cfgs["align"].init_from is None and cfgs["pretrain"].run_group == cfgs["sft"].run_group
     assert Path(cfgs["sft"].init_from) == out / "pretrain" / "checkpoints" / "last.ckpt"
+    assert json.loads((out / "sft" / "stage_metrics.json").read_text())["trainer/global_step"] == 3
+    runs = {s: [p.name for p in _wandb_files(out / s)] for s in ("pretrain", "sft")}
+    assert len(set(runs["pretrain"])) == 1  # two processes, one W&B run id
+    assert runs["sft"] != runs["pretrain"]
 
 
 @pytest.mark.slow
@@ -105,7 +123,8 @@ def test_demo_writes_summary_and_prints_its_path_last(demo_data: Path, tmp_path:
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["mc_accuracy"] <= 1.0 and summary["text_ppl"] > 1.0
     assert set(summary["stages"]) == {"align", "pretrain", "sft"}
-    assert all(s["steps"] == 2 and s["seconds"] > 0 for s in summary["stages"].values())
+    assert all(s["steps"] == 2 and s["seconds"] > 0 and "train/loss" in s["metrics"] for s in summary["stages"].values())
+    assert set(summary["stages"]["pretrain"]["final_loss"]) == {"text"}  # FAST: 2 steps, both text (warm-up)
     assert (out / "export" / "config.json").is_file() and (out / "export" / "tokenizer.json").is_file()
     assert Path(summary["plots"]["pretrain"]).is_file()
     assert any("multiple-choice accuracy" in line for line in lines)

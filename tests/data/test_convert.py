@@ -171,7 +171,7 @@ def test_a_demo_recipe_trains_on_converted_data(converted, demo_dir):
     from omegaconf import OmegaConf, open_dict
 
     from dsvl.cli._config import compose
-    from dsvl.stages.runner import run_stage
+    from dsvl.cli.train import train
 
     tmp, _, _ = converted
     out = tmp / "out"
@@ -186,9 +186,9 @@ def test_a_demo_recipe_trains_on_converted_data(converted, demo_dir):
             "chat_text": {"urls": [str(out / "llava" / "text"), str(out / "messages" / "text")], "modality": "text"}})
         cfg.data.val_sources = OmegaConf.create({"sharegpt": {"urls": str(out / "sharegpt" / "multimodal"),
                                                               "modality": "multimodal"}})
-    result = run_stage(cfg)
+    train(cfg)
     import csv
 
     rows = list(csv.DictReader((tmp / "run" / "csv" / "metrics.csv").open()))
-    assert result.checkpoint and any(r["train/loss"] for r in rows)
+    assert (tmp / "run" / "checkpoints" / "last.ckpt").is_file() and any(r["train/loss"] for r in rows)
     assert any(r["val/mm_loss"] for r in rows)  # the converted sharegpt validation source was read

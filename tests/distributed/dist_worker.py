@@ -1,5 +1,5 @@
 """Test helper run under `torchrun --nproc_per_node 2`: one dsvl stage-2 run through the real runner
-(`run_stage`) with trainer=ddp or trainer=fsdp on CPU (gloo), recording every micro-batch."""
+(`dsvl.cli.train.train`) with trainer=ddp or trainer=fsdp on CPU (gloo), recording every micro-batch."""
 from __future__ import annotations
 
 import argparse
@@ -44,9 +44,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from dsvl.stages.runner import run_stage
+    from dsvl.cli.train import train
 
-    run_stage(compose_run(args.strategy, args.data, args.out, args.steps, devices=2, global_batch=4, micro=2))
+    train(compose_run(args.strategy, args.data, args.out, args.steps, devices=2, global_batch=4, micro=2))
 
 
 if __name__ == "__main__":

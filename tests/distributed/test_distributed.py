@@ -71,7 +71,7 @@ def reference(demo, tmp_path_factory) -> list[dict[str, Any]]:
     """Single process, same seed and global batch (4 = 2 micro-batches of 2, accumulated)."""
     from dsvl.data.datamodule import DSVLDataModule
     from dsvl.data.grouped import GlobalStepBatches
-    from dsvl.stages.runner import run_stage
+    from dsvl.cli.train import train
 
     def two_rank_dataset(self: DSVLDataModule) -> RankInterleave:
         per_rank = dataclasses.replace(self.batching(), accumulate_grad_batches=1)
@@ -82,7 +82,7 @@ def reference(demo, tmp_path_factory) -> list[dict[str, Any]]:
     mp = pytest.MonkeyPatch()
     mp.setattr(DSVLDataModule, "train_dataset", two_rank_dataset)
     try:
-        run_stage(compose_run("single", str(demo), str(out), STEPS, devices=1, global_batch=4, micro=2))
+        train(compose_run("single", str(demo), str(out), STEPS, devices=1, global_batch=4, micro=2))
     finally:
         mp.undo()
     record = json.loads((out / "record.json").read_text())

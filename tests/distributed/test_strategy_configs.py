@@ -62,10 +62,11 @@ def test_deepspeed_configs_compose_without_deepspeed(name, stage):
 
 @pytest.mark.skipif(HAS_DEEPSPEED, reason="checks the message for a missing deepspeed package")
 def test_deepspeed_without_the_package_is_one_line_before_weights():
-    from dsvl.stages.runner import TrainConfigError, plan_run
+    from dsvl.errors import ConfigError
+    from dsvl.stages.strategies import check_strategy
 
-    with pytest.raises(TrainConfigError, match="pip install deepspeed"):
-        plan_run(compose(["experiment=deepseek_vl_7b/stage2_pretrain", "trainer=deepspeed_zero3"]))
+    with pytest.raises(ConfigError, match="pip install deepspeed"):
+        check_strategy(compose(["experiment=deepseek_vl_7b/stage2_pretrain", "trainer=deepspeed_zero3"]).trainer)
 
 
 def test_paper_recipes_exist():
@@ -76,7 +77,9 @@ def test_paper_recipes_exist():
 @pytest.mark.parametrize("trainer", ["ddp", "fsdp", "deepspeed", "deepspeed_zero3", "slurm"])
 def test_paper_recipes_compose_with_gpu_strategies(recipe, trainer):
     from dsvl.model import vision_spec
-    from dsvl.stages.runner import TrainConfigError, plan_run
+    from dsvl.cli.train import accumulation, check_run
+    from dsvl.errors import ConfigError
+    from dsvl.stages.strategies import check_strategy
 
     cfg = compose([f"experiment={recipe}", f"trainer={trainer}", "trainer.devices=8", "trainer.num_nodes=4"])
     size = "7b" if "7b" in recipe else "1.3b"
@@ -85,12 +88,12 @@ def test_paper_recipes_compose_with_gpu_strategies(recipe, trainer):
     assert OmegaConf.select(cfg, "trainer.strategy._target_")
     assert vision_spec(cfg.model).num_image_tokens == 576
     if trainer.startswith("deepspeed") and not HAS_DEEPSPEED:
-        with pytest.raises(TrainConfigError, match="deepspeed"):
-            plan_run(cfg)
+        with pytest.raises(ConfigError, match="deepspeed"):
+            check_strategy(cfg.trainer)
         return
-    plan = plan_run(cfg)  # no weights: checks parts, global batch / (micro x 32 GPUs), schedules
-    assert plan.world_size == 32 and plan.global_batch == cfg.stage.global_batch
-    assert plan.accumulation * plan.micro_batch * 32 == plan.global_batch
+    check_strategy(cfg.trainer)
+    check_run(cfg)  # no weights: parts fit, trainable names, schedules
+    assert accumulation(cfg, 32) * cfg.data.micro_batch_size * 32 == cfg.stage.global_batch
     if trainer in ("fsdp", "slurm"):
         strategy = instantiate(cfg.trainer.strategy)
         assert type(strategy).__name__ == "FSDP2Strategy"

@@ -1,4 +1,4 @@
-"""Every recipe composes, states every Table 4 number (SPEC §3), freezes what its stage freezes,
+"""Every recipe composes, states every Table 4 number (the paper's Table 4), freezes what its stage freezes,
 and runs two steps with the model swapped to tiny and the data to the demo's, so no recipe can
 drift from the code."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dsvl.cli._config import CONFIG_DIR
-from dsvl.stages.runner import plan_run, run_stage
+from dsvl.cli.train import check_run, train
 
 RECIPES = CONFIG_DIR / "experiment"
 STAGE_PARTS = {"align": ["adaptor"], "pretrain": ["adaptor", "llm"], "sft": ["vision.low", "adaptor", "llm"]}
@@ -45,7 +45,7 @@ def test_paper_recipe_states_every_table4_number(recipe: str, compose_train) -> 
     assert cfg.data.max_length == seq_len and cfg.data.packing is packing
     assert cfg.paper.pipeline_parallel is pipeline
     assert cfg.model.llm.get("hidden_size") == (2048 if "1.3b" in recipe else 4096)
-    assert sorted(plan_run(cfg).trainable) == sorted(STAGE_PARTS[stage])  # checked without weights
+    assert sorted(check_run(cfg)) == sorted(STAGE_PARTS[stage])  # checked without weights
     if stage == "align":
         assert cfg.data.mode == "multimodal_only"
 
@@ -56,7 +56,7 @@ def test_demo_recipe_is_tiny_on_demo_data(recipe: str, compose_train) -> None:
     assert cfg.model.llm.hidden_size <= 128 and str(cfg.data.tokenizer).endswith("tokenizer")
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.gradient_clip_val == 1.0
     assert list(cfg.optim.betas) == [0.9, 0.95] and cfg.optim.weight_decay == 0.0
-    assert sorted(plan_run(cfg).trainable) == sorted(STAGE_PARTS[DEMO[recipe]])
+    assert sorted(check_run(cfg)) == sorted(STAGE_PARTS[DEMO[recipe]])
 
 
 def _tiny_swap(recipe: str) -> list[str]:
@@ -92,10 +92,11 @@ def test_recipe_passes_the_config_checks(recipe: str, compose_train) -> None:
 def test_recipe_runs_two_steps_with_the_tiny_model(recipe: str, compose_train, tmp_path: Path) -> None:
     stage = STAGE_RECIPES[recipe]
     cfg = compose_train(f"experiment={recipe}", *_tiny_swap(recipe), "validate_at_end=false", "mc_val.shards=null")
-    result = run_stage(cfg)
-    assert result.steps == 2 and result.checkpoint.is_file()
-    assert sorted(result.trainable) == sorted(STAGE_PARTS[stage])
-    assert (result.output_dir / "csv" / "metrics.csv").is_file()
+    metrics = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert metrics["trainer/global_step"] == 2 and (out / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(check_run(cfg)) == sorted(STAGE_PARTS[stage])
+    assert (out / "csv" / "metrics.csv").is_file()
 
 
 @pytest.mark.parametrize("sweep", ["sweeps/lr_grid", "sweeps/optuna_lr"])

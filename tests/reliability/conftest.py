@@ -141,11 +141,11 @@ def demo_data(tmp_path_factory) -> Path:
     return out
 
 
-def stage2(data_dir: Path, run_dir: Path, *extra: str, max_steps: int = 5, workers: int = 2) -> list[str]:
-    """A few-step stage-2 run of the tiny model: grouped text / multimodal steps, 2 micro-batches per step."""
+def stage2(data_dir: Path, run_dir: Path, *extra: str, max_steps: int = 5, workers: int = 2, micro_batches: int = 2) -> list[str]:
+    """A few-step stage-2 run of the tiny model: grouped text / multimodal steps of `micro_batches` micro-batches of 2."""
     return [
         "experiment=demo/pretrain", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
-        f"trainer.max_steps={max_steps}", "stage.global_batch=4", "data.micro_batch_size=2", f"data.num_workers={workers}",
+        f"trainer.max_steps={max_steps}", f"stage.global_batch={2 * micro_batches}", "data.micro_batch_size=2", f"data.num_workers={workers}",
         "data.max_length=128", "data.schedule.warmup_steps=2", "data.schedule.target=0.5", "scheduler.warmup_steps=1",
         "validate_at_end=false", "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.samples=null",
         "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false", *extra,

@@ -66,11 +66,13 @@ class SignalAt(Callback):
 
 
 class PoisonLoss(Callback):
-    """Multiplies the loss of the first micro-batch of each step in `steps` by NaN (an injected bad step),
-    on every rank or only on `rank`."""
+    """Multiplies the loss of the first micro-batch of each step in `steps` by NaN (loss and gradients NaN),
+    or adds a NaN constant for steps in `add_steps` (a NaN loss whose gradients stay finite), on every rank
+    or only on `rank`."""
 
-    def __init__(self, steps: list[int], rank: int | None = None) -> None:
+    def __init__(self, steps: list[int], rank: int | None = None, add_steps: list[int] = ()) -> None:
         self.steps = {int(s) for s in steps}
+        self.add_steps = {int(s) for s in add_steps}
         self.rank = rank
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -81,8 +83,10 @@ class PoisonLoss(Callback):
         def poisoned(batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
             loss = original(batch, batch_idx, *args, **kwargs)
             accumulate = max(int(trainer.accumulate_grad_batches), 1)
-            if trainer.global_step in self.steps and batch_idx % accumulate == 0:
+            if batch_idx % accumulate == 0 and trainer.global_step in self.steps:
                 return loss * float("nan")
+            if batch_idx % accumulate == 0 and trainer.global_step in self.add_steps:
+                return loss + torch.tensor(float("nan"))  # d(constant)/dw = 0: gradients stay finite
             return loss
 
         pl_module.training_step = poisoned  # type: ignore[method-assign]

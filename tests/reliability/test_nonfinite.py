@@ -1,4 +1,5 @@
-"""Non-finite steps: an injected NaN loss skips the update (weights untouched) and is counted as
+"""Non-finite steps: an injected NaN loss skips the update (weights untouched), also when its gradients are
+finite (step 1: NaN added as a constant; steps 3-4: loss and gradients NaN), and is counted as
 `train/nonfinite_skipped`; `max_consecutive` bad steps in a row stop the run with one line and exit 2,
 leaving a finite last.ckpt equal to the last good weights."""
 from __future__ import annotations
@@ -10,7 +11,8 @@ import pytest
 import torch
 from .conftest import EXIT_USER_ERROR, read_records, recorder, run_train_forked, stage2
 
-POISONED = [1, 3, 4]  # step 1 alone (skipped, run goes on); steps 3-4 in a row (limit 2: stop)
+NAN_LOSS_ONLY = [1]  # step 1 alone: NaN loss, finite gradients (skipped, run goes on)
+POISONED = [3, 4]  # steps 3-4 in a row, NaN gradients too (limit 2: stop)
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +20,7 @@ def run(demo_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nonfinite")
     proc = run_train_forked(stage2(demo_data, tmp / "run", *recorder(tmp / "rec.jsonl"), "callbacks.nonfinite_guard.max_consecutive=2",
                             "+callbacks.poison._target_=reliability_hooks.PoisonLoss", f"+callbacks.poison.steps={POISONED}",
+                            f"+callbacks.poison.add_steps={NAN_LOSS_ONLY}",
                             max_steps=8, workers=0))
     return proc, read_records(tmp / "rec.jsonl"), tmp / "run"
 
@@ -29,7 +32,7 @@ def _weights(records: list[dict], step: int) -> float:
 def test_nan_step_is_skipped_without_update(run):
     _, records, _ = run
     assert _weights(records, 1) != _weights(records, 0)  # step 0 trained
-    assert _weights(records, 2) == _weights(records, 1)  # step 1 (NaN) changed nothing
+    assert _weights(records, 2) == _weights(records, 1)  # step 1 (NaN loss, finite gradients) changed nothing
     assert _weights(records, 3) != _weights(records, 2)  # training goes on after one bad step
     assert _weights(records, 4) == _weights(records, 3)
     assert all(math.isfinite(r["weights"]) for r in records)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsvl.stages import STAGES, AlignStage, FreezeConfigError, PretrainStage, SFTStage, expand_part_names, freeze_table
+from dsvl.stages import AlignStage, FreezeConfigError, PretrainStage, SFTStage, expand_part_names, freeze_table
 
-EXPECTED = {  # SPEC §3: what trains in each stage
+STAGES = {s.stage_name: s for s in (AlignStage, PretrainStage, SFTStage)}
+
+EXPECTED = {  # the DeepSeek-VL paper: what trains in each stage
     "align": {"adaptor"},
     "pretrain": {"adaptor", "llm"},
     "sft": {"adaptor", "llm", "vision.low"},

@@ -42,3 +42,50 @@ def compose_train(demo_data: Path, tmp_path: Path):
         return compose([f"paths.data_dir={demo_data}", *(FAST if fast else []), *overrides], output_dir=out or tmp_path / "run")
 
     return make
+
+
+class ModalityRecorder:
+    """A Lightning callback (named by `+callbacks.record._target_=train_fixtures.ModalityRecorder`) that appends
+    `global_step modality` per micro-batch to `path`."""
+
+    def __new__(cls, path: str):  # noqa: D102 - built lazily so importing this module needs no Lightning
+        from lightning.pytorch.callbacks import Callback
+
+        class _Recorder(Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                with open(path, "a") as f:
+                    f.write(f"{trainer.global_step} {batch['modality']}\n")
+
+        return _Recorder()
+
+
+class FailAt:
+    """A callback raising RuntimeError at the start of global step `step` (an interrupted stage)."""
+
+    def __new__(cls, step: int):  # noqa: D102
+        from lightning.pytorch.callbacks import Callback
+
+        class _Fail(Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step == step:
+                    raise RuntimeError(f"interrupted at step {step}")
+
+        return _Fail()
+
+
+def caption_stage_class():
+    """A new stage, as a user adds one: a VLMStage subclass naming what differs (see test_new_stage.py)."""
+    from dsvl.stages import VLMStage
+
+    class CaptionStage(VLMStage):
+        """Adaptor + LLM train on captions; towers frozen."""
+
+        stage_name = "caption"
+        default_trainable = ("adaptor", "llm")
+        supervise = "all"
+        default_lr = 1.0e-3
+
+    return CaptionStage
+
+
+CaptionStage = caption_stage_class()

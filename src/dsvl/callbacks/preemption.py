@@ -1,12 +1,12 @@
 """Preemption: on SIGTERM (Kubernetes, SLURM preemption, spot reclaim) finish the current global
-step, save `last.ckpt`, stop, and let the process exit 0.
+step, stop, and let the process exit 0; `RunCheckpoint` writes `last.ckpt` as training ends.
 
-Lightning's own SIGTERM handling stops after the current *micro*-batch without saving (and with
-gradient accumulation that is mid-step, which no checkpoint can resume exactly). This callback
-replaces that handler while training runs: the signal only raises a flag; at the next global-step
-boundary (all ranks agree via an all-reduce) it writes `<dirpath>/last.ckpt` (weights, optimizer,
-scheduler, data position, callback state) and sets `trainer.should_stop`. The same command with
-`auto_resume=true` (or `ckpt_path=last`) and the same run dir then continues exactly.
+Lightning's own SIGTERM handling stops after the current *micro*-batch (with gradient accumulation
+that is mid-step, which no checkpoint can resume exactly). This callback replaces that handler while
+training runs: the signal only raises a flag; at the next global-step boundary (all ranks agree via
+an all-reduce) it sets `trainer.should_stop`, so the fit ends there and the run's checkpoint
+callback saves `last.ckpt` (weights, optimizer, scheduler, data position, callback state). The same
+command with `auto_resume=true` (or `ckpt_path=last`) and the same run dir then continues exactly.
 SLURM's requeue signal (SIGUSR1 with `SLURMEnvironment(auto_requeue=True)`) is left to Lightning.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -23,8 +22,6 @@ from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
-LAST_NAME = "last.ckpt"
-
 
 def was_preempted(trainer: pl.Trainer) -> bool:
     """True when a `PreemptionCheckpoint` callback stopped this trainer on a signal."""
@@ -32,26 +29,17 @@ def was_preempted(trainer: pl.Trainer) -> bool:
 
 
 class PreemptionCheckpoint(Callback):
-    """Saves `<dirpath>/last.ckpt` at the first global-step boundary after one of `signals`, then stops.
+    """Stops training at the first global-step boundary after one of `signals` (default SIGTERM)."""
 
-    Args:
-        dirpath: checkpoint folder; None uses the ModelCheckpoint's, else `<default_root_dir>/checkpoints`.
-        signals: signal names to catch (default SIGTERM).
-    """
-
-    def __init__(self, dirpath: str | None = None, signals: tuple[str, ...] | list[str] = ("SIGTERM",)) -> None:
-        self.dirpath = dirpath
+    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGTERM",)) -> None:
         self.signals = [signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in signals]
         self.requested = False  # set from the signal handler
-        self.preempted = False  # a checkpoint was saved and training stopped
-        self.saved_path: Path | None = None
+        self.preempted = False  # training stopped on a signal
         self._previous: dict[signal.Signals, Any] = {}
 
-    # ------------------------------------------------------------------ signal handling
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if not self.requested:
-            log.warning("received %s: saving a checkpoint at the end of this global step, then stopping",
-                        signal.Signals(signum).name)
+            log.warning("received %s: stopping at the end of this global step", signal.Signals(signum).name)
         self.requested = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -75,22 +63,11 @@ class PreemptionCheckpoint(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()
 
-    # ------------------------------------------------------------------ step boundary
-    def checkpoint_path(self, trainer: pl.Trainer) -> Path:
-        dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
-        return Path(dirpath or Path(trainer.default_root_dir) / "checkpoints") / LAST_NAME
-
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if (batch_idx + 1) % max(int(trainer.accumulate_grad_batches), 1):
+        if trainer.fit_loop._should_accumulate() or self.preempted:
             return  # mid global step: accumulated gradients would be lost
         requested = self.requested
         if trainer.world_size > 1:
             requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
-        if not requested or self.preempted:
-            return
-        path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path, weights_only=False)  # full state; collective: every rank is here at the same step
-        self.preempted, self.saved_path = True, path
-        trainer.should_stop = True
-        log.warning("preempted: saved %s at global step %d; rerun the same command with auto_resume=true "
-                    "(or ckpt_path=last) to continue", path, trainer.global_step)
+        if requested:
+            self.preempted = trainer.should_stop = True

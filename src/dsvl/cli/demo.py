@@ -8,6 +8,7 @@ loss curves by modality with the language ratio, prints a summary table and writ
 
     dsvl-demo
     dsvl-demo --out outputs/demo/mine sft:trainer.max_steps=300
+    dsvl-demo --out outputs/demo/mine auto_resume=true   # rerun: finished stages skipped, the interrupted one resumes
 """
 from __future__ import annotations
 
@@ -53,16 +54,21 @@ def evaluate_export(export_dir: Path, data_dir: Path, system_prompt: str | None)
     return {"model_type": hf_config.model_type, "mc": mc, "text": text}
 
 
-def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any]) -> str:
-    """The demo's table: per stage steps, seconds, final loss by modality; then held-out metrics."""
-    def loss(v: float | None) -> str:
-        return f"{v:.3f}" if v is not None else "-"
+SUMMARY_COLUMNS = (("loss text", "train/loss_text"), ("loss mm", "train/loss_multimodal"))
 
-    header = f"{'stage':<9} {'steps':>6} {'seconds':>8} {'loss text':>10} {'loss mm':>8}"
+
+def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any],
+                   columns: Sequence[tuple[str, str]] = SUMMARY_COLUMNS) -> str:
+    """The demo's table: per stage steps, seconds and one column per (title, metric name) of the stage's
+    final metrics (default: the last loss by modality); then held-out metrics."""
+    def cell(v: float | None, width: int) -> str:
+        return f"{v:>{width}.3f}" if v is not None else f"{'-':>{width}}"
+
+    header = f"{'stage':<9} {'steps':>6} {'seconds':>8}" + "".join(f" {title:>10}" for title, _ in columns)
     lines = [header, "-" * len(header)]
     for s in stages:
-        lines.append(f"{s['stage']:<9} {s['steps']:>6} {s['seconds']:>8.1f} {loss(s['final_loss'].get('text')):>10} "
-                     f"{loss(s['final_loss'].get('multimodal')):>8}")
+        lines.append(f"{s['stage']:<9} {s['steps']:>6} {s['seconds']:>8.1f}"
+                     + "".join(f" {cell(s['metrics'].get(name), 10)}" for _, name in columns))
     mc = evaluation["mc"]
     lines.append("")
     lines.append(f"multiple-choice accuracy (held-out, 4-way, chance {CHANCE}): {mc['accuracy']:.3f} on {mc['num_samples']} questions")
@@ -78,7 +84,7 @@ def quiet_logging() -> None:
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "dsvl.data", "dsvl.model", "dsvl.stages.checkpoint", "dsvl.stages.runner", "dsvl.callbacks",
+                 "dsvl.data", "dsvl.model", "dsvl.stages.checkpoint", "dsvl.cli.train", "dsvl.callbacks",
                  "dsvl.cli.evaluate", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").propagate = False  # it has its own handler: no double lines
@@ -102,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_logging()
 
     from dsvl.cli._config import guarded
-    from dsvl.stages.runner import close_loggers
+    from dsvl.cli.train import close_wandb
 
     out = (args.out or Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     data_dir = args.data_dir.resolve()
@@ -131,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plots[r.stage] = str(plot_run(r.output_dir, out / f"curves_{r.stage}.png", title=f"demo {r.stage}"))
             except (FileNotFoundError, ValueError) as err:
                 log.warning("no plot for %s: %s", r.stage, err)
-        stages = [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2), "final_loss": r.final_loss,
+        stages = [{"stage": r.stage, "steps": int(r.metrics["trainer/global_step"]),
+                   "seconds": round(r.metrics["perf/fit_seconds"], 2), "metrics": r.metrics,
+                   "final_loss": {m: r.metrics[f"train/loss_{m}"] for m in ("text", "multimodal") if f"train/loss_{m}" in r.metrics},
                    "checkpoint": str(r.checkpoint), "run_dir": str(r.output_dir),
                    "val": {k: v for k, v in r.metrics.items() if k.startswith("val/")}} for r in results]
         summary = {
@@ -158,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(path)
         return 0
 
-    return guarded("dsvl-demo", body, close_loggers)
+    return guarded("dsvl-demo", body, close_wandb)
 
 
 if __name__ == "__main__":

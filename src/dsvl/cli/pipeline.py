@@ -1,98 +1,124 @@
-"""`dsvl-pipeline`: run the three stages of a recipe family in sequence, each starting from the
-previous stage's weights (`init_from=<previous>/checkpoints/last.ckpt`).
+"""`dsvl-pipeline`: run the stage recipes of a family in sequence, each starting from the previous
+stage's weights (`init_from=<previous>/checkpoints/last.ckpt`), each through `train(cfg)`.
 
     dsvl-pipeline demo
     dsvl-pipeline deepseek_vl_1.3b trainer=ddp logger=wandb
     dsvl-pipeline demo --out outputs/my_pipeline trainer.max_steps=5 sft:optim.lr=1e-4
+    dsvl-pipeline demo --out outputs/my_pipeline auto_resume=true   # rerun: skip finished stages, resume the rest
 
-Overrides apply to every stage; `STAGE:key=value` (STAGE = align, pretrain or sft) to one.
+Overrides apply to every stage; `STAGE:key=value` (STAGE = a stage's name, e.g. sft) to one. A family
+is a folder of `conf/experiment/`; its recipes run in file-name order.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsvl.cli._config import CONFIG_DIR, compose, guarded
+from dsvl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("align", "pretrain", "sft")
-_STAGE_RE = re.compile(r"^\s*-\s*override\s+/stage:\s*(\w+)", re.MULTILINE)
+RESULT_FILE = "stage_metrics.json"
 
 
-def family_recipes(family: str) -> list[tuple[str, str]]:
-    """[(stage, experiment name)] of a recipe family (a folder of recipes/), in stage order."""
+@dataclass
+class StageRun:
+    """One finished stage: its name, run dir, checkpoint and the metrics `train(cfg)` returned
+    (`trainer/global_step`, `perf/fit_seconds`, the last `train/*`, `val/*`)."""
+
+    stage: str
+    output_dir: Path
+    checkpoint: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def family_recipes(family: str) -> list[str]:
+    """The experiment names of a recipe family (a folder of conf/experiment/), in file-name order."""
     folder = CONFIG_DIR / "experiment" / family
-    if not folder.is_dir():
+    recipes = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    if not recipes:
         known = sorted(p.name for p in (CONFIG_DIR / "experiment").iterdir() if p.is_dir() and p.name != "sweeps")
-        raise FileNotFoundError(f"no recipe family {family!r} (known: {', '.join(known)})")
-    found: dict[str, str] = {}
-    for path in sorted(folder.glob("*.yaml")):
-        match = _STAGE_RE.search(path.read_text())
-        if match and match.group(1) in STAGE_ORDER:
-            found.setdefault(match.group(1), f"{family}/{path.stem}")
-    if not found:
-        raise FileNotFoundError(f"recipe family {family!r} has no stage recipes (override /stage: ...)")
-    return [(s, found[s]) for s in STAGE_ORDER if s in found]
+        raise ConfigError(f"no recipe family {family!r} (known: {', '.join(known)})")
+    return [f"{family}/{p.stem}" for p in recipes]
 
 
-def split_overrides(overrides: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Common overrides and per-stage ones (`sft:optim.lr=1e-4`)."""
-    common: list[str] = []
-    per_stage: dict[str, list[str]] = {s: [] for s in STAGE_ORDER}
-    for item in overrides:
-        head, sep, rest = item.partition(":")
-        if sep and head in STAGE_ORDER and "=" in rest:
-            per_stage[head].append(rest)
-        else:
-            common.append(item)
-    return common, per_stage
+def stage_name(cfg) -> str:  # noqa: ANN001 - a composed DictConfig
+    from hydra.utils import get_class
+
+    return get_class(cfg.stage._target_).stage_name
+
+
+def compose_stages(family: str, out_dir: Path, overrides: Sequence[str], stages: Sequence[str] | None,
+                   last_overrides: Sequence[str]) -> list[tuple[str, object]]:
+    """[(stage name, composed config)] of the family, `STAGE:key=value` overrides applied to their stage,
+    each checked before any stage trains (a typo in stage 3 fails in a second)."""
+    from dsvl.cli.train import check_run
+    from dsvl.cli.validate import validate_config
+
+    common = [o for o in overrides if ":" not in o.split("=", 1)[0]]
+    scoped = [o.split(":", 1) for o in overrides if ":" in o.split("=", 1)[0]]
+    if not any(o.startswith("run_group=") for o in common):  # one W&B group per pipeline
+        common.append(f"run_group=pipeline_{family.replace('/', '_')}_{out_dir.name}")
+    composed = [(experiment, compose([f"experiment={experiment}", *common], output_dir=out_dir / "_"))
+                for experiment in family_recipes(family)]
+    names = [stage_name(cfg) for _, cfg in composed]
+    unknown = sorted({s for s, _ in scoped if s not in names} | set(stages or []) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown stage {', '.join(unknown)} for family {family} (its stages: {', '.join(names)})")
+    chosen = [(s, e) for s, (e, _) in zip(names, composed) if stages is None or s in stages]
+    configs = []
+    for i, (stage, experiment) in enumerate(chosen):
+        extra = list(last_overrides) if i == len(chosen) - 1 else []
+        cfg = compose([f"experiment={experiment}", *common, *[o for s, o in scoped if s == stage], *extra],
+                      output_dir=out_dir / stage)
+        validate_config(cfg)
+        check_run(cfg)
+        configs.append((stage, cfg))
+    return configs
 
 
 def run_pipeline(family: str, out_dir: Path, overrides: Sequence[str] = (), stages: Sequence[str] | None = None,
-                 init_from: str | None = None, last_overrides: Sequence[str] = ()) -> list:
-    """Run the family's stages under `out_dir/<stage>`; returns their `StageResult`s.
+                 init_from: str | None = None, last_overrides: Sequence[str] = ()) -> list[StageRun]:
+    """Train the family's stages under `out_dir/<stage>` with `train(cfg)`; returns one `StageRun` each.
 
-    `last_overrides` go to the last stage only (the demo exports from it).
+    With `auto_resume=true` a stage whose `stage_metrics.json` exists (it finished) is skipped and an
+    interrupted one resumes from its last.ckpt. `last_overrides` go to the last stage only (the demo
+    exports from it).
     """
-    from dsvl.cli.validate import validate_config
-    from dsvl.stages.runner import plan_run, run_stage
+    from dsvl.cli.train import ckpt_dir, train
 
-    common, per_stage = split_overrides(overrides)
-    recipes = [(s, e) for s, e in family_recipes(family) if stages is None or s in stages]
-    # compose and check every stage before training any (a typo in stage 3 fails in a second)
-    configs = []
-    for i, (stage, experiment) in enumerate(recipes):
-        extra = list(last_overrides) if i == len(recipes) - 1 else []
-        cfg = compose([f"experiment={experiment}", *common, *per_stage[stage], *extra], output_dir=out_dir / stage)
-        validate_config(cfg)  # the checks dsvl-train makes (ratios, data paths, guard limits) ...
-        plan_run(cfg)  # ... and model fit and batch arithmetic, all before any stage trains
-        configs.append((stage, cfg))
-    results = []
+    runs: list[StageRun] = []
     previous = init_from
-    for stage, cfg in configs:
-        if previous:
-            cfg.init_from = str(previous)
-        plan = plan_run(cfg)
-        log.info("pipeline: stage %s (%s), %d steps", stage, cfg.get("task_name"), plan.max_steps)
-        result = run_stage(cfg, plan)
-        results.append(result)
-        previous = result.checkpoint
-    return results
+    for stage, cfg in compose_stages(family, out_dir, overrides, stages, last_overrides):
+        result = Path(cfg.paths.output_dir) / RESULT_FILE
+        if cfg.get("auto_resume") and result.is_file():
+            log.info("pipeline: stage %s finished before (%s), skipped", stage, result)
+            metrics = json.loads(result.read_text())
+        else:
+            if previous:
+                cfg.init_from = str(previous)
+            log.info("pipeline: stage %s (%s), %d steps", stage, cfg.get("task_name"), cfg.trainer.max_steps)
+            metrics = train(cfg)
+            result.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        runs.append(StageRun(stage, Path(cfg.paths.output_dir), ckpt_dir(cfg) / "last.ckpt", metrics))
+        previous = runs[-1].checkpoint
+    return runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `dsvl-pipeline`."""
-    from dsvl.stages.runner import close_loggers
+    from dsvl.cli.train import close_wandb
 
     parser = argparse.ArgumentParser(prog="dsvl-pipeline", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("family", help="recipe family: a folder of recipes/ (demo, deepseek_vl_1.3b, deepseek_vl_7b)")
+    parser.add_argument("family", help="recipe family: a folder of conf/experiment/ (demo, deepseek_vl_1.3b, deepseek_vl_7b)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage; STAGE:key=value for one")
     parser.add_argument("--out", type=Path, default=None, help="run dir (default outputs/pipeline_<family>/<time>)")
     parser.add_argument("--stages", default=None, help="comma-separated subset, e.g. pretrain,sft")
@@ -103,12 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages = args.stages.split(",") if args.stages else None
 
     def body() -> int:
-        results = run_pipeline(args.family, out, args.overrides, stages=stages, init_from=args.init_from)
-        for r in results:
-            print(f"{r.stage:<9} steps {r.steps:>6}  {r.seconds:8.1f}s  checkpoint {r.checkpoint}")
+        for r in run_pipeline(args.family, out, args.overrides, stages=stages, init_from=args.init_from):
+            print(f"{r.stage:<9} steps {r.metrics['trainer/global_step']:>6.0f}  {r.metrics['perf/fit_seconds']:8.1f}s  "
+                  f"checkpoint {r.checkpoint}")
         return 0
 
-    return guarded("dsvl-pipeline", body, close_loggers)
+    return guarded("dsvl-pipeline", body, close_wandb)
 
 
 if __name__ == "__main__":

@@ -1,44 +1,348 @@
-"""`dsvl-train`: the Hydra entry point for one training stage.
+"""`dsvl-train`: one training stage, read top to bottom in `train(cfg)`.
 
     dsvl-train experiment=demo/align
     dsvl-train experiment=deepseek_vl_1.3b/stage2_pretrain trainer=ddp logger=wandb
     dsvl-train experiment=demo/pretrain init_from=outputs/demo_align/.../checkpoints/last.ckpt
+    dsvl-train experiment=demo/pretrain hydra.run.dir=outputs/my_run auto_resume=true
     dsvl-train -m experiment=demo/align optim.lr=1e-3,3e-3
+
+`train(cfg)`: check the config -> Trainer (world size, accumulation) -> datamodule -> model and
+stage -> fit (Lightning resumes from `ckpt_path`) -> validate -> export -> metrics. `dsvl-pipeline`
+and `dsvl-demo` call it once per stage.
 """
 from __future__ import annotations
 
+import functools
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dsvl.cli._config import CONFIG_DIR, guarded
+from dsvl.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+WANDB_ID_FILE = "wandb_run_id"
 
 
-def run_task(cfg: DictConfig) -> float:
-    """Check, train, return the sweep objective (`optimized_metric`, nan when absent)."""
+def close_wandb(crashed: bool = False) -> None:
+    """Finish an open W&B run (also after a crash, so a multirun's or pipeline's next job starts clean)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1 if crashed else 0)
+            log.info("closed the W&B run%s", " of a crashed job" if crashed else "")
+
+
+def task_wrapper(fn: Callable[[DictConfig], dict[str, float]]) -> Callable[[DictConfig], dict[str, float]]:
+    """Close the loggers on any exit of `fn` (Lightning finalizes its own; W&B needs `finish`)."""
+
+    @functools.wraps(fn)
+    def wrap(cfg: DictConfig) -> dict[str, float]:
+        try:
+            metrics = fn(cfg)
+        except BaseException:
+            close_wandb(crashed=True)
+            raise
+        close_wandb()
+        return metrics
+
+    return wrap
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train one stage as configured; returns the final metrics (`trainer/global_step`, `perf/fit_seconds`,
+    the last `train/*` and `val/*` values). The checkpoint is `<paths.ckpt_dir>/last.ckpt`."""
+    import lightning.pytorch as pl
+    import torch
+    from hydra.utils import get_class, instantiate
+
+    from dsvl.callbacks import was_preempted
     from dsvl.cli.validate import validate_config
-    from dsvl.stages.resume import resolve_ckpt_path
-    from dsvl.stages.runner import close_loggers, plan_run, run_stage, value_of
+    from dsvl.model import build_model
+    from dsvl.stages.checkpoint import check_init_from, load_init_weights
+    from dsvl.stages.strategies import check_strategy
 
-    def body() -> float:
-        validate_config(cfg)  # value checks Hydra cannot do (ratios, data paths)
-        cfg.ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path=last / auto_resume; refuses unsafe checkpoints
-        plan = plan_run(cfg)  # before any weights: a bad config costs a second
-        result = run_stage(cfg, plan)
-        return value_of(result.metrics, cfg.get("optimized_metric"))
+    # 1. check: every value before any weights exist; a bad config costs a second and one line
+    validate_config(cfg)
+    ckpt_path = resume_from(cfg)
+    if cfg.get("init_from"):
+        check_init_from(cfg.init_from)
+    stage_cls = get_class(cfg.stage._target_)
+    check_run(cfg)
+    check_strategy(cfg.trainer)  # e.g. trainer=deepspeed without the package
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    if cfg.get("torch_threads"):  # small models on shared CPUs: fewer threads, no oversubscription
+        torch.set_num_threads(int(cfg.torch_threads))
 
-    return guarded("dsvl-train", body, close_loggers)
+    # 2. instantiate: Trainer first (it knows the world size), then data, then weights
+    fill_wandb(cfg, stage_cls.stage_name, output_dir)
+    loggers = [instantiate_part(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
+    callbacks = [instantiate_part(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, check_val_every_n_epoch=None,
+                                      _convert_="all")
+    set_accumulation(cfg, trainer)
+    datamodule = build_datamodule(cfg, trainer.accumulate_grad_batches, stage_cls.supervise)
+    align_model_to_data(cfg, datamodule)
+    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)  # with the tokenizer's image token id
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    model = build_model(cfg.model)
+    if cfg.get("init_from"):
+        load_init_weights(model, cfg.init_from)
+    stage = instantiate(cfg.stage, model=model, model_config=OmegaConf.to_container(cfg.model, resolve=True),
+                        tokenizer=getattr(data_tokenizer(datamodule), "name_or_path", None),
+                        optimizer=instantiate(cfg.optim, _convert_="all") if cfg.get("optim") else None,
+                        scheduler=instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None,
+                        _convert_="all", _recursive_=False)  # model_config stays a plain dict
+
+    # 3. fit (Lightning restores weights, optimizer, scheduler, data position and callbacks from ckpt_path)
+    start = time.perf_counter()
+    trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    seconds = time.perf_counter() - start
+    metrics = scalars(trainer.callback_metrics)  # the last train/* values (validate() replaces callback_metrics)
+    preempted = was_preempted(trainer)
+    if preempted:
+        log.warning("preempted: saved %s at global step %d; rerun the same command with auto_resume=true "
+                    "(or ckpt_path=last) to continue", trainer.checkpoint_callback.last_model_path, trainer.global_step)
+
+    # 4. validate (unless fit just did at its last step) and export
+    validated = cfg.get("val_every_n_steps") and trainer.max_steps % int(cfg.val_every_n_steps) == 0  # at the last step
+    if cfg.get("validate_at_end", True) and not preempted and not validated:
+        trainer.limit_val_batches = 1.0 if cfg.get("limit_val_batches") is None else cfg.limit_val_batches
+        trainer.validate(stage, datamodule=datamodule, verbose=False, weights_only=True)
+    if cfg.get("export_dir") and not preempted:
+        export_model(stage.model, datamodule, Path(cfg.export_dir))
+
+    return metrics | scalars(trainer.callback_metrics) | {"trainer/global_step": float(trainer.global_step),
+                                                          "perf/fit_seconds": seconds}
 
 
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The one-element tensors of Lightning's `callback_metrics` as floats."""
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 0)() == 1}
+
+
+# ---------------------------------------------------------------------------------------- checks
+def ckpt_dir(cfg: DictConfig) -> Path:
+    """The run's checkpoint folder (`paths.ckpt_dir`, else `<paths.output_dir>/checkpoints`)."""
+    return Path(cfg.paths.get("ckpt_dir") or Path(cfg.paths.output_dir) / "checkpoints")
+
+
+def run_dir_is_fixed() -> bool:
+    """False when Hydra made a fresh timestamped run dir (a restarted job would never find its checkpoint)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True  # no Hydra app: the caller chose the output dir itself
+    hc = HydraConfig.get()
+    return any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "paths.output_dir=", "paths.ckpt_dir="))
+               for o in [*hc.overrides.hydra, *hc.overrides.task])
+
+
+def resume_from(cfg: DictConfig) -> str | None:
+    """The `ckpt_path` handed to `trainer.fit`: None (fresh), a file, "last" or "hpc"; every file it may
+    load is opened the safe way first (weights_only, tensors mapped), so an unsafe one fails in a second.
+
+    `auto_resume=true` means "last" when `<ckpt_dir>/last.ckpt` exists (a restarted job then ignores
+    `init_from`: its own progress wins over the previous stage), else a fresh start.
+    """
+    from dsvl.model.safe_load import check_checkpoint
+
+    requested = cfg.get("ckpt_path")
+    last = ckpt_dir(cfg) / "last.ckpt"
+    if requested and cfg.get("init_from") and not cfg.get("auto_resume"):
+        raise ConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
+    if requested == "hpc":  # SLURM requeue: Lightning's hpc_ckpt_<n>.ckpt in the run dir
+        candidates = sorted(Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir).glob("hpc_ckpt_*.ckpt"))
+    elif requested == "last" or (cfg.get("auto_resume") and not requested):
+        if requested == "last" and not last.is_file():
+            raise CheckpointError(f"ckpt_path=last: no last.ckpt in {last.parent}; point hydra.run.dir at the run to resume "
+                                  "(or use auto_resume=true to start fresh when there is none)")
+        if not last.is_file():
+            if not run_dir_is_fixed():
+                log.warning("auto_resume=true with a new timestamped run dir (%s): a restarted job will not find this "
+                            "run's checkpoints; set hydra.run.dir=outputs/<name>", last.parent.parent)
+            return None
+        requested, candidates = "last", [last]
+        if cfg.get("init_from"):
+            log.info("resuming %s, so init_from=%s is ignored (the run continues)", last, cfg.init_from)
+            cfg.init_from = None
+    elif requested:
+        candidates = [Path(str(requested)).expanduser()]
+        if not candidates[0].is_file():
+            raise CheckpointError(f"ckpt_path={requested}: no such checkpoint file (accepted: a .ckpt file, 'last' or 'hpc')")
+        requested = str(candidates[0])
+    else:
+        return None
+    for path in candidates:
+        log.info("resuming from %s (global step %s)", path, check_checkpoint(path).get("global_step", "?"))
+    return requested
+
+
+def check_run(cfg: DictConfig) -> list[str]:
+    """What `validate_config` leaves to the run: the model's parts fit (`vision_spec`, no weights),
+    `stage.trainable` names parts it has, training has steps and the LR warm-up fits in them.
+    Returns the parts that will train."""
+    from hydra.utils import get_class
+
+    from dsvl.model import vision_spec
+    from dsvl.stages.freezing import expand_part_names
+
+    spec = vision_spec(cfg.model)  # dsvl.model.ConfigError (one line) for parts that do not fit
+    towers = [p for p, key in (("vision.low", "pixel_values"), ("vision.high", "high_res_pixel_values")) if spec.input(key)]
+    trainable = cfg.stage.get("trainable")
+    trainable = get_class(cfg.stage._target_).default_trainable if trainable is None else trainable
+    parts = expand_part_names(list(trainable), [*towers, "adaptor", "llm"])
+    max_steps = int(cfg.trainer.get("max_steps") or -1)
+    if max_steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be > 0 (training is counted in global steps), got {max_steps}")
+    warmup = OmegaConf.select(cfg, "scheduler.warmup_steps")
+    if warmup is not None and int(warmup) > max_steps:
+        raise ConfigError(f"scheduler.warmup_steps={warmup} exceeds trainer.max_steps={max_steps} (accepted: 0 to {max_steps})")
+    return parts
+
+
+def accumulation(cfg: DictConfig, world: int) -> int:
+    """Micro-batches per optimizer step: `stage.global_batch` / (micro-batch x world size), one line if it is not whole."""
+    micro = int(cfg.data.get("micro_batch_size") or cfg.data.get("batch_size") or 0)
+    global_batch = int(cfg.stage.get("global_batch") or micro * world)
+    if micro <= 0 or global_batch % (micro * world):
+        raise ConfigError(f"stage.global_batch={global_batch} is not divisible by data.micro_batch_size={micro} x world size "
+                          f"{world} (trainer.devices x trainer.num_nodes)")
+    steps = global_batch // (micro * world)
+    if cfg.trainer.get("accumulate_grad_batches") not in (None, steps):
+        raise ConfigError(f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches} contradicts stage.global_batch="
+                          f"{global_batch} / (data.micro_batch_size={micro} x world size {world}) = {steps}; remove it, it is derived")
+    return steps
+
+
+def set_accumulation(cfg: DictConfig, trainer: Any) -> None:
+    """The Trainer's accumulation from its own world size; validation every `val_every_n_steps` optimizer steps
+    (Lightning counts micro-batches), else none during fit."""
+    trainer.accumulate_grad_batches = steps = accumulation(cfg, int(trainer.world_size))
+    if cfg.get("val_every_n_steps"):
+        trainer.val_check_interval = int(cfg.val_every_n_steps) * steps
+        if cfg.get("limit_val_batches") is not None:
+            trainer.limit_val_batches = cfg.limit_val_batches
+    else:  # no validation during fit; validate_at_end runs it once after
+        trainer.limit_val_batches, trainer.val_check_interval = 0, trainer.max_steps * steps + 1
+
+
+# ---------------------------------------------------------------------------------------- parts
+def instantiate_part(node: DictConfig, key: str) -> Any:
+    """`hydra.utils.instantiate` of one logger / callback; a logger whose package is missing is one line."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all")
+    except Exception as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, ModuleNotFoundError) and key.startswith("logger."):
+            raise ConfigError(f"{key} needs a package that is not installed ({' '.join(str(cause).split())}); "
+                              "pip install it or choose another logger") from None
+        raise
+
+
+def fill_wandb(cfg: DictConfig, stage_name: str, output_dir: Path) -> None:
+    """One W&B run per run dir across restarts (its id kept in `<run dir>/wandb_run_id`, resume="allow");
+    group = `run_group` (the pipeline's) or the multirun sweep's dir; job_type = the stage; offline unless
+    an API key is set, so runs never need an account."""
+    from dsvl.cli._config import is_multirun
+
+    for node in (cfg.get("logger") or {}).values():
+        if not node or not str(node.get("_target_", "")).endswith("WandbLogger"):
+            continue
+        id_file = output_dir / WANDB_ID_FILE
+        if not id_file.is_file():
+            id_file.write_text(uuid.uuid4().hex[:12] + "\n")
+        group = cfg.get("run_group")
+        if group is None and is_multirun():
+            from hydra.core.hydra_config import HydraConfig
+
+            group = Path(HydraConfig.get().sweep.dir).name
+        mode = os.environ.get("WANDB_MODE")
+        offline = mode in ("offline", "dryrun", "disabled") if mode else not os.environ.get("WANDB_API_KEY")
+        with open_dict(node):
+            for key, value in (("id", id_file.read_text().strip()), ("group", group), ("job_type", stage_name), ("offline", offline)):
+                if node.get(key) is None:
+                    node[key] = value
+
+
+def build_datamodule(cfg: DictConfig, accumulation: int, supervise: str) -> Any:
+    """The data config instantiated with what only the run knows: the model's vision spec (no weights
+    needed), what the stage's labels supervise, accumulation and seed (unless the data config sets them)."""
+    import inspect
+
+    from hydra.utils import get_class, instantiate
+
+    from dsvl.model import vision_spec
+
+    params = inspect.signature(get_class(cfg.data._target_)).parameters
+    offered = {"vision_spec": vision_spec(cfg.model), "supervise": supervise, "accumulate_grad_batches": accumulation,
+               "seed": int(cfg.get("seed", 0)),
+               "mc_val": OmegaConf.to_container(cfg.mc_val, resolve=True) if cfg.get("mc_val") is not None else None}
+    extra = {k: v for k, v in offered.items() if cfg.data.get(k) is None and k in params}
+    if cfg.data.get("supervise") not in (None, supervise):
+        log.warning("data.supervise=%s differs from the stage's default (%s)", cfg.data.supervise, supervise)
+    return instantiate(cfg.data, _convert_="all", **extra)
+
+
+def data_tokenizer(datamodule: Any) -> Any | None:
+    """The transformers tokenizer the datamodule encodes with (None when it has none)."""
+    text = getattr(getattr(datamodule, "encoder", None), "text", None)
+    return getattr(text, "tokenizer", None) or getattr(datamodule, "tokenizer", None)
+
+
+def align_model_to_data(cfg: DictConfig, datamodule: Any) -> None:
+    """The model's image token id is the tokenizer's; its vocabulary must cover the tokenizer."""
+    token_id = getattr(datamodule, "image_token_id", None)
+    if token_id is not None and cfg.model.get("image_token_id") != token_id:
+        log.info("model.image_token_id set to the tokenizer's image token id %s", token_id)
+        cfg.model.image_token_id = int(token_id)
+    tokenizer = data_tokenizer(datamodule)
+    vocab = OmegaConf.select(cfg.model, "llm.vocab_size")
+    if tokenizer is not None and vocab is not None and len(tokenizer) > int(vocab):
+        raise ConfigError(f"model.llm.vocab_size={vocab} is smaller than the tokenizer ({len(tokenizer)} tokens)")
+
+
+def export_model(model: Any, datamodule: Any, out: Path) -> Path:
+    """`save_pretrained` of the model plus the tokenizer files: a transformers-loadable directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer = data_tokenizer(datamodule)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    log.info("exported model to %s", out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- entry
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    """The Hydra app (composition, run dir, multirun) around `run_task`."""
-    return run_task(cfg)
+    """The Hydra app (composition, run dir, multirun): train, return the sweep objective (`optimized_metric`;
+    nan when the run did not produce it)."""
+    value = guarded("dsvl-train", lambda: train(cfg), close_wandb).get(cfg.get("optimized_metric") or "")
+    return value if value is not None and math.isfinite(value) else float("nan")
 
 
 def main() -> None:
     """Console script `dsvl-train`: a config Hydra cannot compose is one line and exit 2, then Hydra runs."""
-    import sys
-
     from dsvl.cli._config import fail
     from dsvl.cli.validate import precheck_overrides
 

@@ -1,4 +1,4 @@
-"""The "deepseek" chat template of DeepSeek-VL (SPEC.md §2), as supervised text segments.
+"""The "deepseek" chat template of DeepSeek-VL (DeepSeek-VL paper), as supervised text segments.
 
 The template is rendered into segments that carry a `supervised` flag instead of one string, so
 label masking is exact (no re-alignment of character offsets after tokenization).

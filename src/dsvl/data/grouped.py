@@ -1,4 +1,4 @@
-"""Modality-grouped micro-batches (SPEC.md §3): every global step draws all its micro-batches
+"""Modality-grouped micro-batches (DeepSeek-VL paper): every global step draws all its micro-batches
 from the stream its modality names.
 
 `GlobalStepBatches` is an IterableDataset that itself walks global micro-batch indices

@@ -1,4 +1,4 @@
-"""Per-tower image preprocessing (SPEC.md §2), tensor-for-tensor the same as transformers'
+"""Per-tower image preprocessing (DeepSeek-VL paper), tensor-for-tensor the same as transformers'
 DeepseekVLImageProcessor / DeepseekVLHybridImageProcessor (PIL backends), but without their
 per-call kwarg validation and numpy round trips, so it is cheap enough for data workers.
 

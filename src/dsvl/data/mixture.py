@@ -1,4 +1,4 @@
-"""A weighted mixture of sources for one modality (SPEC.md Tables 1 and 2 as config).
+"""A weighted mixture of sources for one modality (the DeepSeek-VL paper's Tables 1 and 2 as config).
 
 Which source gives the next sample is decided by a deterministic quota (smooth weighted round
 robin on the counts drawn so far), so the realised shares track the weights within one sample

@@ -1,4 +1,4 @@
-"""Multiple-choice samples -> scoring batches for PPL-based evaluation (SPEC.md §4).
+"""Multiple-choice samples -> scoring batches for PPL-based evaluation (DeepSeek-VL paper).
 
 An MC sample is a shard sample whose json has ``options`` and ``answer`` and a conversation that
 ends with the user's question (``{"modality", "category", "conversation", "options",

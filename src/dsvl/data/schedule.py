@@ -1,4 +1,4 @@
-"""The language share of global steps (SPEC.md §3, modality warm-up) and each step's modality.
+"""The language share of global steps (DeepSeek-VL paper, modality warm-up) and each step's modality.
 
 `language_ratio(step)` warms from `start` to `target` over `warmup_steps` (linear or cosine),
 then stays at `target`. `modality(step)` is decided by error diffusion on the cumulative

@@ -1,6 +1,6 @@
 """Chat generation on top of `VisionLanguageModel.generate`: batched, left padded, multi-image.
 
-Prompts are rendered with the data pipeline's chat template (SPEC.md §2, `dsvl.data.chat`) and
+Prompts are rendered with the data pipeline's chat template (DeepSeek-VL paper, `dsvl.data.chat`) and
 tokenized by its `TextEncoder`, so generation sees exactly the token layout training used:
 BOS, placeholders expanded to the tower's token count, the prompt ending with "Assistant:".
 Rows are left padded so every row's next token comes from the last column (what HF generate with
@@ -32,7 +32,7 @@ ImageLike = Image.Image | str | Path
 
 @dataclass
 class GenerationSettings:
-    """Decoding options passed to HF generate; greedy by default (SPEC §4: greedy for evaluation)."""
+    """Decoding options passed to HF generate; greedy by default (DeepSeek-VL paper: greedy for evaluation)."""
 
     max_new_tokens: int = 128
     do_sample: bool = False

@@ -1,7 +1,7 @@
 """Validation metrics: multiple choice by perplexity, held-out text perplexity, multimodal loss.
 
 All three are torchmetrics `Metric`s, so Lightning syncs them across ranks and resets them per
-epoch. SPEC §4: DeepSeek-VL watches stage 2 by multi-choice PPL (generation of small models is
+epoch. DeepSeek-VL paper: DeepSeek-VL watches stage 2 by multi-choice PPL (generation of small models is
 too noisy) and language forgetting by perplexity on held-out text.
 
 Under DDP, Lightning's `DistributedSampler` pads the last round by repeating up to

@@ -1,4 +1,4 @@
-"""Stage 1, adaptor warm-up: only the vision-language adaptor trains (SPEC §3)."""
+"""Stage 1, adaptor warm-up: only the vision-language adaptor trains (DeepSeek-VL paper)."""
 from __future__ import annotations
 
 from dsvl.stages.base import VLMStage

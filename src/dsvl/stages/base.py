@@ -1,5 +1,5 @@
 """`VLMStage`: the LightningModule shared by the three stages (forward, loss, logging, validation,
-optimizer, scheduler, freezing). A stage subclass only says what differs (SPEC §3):
+optimizer, scheduler, freezing). A stage subclass only says what differs (the paper's Table 4):
 which parts train, what its labels supervise, and its optimizer defaults.
 """
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import grad_norm, rank_zero_only
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics import MeanMetric
 
 from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
 from dsvl.eval.scoring import forward_inputs, score_options
@@ -40,6 +41,9 @@ class VLMStage(LightningModule):
         trainable: part names that train; None gives the stage's `default_trainable`.
         global_batch: samples per optimizer step over all devices (the CLI derives gradient
             accumulation from it; kept here so it is logged with the module).
+        model_config: the resolved model config as a plain dict (image token id included), saved
+            as a hyperparameter so a `.ckpt` rebuilds its model alone (`load_stage_checkpoint`).
+        tokenizer: the tokenizer directory the data encodes with (saved the same way, for eval/chat).
     """
 
     stage_name: ClassVar[str] = "stage"
@@ -54,8 +58,15 @@ class VLMStage(LightningModule):
         scheduler: SchedulerFactory | None = None,
         trainable: Sequence[str] | None = None,
         global_batch: int | None = None,
+        model_config: Mapping[str, Any] | None = None,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__()
+        # plain values only (no nn.Module, no partials): the checkpoint loads with weights_only=True
+        self.save_hyperparameters({"stage_name": self.stage_name, "model_config": dict(model_config or {}),
+                                   "image_token_id": (model_config or {}).get("image_token_id"),
+                                   "tokenizer": tokenizer, "trainable": list(trainable) if trainable is not None else None,
+                                   "global_batch": global_batch})
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -64,10 +75,12 @@ class VLMStage(LightningModule):
         self.val_text_ppl = TextPerplexity()
         self.val_mm_loss = MultimodalLoss()
         self.val_mc_acc = MultipleChoiceAccuracy()
+        # token-weighted mean loss of one global step (reset at its end); rank-local like the step's modality
+        self.train_loss = nn.ModuleDict({m: MeanMetric(nan_strategy="disable", sync_on_compute=False)
+                                         for m in ("all", *MODALITY_CODE)})
         self.current_modality: str | None = None
-        self._window: dict[str, Tensor] = {}
         self._sample_batch: dict[str, Any] | None = None
-        self.final_loss: dict[str, Tensor] = {}  # last global step's loss per modality (the demo's summary)
+        self._tokens_per_batch = 0
 
     # ------------------------------------------------------------------ freezing
     def train(self, mode: bool = True) -> VLMStage:
@@ -78,10 +91,6 @@ class VLMStage(LightningModule):
             for name in self.frozen_parts:
                 parts[name].eval()
         return self
-
-    def parameter_rows(self) -> list[dict[str, Any]]:
-        """`parameter_summary()` rows of the model (part, total, trainable)."""
-        return list(self.model.parameter_summary())
 
     def on_fit_start(self) -> None:
         self._report_freezing()
@@ -94,7 +103,7 @@ class VLMStage(LightningModule):
 
     @rank_zero_only
     def _report_freezing(self) -> None:
-        rows = self.parameter_rows()
+        rows = list(self.model.parameter_summary())
         log.info("stage %s: training %s, frozen %s\n%s", self.stage_name, self.trainable_parts or "-",
                  self.frozen_parts or "-", freeze_table(rows))
         params = {f"parts/{r['part']}/total": int(r["total"]) for r in rows}
@@ -112,38 +121,42 @@ class VLMStage(LightningModule):
             inputs["labels"] = batch["labels"]
         return self.model(**inputs)
 
-    def _accumulation(self) -> int:
-        return int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1) if self._trainer is not None else 1
-
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         out = self(batch)
-        loss = out.loss  # the core gives 0 (with a graph) for a micro-batch without supervised tokens
-        tokens = out.num_loss_tokens.detach().float()
+        self.log_train_step(batch, out)
+        return out.loss  # the core gives 0 (with a graph) for a micro-batch without supervised tokens
+
+    def log_train_step(self, batch: Mapping[str, Any], out: Any) -> None:
+        """Accumulate the micro-batch's loss (weighted by its supervised tokens); at the global step's last
+        micro-batch log the step's mean as `train/loss` and `train/loss_<modality>`."""
         modality = str(batch.get("modality", "text"))
         self.current_modality = modality
-        if batch_idx % self._accumulation() == 0:  # first micro-batch of a global step
-            self._window = {"nll": torch.zeros((), device=loss.device), "tokens": torch.zeros((), device=loss.device)}
-        # kept as tensors: reading them back to the host every micro-batch would sync the GPU
-        self._window["nll"] = self._window["nll"] + loss.detach().float() * tokens
-        self._window["tokens"] = self._window["tokens"] + tokens
-        # running token-weighted mean of the global step (nan without tokens): logged at its last micro-batch
-        step_loss = self._window["nll"] / self._window["tokens"]
-        self.final_loss[modality] = step_loss
+        self._tokens_per_batch = int(batch["input_ids"].numel())
+        loss, tokens = out.loss.detach().float(), out.num_loss_tokens.detach().float()
+        for key in ("all", modality):
+            if key in self.train_loss:
+                self.train_loss[key].update(loss, weight=tokens)
         size = int(batch["input_ids"].shape[0])
-        self.log("train/loss", step_loss, on_step=True, prog_bar=True, batch_size=size)
-        self.log(f"train/loss_{modality}", step_loss, on_step=True, batch_size=size)
         self.log("train/modality", float(MODALITY_CODE.get(modality, -1)), on_step=True, batch_size=size)
-        opt = self.trainer.optimizers[0] if self.trainer.optimizers else None
-        if opt is not None:
-            self.log("train/lr", float(opt.param_groups[0]["lr"]), on_step=True, batch_size=size)
-        return loss
+        if self.trainer.fit_loop._should_accumulate():
+            return  # mid global step: Lightning logs a step's metrics once, after its optimizer step
+        for key, metric in self.train_loss.items():
+            if metric.update_called:
+                name = "train/loss" if key == "all" else f"train/loss_{key}"
+                self.log(name, metric.compute(), on_step=True, prog_bar=key == "all", batch_size=size)
+                metric.reset()
+
+    @property
+    def flops_per_batch(self) -> int:
+        """Training FLOPs of the last micro-batch, 6 x parameters x tokens (forward 2, backward 4), for
+        Lightning's ThroughputMonitor (`train/flops_per_sec`, `train/mfu` on known accelerators)."""
+        return 6 * sum(p.numel() for p in self.model.parameters()) * self._tokens_per_batch
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         """Total gradient norm of the trainable parameters, before clipping."""
-        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        norms = grad_norm(self.model, norm_type=2)
+        if norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -233,11 +246,12 @@ class VLMStage(LightningModule):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters only; biases and norms (ndim < 2) never decay."""
+        """Trainable parameters only; biases and norms (ndim < 2) never decay. The group names show
+        in LearningRateMonitor's metrics (`train/lr/decay`, `train/lr/no_decay`)."""
         decay, no_decay = [], []
         for p in self.trainable_parameters():
             (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self) -> Any:
@@ -249,4 +263,5 @@ class VLMStage(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1, "name": "train/lr"}}

@@ -1,20 +1,23 @@
-"""`init_from`: start a stage from the previous stage's weights (weights only, safe loading).
+"""Weights in and out of stage checkpoints, always through `torch.load(weights_only=True)`.
 
-Accepts a Lightning `.ckpt` (its `state_dict`, keys under `model.`) or an exported directory
-(`save_pretrained`, loaded by `VisionLanguageModel.from_pretrained`). Optimizer, scheduler and
-data position are deliberately not carried over: a new stage is a new run (use `ckpt_path=` to
-resume the same stage).
+- `load_init_weights`: `init_from`, a new stage starting from the previous stage's weights (a
+  Lightning `.ckpt`, keys under `model.`, or an exported `save_pretrained` directory). Optimizer,
+  scheduler and data position are deliberately not carried over: a new stage is a new run.
+- `load_stage_checkpoint`: a `.ckpt` alone gives back its model, because the stage saved the
+  resolved model config, image token id and tokenizer directory as hyperparameters (eval, chat).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from dsvl.errors import CheckpointError
-from dsvl.model.safe_load import UnsafeCheckpointError, safe_torch_load
+from dsvl.model.safe_load import UnsafeCheckpointError, check_checkpoint, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +27,33 @@ class InitFromError(CheckpointError):
 
 
 def check_init_from(path: str | Path) -> Path:
-    """The path, checked to exist and to be a `.ckpt` file or a directory (before any weights load)."""
+    """The path, checked to exist and to be a `.ckpt` file (opened the safe way, tensors mapped, not read)
+    or a directory, before any weights are built."""
     p = Path(path).expanduser()
     if not p.exists():
         raise InitFromError(f"init_from={path}: no such file or directory")
     if p.is_file() and p.suffix not in (".ckpt", ".pt", ".pth"):
         raise InitFromError(f"init_from={path}: expected a Lightning .ckpt file or an exported model directory")
+    if p.is_file():
+        try:
+            check_checkpoint(p)
+        except UnsafeCheckpointError as err:
+            raise InitFromError(f"init_from={path}: {err}") from None
     return p
 
 
-def lightning_state_dict(path: Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
-    """The model weights of a Lightning checkpoint, loaded with `weights_only=True`."""
+def _load(path: Path) -> dict[str, Any]:
     try:
         ckpt = safe_torch_load(path, map_location="cpu")  # weights_only: a pickle needing code execution is refused
     except UnsafeCheckpointError as err:
         raise InitFromError(f"init_from={path}: {err}") from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt, dict):
+        raise InitFromError(f"init_from={path}: not a checkpoint dict")
+    return ckpt
+
+
+def _model_state(ckpt: dict[str, Any], path: Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise InitFromError(f"init_from={path}: no state_dict inside")
     if any(k.startswith(prefix) for k in state):
@@ -47,17 +61,14 @@ def lightning_state_dict(path: Path, prefix: str = "model.") -> dict[str, torch.
     return state
 
 
-def load_init_weights(model: nn.Module, path: str | Path) -> None:
-    """Copy weights from `path` into `model` (all parts must match: stages share one architecture)."""
-    p = check_init_from(path)
-    if p.is_dir():
-        from dsvl.model import VisionLanguageModel
+def lightning_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a Lightning checkpoint, loaded with `weights_only=True`."""
+    return _model_state(_load(Path(path)), path)
 
-        state = VisionLanguageModel.from_pretrained(str(p)).state_dict()
-    else:
-        state = lightning_state_dict(p)
+
+def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """All parameters must match (stages share one architecture); rebuilt buffers (rotary caches) may be absent."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # buffers that are recomputed at build time (e.g. rotary caches) may be absent; parameters may not
     param_names = {n for n, _ in model.named_parameters()}
     missing_params = [k for k in missing if k in param_names]
     if missing_params or unexpected:
@@ -66,4 +77,42 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
             f"init_from={path}: weights do not match this model ({len(missing_params)} missing, {len(unexpected)} unexpected: {detail}); "
             "stages must use the same model config"
         )
-    log.info("initialised weights from %s (%d tensors)", p, len(state))
+    log.info("initialised weights from %s (%d tensors)", path, len(state))
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy weights from `path` (a `.ckpt` or an exported directory) into `model`."""
+    p = check_init_from(path)
+    if p.is_dir():
+        from dsvl.model import VisionLanguageModel
+
+        _copy_weights(model, VisionLanguageModel.from_pretrained(str(p)).state_dict(), p)
+    else:
+        _copy_weights(model, lightning_state_dict(p), p)
+
+
+@dataclass
+class StageCheckpoint:
+    """What a stage `.ckpt` holds for inference: the model (weights loaded) and the stage's hyperparameters
+    (`stage_name`, `model_config`, `image_token_id`, `tokenizer` directory, `trainable`, `global_batch`)."""
+
+    model: nn.Module
+    hparams: dict[str, Any]
+
+
+def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
+    """Rebuild the model of a dsvl stage `.ckpt` from its saved hyperparameters and load its weights.
+
+    Raises `InitFromError` (a `CheckpointError`, one line) for unsafe files or checkpoints without a
+    model config (written before stages saved their hyperparameters: pass the run's model config).
+    """
+    from dsvl.model import build_model
+
+    p = check_init_from(path)
+    ckpt = _load(p)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if not hparams.get("model_config"):
+        raise InitFromError(f"{path}: the checkpoint saves no model config (written by an older dsvl); pass the run's model config")
+    model = build_model(hparams["model_config"])
+    _copy_weights(model, _model_state(ckpt, p), p)
+    return StageCheckpoint(model=model, hparams=hparams)

@@ -1,4 +1,4 @@
-"""Stage 2, joint vision-language pretraining: adaptor + LLM train, towers frozen (SPEC §3)."""
+"""Stage 2, joint vision-language pretraining: adaptor + LLM train, towers frozen (DeepSeek-VL paper)."""
 from __future__ import annotations
 
 from dsvl.stages.base import VLMStage

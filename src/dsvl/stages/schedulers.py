@@ -97,7 +97,7 @@ class WarmupCosineLR(_WarmupLR):
 class WarmupMultiStepLR(_WarmupLR):
     """DeepSeek-LLM's multi-step schedule: linear warm-up, the peak, then fixed drops.
 
-    Defaults: 31.6% of the peak from 80% of `total_steps`, 10% from 90% (SPEC §3, Table 4
+    Defaults: 31.6% of the peak from 80% of `total_steps`, 10% from 90% (DeepSeek-VL paper, Table 4
     "step"). `milestones` are fractions of `total_steps` (or absolute steps when > 1) and
     `factors` the lr multiplier from each milestone on.
     """

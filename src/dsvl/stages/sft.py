@@ -1,4 +1,4 @@
-"""Stage 3, supervised fine-tuning: adaptor + LLM + SigLIP train, SAM stays frozen (SPEC §3)."""
+"""Stage 3, supervised fine-tuning: adaptor + LLM + SigLIP train, SAM stays frozen (DeepSeek-VL paper)."""
 from __future__ import annotations
 
 from dsvl.stages.base import VLMStage

@@ -169,16 +169,16 @@ def strategy_name(trainer_cfg: Mapping[str, Any]) -> str:
 
 def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
     """One-line errors for strategies that cannot run here (before any weights are built)."""
-    from dsvl.stages.runner import TrainConfigError
+    from dsvl.errors import ConfigError
 
     name = strategy_name(trainer_cfg)
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     if name == "deepspeed":
         if importlib.util.find_spec("deepspeed") is None:
-            raise TrainConfigError("trainer=deepspeed needs the deepspeed package (pip install deepspeed, on a CUDA machine); "
+            raise ConfigError("trainer=deepspeed needs the deepspeed package (pip install deepspeed, on a CUDA machine); "
                                    "or use trainer=fsdp, Lightning's FSDP2, which needs nothing extra")
         if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
-            raise TrainConfigError("trainer=deepspeed runs on GPUs only; on CPU use trainer=ddp or trainer=fsdp with trainer.accelerator=cpu")
+            raise ConfigError("trainer=deepspeed runs on GPUs only; on CPU use trainer=ddp or trainer=fsdp with trainer.accelerator=cpu")
 
 
 def slurm_environment(auto_requeue: bool = True, requeue_signal: str = "SIGUSR1") -> SLURMEnvironment:
