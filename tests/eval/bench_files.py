@@ -155,7 +155,7 @@ def write_mmlu_parquet(path: Path) -> dict[str, Any]:
 
 def write_text(path: Path) -> dict[str, Any]:
     """Pile-test layout: {"text", "meta"} lines; one empty document."""
-    docs = [{"text": "The cat sat on the mat. " * 20, "meta": {"pile_set_name": "Pile-CC"}},
+    docs = [{"text": "The cat sat on the mat. " * 6, "meta": {"pile_set_name": "Pile-CC"}},
             {"text": "A red square is left of a blue circle.", "meta": {"pile_set_name": "Wiki"}},
             {"text": "  ", "meta": {}}]
     path.write_text("\n".join(json.dumps(d) for d in docs) + "\n")

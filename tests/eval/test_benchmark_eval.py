@@ -14,7 +14,6 @@ import torch
 
 from dsvl.cli import evaluate
 from dsvl.data.bad_samples import BadSample
-from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
 from dsvl.data.demo import generate_samples
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.multiple_choice import LETTER_INSTRUCTION, MultipleChoiceCollator, MultipleChoiceSample
@@ -27,6 +26,15 @@ from dsvl.eval.scoring import forward_inputs, score_options
 
 from . import bench_files as bf
 from .eval_helpers import model_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """Tiny models gain nothing from a second intra-op thread, and on a busy 2-core machine it costs 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +68,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]
 
 def hand_option_losses(model: torch.nn.Module, tokenizer: Any, q: Question, letters: bool) -> list[float]:
     """Each option's mean NLL from its own forward pass (pixels encoded for every option)."""
-    encoder = TextEncoder(tokenizer, model.num_image_tokens, supervise="assistant", system_prompt=DEFAULT_SYSTEM_PROMPT)
+    encoder = TextEncoder(tokenizer, model.num_image_tokens, supervise="assistant", system_prompt=None)
     text = q.text
     if letters:
         text += "\n" + "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(q.options)) + f"\n{LETTER_INSTRUCTION}"
@@ -106,7 +114,8 @@ def test_dsvl_eval_reports_hand_computed_numbers(export: Path, files: dict[str, 
     args += [f"benchmarks.{name}.images={files[name]['images']}" for name in ("seed", "pope")]
     args += ["benchmarks.mmbench_cn.path=" + str(files["mmbench"]["path"]), "benchmarks.mmbench_cn.mode=ppl_letter",
              "benchmarks.pope.mode=generate", "benchmarks.pope.max_new_tokens=3", "benchmarks.mmlu.batch_size=2"]
-    monkeypatch.setattr("sys.argv", ["dsvl-eval", f"checkpoint={export}", "device=cpu", f"hydra.run.dir={tmp_path}", *args])
+    monkeypatch.setattr("sys.argv", ["dsvl-eval", f"checkpoint={export}", "device=cpu", "system_prompt=none",
+                                     f"hydra.run.dir={tmp_path}", *args])
     evaluate.main()
     out = capsys.readouterr().out
     assert "mmbench/accuracy" in out and "pope/f1" in out and "text_ppl/perplexity" in out and "mmbench/l2-category/" in out
@@ -144,7 +153,7 @@ def test_dsvl_eval_reports_hand_computed_numbers(export: Path, files: dict[str, 
 def test_generate_mode_answers_open_and_lettered_questions(tiny_model: torch.nn.Module, tokenizer: Any,
                                                             files: dict[str, dict[str, Any]]) -> None:
     spec = BenchmarkSpec(name="mmmu", path=str(files["mmmu"]["path"]), mode="generate", max_new_tokens=2)
-    report = evaluate_benchmark(tiny_model, tokenizer, spec)
+    report = evaluate_benchmark(tiny_model, tokenizer, spec, system_prompt=None)
     assert report["num_samples"] == 3 and report["skipped"] == files["mmmu"]["skipped"]  # the open question counts here
     assert 0.0 <= report["accuracy"] <= 1.0
 
@@ -153,8 +162,9 @@ def test_mc_shards_and_mmbench_tsv_agree(tiny_model: torch.nn.Module, tokenizer:
     samples = list(generate_samples("mc", "val", 8, seed=3))
     write_shards(samples, tmp_path / "mc", prefix="mc")
     bf.write_tsv(tmp_path / "same.tsv", [bf.mc_sample_to_mmbench(i, s) for i, s in enumerate(samples)])
-    shards = evaluate_mc(tiny_model, tokenizer, str(tmp_path / "mc"), mode="text", batch_size=3)
-    tsv = evaluate_benchmark(tiny_model, tokenizer, BenchmarkSpec(name="mmbench", path=str(tmp_path / "same.tsv"), batch_size=3))
+    shards = evaluate_mc(tiny_model, tokenizer, str(tmp_path / "mc"), mode="text", batch_size=3, system_prompt=None)
+    tsv = evaluate_benchmark(tiny_model, tokenizer, BenchmarkSpec(name="mmbench", path=str(tmp_path / "same.tsv"), batch_size=3),
+                             system_prompt=None)
     assert tsv["num_samples"] == shards["num_samples"] == 8
     assert tsv["accuracy"] == pytest.approx(shards["accuracy"])
     assert {k: v["accuracy"] for k, v in tsv["per_category"]["category"].items()} == \
