@@ -212,9 +212,14 @@ class BenchmarkScorer:
 
 @torch.no_grad()
 def run_benchmark(model: nn.Module, tokenizer: Any, spec: BenchmarkSpec, system_prompt: str | None,
-                  rank: int = 0, world_size: int = 1) -> tuple[list[Record], SkipCounter]:
-    """This rank's records and skips (reader skips of its share of rows, and scoring skips)."""
-    questions, skips = my_share(list(spec.questions()), rank, world_size)
+                  rank: int = 0, world_size: int = 1,
+                  items: Sequence[Question | BadSample] | None = None) -> tuple[list[Record], SkipCounter]:
+    """This rank's records and skips (reader skips of its share of rows, and scoring skips).
+
+    `items`: the benchmark's rows already read (`list(spec.questions())`), e.g. kept by a caller
+    that scores the same benchmark at every validation.
+    """
+    questions, skips = my_share(items if items is not None else list(spec.questions()), rank, world_size)
     scorer = BenchmarkScorer(model, tokenizer, spec, system_prompt)
     records = scorer.score(questions)
     return records, skips.merge(scorer.skips)
