@@ -37,16 +37,18 @@ def mid_model(tokenizer: Any, device: str) -> torch.nn.Module:
     return build_model(node).to(device).eval()
 
 
-def _best_seconds(fn: Any, repeats: int, device: str) -> float:
-    best = float("inf")
+def _best_seconds(fns: list[Any], repeats: int, device: str) -> list[float]:
+    """Fastest of `repeats` runs of each function, run in turns so both see the same machine load."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -81,7 +83,7 @@ def bench_option_scoring(data_dir: Path, questions: int = 48, repeats: int = 3, 
         return [score_options(model, b) for b in batches]
 
     diff = max(float((a - b).abs().max()) for a, b in zip(before(), after()))  # also the warm-up pass
-    t_before, t_after = _best_seconds(before, repeats, device), _best_seconds(after, repeats, device)
+    t_before, t_after = _best_seconds([before, after], repeats, device)
     rows = sum(int(b["input_ids"].shape[0]) for b in batches)
     return {"questions": len(samples), "option_rows": rows, "image_tokens_per_image": model.num_image_tokens,
             "before_questions_per_s": len(samples) / t_before, "after_questions_per_s": len(samples) / t_after,
