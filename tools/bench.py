@@ -17,6 +17,8 @@ Sections (each a ratio of two things measured here, now, on the same machine):
   over the trainer's consumption (>= 1: one worker keeps up);
 - convert: `dsvl-data convert --format llava` records/s on 384-px JPEGs per worker count (tools/bench_convert.py);
 - memory: peak RSS of a demo stage-2 run (`dsvl-train experiment=demo/pretrain`) in a subprocess;
+- eval: questions/s of multiple-choice option scoring at the mid size, each option row encoding its
+  own copy of the question's images vs each question's images encoded once (`tools/bench_eval.py`);
 - cuda (only with --device cuda): tokens/s and model FLOPs utilisation of stage-2 steps.
 
 Timings take, per step, the fastest of `--repeats` passes (other processes on a shared machine only
@@ -43,10 +45,9 @@ for _k, _v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZ
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import bench_convert  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))  # the bench_<topic>.py sections
+from bench_convert import bench_convert  # noqa: E402
 RATIO_70_30 = "{start: 0.7, target: 0.7, warmup_steps: 0, shape: linear}"
 # a mid-size hybrid model: 4-layer LLM of width 256, towers at 64 / 128 px giving 64 image tokens per image
 MID = ["model.llm.hidden_size=256", "model.llm.intermediate_size=688", "model.llm.num_hidden_layers=4",
@@ -417,6 +418,10 @@ def table(results: dict[str, Any]) -> str:
     m = results.get("memory")
     if m:
         rows.append(("peak RSS, demo stage-2 run (MB)", f"{m['peak_rss_mb']:.0f}", "-", f"{m['steps']} steps, {m['seconds']:.0f} s"))
+    e = results.get("eval")
+    if e:
+        rows.append(("MC scoring questions/s mid (images once / per option)", f"{e['ratio']:.2f}", ">= 1.0",
+                     f"{e['after_questions_per_s']:.2f} vs {e['before_questions_per_s']:.2f} q/s, max |dscore| {e['max_abs_score_diff']:.1e}"))
     for size, c in results.get("cuda", {}).items():
         if isinstance(c, dict):
             mfu = f"{c['mfu']:.3f}" if c.get("mfu") is not None else "n/a"
@@ -445,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak for MFU (default: known GPUs)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: one core per measurement, stable when the machine is shared)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "grouping", "packing", "images", "convert", "memory"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "grouping", "packing", "images", "convert", "memory", "eval"])
     args = ap.parse_args(argv)
     quick = args.quick
     steps, repeats, warmup = (6, 1, 2) if quick else (30, 3, 4)
@@ -474,6 +479,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["convert"] = bench_convert(40 if quick else 400)
         if "memory" not in args.skip:
             results["memory"] = bench_memory(data_dir, tmp, 3 if quick else 20)
+        if "eval" not in args.skip:
+            from bench_eval import bench_option_scoring
+
+            results["eval"] = bench_option_scoring(data_dir, 8 if quick else 48, repeats, args.device)
         if args.device == "cuda":
             if not torch.cuda.is_available():
                 raise SystemExit("--device cuda: no CUDA device visible")

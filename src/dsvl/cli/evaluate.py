@@ -1,8 +1,9 @@
-"""`dsvl-eval`: multiple choice by perplexity and held-out text perplexity of a trained model.
+"""`dsvl-eval`: public benchmarks, multiple choice by perplexity and held-out text perplexity of a trained model.
 
 Loading lives here (it reuses the training side's checkpoint reader); the evaluation itself is
-`dsvl.eval.evaluate`.
+`dsvl.eval.evaluate` and `dsvl.eval.benchmarks`.
 
+    dsvl-eval checkpoint=outputs/export/demo benchmarks.mmbench.path=MMBench_DEV_EN.tsv benchmarks.mmlu.path=mmlu/test
     dsvl-eval checkpoint=outputs/train/<run>/checkpoints/last.ckpt mc.shards=data/demo/mc/val
     dsvl-eval checkpoint=outputs/export/demo text.shards=data/demo/pretrain/text/val mc.modes=[text,letter]
 
@@ -25,9 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from dsvl.cli._config import CONFIG_DIR, fail, one_line
+from dsvl.cli._config import CONFIG_DIR, fail, guarded, one_line
 from dsvl.data.chat import IMAGE_TOKEN
-from dsvl.eval.evaluate import EvalError, evaluate_mc, evaluate_text, format_table
+from dsvl.errors import UserError
+from dsvl.eval.benchmarks import BenchmarkSpec
+from dsvl.eval.evaluate import EvalError, evaluate_benchmark, evaluate_mc, evaluate_text, format_table
 
 log = logging.getLogger(__name__)
 
@@ -242,22 +245,37 @@ def pick_system_prompt(requested: str | None, loaded: LoadedModel) -> str | None
     return None if requested.strip().lower() in ("", "none", "null") else requested
 
 
+def load_model(cfg: DictConfig) -> LoadedModel:
+    """The model to evaluate: a dsvl `.ckpt` or an exported directory (`checkpoint=`), on `device`, in `dtype`."""
+    return load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), resolve_device(cfg.get("device")), cfg.get("dtype"),
+                              cfg.get("model"))
+
+
+def benchmark_specs(node: DictConfig | None) -> list[BenchmarkSpec]:
+    """The `benchmarks` entries that have a path, checked (before any weights load)."""
+    entries = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    return [BenchmarkSpec.from_config(name, entry) for name, entry in entries.items() if entry and entry.get("path")]
+
+
 def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Everything `dsvl-eval` does, as a function: returns the report and writes it as JSON."""
     start = time.perf_counter()
     mc_shards, text_shards = (OmegaConf.to_object(x) if OmegaConf.is_config(x) else x
                               for x in (cfg.mc.get("shards"), cfg.text.get("shards")))
-    if not mc_shards and not text_shards:
-        raise EvalError("nothing to evaluate: set mc.shards and/or text.shards")
+    benchmarks = benchmark_specs(cfg.get("benchmarks"))
+    if not mc_shards and not text_shards and not benchmarks:
+        raise EvalError("nothing to evaluate: set benchmarks.<name>.path, mc.shards and/or text.shards")
     modes = list(cfg.mc.get("modes") or ["text"])
     bad = [m for m in modes if m not in ("text", "letter")]
     if bad:
         raise EvalError(f"mc.modes: unknown mode {bad[0]!r}; accepted: text, letter")
-    loaded = load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), resolve_device(cfg.get("device")), cfg.get("dtype"),
-                                cfg.get("model"))
+    loaded = load_model(cfg)
     system_prompt = pick_system_prompt(cfg.get("system_prompt"), loaded)
     report: dict[str, Any] = {"model": str(loaded.path), "source": loaded.source, "tokenizer": loaded.tokenizer_path,
                               "device": str(next(loaded.model.parameters()).device), "system_prompt": system_prompt}
+    if benchmarks:
+        report["benchmarks"] = {spec.name: evaluate_benchmark(loaded.model, loaded.tokenizer, spec, system_prompt)
+                                for spec in benchmarks}
     if mc_shards:
         report["mc"] = {mode: evaluate_mc(loaded.model, loaded.tokenizer, mc_shards, mode, int(cfg.mc.batch_size),
                                           cfg.mc.get("limit"), system_prompt, cfg.mc.get("max_length")) for mode in modes}
@@ -274,18 +292,38 @@ def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str,
     return report
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    """Console script `dsvl-eval`."""
+def evaluate_and_print(cfg: DictConfig) -> None:
+    """`run_eval`, then the table; a user's mistake is one line and exit 2."""
     from dsvl.data.bad_samples import BadSample
 
+    def body() -> dict[str, Any]:
+        try:
+            return run_eval(cfg)
+        except (UserError, BadSample) as e:  # dsvl.errors kinds; `guarded` answers the older types the same way
+            fail(PROG, e)
+
     quiet_transformers()
-    try:
-        report = run_eval(cfg)
-    except (EvalError, BadSample, OmegaConfBaseException, FileNotFoundError) as e:
-        fail(PROG, e)
+    report = guarded(PROG, body, cleanup=lambda: None)
     print(format_table(report))
     print(f"report: {report['report_path']}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def hydra_main(cfg: DictConfig) -> None:
+    """The Hydra app (composition, run dir) around `evaluate_and_print`."""
+    evaluate_and_print(cfg)
+
+
+def main() -> None:
+    """Console script `dsvl-eval`: an override Hydra cannot compose (a typo) is one line and exit 2, then Hydra runs."""
+    import sys
+
+    from dsvl.cli.validate import precheck_overrides
+
+    error = precheck_overrides(sys.argv[1:], config_name="eval")
+    if error:
+        fail(PROG, error)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 - `score_options(model, mc_batch) -> (B, K)` mean option NLLs in one forward pass;
   `sequence_nll(logits, labels) -> (sum, count)` per row.
 - `ChatGenerator`, `GenerationSettings`: batched, left-padded, multi-image chat generation.
+- `evaluate_benchmark(model, tokenizer, BenchmarkSpec, system_prompt)`: a public benchmark file
+  (MMBench, SEED, POPE, MMMU, HellaSwag, MMLU, a text corpus; `dsvl.eval.benchmarks`) -> report.
 - `evaluate_mc(model, tokenizer, shards, mode, ...)`, `evaluate_text(model, tokenizer, shards, ...)`:
   whole evaluation sets -> report dicts (what `dsvl-eval` runs); `format_table(report)`.
 - `plot_run(run_dir, output=None) -> Path`: training curves PNG from the CSV logger.
@@ -30,6 +32,7 @@ _EXPORTS = {
     "GenerationSettings": "dsvl.eval.generation",
     "plot_run": "dsvl.eval.plots",
     "EvalError": "dsvl.eval.evaluate",
+    "evaluate_benchmark": "dsvl.eval.evaluate",
     "evaluate_mc": "dsvl.eval.evaluate",
     "evaluate_text": "dsvl.eval.evaluate",
     "format_table": "dsvl.eval.evaluate",

@@ -21,10 +21,11 @@ from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceColla
 from dsvl.data.streams import expand_urls, read_tar
 from dsvl.data.tokenize import TextEncoder
 from dsvl.errors import UserError
+from dsvl.eval.benchmarks import BenchmarkSpec, run_benchmark, summarize
 from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
-from dsvl.eval.scoring import forward_inputs, score_options
+from dsvl.eval.scoring import forward_inputs, score_options, to_model_device
 
-__all__ = ["EvalError", "evaluate_mc", "evaluate_text", "format_table"]
+__all__ = ["EvalError", "evaluate_benchmark", "evaluate_mc", "evaluate_text", "format_table"]
 
 
 class EvalError(UserError):
@@ -68,17 +69,6 @@ def _good(raws: Iterator[dict[str, Any]], parse: Any, counter: SkipCounter) -> I
             counter.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
 
 
-def _to_device(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """Tensors onto the model's device; images in its dtype."""
-    param = next(model.parameters())
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(param.device, dtype=param.dtype if v.is_floating_point() else None)
-        out[k] = v
-    return out
-
-
 @torch.no_grad()
 def evaluate_mc(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], mode: str = "text", batch_size: int = 8,
                 limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
@@ -92,7 +82,7 @@ def evaluate_mc(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], m
     collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt, max_length=max_length)
     metric = MultipleChoiceAccuracy(mode=mode)
     for batch in MultipleChoiceBatches(urls, collate, batch_size, limit, counter=counter):
-        batch = _to_device(batch, model)
+        batch = to_model_device(batch, model)
         metric.update(score_options(model, batch).cpu(), batch["answer"].cpu(), batch["categories"], batch["keys"])
     result = dict(metric.summary())
     result.update(shards=urls, skipped=counter.as_dict())
@@ -116,7 +106,7 @@ def evaluate_text(model: nn.Module, tokenizer: Any, shards: str | Sequence[str],
             group = [e for e in encoded if e.modality == modality]
             if not group:
                 continue
-            batch = _to_device(collate(group, text.pad_id, image_inputs), model)
+            batch = to_model_device(collate(group, text.pad_id, image_inputs), model)
             out = model(**forward_inputs(batch), labels=batch["labels"])
             metrics[modality].update(out.loss.float().cpu(), out.num_loss_tokens.cpu())
             samples[modality] += len(group)
@@ -133,9 +123,32 @@ def evaluate_text(model: nn.Module, tokenizer: Any, shards: str | Sequence[str],
     return result
 
 
+def evaluate_benchmark(model: nn.Module, tokenizer: Any, spec: BenchmarkSpec,
+                       system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
+    """One public benchmark (`dsvl.eval.benchmarks`) in one process: its report with where it came from."""
+    records, skips = run_benchmark(model, tokenizer, spec, system_prompt)
+    if not records:
+        raise EvalError(f"benchmarks.{spec.name}: no question could be scored in {spec.path} ({skips.summary()})")
+    return {"reader": spec.reader, "path": spec.path, "mode": spec.mode, **summarize(records, skips.as_dict())}
+
+
+BENCH_METRICS = ("accuracy", "row_accuracy", "precision", "recall", "f1", "yes_ratio", "perplexity")
+
+
+def _benchmark_rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [(f"{name}/{m}", f"{res[m]:.4f}", str(res["num_samples"])) for m in BENCH_METRICS if m in res]
+    for fld, values in res.get("per_category", {}).items():
+        rows += [(f"{name}/{fld}/{value}", f"{c['accuracy']:.4f}", str(c["num_samples"])) for value, c in values.items()]
+    if res["skipped"]:
+        rows.append((f"{name}/skipped", ", ".join(f"{k}={v}" for k, v in res["skipped"].items()), ""))
+    return rows
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The report as an aligned plain-text table (one row per metric)."""
     rows: list[tuple[str, str, str]] = []
+    for name, res in report.get("benchmarks", {}).items():
+        rows += _benchmark_rows(name, res)
     for mode, res in report.get("mc", {}).items():
         rows.append((f"mc/{mode}/accuracy", f"{res['accuracy']:.4f}", str(res["num_samples"])))
         for cat, c in res["per_category"].items():

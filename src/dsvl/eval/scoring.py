@@ -2,7 +2,8 @@
 
 A multiple-choice batch (`dsvl.data.multiple_choice.MultipleChoiceCollator`) flattens every
 (question, option) pair into one row whose labels are -100 except on the option's tokens; a
-single model forward over all rows then gives every option's mean NLL.
+single model forward over all rows then gives every option's mean NLL. The rows of one question
+share its images: they are encoded once per question and the features reused by every option row.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FORWARD_KEYS", "forward_inputs", "sequence_nll", "score_options"]
+__all__ = ["FORWARD_KEYS", "forward_inputs", "sequence_nll", "score_options", "shared_image_embeds", "to_model_device"]
 
 IGNORE_INDEX = -100
 # The batch keys `VisionLanguageModel.forward` reads (docs/architecture.md); anything else in a
@@ -24,6 +25,13 @@ FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "
 def forward_inputs(batch: Mapping[str, Any]) -> dict[str, Tensor]:
     """The subset of a batch that the model's forward takes (absent or None keys left out)."""
     return {k: batch[k] for k in FORWARD_KEYS if batch.get(k) is not None}
+
+
+def to_model_device(batch: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+    """A batch's tensors on the model's device; floating ones (images) in its dtype."""
+    param = next(model.parameters())
+    return {k: v.to(param.device, dtype=param.dtype if v.is_floating_point() else None) if isinstance(v, Tensor) else v
+            for k, v in batch.items()}
 
 
 def sequence_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,15 +50,45 @@ def sequence_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return sums, mask.sum(dim=1)
 
 
+PIXEL_KEYS = ("pixel_values", "high_res_pixel_values")
+
+
+def shared_image_embeds(model: nn.Module, batch: Mapping[str, Any]) -> Tensor | None:
+    """Image features of every row of a multiple-choice batch, each question's images encoded once.
+
+    The collator gives every option row its question's images (pixels in row order); only the first
+    row's copy (`row_option == 0`) goes through the towers and the adaptor, and every row of the
+    question takes those features. None for a batch without images.
+    """
+    pixels = {k: batch[k] for k in PIXEL_KEYS if batch.get(k) is not None}
+    if not pixels:
+        return None
+    per_row = ((batch["input_ids"] == model.image_token_id).sum(dim=1) // model.num_image_tokens).tolist()
+    row_sample, row_option = batch["row_sample"].tolist(), batch["row_option"].tolist()
+    start, first_rows, sample_start, encoded = 0, [], {}, 0
+    for r, n in enumerate(per_row):
+        if row_option[r] == 0:
+            first_rows.extend(range(start, start + n))
+            sample_start[row_sample[r]] = encoded
+            encoded += n
+        start += n
+    device = next(iter(pixels.values())).device
+    pick = torch.tensor(first_rows, dtype=torch.long, device=device)
+    features = model.encode_images(**{k: v.index_select(0, pick) for k, v in pixels.items()})
+    rows = [i for r, n in enumerate(per_row) for i in range(sample_start[row_sample[r]], sample_start[row_sample[r]] + n)]
+    return features.index_select(0, torch.tensor(rows, dtype=torch.long, device=features.device))
+
+
 @torch.no_grad()
 def score_options(model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
     """Mean NLL of each option's tokens given its prompt (and images): (num_samples, max_options).
 
     `batch` is a multiple-choice batch: rows (question, option) with `row_sample` / `row_option`
     saying which sample and option each row is. Options a sample lacks score `inf`, so they are
-    never predicted. One forward pass covers all rows.
+    never predicted. One forward pass covers all rows; each question's images are encoded once.
     """
-    out = model(**forward_inputs(batch))
+    inputs = {k: v for k, v in forward_inputs(batch).items() if k not in PIXEL_KEYS}
+    out = model(**inputs, image_embeds=shared_image_embeds(model, batch))
     sums, counts = sequence_nll(out.logits, batch["labels"])
     if bool((counts == 0).any()):
         raise ValueError("a multiple-choice row has no option tokens to score (truncated prompt?)")

@@ -120,17 +120,23 @@ class VisionLanguageModel(nn.Module):
         input_ids: torch.LongTensor,
         pixel_values: torch.Tensor | None = None,
         high_res_pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with image features scattered, in order, over the positions holding `image_token_id`."""
+        """Token embeddings with image features scattered, in order, over the positions holding `image_token_id`.
+
+        `image_embeds` (num_images, num_image_tokens, hidden) are features `encode_images` already
+        computed: rows that share an image (the options of one question) reuse them instead of
+        running the towers again.
+        """
         embeds = self.llm.get_input_embeddings()(input_ids)
         image_mask = input_ids == self.image_token_id
-        if pixel_values is None and high_res_pixel_values is None:
+        if image_embeds is None and pixel_values is None and high_res_pixel_values is None:
             if bool(image_mask.any()):
                 raise ValueError(
                     f"input_ids hold {int(image_mask.sum())} image tokens (id {self.image_token_id}) but no pixel_values were given"
                 )
             return embeds
-        features = self.encode_images(pixel_values, high_res_pixel_values)
+        features = image_embeds if image_embeds is not None else self.encode_images(pixel_values, high_res_pixel_values)
         num_images, per_image = features.shape[0], features.shape[1]
         num_tokens = int(image_mask.sum())
         if num_tokens != num_images * per_image:
@@ -150,13 +156,15 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         high_res_pixel_values: torch.Tensor | None = None,
         use_cache: bool = False,
+        image_embeds: torch.Tensor | None = None,
         **llm_kwargs: Any,
     ) -> VLMOutput:
         """Logits for every position and, with `labels` (unshifted, -100 = no loss), the mean next-token NLL.
 
         `position_ids` mark packed rows: each restart at 0 begins a sample that attends only to itself.
+        `image_embeds` replaces the pixels with precomputed image features (see `embed_inputs`).
         """
-        embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values)
+        embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values, image_embeds)
         if position_ids is not None and not use_cache:
             # Packed rows (positions restart at 0 for each sample): transformers keeps attention inside
             # each segment only when no 2D mask is given (masking_utils.find_packed_sequence_indices);

@@ -1,0 +1,50 @@
+"""SEED-Bench v1 JSON (`questions[]`, `choice_a..d`, `data_id` under the image root); image questions only."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from dsvl.data.bad_samples import BadSample
+from dsvl.errors import DataError
+
+from .base import BenchSkip, Question, answer_index, bad_row, image_root, is_missing, with_images_first
+
+CHOICES = ("choice_a", "choice_b", "choice_c", "choice_d")
+
+
+def _image_path(root: Path, data_id: str) -> Path:
+    """`root/data_id`, or with ".jpg" added (some SEED readers store ids without the extension)."""
+    path = root / data_id
+    return path if path.is_file() or path.suffix else path.with_name(path.name + ".jpg")
+
+
+def read_seed(path: Path, images: Path | None = None, name: str = "seed") -> Iterator[Question | BadSample]:
+    """Image questions of a SEED-Bench JSON; video questions (dimensions 10-12) are counted skips."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"benchmarks.{name}.path: {path} is not a JSON file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
+        raise DataError(f"benchmarks.{name}.path: {path} has no 'questions' list (SEED-Bench layout)")
+    root = image_root(images, path, name)
+    types = {str(v): str(k) for k, v in (data.get("question_type") or {}).items()}
+    for n, item in enumerate(data["questions"]):
+        key = str(item.get("question_id", n)) if isinstance(item, dict) else str(n)
+        try:
+            if not isinstance(item, dict):
+                raise bad_row(key, "a question that is not a JSON object")
+            if item.get("data_type", "image") != "image":
+                raise bad_row(key, f"data_type {item.get('data_type')!r}", BenchSkip.VIDEO_QUESTION)
+            if is_missing(item.get("question")) or is_missing(item.get("data_id")):
+                raise bad_row(key, "no question or data_id")
+            options = [str(item[c]) for c in CHOICES if not is_missing(item.get(c))]
+            if len(options) < 2:
+                raise bad_row(key, "fewer than 2 choices")
+            type_id = str(item.get("question_type_id", ""))
+            yield Question(key=key, text=with_images_first(str(item["question"]), 1), options=options,
+                           answer=answer_index(item.get("answer"), len(options), key),
+                           images=[_image_path(root, str(item["data_id"]))],
+                           categories={"question_type": types.get(type_id, type_id or "default")})
+        except BadSample as e:
+            yield e
