@@ -5,7 +5,8 @@ With `model.lora` set (a no-op otherwise):
   `model.pretrained` when the run is rebuilt, so resume loads non-strictly (the optimizer state
   already holds trainable parameters only);
 - at the end of training (rank 0) the adapter goes to `<dirpath>` as `adapter_config.json` +
-  `adapter_model.safetensors`, loadable with `PeftModel.from_pretrained(<base>, dirpath)`;
+  `adapter_model.safetensors`, loadable with `PeftModel.from_pretrained(<base>, dirpath)`, with the
+  run's system prompt (`dsvl_chat.json`);
 - the trainable share of each part is logged as `params/share/<part>` hyperparameters.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+from dsvl.model.export import write_system_prompt
 from dsvl.model.lora import has_lora, is_lora_param, save_adapter, trainable_share
 
 log = logging.getLogger(__name__)
@@ -65,3 +67,6 @@ class PeftAdapter(Callback):
             return
         base = model.config.get("pretrained") if isinstance(model.config, dict) else None
         save_adapter(model, self.dirpath, base=str(base) if base else None)
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "system_prompt"):  # dsvl-chat --adapter prompts as training did
+            write_system_prompt(self.dirpath, datamodule.system_prompt)

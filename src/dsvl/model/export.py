@@ -94,13 +94,18 @@ def export_pretrained(model: VisionLanguageModel, out: str | Path, tokenizer: An
     model.save_pretrained(out)
     if processor is not None:
         processor.save_pretrained(str(out))
-        (out / CHAT_FILE).write_text(json.dumps({"system_prompt": system_prompt or None}, indent=2) + "\n")
+        write_system_prompt(out, system_prompt)
     log.info("exported %s", out)
     return out
 
 
+def write_system_prompt(directory: str | Path, system_prompt: str | None) -> None:
+    """Record in an export or adapter directory the system prompt its model was trained with (None: none)."""
+    (Path(directory) / CHAT_FILE).write_text(json.dumps({"system_prompt": system_prompt or None}, indent=2) + "\n")
+
+
 def exported_system_prompt(export_dir: str | Path, default: str | None) -> str | None:
-    """The system prompt an export's model was trained with (`dsvl_chat.json`), else `default`."""
+    """The system prompt an export's (or adapter's) model was trained with (`dsvl_chat.json`), else `default`."""
     path = Path(export_dir) / CHAT_FILE
     if not path.is_file():
         return default

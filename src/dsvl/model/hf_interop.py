@@ -203,7 +203,7 @@ def load_with_adapter(base: str | Path, adapter_dir: str | Path, **hf_kwargs: An
 
     from .lora import adapter_config
 
-    adapter_config(adapter_dir)  # CheckpointError for a directory without an adapter
+    adapter_config(adapter_dir)  # ConfigError for a directory without an adapter
     hf_kwargs.setdefault("dtype", torch.float32)
     config_from_hf(AutoConfig.from_pretrained(base))
     hf = AutoModelForImageTextToText.from_pretrained(base, use_safetensors=True, **hf_kwargs)

@@ -209,10 +209,8 @@ def trainable_share(model: nn.Module) -> dict[str, float]:
 
 
 def adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
-    """`adapter_config.json` of a peft adapter directory; a CheckpointError when there is none."""
-    from dsvl.errors import CheckpointError
-
+    """`adapter_config.json` of a peft adapter directory; a ConfigError when there is none."""
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.is_file():
-        raise CheckpointError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
+        raise ConfigError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
     return json.loads(path.read_text())
