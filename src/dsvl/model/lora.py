@@ -110,7 +110,12 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     missing = [p for p, names in settings.targets.items() if names and p not in parts]
     if missing:
         raise ConfigError(f"model.lora.targets names {missing} but this model has only {list(parts)}")
-    inject_adapter_in_model(_peft_config(settings, {p: p for p in LORA_PARTS}), model, adapter_name=ADAPTER_NAME)
+    from peft.utils.error import NoMatchingPeftModuleError
+
+    try:
+        inject_adapter_in_model(_peft_config(settings, {p: p for p in LORA_PARTS}), model, adapter_name=ADAPTER_NAME)
+    except NoMatchingPeftModuleError:
+        raise ConfigError(f"model.lora.targets={settings.targets} matches no module of the model") from None
     wrapped = {p for p, m in parts.items() if any(isinstance(x, _lora_layer_cls()) for x in m.modules())}
     empty = [p for p, names in settings.targets.items() if names and p not in wrapped]
     if empty:
