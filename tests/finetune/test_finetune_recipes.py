@@ -40,7 +40,7 @@ def runs(released, compose_train_module, tmp_path_factory) -> Any:
             out = tmp_path_factory.mktemp(f"{arch}_{recipe}")
             cfg = compose_train_module(
                 f"experiment=finetune/{recipe}", f"model.pretrained={released[arch]}", "data=demo_sft", "trainer=cpu",
-                "validate_at_end=false", "mc_val.shards=null", "data.max_length=128", "trainer.precision=32-true", f"export_dir={out / 'export'}",
+                "validate_at_end=false", "mc_val.shards=null", "data.max_length=128", "trainer.precision=32-true", "stage.global_batch=4", "model.gradient_checkpointing=false", f"export_dir={out / 'export'}",
                 *(["model.lora.r=4", "optim.lr=0.02"] if recipe == "lora" else ["optim.lr=1e-3"]), out=out / "run",
             )
             mp = pytest.MonkeyPatch()
