@@ -123,16 +123,24 @@ def test_finetune_export_runs_in_transformers_like_dsvl(arch: str, recipe: str, 
         assert _dsvl_chat("--model", str(cfg.model.pretrained), "--adapter", str(adapter), "--image", str(image), QUESTION) == answer
 
 
-def test_peft_loads_the_adapter_onto_the_base_like_the_merged_export(runs, released) -> None:
+def test_peft_loads_the_adapter_onto_the_base_like_the_merged_export(runs, released, tmp_path) -> None:
     from peft import PeftModel
 
+    from dsvl.model.export import merge_adapter
+
     cfg, result = runs("deepseek_vl_hybrid", "lora")
+    adapter = result.output_dir / "adapter"
     base = AutoModelForImageTextToText.from_pretrained(released["deepseek_vl_hybrid"])
-    peft_model = PeftModel.from_pretrained(base, str(result.output_dir / "adapter")).eval()
+    peft_model = PeftModel.from_pretrained(base, str(adapter)).eval()
     merged = AutoModelForImageTextToText.from_pretrained(result.export_dir).eval()
+    offline = merge_adapter(released["deepseek_vl_hybrid"], adapter, tmp_path / "merged")  # the QLoRA way
+    assert (offline / "chat_template.jinja").read_text() == (result.export_dir / "chat_template.jinja").read_text()
+    offline_model = AutoModelForImageTextToText.from_pretrained(offline).eval()
     ids = torch.tensor([[1, 5, 9, 17, 33, 65, 100]])
     with torch.no_grad():
-        assert (peft_model(input_ids=ids).logits - merged(input_ids=ids).logits).abs().max().item() <= TOL
+        ref = merged(input_ids=ids).logits
+        assert (peft_model(input_ids=ids).logits - ref).abs().max().item() <= TOL
+        assert (offline_model(input_ids=ids).logits - ref).abs().max().item() <= TOL
 
 
 def test_lora_checkpoint_is_adapter_only_and_small(runs) -> None:
@@ -150,3 +158,24 @@ def test_lora_checkpoint_is_adapter_only_and_small(runs) -> None:
     assert sum(s["exp_avg"].numel() for s in state.values()) == sum(trainable.values())
     ratio = lora.checkpoint.stat().st_size / full.checkpoint.stat().st_size
     assert ratio < 0.2, f"LoRA checkpoint is {ratio:.1%} of the full one"  # measured ~ (see report)
+
+
+def test_lora_resume_from_an_adapter_only_checkpoint_is_exact(released, compose_train_module, tmp_path) -> None:
+    """Dropout 0: resume restores weights, optimizer, scheduler and data position, not the dropout RNG."""
+    from safetensors.torch import load_file
+
+    def run(out: Path, steps: int, *extra: str) -> Any:
+        cfg = compose_train_module(
+            "experiment=finetune/lora", f"model.pretrained={released['deepseek_vl']}", "data=demo_sft", "trainer=cpu",
+            "validate_at_end=false", "mc_val.shards=null", "data.max_length=128", "trainer.precision=32-true",
+            "stage.global_batch=4", "model.lora.r=4", "model.lora.dropout=0", "optim.lr=0.02", "export_dir=null",
+            f"trainer.max_steps={steps}",
+            "scheduler.warmup_steps=1", "scheduler.total_steps=3", *extra, out=out)
+        return runner.run_stage(cfg)
+
+    straight = run(tmp_path / "straight", 3)
+    first = run(tmp_path / "chain", 2)
+    resumed = run(tmp_path / "chain", 3, f"ckpt_path={first.checkpoint}")
+    assert resumed.steps == 3
+    want, got = (load_file(str(r.output_dir / "adapter" / "adapter_model.safetensors")) for r in (straight, resumed))
+    assert want.keys() == got.keys() and all(torch.allclose(want[k], got[k], atol=1e-6, rtol=0) for k in want)

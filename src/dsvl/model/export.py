@@ -110,3 +110,17 @@ def exported_system_prompt(export_dir: str | Path, default: str | None) -> str |
     if not path.is_file():
         return default
     return json.loads(path.read_text()).get("system_prompt") or None
+
+
+def merge_adapter(base: str | Path, adapter_dir: str | Path, out: str | Path, system_prompt: str | None = None) -> Path:
+    """A complete export of `base` with a peft LoRA adapter merged (QLoRA runs: their adapter onto the bf16 base).
+
+    The tokenizer comes from `base`; the system prompt from the adapter's `dsvl_chat.json`, else `system_prompt`.
+    """
+    from transformers import AutoTokenizer
+
+    from .hf_interop import load_with_adapter
+
+    model = load_with_adapter(base, adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    return export_pretrained(model, out, tokenizer, exported_system_prompt(adapter_dir, system_prompt))
