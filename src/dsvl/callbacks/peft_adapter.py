@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from dsvl.model.export import write_system_prompt
-from dsvl.model.lora import has_lora, is_lora_param, save_adapter, trainable_share
+from dsvl.model.lora import adapter_state, has_lora, is_lora_param, save_adapter, trainable_share
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,13 @@ class PeftAdapter(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = self._core(pl_module)
-        if model is None or not trainer.is_global_zero:
+        if model is None:
+            return
+        state = adapter_state(model)  # every rank: gathers FSDP2 shards
+        if not trainer.is_global_zero:
             return
         base = model.config.get("pretrained") if isinstance(model.config, dict) else None
-        save_adapter(model, self.dirpath, base=str(base) if base else None)
+        save_adapter(model, self.dirpath, base=str(base) if base else None, state=state)
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "system_prompt"):  # dsvl-chat --adapter prompts as training did
             write_system_prompt(self.dirpath, datamodule.system_prompt)

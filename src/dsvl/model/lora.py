@@ -159,18 +159,15 @@ def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
             module.unmerge()
 
 
-def save_adapter(model: nn.Module, out: str | Path, base: str | None = None) -> Path:
-    """The adapter (LoRA weights + fully trained parts) as a peft directory for `PeftModel.from_pretrained(base, out)`.
+def adapter_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(tensors under peft's transformers names on CPU, `modules_to_save`) of a LoRA model.
 
-    Keys are transformers' DeepSeek-VL names; trainable parameters outside LoRA layers are saved as
-    peft `modules_to_save` of their transformers module.
+    Sharded (FSDP2 DTensor) parameters are gathered: every rank must call this, one rank writes.
+    Trainable parameters outside LoRA layers become peft `modules_to_save` of their transformers module.
     """
-    from safetensors.torch import save_file
-
     from .hf_interop import architecture_of, key_map
 
-    settings: LoraSettings | None = getattr(model, "lora_settings", None)
-    if settings is None:
+    if getattr(model, "lora_settings", None) is None:
         raise ConfigError("this model has no LoRA adapters (model.lora is not set): nothing to save as an adapter")
     pairs = key_map(architecture_of(model), model.llm.base_model_prefix)
     tensors: dict[str, torch.Tensor] = {}
@@ -183,14 +180,24 @@ def save_adapter(model: nn.Module, out: str | Path, base: str | None = None) -> 
             if module is None:
                 raise ConfigError(f"{name} trains fully but is no module of the transformers model; freeze it or give its part LoRA targets")
             modules_to_save.add(module)
-        tensors[f"base_model.model.{hf_name}"] = param.detach().to("cpu").contiguous()
+        value = param.full_tensor() if hasattr(param, "full_tensor") else param  # FSDP2 shards are DTensors
+        tensors[f"base_model.model.{hf_name}"] = value.detach().to("cpu").contiguous()
+    return tensors, sorted(modules_to_save)
+
+
+def save_adapter(model: nn.Module, out: str | Path, base: str | None = None,
+                 state: tuple[dict[str, torch.Tensor], list[str]] | None = None) -> Path:
+    """The adapter (LoRA weights + fully trained parts) as a peft directory for `PeftModel.from_pretrained(base, out)`,
+    keys under transformers' DeepSeek-VL names; `state` is `adapter_state(model)` when already gathered."""
+    from safetensors.torch import save_file
+
+    tensors, modules_to_save = state or adapter_state(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = _peft_config(settings, HF_PART_PREFIX, modules_to_save=sorted(modules_to_save) or None,
-                          base_model_name_or_path=base)
+    config = _peft_config(model.lora_settings, HF_PART_PREFIX, modules_to_save=modules_to_save or None, base_model_name_or_path=base)
     config.save_pretrained(str(out))
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    log.info("saved the LoRA adapter (%d tensors, modules_to_save %s) to %s", len(tensors), sorted(modules_to_save), out)
+    log.info("saved the LoRA adapter (%d tensors, modules_to_save %s) to %s", len(tensors), modules_to_save, out)
     return out
 
 
