@@ -3,6 +3,7 @@
     dsvl-chat --model outputs/export/demo --image a.png "What color is the shape?"
     dsvl-chat --model run/checkpoints/last.ckpt --image a.png --image b.png "Compare the images."
     dsvl-chat --model outputs/export/demo --image a.png        # interactive: one question per line
+    dsvl-chat --model <base dir> --adapter <run dir>/adapter --image a.png "Describe it."   # a LoRA run's adapter
 
 Images go into the first question (before its text, unless it has `<image_placeholder>`s).
 The interactive loop keeps the conversation and ends on EOF, an empty line or "exit".
@@ -12,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 from dsvl.cli._config import fail
 
@@ -24,6 +26,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description="Answer questions about images with a dsvl model.")
     p.add_argument("question", nargs="?", help="the question; without it, read questions from stdin (interactive)")
     p.add_argument("--model", required=True, help="exported model directory (save_pretrained) or a dsvl-train .ckpt")
+    p.add_argument("--adapter", help="a peft LoRA adapter directory (a finetune/lora run's adapter/), merged onto --model")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory / the run's tokenizer)")
     p.add_argument("--image", action="append", default=[], help="an image file (repeat for several images)")
     p.add_argument("--system-prompt", default="auto",
@@ -54,18 +57,47 @@ def _questions(stream: TextIO) -> Iterator[str]:
         yield question
 
 
+def load(args: argparse.Namespace) -> Any:
+    """The model (plus adapter) and tokenizer; "auto" prompting follows the export's or adapter's `dsvl_chat.json`."""
+    from dsvl.cli.evaluate import LoadedModel, load_for_inference, load_tokenizer, resolve_device
+    from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
+    from dsvl.model.export import exported_system_prompt
+
+    if not args.adapter:
+        loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype)
+        if loaded.path.is_dir():
+            loaded.system_prompt = exported_system_prompt(loaded.path, loaded.system_prompt)
+        return loaded
+    from dsvl.cli.evaluate import DTYPES, EvalError
+    from dsvl.model.hf_interop import load_with_adapter
+
+    base = Path(args.model).expanduser()
+    if not (base / "config.json").is_file():
+        raise EvalError(f"--adapter needs --model to be the base model's transformers directory; {base} has no config.json")
+    if args.dtype and args.dtype.lower() not in DTYPES:
+        raise EvalError(f"--dtype {args.dtype}: expected one of {sorted(DTYPES)}")
+    tokenizer_dir = args.tokenizer or str(base)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = load_with_adapter(base, args.adapter, **({"dtype": DTYPES[args.dtype.lower()]} if args.dtype else {}))
+    prompt = exported_system_prompt(args.adapter, exported_system_prompt(base, DEFAULT_SYSTEM_PROMPT))
+    return LoadedModel(model=model.to(resolve_device(args.device)).eval(), tokenizer=tokenizer, source="adapter",
+                       path=Path(args.adapter), tokenizer_path=tokenizer_dir, system_prompt=prompt)
+
+
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     """Console script `dsvl-chat`; returns the exit code (2 with a one-line message on bad input)."""
     args = parse_args(argv)
-    from dsvl.cli.evaluate import EvalError, load_for_inference, pick_system_prompt, quiet_transformers
+    from dsvl.cli.evaluate import EvalError, pick_system_prompt, quiet_transformers
     from dsvl.eval.generation import ChatGenerator, GenerationSettings, load_image, user_turn
 
     if args.max_new_tokens < 1:
         fail(PROG, "--max-new-tokens must be >= 1")
+    from dsvl.model import ConfigError
+
     quiet_transformers()
     try:
         images = [load_image(path) for path in args.image]
-        loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype)
+        loaded = load(args)
         if images and not loaded.model.vision_spec.inputs:
             raise EvalError(f"{args.model} has no vision tower: it cannot take --image")
         generator = ChatGenerator(loaded.model, loaded.tokenizer, pick_system_prompt(args.system_prompt, loaded))
@@ -81,7 +113,7 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
             print(answer, flush=True)
             history += [turn, {"role": "assistant", "content": answer}]
         return 0
-    except (EvalError, ValueError, FileNotFoundError) as e:
+    except (EvalError, ConfigError, ValueError, FileNotFoundError, OSError) as e:
         fail(PROG, e)
 
 

@@ -126,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("validate_at_end", True) and not preempted and not validated:
         trainer.limit_val_batches = 1.0 if cfg.get("limit_val_batches") is None else cfg.limit_val_batches
         trainer.validate(stage, datamodule=datamodule, verbose=False, weights_only=True)
-    if cfg.get("export_dir") and not preempted:
+    if cfg.get("export_dir") and not preempted and trainer.is_global_zero:
         export_model(stage.model, datamodule, Path(cfg.export_dir))
 
     return metrics | scalars(trainer.callback_metrics) | {"trainer/global_step": float(trainer.global_step),
@@ -322,14 +322,13 @@ def align_model_to_data(cfg: DictConfig, datamodule: Any) -> None:
 
 
 def export_model(model: Any, datamodule: Any, out: Path) -> Path:
-    """`save_pretrained` of the model plus the tokenizer files: a transformers-loadable directory."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer = data_tokenizer(datamodule)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    log.info("exported model to %s", out)
-    return out
+    """A complete transformers directory (weights merged when LoRA-wrapped, tokenizer, processor, chat
+    template with the system prompt the run trained with): `AutoProcessor` + `generate` run it as is."""
+    from dsvl.model.export import export_pretrained
+
+    path = export_pretrained(model, out, tokenizer=data_tokenizer(datamodule), system_prompt=getattr(datamodule, "system_prompt", None))
+    log.info("exported model to %s", path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------- entry

@@ -15,13 +15,14 @@ import torch
 from .cfgutil import describe_node, split_target, to_plain
 from .errors import ConfigError
 from .llm import LLMInfo
+from .lora import lora_settings
 from .spec import VisionSpec
 from .vision import VisionInfo
 from .vlm import VisionLanguageModel
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS = ("vision", "adaptor", "llm", "image_token_id", "pretrained", "hub_id", "gradient_checkpointing")
+MODEL_KEYS = ("vision", "adaptor", "llm", "image_token_id", "pretrained", "hub_id", "gradient_checkpointing", "lora")
 
 
 @dataclass
@@ -45,7 +46,7 @@ def plan_model(cfg: Mapping[str, Any]) -> ModelPlan:
     """Check that the parts fit (widths, grids, ids, targets) and resolve derived widths; raises ConfigError."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"model config must be a mapping with vision, adaptor, llm; got {type(cfg).__name__}")
-    config = to_plain(cfg)
+    config = with_checkpoint_architecture(to_plain(cfg))
     missing = [k for k in ("vision", "adaptor", "llm") if config.get(k) is None]
     if missing:
         raise ConfigError(f"model config lacks {missing}; accepted: a node with vision, adaptor, llm (e.g. model=tiny)")
@@ -114,9 +115,10 @@ def build_model(cfg: Mapping[str, Any]) -> VisionLanguageModel:
 
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in _instantiate(plan).state_dict().items()}
-        model = load_hf_pretrained(plan.pretrained, image_token_id=plan.image_token_id)
+        lora = lora_settings(plan.config.get("lora"))
+        model = load_hf_pretrained(plan.pretrained, image_token_id=plan.image_token_id, lora=lora)
         got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        if got != expected:
+        if got != expected and not (lora and lora.load_in_4bit):  # 4-bit weights are packed: other shapes
             diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
             raise ConfigError(f"model.pretrained={plan.pretrained!r} does not have the configured shapes (first differences: {diff}); use its matching preset")
         loaded_tie = bool(model.llm.config.tie_word_embeddings)
@@ -126,5 +128,37 @@ def build_model(cfg: Mapping[str, Any]) -> VisionLanguageModel:
         model.config = {**model.config, **{k: v for k, v in plan.config.items() if k not in ("vision", "adaptor", "llm")}}
     if plan.config.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
+    model = _with_lora(model, plan.config.get("lora"))
     log.info("built %s", {r["part"]: r["total"] for r in model.parameter_summary()})
     return model
+
+
+# ---- fine-tuning (model=from_pretrained, model.lora): kept apart from the size protocol above ----
+def with_checkpoint_architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """`model=from_pretrained`: a node with `pretrained` and no vision/adaptor/llm takes its parts (and, unless set,
+    its image token id) from the checkpoint's config.json; `model.lora` is checked here, before any weights."""
+    lora_settings(config.get("lora"))
+    source = config.get("pretrained")
+    if any(config.get(k) is not None for k in ("vision", "adaptor", "llm")) or source in (None, False, True):
+        return config
+    from transformers import AutoConfig
+
+    from .hf_interop import config_from_hf
+
+    try:
+        hf_config = AutoConfig.from_pretrained(str(source))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.pretrained={source!r}: no transformers checkpoint there ({str(exc).splitlines()[0]})") from None
+    arch = config_from_hf(hf_config)
+    if config.get("image_token_id") is not None:
+        arch["image_token_id"] = config["image_token_id"]
+    return {**config, **arch}
+
+
+def _with_lora(model: VisionLanguageModel, node: Any) -> VisionLanguageModel:
+    settings = lora_settings(node)
+    if settings is None:
+        return model
+    from .lora import apply_lora
+
+    return apply_lora(model, settings)

@@ -20,12 +20,14 @@ from transformers import (
     DeepseekVLConfig,
     DeepseekVLHybridConfig,
     PretrainedConfig,
+    PreTrainedModel,
 )
 from transformers.utils import is_torchvision_available
 
 from .adaptor import HybridSplitMLPGelu, MLPGelu
 from .cfgutil import hf_config_fields
 from .errors import ConfigError
+from .lora import LoraSettings, merged_lora, quantization_config
 from .spec import VisionSpec
 from .vision import SamTower, SiglipTower
 from .vlm import VisionLanguageModel
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 DEEPSEEK_VL = "deepseek_vl"
 DEEPSEEK_VL_HYBRID = "deepseek_vl_hybrid"
 ARCHITECTURES = (DEEPSEEK_VL, DEEPSEEK_VL_HYBRID)
+# modules QLoRA keeps in full precision (transformers names): only the LLM's linear layers go 4-bit
+_FULL_PRECISION = ["vision_model", "high_res_vision_model", "high_res_vision_neck", "high_res_vision_proj", "aligner", "lm_head"]
 # transformers config keys that describe the file, not the architecture
 _META_KEYS = ("model_type", "transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype", "output_attentions", "output_hidden_states", "return_dict")
 
@@ -170,31 +174,60 @@ def _assert_materialised(model: nn.Module, what: str) -> None:
         raise RuntimeError(f"{what}: {len(left)} tensors were not filled from the checkpoint, e.g. {left[:3]}")
 
 
-def load_hf_pretrained(dir_or_hub_id: str | Path, image_token_id: int | None = None, **hf_kwargs: Any) -> VisionLanguageModel:
+def load_hf_pretrained(
+    dir_or_hub_id: str | Path, image_token_id: int | None = None, lora: LoraSettings | None = None, **hf_kwargs: Any
+) -> VisionLanguageModel:
     """A dsvl model from a transformers DeepSeek-VL directory or hub id (safetensors, no remote code).
 
     transformers loads the checkpoint (sharding, dtype, device_map all work as usual); its modules
     are then moved into a dsvl model built on the meta device, so no weights are copied.
-    `hf_kwargs` go to `from_pretrained` (default dtype float32).
+    `hf_kwargs` go to `from_pretrained` (default dtype float32). `lora` with `load_in_4bit` (QLoRA)
+    loads the LLM's linear layers in 4-bit; the towers, aligner and lm_head stay in full precision.
     """
-    from .build import build_model
-
     if hf_kwargs.pop("trust_remote_code", False):
         raise ValueError("trust_remote_code is never used: DeepSeek-VL is native in transformers")
     hf_kwargs.setdefault("dtype", torch.float32)
     config = AutoConfig.from_pretrained(dir_or_hub_id)
-    cfg = config_from_hf(config)  # rejects other model types before any weights load
+    config_from_hf(config)  # rejects other model types before any weights load
+    quantization = quantization_config(lora, _FULL_PRECISION)
+    if quantization is not None:
+        hf_kwargs |= {"quantization_config": quantization, "dtype": torch.bfloat16}
+    hf = AutoModelForImageTextToText.from_pretrained(dir_or_hub_id, use_safetensors=True, **hf_kwargs)
+    return from_hf_model(hf, str(dir_or_hub_id), image_token_id)
+
+
+def load_with_adapter(base: str | Path, adapter_dir: str | Path, **hf_kwargs: Any) -> VisionLanguageModel:
+    """A dsvl model from a transformers DeepSeek-VL base plus a peft adapter directory, merged
+    (`PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()`)."""
+    from peft import PeftModel
+
+    from .lora import adapter_config
+
+    adapter_config(adapter_dir)  # ConfigError for a directory without an adapter
+    hf_kwargs.setdefault("dtype", torch.float32)
+    config_from_hf(AutoConfig.from_pretrained(base))
+    hf = AutoModelForImageTextToText.from_pretrained(base, use_safetensors=True, **hf_kwargs)
+    merged = PeftModel.from_pretrained(hf, str(adapter_dir)).merge_and_unload()
+    log.info("merged adapter %s onto %s", adapter_dir, base)
+    return from_hf_model(merged, f"{base} + {adapter_dir}")
+
+
+def from_hf_model(hf: PreTrainedModel, source: str, image_token_id: int | None = None) -> VisionLanguageModel:
+    """Move a loaded transformers DeepSeek-VL model's modules into a dsvl model (no copies)."""
+    from .build import build_model
+
+    config = hf.config
+    cfg = config_from_hf(config)
     if image_token_id is not None:
         cfg["image_token_id"] = int(image_token_id)
-    hf = AutoModelForImageTextToText.from_pretrained(dir_or_hub_id, use_safetensors=True, **hf_kwargs)
     with torch.device("meta"):
         model = build_model(cfg)
     for hf_name, dsvl_name in key_map(config.model_type, model.llm.base_model_prefix):
         _move(model, dsvl_name, hf, hf_name)
-    _assert_materialised(model, f"loading {dir_or_hub_id}")
+    _assert_materialised(model, f"loading {source}")
     model.llm.generation_config = copy.deepcopy(hf.generation_config)
     model.config = cfg
-    log.info("loaded %s (%s) into dsvl", dir_or_hub_id, config.model_type)
+    log.info("loaded %s (%s) into dsvl", source, config.model_type)
     return model
 
 
@@ -229,13 +262,14 @@ def save_hf_pretrained(model: VisionLanguageModel, save_directory: str | Path, *
     """
     config = to_hf_config(model)  # ConfigError before anything is written
     arch = config.model_type
-    with torch.device("meta"):
-        hf = AutoModelForImageTextToText.from_config(config)
-    for hf_name, dsvl_name in key_map(arch, model.llm.base_model_prefix):
-        _move(hf, hf_name, model, dsvl_name)
-    _assert_materialised(hf, "export")
-    hf.config.dtype = next(model.llm.parameters()).dtype
-    hf.generation_config = copy.deepcopy(model.llm.generation_config)
-    hf.save_pretrained(save_directory, **hf_kwargs)
+    with merged_lora(model):  # LoRA adapters folded into the weights for the export, restored after
+        with torch.device("meta"):
+            hf = AutoModelForImageTextToText.from_config(config)
+        for hf_name, dsvl_name in key_map(arch, model.llm.base_model_prefix):
+            _move(hf, hf_name, model, dsvl_name)
+        _assert_materialised(hf, "export")
+        hf.config.dtype = next(model.llm.parameters()).dtype
+        hf.generation_config = copy.deepcopy(model.llm.generation_config)
+        hf.save_pretrained(save_directory, **hf_kwargs)
     hf_image_processor(model.vision_spec).save_pretrained(save_directory)
     log.info("saved %s checkpoint to %s", arch, save_directory)

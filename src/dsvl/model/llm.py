@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .cfgutil import make_hf_config
+from .checked_load import from_pretrained_checked
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def causal_lm(
         if not src:
             raise ConfigError("llm.pretrained=true needs llm.hub_id; accepted: a hub id or a local directory")
         log.info("LLM: loading weights from %s", src)
-        return AutoModelForCausalLM.from_pretrained(src, **hf_config)
+        return from_pretrained_checked(AutoModelForCausalLM, src, "llm", **hf_config)
     return AutoModelForCausalLM.from_config(_hf_config("llm", model_type, config, hf_config))
 
 

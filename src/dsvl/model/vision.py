@@ -20,6 +20,7 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
     DeepseekVLSamVisionProj,
 )
 
+from .checked_load import from_pretrained_checked
 from .cfgutil import describe_node, make_hf_config, split_target
 from .errors import ConfigError
 from .spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
@@ -109,7 +110,7 @@ class SiglipTower(nn.Module):
         src = _source(pretrained, hub_id, "vision.low")
         if src is not None:
             log.info("SigLIP tower: loading weights from %s", src)
-            self.model = SiglipVisionModel.from_pretrained(src, **hf_config)
+            self.model = from_pretrained_checked(SiglipVisionModel, src, "vision.low", **hf_config)
         else:
             self.model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, "vision.low", **hf_config))
         self.mean, self.std = tuple(mean), tuple(std)
@@ -166,7 +167,7 @@ class SamTower(nn.Module):
         src = _source(pretrained, hub_id, "vision.high")
         if src is not None:
             log.info("SAM tower: loading weights from %s", src)
-            self.model = SamVisionModel.from_pretrained(src, **hf_config)
+            self.model = from_pretrained_checked(SamVisionModel, src, "vision.high", **hf_config)
         else:
             self.model = SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, "vision.high", **hf_config))
         cfg = self.model.config

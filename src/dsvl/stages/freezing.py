@@ -2,7 +2,8 @@
 
 The part names are those of `VisionLanguageModel.parts()` (docs/architecture.md). Frozen parts get
 `requires_grad=False`, are left out of the optimizer and stay in eval mode (see `VLMStage.train`),
-so dropout and norm statistics of a frozen tower never change.
+so dropout and norm statistics of a frozen tower never change. A trainable part with LoRA adapters
+(`model.lora`) trains its adapters only.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from torch import nn
 
 from dsvl.errors import ConfigError
+from dsvl.model.lora import has_lora, is_lora_param
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ def apply_freezing(model: nn.Module, trainable: Iterable[str]) -> tuple[list[str
     wanted = expand_part_names(trainable, list(parts))
     for name, module in parts.items():
         module.requires_grad_(name in wanted)
+        if name in wanted and has_lora(module):  # a LoRA-wrapped part trains its adapters only
+            for param_name, param in module.named_parameters():
+                param.requires_grad_(is_lora_param(param_name))
     covered = {id(p) for m in parts.values() for p in m.parameters()}
     stray = [n for n, p in model.named_parameters() if id(p) not in covered]
     if stray:

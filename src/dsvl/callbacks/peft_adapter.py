@@ -1,0 +1,75 @@
+"""LoRA runs in Lightning: small checkpoints, the adapter in peft's format, the trainable share per part.
+
+With `model.lora` set (a no-op otherwise):
+- checkpoints keep only what trains (adapters and fully trained parts); the frozen base comes from
+  `model.pretrained` when the run is rebuilt, so resume loads non-strictly (the optimizer state
+  already holds trainable parameters only);
+- at the end of training (rank 0) the adapter goes to `<dirpath>` as `adapter_config.json` +
+  `adapter_model.safetensors`, loadable with `PeftModel.from_pretrained(<base>, dirpath)`, with the
+  run's system prompt (`dsvl_chat.json`);
+- the trainable share of each part is logged as `params/share/<part>` hyperparameters.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from dsvl.model.export import write_system_prompt
+from dsvl.model.lora import adapter_state, has_lora, is_lora_param, save_adapter, trainable_share
+
+log = logging.getLogger(__name__)
+
+ADAPTER_ONLY_KEY = "dsvl_adapter_only"  # set in checkpoints that hold trainable weights only
+
+
+class PeftAdapter(Callback):
+    """Adapter-only checkpoints and the peft adapter directory of a LoRA run (see the module docstring)."""
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+
+    @staticmethod
+    def _core(pl_module: pl.LightningModule) -> Any:
+        model = getattr(pl_module, "model", None)
+        return model if model is not None and has_lora(model) else None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._core(pl_module) is not None:
+            pl_module.strict_loading = False  # resume: the frozen base is not in the checkpoint
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = self._core(pl_module)
+        if model is None:
+            return
+        share = trainable_share(model)
+        log.info("LoRA trainable share per part: %s", ", ".join(f"{k} {v:.2%}" for k, v in share.items()))
+        for logger in pl_module.loggers:
+            logger.log_hyperparams({f"params/share/{part}": value for part, value in share.items()})
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        model = self._core(pl_module)
+        if model is None:
+            return
+        keep = {f"model.{n}" for n, p in model.named_parameters() if p.requires_grad or is_lora_param(n)}
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+        checkpoint[ADAPTER_ONLY_KEY] = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = self._core(pl_module)
+        if model is None:
+            return
+        state = adapter_state(model)  # every rank: gathers FSDP2 shards
+        if not trainer.is_global_zero:
+            return
+        base = model.config.get("pretrained") if isinstance(model.config, dict) else None
+        save_adapter(model, self.dirpath, base=str(base) if base else None, state=state)
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "system_prompt"):  # dsvl-chat --adapter prompts as training did
+            write_system_prompt(self.dirpath, datamodule.system_prompt)
