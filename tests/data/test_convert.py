@@ -11,7 +11,6 @@ from PIL import Image
 
 from dsvl.cli.data import main
 from dsvl.data import ImagePreprocessor, SampleEncoder, TextEncoder, iter_samples, read_tar
-from dsvl.data.build import validate_shards
 from dsvl.data.convert import convert
 from dsvl.data.convert import inputs as convert_inputs
 

@@ -20,11 +20,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from dsvl.model.export import write_system_prompt
-from dsvl.model.lora import adapter_state, has_lora, is_lora_param, save_adapter, trainable_share
+from dsvl.model.lora import ADAPTER_ONLY_KEY, adapter_state, has_lora, is_lora_param, save_adapter, trainable_share
 
 log = logging.getLogger(__name__)
-
-ADAPTER_ONLY_KEY = "dsvl_adapter_only"  # set in checkpoints that hold trainable weights only
 
 
 class PeftAdapter(Callback):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from dsvl.cli._config import fail
@@ -59,29 +58,9 @@ def _questions(stream: TextIO) -> Iterator[str]:
 
 def load(args: argparse.Namespace) -> Any:
     """The model (plus adapter) and tokenizer; "auto" prompting follows the export's or adapter's `dsvl_chat.json`."""
-    from dsvl.cli.evaluate import LoadedModel, load_for_inference, load_tokenizer, resolve_device
-    from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
-    from dsvl.model.export import exported_system_prompt
+    from dsvl.cli.evaluate import load_for_inference
 
-    if not args.adapter:
-        loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype)
-        if loaded.path.is_dir():
-            loaded.system_prompt = exported_system_prompt(loaded.path, loaded.system_prompt)
-        return loaded
-    from dsvl.cli.evaluate import DTYPES, EvalError
-    from dsvl.model.hf_interop import load_with_adapter
-
-    base = Path(args.model).expanduser()
-    if not (base / "config.json").is_file():
-        raise EvalError(f"--adapter needs --model to be the base model's transformers directory; {base} has no config.json")
-    if args.dtype and args.dtype.lower() not in DTYPES:
-        raise EvalError(f"--dtype {args.dtype}: expected one of {sorted(DTYPES)}")
-    tokenizer_dir = args.tokenizer or str(base)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    model = load_with_adapter(base, args.adapter, **({"dtype": DTYPES[args.dtype.lower()]} if args.dtype else {}))
-    prompt = exported_system_prompt(args.adapter, exported_system_prompt(base, DEFAULT_SYSTEM_PROMPT))
-    return LoadedModel(model=model.to(resolve_device(args.device)).eval(), tokenizer=tokenizer, source="adapter",
-                       path=Path(args.adapter), tokenizer_path=tokenizer_dir, system_prompt=prompt)
+    return load_for_inference(args.model, args.tokenizer, args.device, args.dtype, adapter=args.adapter)
 
 
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:

@@ -186,31 +186,48 @@ def load_for_inference(
     device: str | torch.device | None = "cpu",
     dtype: str | None = None,
     model_cfg: Any = None,
+    adapter: str | Path | None = None,
 ) -> LoadedModel:
-    """Model + tokenizer from a dsvl `.ckpt` or an exported directory, in eval mode on `device`.
+    """Model + tokenizer from a dsvl `.ckpt`, an exported directory, or a base directory plus a peft
+    `adapter` directory, in eval mode on `device`.
 
-    Checkpoints load with `torch.load(weights_only=True)`; their model config is the training run's
-    (`config_resolved.yaml` / `.hydra/config.yaml` above the file) unless `model_cfg` is given.
+    Checkpoints load with `torch.load(weights_only=True)` and rebuild their model from the hyperparameters
+    they saved (older ones: the run's `config_resolved.yaml` / `.hydra/config.yaml` above the file), unless
+    `model_cfg` is given. The system prompt is the one the model was trained with: the export's or
+    adapter's `dsvl_chat.json`, else the run config's, else DeepSeek-VL's default.
     """
     from dsvl.model import ConfigError, VisionLanguageModel, build_model
-    from dsvl.stages.checkpoint import InitFromError, load_init_weights
+    from dsvl.model.export import exported_system_prompt
+    from dsvl.model.hf_interop import load_with_adapter
+    from dsvl.stages.checkpoint import InitFromError, checkpoint_hparams, load_init_weights
 
     p = Path(path).expanduser()
     if not p.exists():
         raise EvalError(f"model not found: {p}")
     tok_path: str | None = str(_check_tokenizer_dir(tokenizer)) if tokenizer else None
     run_cfg = load_run_config(p)
+    system_prompt = _run_system_prompt(run_cfg)
     try:
-        if p.is_dir():
+        if adapter:
+            if not (p / "config.json").is_file():
+                raise EvalError(f"an adapter needs the base model's transformers directory; {p} has no config.json")
+            tok_path = tok_path or str(p)
+            tok = load_tokenizer(tok_path)
+            model = load_with_adapter(p, adapter)
+            system_prompt = exported_system_prompt(adapter, exported_system_prompt(p, system_prompt))
+            source = "adapter"
+        elif p.is_dir():
             if not (p / "config.json").is_file():
                 raise EvalError(f"{p} is not an exported model directory (no config.json); expected save_pretrained output or a .ckpt")
             tok_path = tok_path or str(p)
             tok = load_tokenizer(tok_path)
             model = VisionLanguageModel.from_pretrained(str(p))
+            system_prompt = exported_system_prompt(p, system_prompt)
             source = "exported"
         elif p.suffix in (".ckpt", ".pt", ".pth"):
-            node = _model_node(p, run_cfg, model_cfg)
-            tok_path = tok_path or _locate(_run_tokenizer(run_cfg), p)
+            saved = checkpoint_hparams(p) if model_cfg is None else {}
+            node = dict(saved["model_config"]) if saved.get("model_config") else _model_node(p, run_cfg, model_cfg)
+            tok_path = tok_path or _locate(saved.get("tokenizer"), p) or _locate(_run_tokenizer(run_cfg), p)
             if tok_path is None:
                 raise EvalError(f"{p}: the run config names no tokenizer; pass --tokenizer / tokenizer=DIR")
             tok = load_tokenizer(tok_path)
@@ -224,6 +241,10 @@ def load_for_inference(
             raise EvalError(f"{p}: expected a Lightning .ckpt file or an exported model directory")
     except InitFromError as e:
         raise EvalError(str(e).replace("init_from=", "", 1)) from None
+    except ValueError as e:  # peft / transformers on an adapter that does not fit the base
+        if not adapter:
+            raise
+        raise EvalError(f"adapter {adapter}: {one_line(e)}") from None
     except (ConfigError, OSError, KeyError) as e:
         raise EvalError(f"cannot load {p}: {one_line(e)}") from None
     _check_tokenizer(model, tok)
@@ -234,8 +255,8 @@ def load_for_inference(
     model = model.to(device=target, dtype=torch_dtype)
     model.eval()
     log.info("loaded %s model from %s (tokenizer %s)", source, p, tok_path)
-    return LoadedModel(model=model, tokenizer=tok, source=source, path=p, tokenizer_path=str(tok_path),
-                       system_prompt=_run_system_prompt(run_cfg))
+    return LoadedModel(model=model, tokenizer=tok, source=source, path=Path(adapter) if adapter else p,
+                       tokenizer_path=str(tok_path), system_prompt=system_prompt)
 
 
 def pick_system_prompt(requested: str | None, loaded: LoadedModel) -> str | None:
@@ -248,7 +269,7 @@ def pick_system_prompt(requested: str | None, loaded: LoadedModel) -> str | None
 def load_model(cfg: DictConfig) -> LoadedModel:
     """The model to evaluate: a dsvl `.ckpt` or an exported directory (`checkpoint=`), on `device`, in `dtype`."""
     return load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), resolve_device(cfg.get("device")), cfg.get("dtype"),
-                              cfg.get("model"))
+                              cfg.get("model"), cfg.get("adapter"))
 
 
 def benchmark_specs(node: DictConfig | None) -> list[BenchmarkSpec]:

@@ -32,6 +32,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 ADAPTER_NAME = "default"
+ADAPTER_ONLY_KEY = "dsvl_adapter_only"  # set in checkpoints that hold trainable weights only (base weights: model.pretrained)
 LORA_KEYS = ("r", "alpha", "dropout", "targets", "load_in_4bit")
 LORA_PARTS = ("vision.low", "vision.high", "llm")  # the adaptor is small: trained fully (stage.trainable)
 # where each part lives in transformers' DeepseekVL(Hybrid)ForConditionalGeneration

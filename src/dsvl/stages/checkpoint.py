@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dsvl.errors import CheckpointError
+from dsvl.model.lora import ADAPTER_ONLY_KEY
 from dsvl.model.safe_load import UnsafeCheckpointError, check_checkpoint, safe_torch_load
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,11 @@ def lightning_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return _model_state(_load(Path(path)), path)
 
 
-def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """All parameters must match (stages share one architecture); rebuilt buffers (rotary caches) may be absent."""
+def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, partial: bool = False) -> None:
+    """All parameters must match (stages share one architecture); rebuilt buffers (rotary caches) may be absent.
+    `partial`: a LoRA run's adapter-only checkpoint, whose frozen base weights came with `model.pretrained`."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    param_names = {n for n, _ in model.named_parameters()}
+    param_names = {n for n, _ in model.named_parameters()} if not partial else set()
     missing_params = [k for k in missing if k in param_names]
     if missing_params or unexpected:
         detail = ", ".join((missing_params + list(unexpected))[:4])
@@ -88,7 +90,13 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
 
         _copy_weights(model, VisionLanguageModel.from_pretrained(str(p)).state_dict(), p)
     else:
-        _copy_weights(model, lightning_state_dict(p), p)
+        ckpt = _load(p)
+        _copy_weights(model, _model_state(ckpt, p), p, partial=bool(ckpt.get(ADAPTER_ONLY_KEY)))
+
+
+def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
+    """The hyperparameters a stage `.ckpt` saved (empty for checkpoints written before stages saved them)."""
+    return dict(_load(check_init_from(path)).get("hyper_parameters") or {})
 
 
 @dataclass
@@ -114,5 +122,5 @@ def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
     if not hparams.get("model_config"):
         raise InitFromError(f"{path}: the checkpoint saves no model config (written by an older dsvl); pass the run's model config")
     model = build_model(hparams["model_config"])
-    _copy_weights(model, _model_state(ckpt, p), p)
+    _copy_weights(model, _model_state(ckpt, p), p, partial=bool(ckpt.get(ADAPTER_ONLY_KEY)))
     return StageCheckpoint(model=model, hparams=hparams)
