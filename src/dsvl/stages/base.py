@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
 from dsvl.eval.scoring import forward_inputs, score_options
 from dsvl.stages.freezing import apply_freezing, freeze_table
+from dsvl.stages.token_loss import TokenExactLoss, owns_gradients
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class VLMStage(LightningModule):
         self.val_mm_loss = MultimodalLoss()
         self.val_mc_acc = MultipleChoiceAccuracy()
         self.current_modality: str | None = None
-        self._window: dict[str, Tensor] = {}
+        self.token_loss = TokenExactLoss()  # token-exact loss over the global step (dsvl.stages.token_loss)
         self._sample_batch: dict[str, Any] | None = None
         self.final_loss: dict[str, Tensor] = {}  # last global step's loss per modality (the demo's summary)
 
@@ -118,28 +119,26 @@ class VLMStage(LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         out = self(batch)
         loss = out.loss  # the core gives 0 (with a graph) for a micro-batch without supervised tokens
-        tokens = out.num_loss_tokens.detach().float()
         modality = str(batch.get("modality", "text"))
         self.current_modality = modality
-        if batch_idx % self._accumulation() == 0:  # first micro-batch of a global step
-            self._window = {"nll": torch.zeros((), device=loss.device), "tokens": torch.zeros((), device=loss.device)}
-        # kept as tensors: reading them back to the host every micro-batch would sync the GPU
-        self._window["nll"] = self._window["nll"] + loss.detach().float() * tokens
-        self._window["tokens"] = self._window["tokens"] + tokens
-        # running token-weighted mean of the global step (nan without tokens): logged at its last micro-batch
-        step_loss = self._window["nll"] / self._window["tokens"]
-        self.final_loss[modality] = step_loss
+        # token-exact: the gradient of the NLL sum, divided by the global step's token count before the optimizer step
+        returned = self.token_loss.micro_batch(loss, out.num_loss_tokens, batch_idx % self._accumulation() == 0,
+                                               self._accumulation(), self.trainer.world_size, owns_gradients(self.trainer))
         size = int(batch["input_ids"].shape[0])
-        self.log("train/loss", step_loss, on_step=True, prog_bar=True, batch_size=size)
-        self.log(f"train/loss_{modality}", step_loss, on_step=True, batch_size=size)
         self.log("train/modality", float(MODALITY_CODE.get(modality, -1)), on_step=True, batch_size=size)
         opt = self.trainer.optimizers[0] if self.trainer.optimizers else None
         if opt is not None:
             self.log("train/lr", float(opt.param_groups[0]["lr"]), on_step=True, batch_size=size)
-        return loss
+        return returned
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        """Total gradient norm of the trainable parameters, before clipping."""
+        """Token-exact gradients and `train/loss` of the global step; total gradient norm of the trainable parameters, before clipping."""
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        step_loss = self.token_loss.finish_step(self, params, owns_gradients(self.trainer))
+        if step_loss is not None:
+            self.final_loss[str(self.current_modality)] = step_loss
+            self.log("train/loss", step_loss, on_step=True, prog_bar=True)
+            self.log(f"train/loss_{self.current_modality}", step_loss, on_step=True)
         grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
         if grads:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
