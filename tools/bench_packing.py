@@ -108,10 +108,11 @@ def bench_fill(data_dir: Path, tmp: Path, quick: bool, drawn: int = 400) -> dict
 
 
 def bench_step(data_dir: Path, tmp: Path, quick: bool) -> dict[str, Any]:
-    """Mid-size stage-2 steps (grouped, 70% text) with both modalities packed vs none packed, in lockstep."""
+    """Mid-size (quick: tiny) stage-2 steps (grouped, 70% text), both modalities packed vs none packed, in lockstep."""
     steps, repeats, warmup = (6, 1, 2) if quick else (20, 2, 3)
-    out: dict[str, Any] = {}
-    cfgs = {p: bench.stage2_config(data_dir, tmp / f"step_{p}", size="mid", packing=p) for p in (True, False)}
+    size = "tiny" if quick else "mid"
+    out: dict[str, Any] = {"size": size}
+    cfgs = {p: bench.stage2_config(data_dir, tmp / f"step_{p}", size=size, packing=p) for p in (True, False)}
     batches = {p: bench.make_batches(cfgs[p], steps)[0] for p in cfgs}
     runs = [bench.lockstep([bench.HandStep(bench.new_stage(cfgs[p])) for p in cfgs], [batches[p] for p in cfgs], warmup)
             for _ in range(repeats)]
@@ -166,7 +167,7 @@ def bench_loss_memory(tokens: int = 4096, vocab: int = 102_400, hidden: int = 20
 def run(data_dir: Path, tmp: Path, quick: bool = False) -> dict[str, Any]:
     """All sections: {"fill": ..., "step": ..., "loss_memory": ...}."""
     return {"fill": bench_fill(data_dir, tmp, quick), "step": bench_step(data_dir, tmp, quick),
-            "loss_memory": bench_loss_memory(1024 if quick else 4096)}
+            "loss_memory": bench_loss_memory(512, 16_000, 256) if quick else bench_loss_memory()}
 
 
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -184,7 +185,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"greedy {m['greedy']:.3f}, {m['samples_per_row']:.1f} samples/row, buffer {m['buffer']}"))
     s = r.get("step")
     if s:
-        out.append(("stage-2 mid step, packed / unpacked samples/s", f"{s['ratio']:.2f}", "-",
+        out.append((f"stage-2 {s['size']} step, packed / unpacked samples/s", f"{s['ratio']:.2f}", "-",
                     f"{s['packed']['step_s'] * 1e3:.0f} vs {s['unpacked']['step_s'] * 1e3:.0f} ms/step, pad "
                     f"{s['packed']['pad_fraction']:.2f} vs {s['unpacked']['pad_fraction']:.2f}"))
     lm = r.get("loss_memory")
