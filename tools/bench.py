@@ -11,7 +11,8 @@ Sections (each a ratio of two things measured here, now, on the same machine):
   step on the same initial weights and the same batches (goal <= 1.05);
 - grouping: samples/s of modality-grouped vs mixed-within-batch micro-batches drawn from the same
   streams (70% text, 30% image), at the tiny and a mid-size config, with padding fraction each;
-- packing: real-token fraction of text micro-batches with and without packing (goal >= 0.95 with);
+- packing (tools/bench_packing.py): real-token fraction of best-fit packed rows (text 256, multimodal
+  4096 with 576-token images), mid-size stage-2 step packed vs unpacked, loss+backward memory;
 - data: preprocessed images/s of one worker for the hybrid tower (384 + 1024) vs transformers'
   `DeepseekVLHybridImageProcessor` on the same images (goal >= 1.0), and the demo loader's batches/s
   over the trainer's consumption (>= 1: one worker keeps up);
@@ -47,7 +48,6 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))  # the bench_<topic>.py sections
-from bench_convert import bench_convert  # noqa: E402
 RATIO_70_30 = "{start: 0.7, target: 0.7, warmup_steps: 0, shape: linear}"
 # a mid-size hybrid model: 4-layer LLM of width 256, towers at 64 / 128 px giving 64 image tokens per image
 MID = ["model.llm.hidden_size=256", "model.llm.intermediate_size=688", "model.llm.num_hidden_layers=4",
@@ -235,24 +235,6 @@ def bench_grouping(data_dir: Path, tmp: Path, size: str, steps: int, repeats: in
     return out
 
 
-def bench_packing(data_dir: Path, tmp: Path, batches: int, max_length: int = 256) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for packing in (False, True):
-        cfg = stage2_config(data_dir, tmp / f"pack_{packing}", mode="text_only", packing=packing, max_length=max_length)
-        made, _ = make_batches(cfg, batches)
-        tokens = sum(b["stats"]["tokens"] for b in made)
-        pad = sum(b["stats"]["pad_tokens"] for b in made)
-        out["packed" if packing else "unpacked"] = {"real_token_fraction": tokens / (tokens + pad),
-                                                    "samples_per_row": sum(b["stats"]["samples"] for b in made) / (len(made) * made[0]["input_ids"].shape[0])}
-    out["max_length"], out["goal"] = max_length, 0.95
-    return out
-
-
-def bench_packing_lengths(data_dir: Path, tmp: Path, batches: int, lengths: Sequence[int]) -> dict[str, Any]:
-    """Packing at the demo's row length and at longer rows (the paper packs 4096-token rows)."""
-    return {str(n): bench_packing(data_dir, tmp, batches if n <= 256 else max(2, batches // 4), n) for n in lengths}
-
-
 def synthetic_images(n: int, seed: int = 0) -> list[Any]:
     """Photo-sized RGB images of mixed aspect ratios (smooth gradients plus noise, like JPEG content)."""
     import numpy as np
@@ -402,9 +384,9 @@ def table(results: dict[str, Any]) -> str:
             rows.append((f"grouping {size} (grouped / mixed samples/s)", f"{g['ratio']:.3f}", "paper ~1.2 (GPU)",
                          f"pad {g['grouped']['pad_fraction']:.2f} vs {g['mixed']['pad_fraction']:.2f} "
                          f"(positions {g['padded_positions_ratio']:.2f}x), same samples {g['same_samples']:.2f}"))
-    for n, p in results.get("packing", {}).items():
-        rows.append((f"packing: real-token fraction, {n}-token rows", f"{p['packed']['real_token_fraction']:.3f}", ">= 0.95",
-                     f"unpacked {p['unpacked']['real_token_fraction']:.3f}, {p['packed']['samples_per_row']:.1f} samples/row"))
+    from bench_packing import rows as packing_rows
+
+    rows += packing_rows(results.get("packing", {}))
     d = results.get("images")
     if d:
         rows.append(("images/s per worker, 384+1024 (dsvl / transformers)", f"{d['ratio']:.2f}", ">= 1.0",
@@ -450,8 +432,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak for MFU (default: known GPUs)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: one core per measurement, stable when the machine is shared)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "grouping", "packing", "images", "convert", "memory", "eval"])
+    sections = ["overhead", "grouping", "packing", "images", "convert", "memory", "eval"]
+    ap.add_argument("--skip", nargs="*", default=[], choices=sections)
+    ap.add_argument("--only", nargs="*", default=None, choices=sections, help="run only these sections")
     args = ap.parse_args(argv)
+    if args.only is not None:
+        args.skip = [s for s in sections if s not in args.only]
     quick = args.quick
     steps, repeats, warmup = (6, 1, 2) if quick else (30, 3, 4)
     logging_quiet()
@@ -472,10 +458,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["grouping"] = {size: bench_grouping(data_dir, tmp, size, steps if size == "tiny" else 20, repeats, 2)
                                    for size in (("tiny",) if quick else ("tiny", "mid"))}
         if "packing" not in args.skip:
-            results["packing"] = bench_packing_lengths(data_dir, tmp, 8 if quick else 60, (256,) if quick else (256, 1024))
+            from bench_packing import run as bench_packing
+
+            results["packing"] = bench_packing(data_dir, tmp, quick)
         if "images" not in args.skip:
             results["images"] = bench_images(3 if quick else 12, 1 if quick else 2)
         if "convert" not in args.skip:
+            from bench_convert import bench_convert
+
             results["convert"] = bench_convert(40 if quick else 400)
         if "memory" not in args.skip:
             results["memory"] = bench_memory(data_dir, tmp, 3 if quick else 20)

@@ -39,7 +39,7 @@ def test_quick_bench_prints_table_and_writes_json(bench, demo, tmp_path, capsys)
     out = tmp_path / "bench.json"
     results = bench.main(["--quick", "--out", str(out), "--data-dir", str(demo)])
     printed = capsys.readouterr().out
-    for row in ("framework overhead", "grouping tiny", "packing: real-token fraction", "images/s per worker",
+    for row in ("framework overhead", "grouping tiny", "packing: real-token fraction", "packing multimodal", "images/s per worker",
                 "demo loader / trainer", "peak RSS"):
         assert row in printed
     saved = json.loads(out.read_text())
@@ -56,9 +56,11 @@ def test_quick_bench_prints_table_and_writes_json(bench, demo, tmp_path, capsys)
     assert g["same_samples"] == 1.0 and g["grouped"]["images"] == g["mixed"]["images"] > 0
     assert 0 <= g["grouped"]["pad_fraction"] < g["mixed"]["pad_fraction"] < 1
 
-    p = saved["packing"]["256"]
-    assert p["unpacked"]["real_token_fraction"] < p["packed"]["real_token_fraction"] <= 1.0
-    assert p["packed"]["samples_per_row"] > 1.0 and p["unpacked"]["samples_per_row"] == 1.0
+    p = saved["packing"]
+    for kind in ("text", "multimodal"):  # best fit over the buffer beats greedy stream order on the same samples
+        assert p["fill"][kind]["greedy"] < p["fill"][kind]["best_fit"] <= 1.0 and p["fill"][kind]["samples_per_row"] > 1.0
+    assert p["step"]["packed"]["pad_fraction"] < p["step"]["unpacked"]["pad_fraction"] and finite_positive(p["step"]["ratio"])
+    assert p["loss_memory"]["max_abs_loss_diff"] < 1e-4 and finite_positive(p["loss_memory"]["ratio"])
 
     d = saved["images"]
     assert d["max_abs_diff"] < 1e-4 and finite_positive(d["ratio"])  # same tensors as transformers

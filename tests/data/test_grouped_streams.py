@@ -93,7 +93,7 @@ def test_modes_and_config_errors(demo_dir, hybrid_spec):
 
 
 def test_mixture_weights_are_tracked(demo_dir, hybrid_spec):
-    dm = _dm(demo_dir, hybrid_spec, mode="multimodal_only", micro_batch_size=10)
+    dm = _dm(demo_dir, hybrid_spec, mode="multimodal_only", micro_batch_size=10, packing=False)  # one sample a row
     keys = [k for b in itertools.islice(iter(dm.train_dataset()), 10) for k in b["keys"]]
     n_caption = sum(k.startswith("pretrain_caption") for k in keys)
     assert n_caption == 60  # weights 0.6 / 0.4 over 100 samples, exactly by the quota rule

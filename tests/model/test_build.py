@@ -38,7 +38,7 @@ def test_hydra_override_swaps_tower_and_adaptor():
     cfg = _compose("+model=tiny", "model/vision=tiny_siglip", "model/adaptor=mlp_gelu")
     model = build_model(cfg)  # a DictConfig goes in as is
     assert model.vision.high is None and isinstance(model.adaptor, MLPGelu)
-    assert model(**make_batch([1, 1], hybrid=False)).logits.shape == (2, 48, 1024)
+    assert model(**make_batch([1, 1], hybrid=False), return_logits=True).logits.shape == (2, 48, 1024)
 
     hybrid = build_model(_compose("+model=tiny_siglip", "model/vision=tiny_hybrid", "model/adaptor=hybrid_split_mlp_gelu"))
     assert hybrid.vision.high is not None and isinstance(hybrid.adaptor, HybridSplitMLPGelu)

@@ -154,7 +154,7 @@ def test_siglip_only_model_ignores_high_res_and_has_no_high_part(tiny_siglip_cfg
     model = build_model(tiny_siglip_cfg)
     assert model.vision.high is None and "vision.high" not in model.parts()
     assert [i.name for i in model.vision_spec.inputs] == ["pixel_values"]
-    out = model(**make_batch([1, 2], hybrid=False))
+    out = model(**make_batch([1, 2], hybrid=False), return_logits=True)
     assert out.logits.shape[:2] == (2, 48) and torch.isfinite(out.loss)
 
 
@@ -200,7 +200,7 @@ def test_packed_rows_with_restarting_positions_do_not_attend_across_samples(mode
 
 def test_bf16_model_accepts_fp32_pixels(tiny_cfg):
     model = build_model(tiny_cfg).to(torch.bfloat16)
-    out = model(**make_batch([1, 0], seed=15))
+    out = model(**make_batch([1, 0], seed=15), return_logits=True)
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
 
 

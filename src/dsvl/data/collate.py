@@ -25,7 +25,8 @@ def _modality(samples: Sequence[Encoded]) -> str:
 def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: Sequence[tuple[str, int]] = (),
                  pad_to: int | None = None) -> dict[str, Any]:
     """One row per list of samples; rows with several samples are packed (position_ids restart per
-    sample, and the padding tail gets its own 0.. positions so it is a separate segment too)."""
+    sample, and the padding tail gets its own 0.. positions so it is a separate segment too). Image
+    tensors are concatenated row by row, sample by sample: the order of the image placeholders."""
     packed = any(len(r) > 1 for r in rows)
     lengths = [sum(len(s) for s in r) for r in rows]
     T = max(max(lengths), pad_to or 0)
@@ -40,6 +41,7 @@ def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: S
             n = len(s)
             input_ids[b, t:t + n] = torch.tensor(s.input_ids)
             labels[b, t:t + n] = torch.tensor(s.labels)
+            labels[b, t] = IGNORE_INDEX  # never predicted alone; packed, the previous sample's last token would
             position_ids[b, t:t + n] = torch.arange(n)
             t += n
         attention[b, :t] = 1

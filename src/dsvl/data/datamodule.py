@@ -24,7 +24,7 @@ from dsvl.data.bad_samples import SkipCounter
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
 from dsvl.data.encode import SampleEncoder
 from dsvl.data.errors import DataConfigError
-from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches
+from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches, packed_modalities
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.mixture import SourceConfig, parse_sources
 from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceCollator
@@ -69,7 +69,8 @@ class DSVLDataModule(L.LightningDataModule):
         micro_batch_size: int = 8,
         val_batch_size: int | None = None,
         max_length: int = 512,
-        packing: bool = False,
+        packing: bool | Mapping[str, bool] = False,
+        packing_buffer: int = 256,
         pad_to_max_length: bool = False,
         mode: str = "grouped",
         schedule: Mapping[str, Any] | ModalitySchedule | None = None,
@@ -96,7 +97,8 @@ class DSVLDataModule(L.LightningDataModule):
         else:
             self.schedule = ModalitySchedule(**dict(schedule or {}))
         self.micro_batch_size, self.val_batch_size = int(micro_batch_size), int(val_batch_size or micro_batch_size)
-        self.max_length, self.packing, self.pad_to_max_length = int(max_length), bool(packing), bool(pad_to_max_length)
+        self.max_length, self.pad_to_max_length = int(max_length), bool(pad_to_max_length)
+        self.packing, self.packing_buffer = packed_modalities(packing), int(packing_buffer)
         self.mode, self.accumulate = mode, accumulate_grad_batches
         self.supervise, self.system_prompt = supervise, system_prompt
         self.num_workers, self.prefetch_factor, self.pin_memory = int(num_workers), prefetch_factor, pin_memory
@@ -150,8 +152,8 @@ class DSVLDataModule(L.LightningDataModule):
         return int(self.accumulate or from_trainer or 1)
 
     def batching(self) -> BatchingConfig:
-        return BatchingConfig(self.micro_batch_size, self.max_length, self.packing, self.pad_to_max_length, self.mode,
-                              self._accumulate(), self.seed, self.shuffle_buffer)
+        return BatchingConfig(self.micro_batch_size, self.max_length, self.packing, self.packing_buffer,
+                              self.pad_to_max_length, self.mode, self._accumulate(), self.seed, self.shuffle_buffer)
 
     @staticmethod
     def check_sources(sources: Sequence[SourceConfig], what: str) -> None:

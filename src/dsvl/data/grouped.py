@@ -28,7 +28,7 @@ from dsvl.data.collate import collate, collate_rows
 from dsvl.data.encode import SampleEncoder
 from dsvl.data.errors import DataConfigError
 from dsvl.data.mixture import Mixture, SourceConfig
-from dsvl.data.packing import pack_rows
+from dsvl.data.packing import BufferedPacker
 from dsvl.data.schedule import MULTIMODAL, TEXT, ModalitySchedule
 from dsvl.data.streams import Part, SourceReader, expand_urls
 
@@ -42,7 +42,8 @@ class BatchingConfig:
 
     micro_batch_size: int = 8
     max_length: int = 512
-    packing: bool = False  # text steps only
+    packing: bool | Mapping[str, bool] | frozenset[str] = False  # true (both modalities) or {text:, multimodal:}
+    packing_buffer: int = 256  # look-ahead samples per packed modality (they hold their pixels: mind the memory)
     pad_to_max_length: bool = False  # static shapes (e.g. for compiled models / TPUs)
     mode: str = "grouped"
     accumulate_grad_batches: int = 1
@@ -54,6 +55,23 @@ class BatchingConfig:
             raise DataConfigError(f"data mode must be one of {MODES}, got {self.mode!r}")
         if self.micro_batch_size < 1 or self.max_length < 2 or self.accumulate_grad_batches < 1:
             raise DataConfigError("micro_batch_size, accumulate_grad_batches must be >= 1 and max_length >= 2")
+        if self.packing_buffer < 1:
+            raise DataConfigError(f"data.packing_buffer must be >= 1, got {self.packing_buffer}")
+        object.__setattr__(self, "packing", packed_modalities(self.packing))
+
+
+def packed_modalities(packing: bool | Mapping[str, bool] | frozenset[str] | None) -> frozenset[str]:
+    """The modalities whose steps are packed: `true` = both, or a mapping ``{text: bool, multimodal: bool}``."""
+    if isinstance(packing, frozenset):
+        return packing
+    if isinstance(packing, Mapping):
+        unknown = set(packing) - {TEXT, MULTIMODAL}
+        if unknown:
+            raise DataConfigError(f"data.packing keys must be {TEXT!r} / {MULTIMODAL!r}, got {sorted(unknown)}")
+        return frozenset(m for m, on in packing.items() if on)
+    if packing is None or isinstance(packing, bool):
+        return frozenset((TEXT, MULTIMODAL)) if packing else frozenset()
+    raise DataConfigError(f"data.packing must be true, false or {{text: bool, multimodal: bool}}, got {packing!r}")
 
 
 def build_mixtures(sources: Sequence[SourceConfig], encoder: SampleEncoder, part: Part, seed: int, shuffle: int,
@@ -108,7 +126,7 @@ class GlobalStepBatches(IterableDataset):
         r = self.schedule.language_ratio(self.step_of(i))
         return int(math.floor(r * (i + 1) * B + 0.5) - math.floor(r * i * B + 0.5))
 
-    def _make(self, i: int, streams: dict[str, Mixture]) -> dict[str, Any]:
+    def _make(self, i: int, streams: dict[str, Mixture], packers: dict[str, BufferedPacker]) -> dict[str, Any]:
         B, pad = self.cfg.micro_batch_size, self.encoder.text.pad_id
         pad_to = self.cfg.max_length if self.cfg.pad_to_max_length else None
         if self.cfg.mode == "mixed":
@@ -122,8 +140,8 @@ class GlobalStepBatches(IterableDataset):
             return collate_rows([[s] for s in samples], pad, self.image_inputs, pad_to)
         modality = self.modality_of(i)
         stream = streams[modality]
-        if modality == TEXT and self.cfg.packing:
-            return collate_rows(pack_rows(stream, B, self.cfg.max_length), pad, self.image_inputs, pad_to)
+        if modality in packers:
+            return collate_rows(packers[modality].rows(B), pad, self.image_inputs, pad_to)
         return collate_rows([[stream.pop()] for _ in range(B)], pad, self.image_inputs, pad_to)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -139,14 +157,24 @@ class GlobalStepBatches(IterableDataset):
         counter = SkipCounter(saved.get("skipped") if saved else None)
         part = Part(self.rank, self.world_size, lw, W)
         streams = build_mixtures(self.sources, self.encoder, part, self.cfg.seed, self.cfg.shuffle_buffer, counter)
+        packing = self.cfg.packing if self.cfg.mode in ("grouped", "text_only", "multimodal_only") else frozenset()
+        packers = {m: BufferedPacker(s, self.cfg.max_length, self.cfg.packing_buffer)
+                   for m, s in streams.items() if m in packing}
         if saved:
             for m, st in saved.get("streams", {}).items():
                 if m in streams:
                     streams[m].load_state_dict(st)
+            for m, st in saved.get("packers", {}).items():
+                if m in packers:  # rewinds its stream to the oldest pending sample and redraws the buffer
+                    packers[m].load_state_dict(st)
+            # redrawing a buffer meets again the bad samples already counted before the checkpoint
+            counter.counts.clear()
+            counter.merge(saved.get("skipped") or {})
         while True:
-            batch = self._make(i, streams)
+            batch = self._make(i, streams, packers)
             batch["state"] = {"micro_index": i, "step": self.step_of(i), "worker": lw, "num_workers": W,
                               "rank": self.rank, "streams": {m: s.state_dict() for m, s in streams.items()},
+                              "packers": {m: p.state_dict() for m, p in packers.items()},
                               "skipped": counter.as_dict()}
             yield batch
             i += W

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -25,10 +26,11 @@ MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "labels", "p
 
 @dataclass
 class VLMOutput:
-    """Mean next-token loss over supervised positions, the logits, how many positions the loss averaged, the KV cache."""
+    """Mean next-token loss over supervised positions, the logits (None on the training path: `forward`
+    with labels and ``return_logits=False``), how many positions the loss averaged, the KV cache."""
 
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     num_loss_tokens: torch.Tensor | None = None
     past_key_values: Any = None
 
@@ -39,6 +41,29 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
     count = (shift_labels != IGNORE_INDEX).sum()
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / count.clamp(min=1), count
+
+
+LOSS_CHUNK = 1024  # positions per chunk of `chunked_next_token_loss`: 1024 x 102,400 fp32 logits = 0.4 GB
+
+
+def _chunk_nll_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_next_token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
+                            chunk: int = LOSS_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """`next_token_loss(head(hidden), labels)` without materialising the logits: only supervised
+    positions go through the output head, `chunk` at a time, each chunk under activation
+    checkpointing, so forward and backward hold one chunk's fp32 logits (and their gradient) at once."""
+    shift_labels = labels[:, 1:].to(hidden.device)
+    keep = shift_labels != IGNORE_INDEX
+    count = keep.sum()
+    states, targets = hidden[:, :-1][keep], shift_labels[keep]
+    total = states.float().sum() * 0.0  # a zero with a graph, also when nothing is supervised
+    for i in range(0, int(targets.shape[0]), chunk):
+        part = checkpoint(_chunk_nll_sum, head, states[i:i + chunk], targets[i:i + chunk], use_reentrant=False)
+        total = total + part
     return total / count.clamp(min=1), count
 
 
@@ -157,9 +182,13 @@ class VisionLanguageModel(nn.Module):
         high_res_pixel_values: torch.Tensor | None = None,
         use_cache: bool = False,
         image_embeds: torch.Tensor | None = None,
+        return_logits: bool | None = None,
         **llm_kwargs: Any,
     ) -> VLMOutput:
-        """Logits for every position and, with `labels` (unshifted, -100 = no loss), the mean next-token NLL.
+        """The logits of every position and, with `labels` (unshifted, -100 = no loss), the mean
+        next-token NLL. Training (train mode, gradients on; or ``return_logits=False``) computes the
+        loss in chunks without the full logits (`chunked_next_token_loss`) and returns logits=None;
+        ``return_logits=True`` always takes the full-logits path.
 
         `position_ids` mark packed rows: each restart at 0 begins a sample that attends only to itself.
         `image_embeds` replaces the pixels with precomputed image features (see `embed_inputs`).
@@ -170,17 +199,28 @@ class VisionLanguageModel(nn.Module):
             # each segment only when no 2D mask is given (masking_utils.find_packed_sequence_indices);
             # with one, samples would attend across boundaries. Padding is a segment of its own.
             attention_mask = None
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            **llm_kwargs,
-        )
+        inputs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=use_cache, **llm_kwargs)
+        if return_logits is None:
+            return_logits = not (self.training and torch.is_grad_enabled())
+        if labels is not None and not return_logits and not use_cache and self._head_outside_llm_forward_ok():
+            hidden = self.llm.get_decoder()(**inputs).last_hidden_state
+            loss, count = chunked_next_token_loss(hidden, self.llm.get_output_embeddings(), labels)
+            return VLMOutput(loss=loss, logits=None, num_loss_tokens=count)
+        out = self.llm(**inputs)
         loss = count = None
         if labels is not None:
             loss, count = next_token_loss(out.logits, labels)
         return VLMOutput(loss=loss, logits=out.logits, num_loss_tokens=count, past_key_values=out.get("past_key_values"))
+
+    def _head_outside_llm_forward_ok(self) -> bool:
+        """False when the LLM is its own FSDP2 unit: its head and final norm are only gathered inside
+        the LLM's own forward, so the loss takes the full-logits path there."""
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:  # torch without distributed
+            return True
+        return not isinstance(self.llm, FSDPModule)
 
     @torch.no_grad()
     def generate(

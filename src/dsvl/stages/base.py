@@ -15,11 +15,11 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import grad_norm, rank_zero_only
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MeanMetric
 
 from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
 from dsvl.eval.scoring import forward_inputs, score_options
 from dsvl.stages.freezing import apply_freezing, freeze_table
+from dsvl.stages.token_loss import TokenExactLoss, owns_gradients
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,8 @@ class VLMStage(LightningModule):
         self.val_text_ppl = TextPerplexity()
         self.val_mm_loss = MultimodalLoss()
         self.val_mc_acc = MultipleChoiceAccuracy()
-        # token-weighted mean loss of one global step (reset at its end); rank-local like the step's modality
-        self.train_loss = nn.ModuleDict({m: MeanMetric(nan_strategy="disable", sync_on_compute=False)
-                                         for m in ("all", *MODALITY_CODE)})
         self.current_modality: str | None = None
+        self.token_loss = TokenExactLoss()  # token-exact loss over the global step (dsvl.stages.token_loss)
         self._sample_batch: dict[str, Any] | None = None
         self._tokens_per_batch = 0
 
@@ -123,28 +121,20 @@ class VLMStage(LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         out = self(batch)
-        self.log_train_step(batch, out)
-        return out.loss  # the core gives 0 (with a graph) for a micro-batch without supervised tokens
+        return self.log_train_step(batch, batch_idx, out)
 
-    def log_train_step(self, batch: Mapping[str, Any], out: Any) -> None:
-        """Accumulate the micro-batch's loss (weighted by its supervised tokens); at the global step's last
-        micro-batch log the step's mean as `train/loss` and `train/loss_<modality>`."""
+    def log_train_step(self, batch: Mapping[str, Any], batch_idx: int, out: Any) -> Tensor:
+        """Add the micro-batch to its global step's token-exact loss (`dsvl.stages.token_loss`) and return
+        what to backpropagate; `train/loss` is logged once per global step, in `on_before_optimizer_step`."""
         modality = str(batch.get("modality", "text"))
         self.current_modality = modality
         self._tokens_per_batch = int(batch["input_ids"].numel())
-        loss, tokens = out.loss.detach().float(), out.num_loss_tokens.detach().float()
-        for key in ("all", modality):
-            if key in self.train_loss:
-                self.train_loss[key].update(loss, weight=tokens)
+        accumulate = int(self.trainer.accumulate_grad_batches)
+        returned = self.token_loss.micro_batch(out.loss, out.num_loss_tokens, batch_idx % accumulate == 0, accumulate,
+                                               self.trainer.world_size, owns_gradients(self.trainer))
         size = int(batch["input_ids"].shape[0])
         self.log("train/modality", float(MODALITY_CODE.get(modality, -1)), on_step=True, batch_size=size)
-        if self.trainer.fit_loop._should_accumulate():
-            return  # mid global step: Lightning logs a step's metrics once, after its optimizer step
-        for key, metric in self.train_loss.items():
-            if metric.update_called:
-                name = "train/loss" if key == "all" else f"train/loss_{key}"
-                self.log(name, metric.compute(), on_step=True, prog_bar=key == "all", batch_size=size)
-                metric.reset()
+        return returned  # the core gives 0 (with a graph) for a micro-batch without supervised tokens
 
     @property
     def flops_per_batch(self) -> int:
@@ -153,7 +143,13 @@ class VLMStage(LightningModule):
         return 6 * sum(p.numel() for p in self.model.parameters()) * self._tokens_per_batch
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        """Total gradient norm of the trainable parameters, before clipping."""
+        """Token-exact gradients and the step's `train/loss` (the global token mean, all ranks and
+        micro-batches), then the total gradient norm of the trainable parameters, before clipping."""
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        step_loss = self.token_loss.finish_step(self, params, owns_gradients(self.trainer))
+        if step_loss is not None:
+            self.log("train/loss", step_loss, on_step=True, prog_bar=True)
+            self.log(f"train/loss_{self.current_modality}", step_loss, on_step=True)
         norms = grad_norm(self.model, norm_type=2)
         if norms:
             self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)

@@ -1,0 +1,84 @@
+"""Token-exact loss of a global step: every supervised token of every micro-batch on every rank weighs the same.
+
+The optimised loss of a global step is (sum of token NLLs over all its micro-batches and ranks) /
+(supervised tokens in the whole global batch), so the gradient is that of one big batch, however
+unevenly the tokens fall over micro-batches (packing, SFT answers-only, modality-grouped steps).
+
+How (torchtune's recipe, on Lightning's automatic optimization):
+- each micro-batch's returned loss keeps its value (the micro-batch's token mean: what Lightning
+  reports and what the NaN guard checks) but carries the gradient of its NLL *sum* times
+  ``accumulate_grad_batches x world_size``, which undoes Lightning's division by the accumulation
+  and DDP's / FSDP's averaging over ranks, so the accumulated gradient is the sum over the global batch;
+- `on_before_optimizer_step` (after the last backward, before clipping; after the callbacks, so the
+  NaN guard has already dropped a bad step's gradients) all-reduces [NLL sum, token count] once
+  and divides every gradient by the global count; the logged ``train/loss`` is NLL sum / count.
+
+DeepSpeed keeps gradients inside its engine: there the per-micro-batch mean is optimised as before.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def owns_gradients(trainer: Any) -> bool:
+    """False under DeepSpeed, whose engine holds (and scales) the gradients itself."""
+    return "DeepSpeed" not in type(getattr(trainer, "strategy", None)).__name__
+
+
+class TokenExactLoss:
+    """Per-step accumulator of NLL sum and supervised tokens; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.nll: Tensor | None = None
+        self.tokens: Tensor | None = None
+
+    def micro_batch(self, loss: Tensor, count: Tensor, first: bool, accumulate: int, world_size: int,
+                    exact: bool = True) -> Tensor:
+        """What `training_step` returns for a micro-batch with mean NLL `loss` over `count` tokens
+        (`first`: the first micro-batch of its global step)."""
+        tokens = count.detach().float()
+        nll = loss.detach().float() * tokens
+        if first or self.nll is None or self.tokens is None:
+            self.nll, self.tokens = nll, tokens
+        else:  # kept as tensors: reading them back every micro-batch would sync the GPU
+            self.nll, self.tokens = self.nll + nll, self.tokens + tokens
+        if not exact:
+            return loss
+        return _ScaleGrad.apply(loss, tokens * float(accumulate * world_size))
+
+    def finish_step(self, module: Any, params: list[Tensor], exact: bool = True) -> Tensor | None:
+        """All-reduce [NLL sum, tokens] once, divide `params`' gradients by the global token count
+        (when `exact`) and return the global token-mean loss (nan without supervised tokens)."""
+        if self.nll is None or self.tokens is None:
+            return None
+        total = torch.stack([self.nll, self.tokens])
+        trainer = getattr(module, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            total = trainer.strategy.reduce(total, reduce_op="sum")
+        self.nll = self.tokens = None
+        if exact:
+            count = float(total[1])  # one host sync per optimizer step
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(max(count, 1.0))
+        return total[0] / total[1]
