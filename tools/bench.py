@@ -15,7 +15,10 @@ Sections (each a ratio of two things measured here, now, on the same machine):
 - data: preprocessed images/s of one worker for the hybrid tower (384 + 1024) vs transformers'
   `DeepseekVLHybridImageProcessor` on the same images (goal >= 1.0), and the demo loader's batches/s
   over the trainer's consumption (>= 1: one worker keeps up);
-- memory: peak RSS of a demo stage-2 run (`dsvl-train experiment=demo/pretrain`) in a subprocess;
+- rss: peak RSS of a demo stage-2 run (`dsvl-train experiment=demo/pretrain`) in a subprocess;
+- memory: peak RSS per rank of a 2-process FSDP2 build / load of the 1.3B preset over one process
+  holding it whole (goal <= 0.65; tools/bench_scale.py);
+- resume: seconds to resume a data stream after 10x the consumed samples over 1x (goal <= 1.5);
 - cuda (only with --device cuda): tokens/s and model FLOPs utilisation of stage-2 steps.
 
 Timings take, per step, the fastest of `--repeats` passes (other processes on a shared machine only
@@ -41,6 +44,9 @@ for _k, _v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZ
     os.environ.setdefault(_k, _v)
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scale  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_70_30 = "{start: 0.7, target: 0.7, warmup_steps: 0, shape: linear}"
@@ -408,7 +414,9 @@ def table(results: dict[str, Any]) -> str:
     if o:
         rows.append(("demo loader / trainer consumption (1 worker)", f"{o['loader_over_train']:.2f}", ">= 1.0",
                      f"{o['loader_batches_per_s']:.1f} vs {o['train_batches_per_s']:.1f} batches/s"))
-    m = results.get("memory")
+    rows += bench_scale.rows(results["memory"]) if results.get("memory") else []
+    rows += bench_scale.resume_rows(results["resume"]) if results.get("resume") else []
+    m = results.get("rss")
     if m:
         rows.append(("peak RSS, demo stage-2 run (MB)", f"{m['peak_rss_mb']:.0f}", "-", f"{m['steps']} steps, {m['seconds']:.0f} s"))
     for size, c in results.get("cuda", {}).items():
@@ -439,8 +447,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak for MFU (default: known GPUs)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: one core per measurement, stable when the machine is shared)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "grouping", "packing", "images", "memory"])
+    sections = ["overhead", "grouping", "packing", "images", "rss", "memory", "resume"]
+    ap.add_argument("--skip", nargs="*", default=[], choices=sections)
+    ap.add_argument("--only", nargs="*", default=None, choices=sections, help="run just these sections")
     args = ap.parse_args(argv)
+    if args.only is not None:
+        args.skip = [s for s in sections if s not in args.only]
     quick = args.quick
     steps, repeats, warmup = (6, 1, 2) if quick else (30, 3, 4)
     logging_quiet()
@@ -464,8 +476,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["packing"] = bench_packing_lengths(data_dir, tmp, 8 if quick else 60, (256,) if quick else (256, 1024))
         if "images" not in args.skip:
             results["images"] = bench_images(3 if quick else 12, 1 if quick else 2)
-        if "memory" not in args.skip:
-            results["memory"] = bench_memory(data_dir, tmp, 3 if quick else 20)
+        if "rss" not in args.skip:
+            results["rss"] = bench_memory(data_dir, tmp, 3 if quick else 20)
+        if "memory" not in args.skip and (not quick or args.only):  # minutes and ~10 GB: asked for, not smoke-tested
+            results["memory"] = bench_scale.bench_memory("tiny" if quick else "deepseek_vl_1.3b")
+        if "resume" not in args.skip:
+            results["resume"] = bench_scale.bench_resume(4000 if quick else 20000, 300 if quick else 1500)
         if args.device == "cuda":
             if not torch.cuda.is_available():
                 raise SystemExit("--device cuda: no CUDA device visible")

@@ -66,6 +66,14 @@ def main() -> None:
         # the sharded model computes what the whole one does (same batch, gathered loss)
         ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(1))
         report[f"loss_tie{tie}"] = [float(model(input_ids=ids, labels=ids).loss), float(whole(input_ids=ids, labels=ids).loss)]
+        if not tie:  # a sharded checkpoint as Lightning's FSDP2 path writes it (DCP, keys under state_dict.model.)
+            import torch.distributed.checkpoint as dcp
+            from omegaconf import OmegaConf
+
+            dcp.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, checkpoint_id=out / "run" / "dcp")
+            if rank == 0:
+                OmegaConf.save({"model": cfg}, out / "run" / "config_resolved.yaml")
+                torch.save(reference, out / "run" / "reference.pt")
 
     # loading: rank 0 writes checkpoints of a model with seed 11, every rank then loads them into shards
     cfg = model_config("tiny")
