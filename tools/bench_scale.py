@@ -4,7 +4,7 @@ against one process holding it whole. `bench_memory()` returns the rows `tools/b
 Each measurement is a fresh process reporting its own peak RSS (`ru_maxrss`), so imports count on both sides:
 - whole: `build_model(cfg)` (meta build + per-unit random init into the full model), then, from the
   `save_pretrained` export that process writes, `build_model({**cfg, "pretrained": dir})` (transformers'
-  loader);
+  loader, which maps the file lazily: every weight is then read once, as the first step would);
 - sharded: `build_model(cfg, device="meta")`, `fully_shard` per block / part (`shard_model`), then
   `materialize` into the local shards (random init, or the same export read slice by slice).
 """
@@ -33,6 +33,7 @@ if mode == "whole-init":
     model.save_pretrained(export)  # after the peak is taken: the checkpoint the load rows read
 elif mode == "whole-load":
     model = build_model({**cfg, "pretrained": export})
+    total = sum(float(p.detach().sum()) for p in model.parameters())  # read every weight (transformers maps the file lazily)
 else:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -67,7 +68,7 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def bench_memory(preset: str = "deepseek_vl_1.3b", ranks: int = 2) -> dict[str, Any]:
+def bench_memory(preset: str = "deepseek_vl_1.3b", ranks: int = 2, parts: tuple[str, ...] = ("init", "load")) -> dict[str, Any]:
     """Peak RSS per rank of a sharded build / load over `ranks` CPU processes vs one process holding the model whole."""
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -75,7 +76,9 @@ def bench_memory(preset: str = "deepseek_vl_1.3b", ranks: int = 2) -> dict[str, 
     out: dict[str, Any] = {"preset": preset, "ranks": ranks, "dtype": "float32"}
     with tempfile.TemporaryDirectory(prefix="dsvl-bench-scale-") as tmp:
         export = str(Path(tmp) / "export")
-        for what in ("init", "load"):
+        if "init" not in parts:  # the load rows read the export the whole-init process writes
+            _peaks([sys.executable, "-c", CHILD, "whole-init", preset, export], env)
+        for what in parts:
             whole, whole_s = _peaks([sys.executable, "-c", CHILD, f"whole-{what}", preset, export], env)
             sharded, sharded_s = _peaks([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                                          "--master_addr", "127.0.0.1", "--master_port", str(_port()),
@@ -91,6 +94,8 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     n, preset = result["ranks"], result["preset"]
     out = []
     for what, label, goal in (("init", "build (random init)", "<= 0.65"), ("load", "load from safetensors export", "<= 0.65")):
+        if what not in result:
+            continue
         r = result[what]
         out.append((f"fsdp2 {label} peak RSS per rank / full model", f"{r['ratio']:.3f}", goal,
                     f"{preset} fp32, {n} CPU ranks: {r['sharded_peak_gb_per_rank']:.2f} vs {r['whole_peak_gb']:.2f} GB"))

@@ -18,7 +18,7 @@ import copy
 import json
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,14 +165,46 @@ def _safetensors_files(path: Path) -> list[Path]:
     return files
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+class _SafetensorsRows:
+    """One tensor of a safetensors file, read by rows with plain file reads: a row range is one contiguous byte
+    range, read into fresh memory (a memory map would leave every page read counted in the process' RSS)."""
+
+    def __init__(self, path: Path, start: int, info: Mapping[str, Any]) -> None:
+        self.path, self.dtype, self.shape = path, _SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+        self.start, self.end = start + info["data_offsets"][0], start + info["data_offsets"][1]
+
+    def __getitem__(self, index: tuple[slice, ...] | slice) -> torch.Tensor:
+        index = index if isinstance(index, tuple) else (index,)
+        if any((s.start or 0) != 0 or (s.stop is not None and s.stop != n) for s, n in zip(index[1:], self.shape[1:])):
+            raise NotImplementedError("only row ranges are read (FSDP2 shards dim 0)")
+        rows = range(*index[0].indices(self.shape[0])) if self.shape else range(0)
+        row_bytes = (self.end - self.start) // max(self.shape[0], 1) if self.shape else self.end - self.start
+        first, count = (rows.start, len(rows)) if self.shape else (0, 1)
+        out = torch.empty((count, *self.shape[1:]) if self.shape else (), dtype=self.dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.start + first * row_bytes)
+            f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
+        return out
+
+
+def _safetensors_index(path: Path) -> dict[str, _SafetensorsRows]:
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return {k: _SafetensorsRows(path, 8 + size, info) for k, info in header.items()}
+
+
 @contextmanager
-def _open_tensors(path: Path) -> Iterator[dict[str, Any]]:
+def _open_tensors(path: Path) -> Iterator[Mapping[str, Any]]:
     """Checkpoint key -> something sliceable like a tensor that reads only the slice asked for."""
     if path.is_dir() or path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        handles = [safe_open(str(f), framework="pt") for f in _safetensors_files(path)]
-        yield {k: h.get_slice(k) for h in handles for k in h.keys()}
+        yield {k: v for f in _safetensors_files(path) for k, v in _safetensors_index(f).items()}
         return
     from .safe_load import safe_torch_load
 
