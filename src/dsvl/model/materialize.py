@@ -235,6 +235,15 @@ def load_weights(model: nn.Module, source: WeightSource) -> int:
     return len(filled)
 
 
+def _filled_by(sources: Any, names: set[str]) -> set[str]:
+    """The model tensors `sources` will fill (from their keys only: no tensor is read)."""
+    filled: set[str] = set()
+    for source in sources:
+        with _open_tensors(Path(source.path).expanduser()) as tensors:
+            filled |= {n for n in map(source.rename, tensors) if n in names}
+    return filled
+
+
 # ---------------------------------------------------------------------------------------- materialize
 def materialize(
     model: nn.Module,
@@ -266,7 +275,11 @@ def materialize(
             setattr(model.get_submodule(parent), attr, model.get_parameter(same))
     targets = dict(_tensors(model, True))
     owners = _owners(template)
+    loaded = _filled_by(sources, set(targets))
     for name, unit, whole in _units(template, "", blocks):
+        names = {f"{name}{n}" for n, _ in _tensors(unit, whole)}
+        if names <= loaded:  # every tensor of the unit comes from a checkpoint: no random init to hold
+            continue
         for pname, value in _full_unit(name, unit, whole, owners, seed).items():
             _assign(targets[pname], value, pname)
     for source in sources:
