@@ -17,7 +17,10 @@ Sections (each a ratio of two things measured here, now, on the same machine):
   `DeepseekVLHybridImageProcessor` on the same images (goal >= 1.0), and the demo loader's batches/s
   over the trainer's consumption (>= 1: one worker keeps up);
 - convert: `dsvl-data convert --format llava` records/s on 384-px JPEGs per worker count (tools/bench_convert.py);
-- memory: peak RSS of a demo stage-2 run (`dsvl-train experiment=demo/pretrain`) in a subprocess;
+- rss: peak RSS of a demo stage-2 run (`dsvl-train experiment=demo/pretrain`) in a subprocess;
+- memory: peak RSS per rank of a 2-process FSDP2 build / load of the 1.3B preset over one process
+  holding it whole (goal <= 0.65; tools/bench_scale.py);
+- resume: seconds to resume a data stream after 10x the consumed samples over 1x (goal <= 1.5);
 - eval: questions/s of multiple-choice option scoring at the mid size, each option row encoding its
   own copy of the question's images vs each question's images encoded once (`tools/bench_eval.py`);
 - cuda (only with --device cuda): tokens/s and model FLOPs utilisation of stage-2 steps.
@@ -48,6 +51,7 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))  # the bench_<topic>.py sections
+import bench_scale  # noqa: E402
 RATIO_70_30 = "{start: 0.7, target: 0.7, warmup_steps: 0, shape: linear}"
 # a mid-size hybrid model: 4-layer LLM of width 256, towers at 64 / 128 px giving 64 image tokens per image
 MID = ["model.llm.hidden_size=256", "model.llm.intermediate_size=688", "model.llm.num_hidden_layers=4",
@@ -397,7 +401,9 @@ def table(results: dict[str, Any]) -> str:
     for w, c in results.get("convert", {}).get("workers", {}).items():
         rows.append((f"convert llava, 384-px JPEGs, {w} worker(s) (records/s)", f"{c['records_per_s']:.1f}", "-",
                      f"{c['records_per_s_per_worker']:.1f}/worker, same bytes: {results['convert']['identical_output']}"))
-    m = results.get("memory")
+    rows += bench_scale.rows(results["memory"]) if results.get("memory") else []
+    rows += bench_scale.resume_rows(results["resume"]) if results.get("resume") else []
+    m = results.get("rss")
     if m:
         rows.append(("peak RSS, demo stage-2 run (MB)", f"{m['peak_rss_mb']:.0f}", "-", f"{m['steps']} steps, {m['seconds']:.0f} s"))
     e = results.get("eval")
@@ -432,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak for MFU (default: known GPUs)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: one core per measurement, stable when the machine is shared)")
-    sections = ["overhead", "grouping", "packing", "images", "convert", "memory", "eval"]
+    sections = ["overhead", "grouping", "packing", "images", "convert", "rss", "memory", "resume", "eval"]
     ap.add_argument("--skip", nargs="*", default=[], choices=sections)
     ap.add_argument("--only", nargs="*", default=None, choices=sections, help="run only these sections")
     args = ap.parse_args(argv)
@@ -467,8 +473,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             from bench_convert import bench_convert
 
             results["convert"] = bench_convert(40 if quick else 400)
-        if "memory" not in args.skip:
-            results["memory"] = bench_memory(data_dir, tmp, 3 if quick else 20)
+        if "rss" not in args.skip:
+            results["rss"] = bench_memory(data_dir, tmp, 3 if quick else 20)
+        if "memory" not in args.skip and (not quick or args.only):  # minutes and ~10 GB: asked for, not smoke-tested
+            results["memory"] = bench_scale.bench_memory("tiny" if quick else "deepseek_vl_1.3b")
+        if "resume" not in args.skip:
+            results["resume"] = bench_scale.bench_resume(4000 if quick else 20000, 300 if quick else 1500)
         if "eval" not in args.skip:
             from bench_eval import bench_option_scoring
 

@@ -64,7 +64,7 @@ def test_quick_bench_prints_table_and_writes_json(bench, demo, tmp_path, capsys)
 
     d = saved["images"]
     assert d["max_abs_diff"] < 1e-4 and finite_positive(d["ratio"])  # same tensors as transformers
-    assert saved["memory"]["peak_rss_mb"] > 100
+    assert saved["rss"]["peak_rss_mb"] > 100
 
 
 def test_cuda_section_code_path_runs_on_cpu(bench, demo, tmp_path):

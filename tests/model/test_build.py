@@ -1,4 +1,5 @@
-"""Config presets, Hydra overrides, size checks before any weights, and the real sizes (issue 2, item 4)."""
+"""Config presets, Hydra overrides, size checks on the meta device before any weights, the real sizes, and the
+per-unit seeded init that makes a model's weights a function of the seed alone."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,6 @@ from dsvl.model import (
     available_presets,
     build_model,
     model_config,
-    plan_model,
     vision_spec,
 )
 
@@ -57,13 +57,14 @@ def test_every_vision_and_adaptor_preset_plans_or_explains(vision, adaptor):
     cfg = _compose("+model=tiny", f"model/vision={vision}", f"model/adaptor={adaptor}")
     is_hybrid = "hybrid" in vision
     if adaptor == "hybrid_split_mlp_gelu" and not is_hybrid:
-        with pytest.raises(ConfigError, match="needs a hybrid vision tower"):
-            plan_model(cfg)
+        with pytest.raises(ConfigError, match=r"needs the (low|high)-res \((SigLIP|SAM)\) width .*which these parts do not have"):
+            build_model(cfg, device="meta")
         return
-    plan = plan_model(cfg)
+    model = build_model(cfg, device="meta")
     # tiny SAM alone: its 8x8 map / 4 (no SigLIP grid to follow); in the hybrid it follows SigLIP's 4x4
     expected_tokens = {"siglip_l_384": 576, "sam_b_1024": 576, "hybrid_siglip_sam": 576, "tiny_sam": 4}.get(vision, 16)
-    assert plan.vision.num_tokens == expected_tokens
+    assert model.num_image_tokens == vision_spec(cfg).num_image_tokens == expected_tokens
+    assert all(p.is_meta for p in model.parameters())
 
 
 def test_full_presets_have_the_spec_sizes():
@@ -74,12 +75,12 @@ def test_full_presets_have_the_spec_sizes():
     assert [(i.name, i.size) for i in spec.inputs] == [("pixel_values", 384), ("high_res_pixel_values", 1024)]
     assert spec.input("pixel_values").mean == (0.5, 0.5, 0.5)
     assert spec.input("high_res_pixel_values").mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
-    plan = plan_model(big)
-    assert plan.vision.low.embed_dim == 1024 and plan.vision.high.embed_dim == 1024 and plan.llm.hidden_size == 4096
+    info = build_model(big, device="meta").vision.info
+    assert info.low.embed_dim == 1024 and info.high.embed_dim == 1024 and big["llm"]["hidden_size"] == 4096
     assert big["hub_id"] == "deepseek-community/deepseek-vl-7b-chat" and big["pretrained"] is None
     assert big["image_token_id"] == 100015
     small = model_config("deepseek_vl_1.3b")
-    assert vision_spec(small).num_image_tokens == 576 and plan_model(small).llm.hidden_size == 2048
+    assert vision_spec(small).num_image_tokens == 576 and build_model(small, device="meta").adaptor.layers[0].out_features == 2048
     assert small["hub_id"] == "deepseek-community/deepseek-vl-1.3b-chat"
 
 
@@ -125,13 +126,13 @@ def test_real_presets_on_meta_have_exactly_transformers_parameter_count(preset, 
 
 @pytest.fixture
 def no_weights(monkeypatch):
-    """Any attempt to create weights fails the test: config errors must come first."""
+    """Making weights (random init or loading) fails the test: config errors must come from the meta build."""
     def refuse(*args, **kwargs):
-        raise AssertionError("weights were created before the config was checked")
+        raise AssertionError("weights were made before the config was checked")
 
-    for name in ("SiglipTower", "SamTower"):
-        monkeypatch.setattr(f"dsvl.model.vision.{name}.__init__", refuse)
-    monkeypatch.setattr("dsvl.model.llm.AutoModelForCausalLM.from_config", refuse)
+    monkeypatch.setattr("dsvl.model.build.materialize", refuse)
+    monkeypatch.setattr("dsvl.model.hf_interop.load_hf_pretrained", refuse)
+    monkeypatch.setattr("transformers.PreTrainedModel.from_pretrained", refuse)
 
 
 def _with(cfg: dict, path: str, value) -> dict:
@@ -153,10 +154,10 @@ def _with(cfg: dict, path: str, value) -> dict:
         ("tiny_siglip", "adaptor.in_dim", 48, r"model\.adaptor\.in_dim=48 does not match the vision feature width \(32\)"),
         ("tiny_siglip", "adaptor.out_dim", 32, r"model\.adaptor\.out_dim=32 does not match llm hidden_size \(64\)"),
         ("tiny", "adaptor.high_in_dim", 32, r"high_in_dim=32 does not match the high-res \(SAM\) width \(64\)"),
-        ("tiny", "vision.high.grid", 3, r"model\.vision\.high\.grid=3 does not match the SigLIP grid 4"),
-        ("tiny_siglip", "adaptor._target_", "dsvl.model.adaptor.HybridSplitMLPGelu", "needs a hybrid vision tower"),
+        ("tiny", "vision.high.grid", 3, r"model\.vision\.high\.grid=3 does not match the low-res tower's grid \(4\)"),
+        ("tiny_siglip", "adaptor._target_", "dsvl.model.adaptor.HybridSplitMLPGelu", r"unknown keys \['depth', 'in_dim'\] for HybridSplitMLPGelu"),
         ("tiny", "vision.low._target_", "dsvl.model.vision.NoSuchTower", r"model\.vision\.low\._target_=.*cannot be imported"),
-        ("tiny", "adaptor._target_", "torch.nn.Identity", "has no resolve"),
+        ("tiny", "adaptor._target_", "torch.nn.Identity", r"maps vision features of width 96 to width 96, but llm hidden_size is 64"),
         ("tiny", "llm.model_type", "not_a_model", r"model\.llm\.model_type='not_a_model' is not a transformers model type"),
         ("tiny", "image_token_id", 5000, r"model\.image_token_id=5000 is outside the LLM vocabulary \[0, 1024\)"),
         ("tiny_siglip", "adaptor.dept", 3, r"unknown keys \['dept'\]"),
@@ -181,3 +182,20 @@ def test_unknown_preset_names_are_clear_errors():
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="lacks \\['adaptor'\\]"):
         build_model({"vision": model_config("tiny")["vision"], "llm": model_config("tiny")["llm"]})
+
+
+def test_meta_build_holds_no_weights_and_materialize_is_a_function_of_the_seed(tiny_cfg):
+    from dsvl.model import materialize
+
+    meta = build_model(tiny_cfg, device="meta")
+    assert all(t.is_meta for t in (*meta.parameters(), *meta.buffers()))
+    torch.manual_seed(3)
+    seeded = build_model(tiny_cfg)  # the default path: meta build + materialize under the global seed
+    again = materialize(build_model(tiny_cfg, device="meta"), seed=3)
+    other = materialize(build_model(tiny_cfg, device="meta"), seed=4)
+    state, other_state = again.state_dict(), other.state_dict()
+    for name, value in seeded.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    weights = [n for n, p in seeded.named_parameters() if p.numel() > 1 and float(p.std()) > 0]
+    assert weights and all(not torch.equal(state[n], other_state[n]) for n in weights)
+    assert seeded.vision.high.alpha.item() == 0.0  # DeepSeek-VL's SAM mix starts closed

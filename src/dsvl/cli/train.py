@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from dsvl.cli.validate import validate_config
     from dsvl.model import build_model
     from dsvl.stages.checkpoint import check_init_from, load_init_weights
-    from dsvl.stages.strategies import check_strategy
+    from dsvl.stages.strategies import builds_on_meta, check_strategy, defer_weights
 
     # 1. check: every value before any weights exist; a bad config costs a second and one line
     validate_config(cfg)
@@ -102,9 +102,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)  # with the tokenizer's image token id
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    model = build_model(cfg.model)
+    on_meta = builds_on_meta(trainer.strategy)  # FSDP2: built on meta, materialised per shard in configure_model
+    model = build_model(cfg.model, device="meta" if on_meta else None)
     if cfg.get("init_from"):
-        load_init_weights(model, cfg.init_from)
+        (defer_weights if on_meta else load_init_weights)(model, cfg.init_from)
     stage = instantiate(cfg.stage, model=model, model_config=OmegaConf.to_container(cfg.model, resolve=True),
                         tokenizer=getattr(data_tokenizer(datamodule), "name_or_path", None),
                         optimizer=instantiate(cfg.optim, _convert_="all") if cfg.get("optim") else None,

@@ -3,9 +3,14 @@
 A `SourceReader` is one (rank, worker) part of one source. Each epoch it shuffles the shard list
 with (seed, source, epoch), takes its part (whole shards when there are at least as many shards
 as parts, else every n-th sample of all shards), shuffles samples through a seeded buffer and
-counts how many raw samples it consumed. Its position ``(epoch, offset)`` is all it takes to
-resume: the same part replays the same raw items (no image decoding) up to the offset.
-Parts are disjoint within an epoch, so two ranks never see the same sample of that epoch.
+counts how many raw samples it consumed. Parts are disjoint within an epoch, so two ranks never
+see the same sample of that epoch.
+
+Its position ``(epoch, offset, where)`` resumes in constant time: `where` holds the byte offset
+in the current shard of the next sample to read, the shuffle buffer's members as references
+(shard, byte offset) and the buffer's random state, so a resume re-reads at most the buffer,
+whatever the step. (Shards that cannot be seeked, e.g. compressed or remote, are re-read up to
+the sample instead; a position without `where` replays the epoch up to `offset`.)
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import os
 import random
 import tarfile
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.errors import DataConfigError
@@ -47,30 +52,55 @@ def _split_name(member: str) -> tuple[str, str]:
     return (os.path.join(d, key) if d else key), field.lower()
 
 
+def _seekable(url: str) -> bool:
+    return url.endswith(".tar") and os.path.isfile(url)
+
+
+def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int]]:
+    """(sample, where it starts, where the next one starts) of one tar from `start`: a byte offset for a
+    plain local tar, else the number of samples to pass over. Raises the tar's read errors."""
+    import webdataset as wds
+
+    seek = _seekable(url)
+    stream = open(url, "rb") if seek else wds.gopen(url, "rb")
+    base = start if seek else 0
+    skip = 0 if seek else start
+    if seek:
+        stream.seek(start)
+    current: RawSample | None = None
+    first = nxt = base
+    count = 0
+    with stream, tarfile.open(fileobj=stream, mode="r|" if seek else "r|*") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            key, field = _split_name(m.name)
+            if not field:
+                continue
+            data = tar.extractfile(m).read()  # type: ignore[union-attr]
+            if current is not None and current["__key__"] != key:
+                nxt = base + m.offset if seek else count + 1
+                if count >= skip:
+                    yield current, first, nxt
+                count += 1
+                current = None
+            if current is None:
+                current, first = {"__key__": key, "__url__": url}, (base + m.offset if seek else count)
+            current[field] = data
+    if current is not None and count >= skip:
+        yield current, first, -1  # -1: the shard is done
+
+
 def read_tar(url: str, counter: SkipCounter | None = None) -> Iterator[RawSample]:
     """Samples of one tar (consecutive members grouped by key). A truncated or unreadable shard is
     counted once as BAD_SHARD and ends there; the samples before the damage are kept."""
-    current: RawSample | None = None
-    try:
-        import webdataset as wds
+    for sample, _, _ in _read_from(url, 0, counter):
+        yield sample
 
-        stream = wds.gopen(url, "rb")
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, field = _split_name(m.name)
-                if not field:
-                    continue
-                data = tar.extractfile(m).read()  # type: ignore[union-attr]
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": url}
-                current[field] = data
-        if current is not None:
-            yield current
+
+def _read_from(url: str, start: int, counter: SkipCounter | None) -> Iterator[tuple[RawSample, int, int]]:
+    try:
+        yield from _tar_samples(url, start)
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         (counter or SkipCounter()).add(SkipReason.BAD_SHARD, url, f"{type(e).__name__}: {e}")
 
@@ -87,23 +117,6 @@ def iter_samples(urls: str | list[str], counter: SkipCounter | None = None) -> I
                 yield parse_sample(raw)
             except BadSample as e:
                 counter.add(e.reason, e.key, e.detail)
-
-
-def shuffle_buffer(items: Iterator[RawSample], size: int, rng: random.Random) -> Iterator[RawSample]:
-    """Classic reservoir-style buffer shuffle; `size` <= 1 keeps the order."""
-    if size <= 1:
-        yield from items
-        return
-    buf: list[RawSample] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        j = rng.randrange(size)
-        yield buf[j]
-        buf[j] = item
-    rng.shuffle(buf)
-    yield from buf
 
 
 @dataclass
@@ -134,51 +147,108 @@ class SourceReader:
         self.name, self.urls, self.part, self.seed = name, list(urls), part, seed
         self.encode, self.counter, self.shuffle, self.loop = encode, counter, shuffle, loop
         self.epoch, self.offset = 0, 0
-        self._it: Iterator[RawSample] | None = None
-        self._good = False
+        self._started = self._good = False
 
-    def _epoch_items(self, epoch: int) -> Iterator[RawSample]:
+    def _start_epoch(self, epoch: int, where: Mapping[str, Any] | None = None) -> None:
+        """This part's shards of `epoch`, read from the start or from a saved `where` (re-reading its buffer only)."""
         shards = list(self.urls)
         random.Random(f"{self.seed}/{self.name}/shards/{epoch}").shuffle(shards)
         n, k = self.part.count, self.part.index
-        by_shard = len(shards) >= n
-        mine = shards[k::n] if by_shard else shards
+        self._by_shard = len(shards) >= n
+        self._mine = shards[k::n] if self._by_shard else shards
+        self._rng = random.Random(f"{self.seed}/{self.name}/buffer/{epoch}/{k}/{n}")
+        self._cursor, self._buffer, self._draining, self._raw = [0, 0, 0], [], False, None
+        if where is not None:
+            self._cursor, self._draining = [int(x) for x in where["cursor"]], bool(where["draining"])
+            state = where["rng"]
+            self._rng.setstate((state[0], tuple(state[1]), state[2]))
+            self._buffer = [(list(ref), self._read_one(ref)) for ref in where["buffer"]]
 
-        def raw() -> Iterator[RawSample]:
-            i = 0
-            for url in mine:
-                for s in read_tar(url, self.counter):
-                    if by_shard or i % n == k:
-                        yield s
-                    i += 1
+    def _read_one(self, ref: list[int]) -> RawSample:
+        """The raw sample a buffer reference (shard, start, index) names: one seek and one read."""
+        for sample, _, _ in _read_from(self._mine[ref[0]], ref[1], self.counter):
+            return sample
+        return {"__key__": f"{self._mine[ref[0]]}@{ref[1]}", "__url__": self._mine[ref[0]]}  # shard gone: a bad sample
 
-        rng = random.Random(f"{self.seed}/{self.name}/buffer/{epoch}/{k}/{n}")
-        return shuffle_buffer(raw(), self.shuffle, rng)
+    def _next_raw(self) -> tuple[list[int], RawSample] | None:
+        """The next raw sample of this part with its reference, advancing the cursor (shard, start, index)."""
+        n, k = self.part.count, self.part.index
+        while self._cursor[0] < len(self._mine):
+            shard, start, index = self._cursor
+            if self._raw is None:
+                self._raw = _read_from(self._mine[shard], start, self.counter)
+            got = next(self._raw, None)
+            if got is None:  # the shard is done (or damaged: counted)
+                self._cursor, self._raw = [shard + 1, 0, index], None
+                continue
+            sample, first, nxt = got
+            self._cursor = [shard, nxt, index + 1] if nxt >= 0 else [shard + 1, 0, index + 1]
+            if nxt < 0:
+                self._raw = None
+            if self._by_shard or index % n == k:
+                return [shard, first, index], sample
+        return None
 
-    def seek(self, epoch: int, offset: int) -> None:
-        """Go to a saved position by replaying raw items (tar reads only, no decoding)."""
-        self.epoch, self.offset, self._it = epoch, 0, self._epoch_items(epoch)
-        for _ in range(offset):
-            if next(self._it, None) is None:
-                break
-            self.offset += 1
+    def _next_item(self) -> RawSample | None:
+        """Reservoir-style buffer shuffle as a step function (its state is `where`); `shuffle` <= 1 keeps the order."""
+        size = max(self.shuffle, 1)
+        if not self._draining:
+            while len(self._buffer) < size:
+                got = self._next_raw()
+                if got is None:
+                    break
+                self._buffer.append(got)
+            got = self._next_raw() if len(self._buffer) >= size else None
+            if got is not None:
+                if size == 1:
+                    out, self._buffer = self._buffer[0], [got]
+                    return out[1]
+                j = self._rng.randrange(size)
+                out, self._buffer[j] = self._buffer[j], got
+                return out[1]
+            self._draining = True
+            if size > 1:
+                self._rng.shuffle(self._buffer)
+            self._buffer.reverse()  # drained from the end
+        return self._buffer.pop()[1] if self._buffer else None
+
+    def _where(self) -> dict[str, Any]:
+        state = self._rng.getstate()
+        return {"cursor": list(self._cursor), "buffer": [ref for ref, _ in self._buffer], "draining": self._draining,
+                "rng": [state[0], list(state[1]), state[2]]}
+
+    def seek(self, epoch: int, offset: int, where: Mapping[str, Any] | None = None) -> None:
+        """Go to a saved position: from its `where` (reads the buffer only), else by replaying `offset` raw items."""
+        self.epoch, self.offset = int(epoch), int(offset)
+        self._start_epoch(self.epoch, where)
+        self._started = True
+        if where is None:
+            self.offset = 0
+            for _ in range(int(offset)):
+                if self._next_item() is None:
+                    break
+                self.offset += 1
 
     @property
-    def position(self) -> tuple[int, int]:
-        return self.epoch, self.offset
+    def position(self) -> tuple[int, int, dict[str, Any]]:
+        """(epoch, raw items consumed this epoch, where): what `seek` takes back."""
+        if not self._started:
+            self._start_epoch(self.epoch)
+            self._started = True
+        return self.epoch, self.offset, self._where()
 
-    def next_good(self) -> tuple[Any, tuple[int, int]] | None:
+    def next_good(self) -> tuple[Any, tuple[int, int, dict[str, Any]]] | None:
         """Next sample that parses and encodes, with the position just before it.
 
         None at the end of the data when `loop` is False; a looping source whose whole part
         yields nothing good for two epochs raises (a config problem, not a bad sample)."""
         empty_epochs = 0
         while True:
-            if self._it is None:
-                self._it = self._epoch_items(self.epoch)
-                self._good = self.offset > 0
-            before = (self.epoch, self.offset)
-            raw = next(self._it, None)
+            if not self._started:
+                self._start_epoch(self.epoch)
+                self._started, self._good = True, self.offset > 0
+            before = self.position
+            raw = self._next_item()
             if raw is None:
                 if not self.loop:
                     return None
@@ -186,7 +256,7 @@ class SourceReader:
                 if empty_epochs >= 2:
                     raise RuntimeError(f"data source {self.name!r} has no readable samples for part "
                                        f"{self.part.index}/{self.part.count} (rank {self.part.rank})")
-                self.epoch, self.offset, self._it = self.epoch + 1, 0, None
+                self.epoch, self.offset, self._started = self.epoch + 1, 0, False
                 continue
             self.offset += 1
             try:

@@ -3,10 +3,11 @@
 Plain PyTorch + transformers; never imports Lightning or Hydra.
 """
 from .adaptor import HybridSplitMLPGelu, LinearAdaptor, MLPGelu
-from .build import build_model, plan_model, vision_spec
+from .build import build_model, vision_spec, weight_sources
 from .errors import ConfigError
 from .hf_interop import config_from_hf, convert_state_dict, hf_image_processor, to_hf_config
 from .llm import causal_lm
+from .materialize import WeightSource, load_weights, materialize
 from .presets import available_presets, model_config
 from .spec import ImageInputSpec, VisionSpec
 from .summary import format_summary, parameter_summary
@@ -37,6 +38,9 @@ __all__ = [
     "format_summary",
     "next_token_loss",
     "parameter_summary",
-    "plan_model",
     "vision_spec",
+    "WeightSource",
+    "load_weights",
+    "materialize",
+    "weight_sources",
 ]

@@ -1,134 +1,179 @@
 """`build_model(cfg)` and `vision_spec(cfg)`: from the Hydra `model` node to a model, checked before any weights exist.
 
-The node has sub-nodes `vision`, `adaptor`, `llm` (each with a `_target_` resolved here by import,
-no Hydra needed) and top-level keys `image_token_id`, `pretrained`, `hub_id`.
+The node has sub-nodes `vision`, `adaptor`, `llm` (each with a `_target_`, imported here, no Hydra
+needed) and top-level keys `image_token_id`, `pretrained`, `hub_id`, `gradient_checkpointing`.
+Sizes are learned by building the parts on the meta device (parameters without memory): the
+towers' widths and token grids, the LLM's width and vocabulary; unset adaptor widths are filled
+from them, and a meta forward of the adaptor checks that it feeds the LLM. Every misfit is a
+one-line `ConfigError` before any real weight exists.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from .cfgutil import describe_node, split_target, to_plain
+from .cfgutil import instantiate, split_target, to_plain
 from .errors import ConfigError
-from .llm import LLMInfo
 from .lora import lora_settings
+from .materialize import WeightSource, materialize
 from .spec import VisionSpec
-from .vision import VisionInfo
 from .vlm import VisionLanguageModel
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS = ("vision", "adaptor", "llm", "image_token_id", "pretrained", "hub_id", "gradient_checkpointing", "lora")
 
-
-@dataclass
-class ModelPlan:
-    """Everything build_model will do, worked out from the config alone."""
-
-    config: dict[str, Any]
-    vision_target: Callable[..., Any]
-    vision_kwargs: dict[str, Any]
-    vision: VisionInfo
-    adaptor_target: Callable[..., Any]
-    adaptor_kwargs: dict[str, Any]
-    llm_target: Callable[..., Any]
-    llm_kwargs: dict[str, Any]
-    llm: LLMInfo
-    image_token_id: int
-    pretrained: str | None
-
-
-def plan_model(cfg: Mapping[str, Any]) -> ModelPlan:
-    """Check that the parts fit (widths, grids, ids, targets) and resolve derived widths; raises ConfigError."""
+def _model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"model config must be a mapping with vision, adaptor, llm; got {type(cfg).__name__}")
     config = with_checkpoint_architecture(to_plain(cfg))
     missing = [k for k in ("vision", "adaptor", "llm") if config.get(k) is None]
     if missing:
         raise ConfigError(f"model config lacks {missing}; accepted: a node with vision, adaptor, llm (e.g. model=tiny)")
-    vision_target, vision_kwargs, vision = describe_node(config["vision"], "model.vision")
-    llm_target, llm_kwargs, llm = describe_node(config["llm"], "model.llm")
-    adaptor_target, adaptor_raw = split_target(config["adaptor"], "model.adaptor")
-    resolve = getattr(adaptor_target, "resolve", None)
-    if resolve is None:
-        raise ConfigError(f"model.adaptor._target_ {adaptor_target.__qualname__} has no resolve(); adaptors must declare their widths")
-    adaptor_kwargs = resolve("model.adaptor", vision, llm.hidden_size, **adaptor_raw)
+    return config
 
+
+def _without_weights(node: Any) -> Any:
+    """A part node with its `pretrained` switched off: the meta build checks the YAML sizes, which must describe it."""
+    if isinstance(node, dict):
+        return {k: None if k == "pretrained" else _without_weights(v) for k, v in node.items()}
+    return node
+
+
+def _vision(node: Any) -> nn.Module:
+    target, kwargs = split_target(node, "model.vision")
+    from_config = getattr(target, "from_config", None)
+    return from_config(key="model.vision", **kwargs) if from_config else instantiate(node, "model.vision")
+
+
+def _assemble(config: dict[str, Any]) -> VisionLanguageModel:
+    """The parts from their nodes (on the current default device), checked to fit together."""
+    vision = _vision(config["vision"])
+    llm = instantiate(config["llm"], "model.llm")
+    info = getattr(vision, "info", None)
+    if info is None:
+        raise ConfigError("model.vision must build a module with `info` (widths, token grid), e.g. dsvl.model.vision.VisionEncoder")
+    hidden = int(llm.get_input_embeddings().embedding_dim)
+    vocab = int(llm.get_input_embeddings().num_embeddings)
+    widths = {
+        "in_dim": (info.embed_dim, "the vision feature width"),
+        "low_in_dim": (info.low.embed_dim if info.low else None, "the low-res (SigLIP) width"),
+        "high_in_dim": (info.high.embed_dim if info.high else None, "the high-res (SAM) width"),
+        "out_dim": (hidden, "llm hidden_size"),
+    }
+    adaptor = instantiate(config["adaptor"], "model.adaptor", widths)
+    with torch.device("meta"):
+        meta_build = all(p.is_meta for p in adaptor.parameters())  # a real build was checked on meta before
+        out = adaptor(torch.empty(1, info.num_tokens, info.embed_dim)) if meta_build else None
+    if out is not None and out.shape[-1] != hidden:
+        raise ConfigError(f"model.adaptor ({type(adaptor).__qualname__}) maps vision features of width {info.embed_dim} "
+                          f"to width {out.shape[-1]}, but llm hidden_size is {hidden}; accepted: an adaptor to {hidden}")
     token = config.get("image_token_id")
     if isinstance(token, bool) or not isinstance(token, int):
         raise ConfigError(f"model.image_token_id must be an int (the tokenizer's image token id), got {token!r}")
-    if not 0 <= token < llm.vocab_size:
-        raise ConfigError(f"model.image_token_id={token} is outside the LLM vocabulary [0, {llm.vocab_size}); accepted: a token id of the tokenizer")
+    if not 0 <= token < vocab:
+        raise ConfigError(f"model.image_token_id={token} is outside the LLM vocabulary [0, {vocab}); accepted: a token id of the tokenizer")
+    return VisionLanguageModel(vision, adaptor, llm, token, config=config)
 
+
+def _pretrained(config: Mapping[str, Any]) -> str | None:
+    """The whole-model checkpoint (`pretrained`: True = `hub_id`, or a path / hub id), or None."""
     pretrained = config.get("pretrained")
+    if pretrained in (None, False):
+        return None
     if pretrained is True:
         if not config.get("hub_id"):
             raise ConfigError("model.pretrained=true needs model.hub_id; accepted: a hub id or local directory")
-        pretrained = config["hub_id"]
-    elif pretrained in (None, False):
-        pretrained = None
-    return ModelPlan(
-        config=config,
-        vision_target=vision_target,
-        vision_kwargs=vision_kwargs,
-        vision=vision,
-        adaptor_target=adaptor_target,
-        adaptor_kwargs=adaptor_kwargs,
-        llm_target=llm_target,
-        llm_kwargs=llm_kwargs,
-        llm=llm,
-        image_token_id=token,
-        pretrained=str(pretrained) if pretrained is not None else None,
-    )
+        return str(config["hub_id"])
+    return str(pretrained)
+
+
+def _local_dir(source: str) -> str:
+    """A local directory, or the hub snapshot of a hub id (safetensors and configs only)."""
+    if Path(source).expanduser().exists():
+        return str(Path(source).expanduser())
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(source, allow_patterns=["*.safetensors", "*.json"])
+
+
+def weight_sources(model: VisionLanguageModel) -> list[WeightSource]:
+    """The pretrained weights a model config asks for, as sources `materialize` reads slice by slice:
+    the whole-model `pretrained` (a transformers DeepSeek-VL directory), else each part's `pretrained`."""
+    from .hf_interop import key_map
+
+    config = model.config
+    whole = _pretrained(config)
+    if whole is not None:
+        import json
+
+        path = _local_dir(whole)
+        arch = json.loads((Path(path) / "config.json").read_text())["model_type"]
+        return [WeightSource(path, key_map=tuple(key_map(arch, model.llm.base_model_prefix)))]
+    return [WeightSource(_local_dir(src), prefix=prefix) for prefix, src in _part_sources(config)]
+
+
+def _part_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(parameter prefix, checkpoint) of each part that loads its own transformers weights (`pretrained`)."""
+    parts = (("vision.low.model.", config["vision"].get("low")), ("vision.high.model.", config["vision"].get("high")),
+             ("llm.", config["llm"]))
+    return [(prefix, src) for prefix, node in parts if isinstance(node, Mapping)
+            and (src := _pretrained({"pretrained": node.get("pretrained"), "hub_id": node.get("hub_id")})) is not None]
 
 
 def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
-    """Image inputs (names, sizes, normalisation) and tokens per image of a model config, without building weights."""
-    return plan_model(cfg).vision.spec
+    """Image inputs (names, sizes, normalisation) and tokens per image of a model config (towers built on meta)."""
+    with torch.device("meta"):
+        return _vision(_without_weights(_model_config(cfg)["vision"])).spec
 
 
-def _instantiate(plan: ModelPlan) -> VisionLanguageModel:
-    from_config = getattr(plan.vision_target, "from_config", None)
-    vision = from_config(key="model.vision", **plan.vision_kwargs) if from_config else plan.vision_target(**plan.vision_kwargs)
-    adaptor = plan.adaptor_target(**plan.adaptor_kwargs)
-    llm = plan.llm_target(**plan.llm_kwargs)
-    return VisionLanguageModel(vision, adaptor, llm, plan.image_token_id, config=plan.config)
+def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None) -> VisionLanguageModel:
+    """A `VisionLanguageModel` from the Hydra `model` node (DictConfig or dict), checked on meta first.
 
-
-def build_model(cfg: Mapping[str, Any]) -> VisionLanguageModel:
-    """A `VisionLanguageModel` from the Hydra `model` node (DictConfig or dict).
-
-    Parts come from their `_target_`s with their own `pretrained` settings; a top-level
-    `pretrained` (True = `hub_id`, or a path / hub id) loads a whole transformers DeepSeek-VL
-    checkpoint instead, after checking that it has exactly the configured shapes.
-    Honors the current default device (e.g. `with torch.device("meta")` for counting).
+    `device="meta"` returns the checked model without weights or buffers: shard it, then
+    `materialize(model, template, device, sources=weight_sources(model))` fills it per shard.
+    Otherwise (default: the current default device) the weights are made here: random init by
+    `materialize` (the same values it gives a sharded copy of the model with the same seed), or
+    each part's `pretrained`, or a top-level `pretrained` (True = `hub_id`, or a path / hub id):
+    a whole transformers DeepSeek-VL checkpoint, checked to have exactly the configured shapes.
     """
-    plan = plan_model(cfg)
-    if plan.pretrained is None:
-        model = _instantiate(plan)
-    else:
+    config = _model_config(cfg)
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    with torch.device("meta"):
+        model = _assemble(_without_weights(config))
+    model.config = config
+    whole = _pretrained(config)
+    if device.type == "meta":
+        pass
+    elif whole is not None:
         from .hf_interop import load_hf_pretrained
 
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in _instantiate(plan).state_dict().items()}
-        lora = lora_settings(plan.config.get("lora"))
-        model = load_hf_pretrained(plan.pretrained, image_token_id=plan.image_token_id, lora=lora)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        tie = bool(model.llm.config.tie_word_embeddings)
+        lora = lora_settings(config.get("lora"))
+        model = load_hf_pretrained(whole, image_token_id=config["image_token_id"], lora=lora)
         got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if got != expected and not (lora and lora.load_in_4bit):  # 4-bit weights are packed: other shapes
             diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
-            raise ConfigError(f"model.pretrained={plan.pretrained!r} does not have the configured shapes (first differences: {diff}); use its matching preset")
-        loaded_tie = bool(model.llm.config.tie_word_embeddings)
-        if loaded_tie != bool(plan.llm.config.tie_word_embeddings):
-            log.warning("model.pretrained=%s ties word embeddings=%s, unlike model.llm.tie_word_embeddings; following the checkpoint", plan.pretrained, loaded_tie)
+            raise ConfigError(f"model.pretrained={whole!r} does not have the configured shapes (first differences: {diff}); use its matching preset")
+        if bool(model.llm.config.tie_word_embeddings) != tie:
+            log.warning("model.pretrained=%s ties word embeddings=%s, unlike model.llm.tie_word_embeddings; following the checkpoint",
+                        whole, not tie)
         # the checkpoint's own part configs (what was really loaded) plus this node's top-level keys
-        model.config = {**model.config, **{k: v for k, v in plan.config.items() if k not in ("vision", "adaptor", "llm")}}
-    if plan.config.get("gradient_checkpointing"):
+        model.config = {**model.config, **{k: v for k, v in config.items() if k not in ("vision", "adaptor", "llm")}}
+        model.to(device)
+    elif _part_sources(config):  # parts load their own weights (transformers' from_pretrained)
+        with torch.device(device):
+            model = _assemble(config)
+    else:
+        materialize(model, device=device)
+    if config.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
-    model = _with_lora(model, plan.config.get("lora"))
+    model = _with_lora(model, config.get("lora"))
     log.info("built %s", {r["part"]: r["total"] for r in model.parameter_summary()})
     return model
 

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from .errors import ConfigError
+
+_FIELD = re.compile(r"^\w+=")  # a part's message that starts with the offending setting
 
 
 def to_plain(node: Any) -> Any:
@@ -48,18 +52,37 @@ def split_target(node: Any, key: str) -> tuple[Callable[..., Any], dict[str, Any
     return target, kwargs
 
 
-def describe_node(node: Any, key: str, **context: Any) -> tuple[Callable[..., Any], dict[str, Any], Any]:
-    """(target, kwargs, description): the target's `describe(**kwargs)` tells sizes without building weights."""
+def instantiate(node: Any, key: str, derived: Mapping[str, tuple[Any, str]] | None = None) -> Any:
+    """Call a node's `_target_` with its keys; errors become one-line ConfigErrors naming `key`.
+
+    `derived` maps argument names to (value, what it is) worked out from the parts built before
+    (e.g. an adaptor's widths from the towers): filled in where the node leaves them unset, and a
+    value set in the node must agree. A None value means the built parts cannot provide it.
+    """
     target, kwargs = split_target(node, key)
-    describe = getattr(target, "describe", None)
-    if describe is None:
-        raise ConfigError(f"{key}._target_ {target.__module__}.{target.__qualname__} has no describe(); model parts must declare their sizes")
+    params = inspect.signature(target).parameters
+    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [] if open_kwargs else sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ConfigError(f"{key}: unknown keys {unknown} for {target.__qualname__}; accepted: {', '.join(params)}")
+    for name, (value, what) in (derived or {}).items():
+        if name not in params:
+            continue
+        given = kwargs.get(name)
+        if value is None:
+            if given is None and params[name].default is params[name].empty:
+                raise ConfigError(f"{key}: {target.__qualname__} needs {what} ({name}), which these parts do not have")
+        elif given is None:
+            kwargs[name] = value
+        elif given != value:
+            raise ConfigError(f"{key}.{name}={given} does not match {what} ({value}); accepted: {value} or null (derived)")
     try:
-        return target, kwargs, describe(key=key, **context, **kwargs)
-    except ConfigError:
-        raise
+        return target(**kwargs)
+    except ConfigError as exc:  # raised by the part itself: name where it sits in the config
+        sep = "." if _FIELD.match(str(exc)) else ": "
+        raise ConfigError(f"{key}{sep}{exc}") from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: invalid settings for {target.__qualname__}: {exc}".replace("\n", " ")) from None
+        raise ConfigError(f"{key}: invalid settings for {target.__qualname__}: {' '.join(str(exc).split())}") from None
 
 
 def hf_config_fields(cls: type) -> set[str] | None:
@@ -69,16 +92,17 @@ def hf_config_fields(cls: type) -> set[str] | None:
     return {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "attribute_map", {}))
 
 
-def make_hf_config(cls: type, key: str, **kwargs: Any) -> Any:
-    """A transformers config from YAML keys: a typo or a rejected value is a one-line ConfigError, not silently kept."""
+def make_hf_config(cls: type, **kwargs: Any) -> Any:
+    """A transformers config from YAML keys: a typo or a rejected value is a one-line ConfigError, not silently kept
+    (without the config key: `instantiate` prefixes it)."""
     from huggingface_hub.errors import StrictDataclassError
 
     kwargs = to_plain(kwargs)  # hydra.utils.instantiate passes ListConfig / DictConfig values
     known = hf_config_fields(cls)
     unknown = sorted(set(kwargs) - known) if known is not None else []
     if unknown:
-        raise ConfigError(f"{key}: unknown keys {unknown} for transformers' {cls.__name__}; accepted: its documented fields")
+        raise ConfigError(f"unknown keys {unknown} for transformers' {cls.__name__}; accepted: its documented fields")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, StrictDataclassError) as exc:
-        raise ConfigError(f"{key}: transformers' {cls.__name__} rejects these settings: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"transformers' {cls.__name__} rejects these settings: {' '.join(str(exc).split())}") from None

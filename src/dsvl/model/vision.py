@@ -1,13 +1,12 @@
 """Vision towers: transformers' SigLIP and SAM models plus DeepSeek-VL's SAM downsampling path.
 
-Each tower declares its sizes without building weights (`describe`), so configs are checked and
-the data pipeline learns image sizes before anything heavy happens (DESIGN.md principle 6).
+Each tower works out its sizes (`info`: width, token grid, image input) in its constructor, so
+`dsvl.model.build` learns them by building the towers on the meta device, before any weights.
 `VisionEncoder` holds the low-res (SigLIP) and/or high-res (SAM) tower and joins their features
 along the embedding dimension as [high, low], the order DeepSeek-VL's hybrid adaptor splits.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
 )
 
 from .checked_load import from_pretrained_checked
-from .cfgutil import describe_node, make_hf_config, split_target
+from .cfgutil import instantiate, make_hf_config
 from .errors import ConfigError
 from .spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
 
@@ -75,13 +74,21 @@ def _side(value: Any, key: str) -> int:
     return int(value)
 
 
-def _source(pretrained: Any, hub_id: str | None, key: str) -> str | None:
+def _grid(cfg: Any) -> int:
+    """Patches per image side of a transformers vision config (checked: the image is a whole number of patches)."""
+    size, patch = _side(cfg.image_size, "image_size"), _side(cfg.patch_size, "patch_size")
+    if size % patch:
+        raise ConfigError(f"image_size={size} must be a multiple of patch_size={patch}")
+    return size // patch
+
+
+def _source(pretrained: Any, hub_id: str | None) -> str | None:
     """Where to load weights from: None (random init), True (the preset's hub_id) or a path / hub id."""
     if pretrained in (None, False):
         return None
     if pretrained is True:
         if not hub_id:
-            raise ConfigError(f"{key}.pretrained=true needs {key}.hub_id; accepted: a hub id or a local directory")
+            raise ConfigError("pretrained=true needs hub_id; accepted: a hub id or a local directory")
         return hub_id
     return str(pretrained)
 
@@ -107,34 +114,16 @@ class SiglipTower(nn.Module):
     ) -> None:
         super().__init__()
         hf_config.setdefault("vision_use_head", False)
-        src = _source(pretrained, hub_id, "vision.low")
+        src = _source(pretrained, hub_id)
         if src is not None:
             log.info("SigLIP tower: loading weights from %s", src)
             self.model = from_pretrained_checked(SiglipVisionModel, src, "vision.low", **hf_config)
         else:
-            self.model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, "vision.low", **hf_config))
+            self.model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, **hf_config))
+        cfg = self.model.config
         self.mean, self.std = tuple(mean), tuple(std)
-        self.info = self.describe(key="vision.low", config=self.model.config, mean=self.mean, std=self.std)
-
-    @classmethod
-    def describe(
-        cls,
-        *,
-        key: str = "vision.low",
-        pretrained: Any = None,
-        hub_id: str | None = None,
-        mean: tuple[float, float, float] = SIGLIP_MEAN,
-        std: tuple[float, float, float] = SIGLIP_STD,
-        config: SiglipVisionConfig | None = None,
-        **hf_config: Any,
-    ) -> TowerInfo:
-        """Sizes from the config alone (no weights)."""
-        hf_config.setdefault("vision_use_head", False)
-        cfg = config if config is not None else make_hf_config(SiglipVisionConfig, key, **hf_config)
-        size, patch = _side(cfg.image_size, f"{key}.image_size"), _side(cfg.patch_size, f"{key}.patch_size")
-        if size % patch:
-            raise ConfigError(f"{key}.image_size={size} must be a multiple of {key}.patch_size={patch}")
-        return TowerInfo(cfg.hidden_size, size // patch, ImageInputSpec(cls.input_name, size, tuple(mean), tuple(std)))
+        size = _side(cfg.image_size, "image_size")
+        self.info = TowerInfo(cfg.hidden_size, _grid(cfg), ImageInputSpec(self.input_name, size, self.mean, self.std))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, grid**2, hidden)."""
@@ -164,52 +153,38 @@ class SamTower(nn.Module):
         **hf_config: Any,
     ) -> None:
         super().__init__()
-        src = _source(pretrained, hub_id, "vision.high")
+        src = _source(pretrained, hub_id)
         if src is not None:
             log.info("SAM tower: loading weights from %s", src)
             self.model = from_pretrained_checked(SamVisionModel, src, "vision.high", **hf_config)
         else:
-            self.model = SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, "vision.high", **hf_config))
+            self.model = SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, **hf_config))
         cfg = self.model.config
+        if not cfg.global_attn_indexes:
+            raise ConfigError("global_attn_indexes must name at least one block (DeepSeek-VL taps the first)")
+        grid = int(grid) if grid is not None else max(1, _grid(cfg) // 4)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.info = self.describe(key="vision.high", grid=grid, config=cfg, mean=self.mean, std=self.std)
+        size = _side(cfg.image_size, "image_size")
+        self.info = TowerInfo(cfg.output_channels * 4, grid, ImageInputSpec(self.input_name, size, self.mean, self.std))
         self.global_attn_index = int(cfg.global_attn_indexes[0])
         self.global_neck = DeepseekVLSamVisionNeck(cfg)
-        self.proj = DeepseekVLSamVisionProj(cfg, output_size=self.info.grid)
+        self.proj = DeepseekVLSamVisionProj(cfg, output_size=grid)
         self.alpha = nn.Parameter(torch.zeros(1))
         for module in (*self.global_neck.modules(), *self.proj.modules()):
-            if isinstance(module, nn.Conv2d):  # transformers' DeepseekVLHybrid init for these convs
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if isinstance(module, nn.Conv2d):
+                self._init_weights(module)
 
-    @classmethod
-    def describe(
-        cls,
-        *,
-        key: str = "vision.high",
-        grid: int | None = None,
-        low_grid: int | None = None,
-        pretrained: Any = None,
-        hub_id: str | None = None,
-        mean: tuple[float, float, float] = CLIP_MEAN,
-        std: tuple[float, float, float] = CLIP_STD,
-        config: SamVisionConfig | None = None,
-        **hf_config: Any,
-    ) -> TowerInfo:
-        """Sizes from the config alone; `grid` defaults to the SigLIP grid in a hybrid, else the SAM map / 4."""
-        cfg = config if config is not None else make_hf_config(SamVisionConfig, key, **hf_config)
-        size, patch = _side(cfg.image_size, f"{key}.image_size"), _side(cfg.patch_size, f"{key}.patch_size")
-        if size % patch:
-            raise ConfigError(f"{key}.image_size={size} must be a multiple of {key}.patch_size={patch}")
-        if not cfg.global_attn_indexes:
-            raise ConfigError(f"{key}.global_attn_indexes must name at least one block (DeepSeek-VL taps the first)")
-        if grid is None:
-            grid = low_grid if low_grid is not None else max(1, (size // patch) // 4)
-        elif low_grid is not None and grid != low_grid:
-            raise ConfigError(
-                f"{key}.grid={grid} does not match the SigLIP grid {low_grid} (vision.low image_size / patch_size); "
-                f"accepted: {low_grid} or null (derived)"
-            )
-        return TowerInfo(cfg.output_channels * 4, int(grid), ImageInputSpec(cls.input_name, size, tuple(mean), tuple(std)))
+    def _init_weights(self, module: nn.Module) -> None:
+        """Init of what lies outside transformers' SAM (neck, convs, `alpha`), as transformers' DeepseekVLHybrid does;
+        `dsvl.model.materialize` calls it for those modules as it calls transformers' `_init_weights` for the rest."""
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, SamTower):
+            nn.init.zeros_(module.alpha)
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
 
     def forward(self, high_res_pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, grid**2, 4 * output_channels)."""
@@ -232,35 +207,19 @@ class VisionEncoder(nn.Module):
         if self.info.low and self.info.high and self.info.low.grid != self.info.high.grid:
             raise ConfigError(
                 f"vision.high grid {self.info.high.grid} != vision.low grid {self.info.low.grid}; "
-                "build with dsvl.model.build_model (derives it) or set vision.high.grid"
+                "build with VisionEncoder.from_config (derives it) or set vision.high.grid"
             )
 
     @classmethod
-    def describe(cls, *, key: str = "vision", low: Any = None, high: Any = None) -> VisionInfo:
-        """Sizes of both towers, checking that they agree on the token grid."""
+    def from_config(cls, *, key: str = "vision", low: Any = None, high: Any = None) -> "VisionEncoder":
+        """Both towers from their `_target_` nodes; the high-res grid follows the low-res tower's unless set."""
         if low is None and high is None:
             raise ConfigError(f"{key} needs at least one tower; accepted: {key}.low and/or {key}.high nodes")
-        low_info = describe_node(low, f"{key}.low")[2] if low is not None else None
-        high_info = (
-            describe_node(high, f"{key}.high", low_grid=low_info.grid if low_info else None)[2] if high is not None else None
-        )
-        if low_info and high_info and low_info.num_tokens != high_info.num_tokens:
-            raise ConfigError(f"{key}: low tower gives {low_info.num_tokens} tokens but high gives {high_info.num_tokens}")
-        return VisionInfo(low=low_info, high=high_info)
-
-    @classmethod
-    def from_config(cls, *, key: str = "vision", low: Any = None, high: Any = None) -> "VisionEncoder":
-        """Build both towers from their `_target_` nodes (the SAM grid derived from SigLIP's when unset)."""
-        info = cls.describe(key=key, low=low, high=high)
-        towers: dict[str, nn.Module | None] = {"low": None, "high": None}
-        for name, node, tower_info in (("low", low, info.low), ("high", high, info.high)):
-            if node is None:
-                continue
-            target, kwargs = split_target(node, f"{key}.{name}")
-            if "grid" in inspect.signature(target.describe).parameters:
-                kwargs["grid"] = tower_info.grid  # type: ignore[union-attr]
-            towers[name] = target(**kwargs)
-        return cls(**towers)
+        low_tower = instantiate(low, f"{key}.low") if low is not None else None
+        info = getattr(low_tower, "info", None)
+        derived = {"grid": (info.grid, "the low-res tower's grid")} if info is not None else {}
+        high_tower = instantiate(high, f"{key}.high", derived) if high is not None else None
+        return cls(low=low_tower, high=high_tower)
 
     @property
     def spec(self) -> VisionSpec:

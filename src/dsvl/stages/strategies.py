@@ -13,7 +13,11 @@ says *how the VLM is cut*:
   towers are sharded (1/N of their weights per rank), get no gradients and, since the stage hands
   only trainable parameters to the optimizer, no optimizer state.
 - `configure_model(stage)` is what `VLMStage.configure_model` calls: a no-op for every strategy
-  but `ModelParallelStrategy`, and idempotent (Lightning calls it again for `validate`).
+  but `ModelParallelStrategy`, and idempotent (Lightning calls it again for `validate`). A model
+  built on the meta device (`build_model(cfg.model, device="meta")`, see `builds_on_meta`) is
+  sharded first and then materialised shard by shard: random init directly into the local shards
+  (the weights a 1-process run with the same seed starts from), then the pretrained weights it asks
+  for and those `defer_weights` recorded (`init_from`), each rank reading only its slices.
 - `check_strategy(trainer_cfg)` turns "DeepSpeed is not installed" or "FSDP on one CPU" into
   one line before any weights are built.
 - `slurm_environment()` is `SLURMEnvironment(auto_requeue=True)` with the signal given by name,
@@ -21,17 +25,23 @@ says *how the VLM is cut*:
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
+import json
 import logging
 import signal
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+
+from dsvl.model import WeightSource, materialize, weight_sources
+from dsvl.model.materialize import has_meta_parameters
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +150,47 @@ def is_sharded(module: nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
+def builds_on_meta(strategy: Any) -> bool:
+    """True for the strategies that shard before weights exist (FSDP2): build the model with `device="meta"`."""
+    return isinstance(strategy, ModelParallelStrategy)
+
+
+def checkpoint_source(path: str | Path) -> WeightSource:
+    """A `WeightSource` for `init_from`: a Lightning `.ckpt` / weights-only torch file (keys under `model.`),
+    a `.safetensors` file of dsvl keys, or an exported transformers DeepSeek-VL directory (`save_pretrained`)."""
+    from dsvl.model.hf_interop import key_map
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        arch = json.loads((p / "config.json").read_text())["model_type"]
+        return WeightSource(str(p), key_map=tuple(key_map(arch)))
+    return WeightSource(str(p), strip="model." if p.suffix != ".safetensors" else "")
+
+
+def defer_weights(model: nn.Module, init_from: str | Path) -> None:
+    """Record on a meta-built model a checkpoint that `configure_model` loads into its shards (after the
+    pretrained weights the model config asks for): `init_from` under FSDP2."""
+    model.deferred_weights = [*getattr(model, "deferred_weights", []), checkpoint_source(init_from)]
+
+
 def configure_model(stage: Any) -> None:
     """Apply the strategy's parallelism to `stage.model` (the `configure_model` hook of `VLMStage`).
 
     Only `ModelParallelStrategy` (FSDP2) needs it; DDP and DeepSpeed wrap the module themselves.
+    A meta-built model is sharded, then materialised per shard on the strategy's device.
     """
     trainer = getattr(stage, "_trainer", None)
     strategy = getattr(trainer, "strategy", None)
     if not isinstance(strategy, ModelParallelStrategy) or is_sharded(stage.model):
         return
-    counts = shard_model(stage.model, **_fully_shard_kwargs(strategy))
+    model = stage.model
+    template = copy.deepcopy(model) if has_meta_parameters(model) else None  # unsharded, still on meta: cheap
+    counts = shard_model(model, **_fully_shard_kwargs(strategy))
+    if template is not None:
+        sources = [*weight_sources(model), *getattr(model, "deferred_weights", [])]
+        materialize(model, template, device=strategy.root_device, sources=sources)
     frozen = set(getattr(stage, "frozen_parts", ()))
-    log.info("FSDP2 over %d ranks: %s", strategy.world_size,
+    log.info("FSDP2 over %d ranks%s: %s", strategy.world_size, " (built on meta, materialised per shard)" if template else "",
              ", ".join(f"{p} ({n} blocks, {'frozen' if p in frozen else 'trained'})" for p, n in counts.items()))
 
 

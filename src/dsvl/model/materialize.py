@@ -1,0 +1,287 @@
+"""Weights for a model built without them: random init and checkpoint loading, one piece at a time, into whole
+or sharded (FSDP2 DTensor) parameters, so that no process ever holds the full model unless it runs it whole.
+
+- The model is built under `torch.device("meta")` (no memory), as transformers does itself.
+- `materialize(model, ...)`: gives every parameter and buffer its value. Random init goes per *init unit* (a
+  transformer block, a subtree without blocks, or a block container's own parameters): a full-size
+  CPU copy of the unit is initialised by its owner's init (transformers' `_init_weights` of the
+  nearest `PreTrainedModel`, a module's own `_init_weights`, else `reset_parameters`, children before
+  parents as transformers does) under a generator seeded by (seed, unit name), and each parameter
+  keeps its local part: all of it unsharded, its shard under `fully_shard`. A model sharded over any
+  number of ranks therefore starts from exactly the weights of the same model built whole with the
+  same seed. Then each weight source (`WeightSource`) is read the same way: each rank reads only the
+  slices it holds (safetensors `get_slice`, or a memory-mapped torch checkpoint).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def has_meta_parameters(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------- init units
+def _tensors(module: nn.Module, recurse: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from module.named_parameters(recurse=recurse, remove_duplicate=False)
+    yield from module.named_buffers(recurse=recurse, remove_duplicate=False)
+
+
+def _units(module: nn.Module, prefix: str, blocks: tuple[type, ...]) -> Iterator[tuple[str, nn.Module, bool]]:
+    """(name, module, whole subtree?) covering every tensor once; a block or a block-free subtree is one unit."""
+    holds_blocks = any(isinstance(m, blocks) for m in module.modules()) if blocks else False
+    if isinstance(module, blocks) or not holds_blocks:
+        if any(True for _ in _tensors(module, True)):
+            yield prefix, module, True
+        return
+    if any(True for _ in _tensors(module, False)):
+        yield prefix, module, False
+    for name, child in module.named_children():
+        yield from _units(child, f"{prefix}{name}.", blocks)
+
+
+def _owners(model: nn.Module) -> dict[str, nn.Module | None]:
+    """Module name -> the module whose `_init_weights` initialises it (nearest ancestor-or-self that has one)."""
+    owners: dict[str, nn.Module | None] = {}
+    for name, module in model.named_modules():
+        parent = owners.get(name.rpartition(".")[0]) if name else None
+        owners[name] = module if hasattr(module, "_init_weights") else parent
+    return owners
+
+
+def _init_module(module: nn.Module, owner: nn.Module | None) -> None:
+    if owner is not None:
+        owner._init_weights(module)
+    elif hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+
+
+def unit_seed(seed: int, name: str) -> int:
+    """The generator seed of one init unit: a function of the run seed and the unit's name only."""
+    return zlib.crc32(f"{int(seed)}:{name}".encode())
+
+
+def _full_unit(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int) -> dict[str, torch.Tensor]:
+    """Full-size CPU values of a unit's parameters and buffers, from its owners' init under the unit's own seed."""
+    work = copy.deepcopy(unit).to_empty(device="cpu", recurse=whole)
+    with torch.no_grad():
+        for _, t in _tensors(work, whole):
+            t.__dict__.pop("_is_hf_initialized", None)  # transformers' init skips tensors it thinks are loaded
+            t.fill_(float("nan") if t.is_floating_point() else torch.iinfo(t.dtype).min)  # "not written", checked below
+    modules = list(work.named_modules(remove_duplicate=False)) if whole else [("", work)]
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(unit_seed(seed, name))
+        for rel, module in reversed(modules):  # children before parents, as transformers' smart_apply
+            _init_module(module, owners[f"{name}{rel}".rstrip(".")])
+    values = {f"{name}{n}": t.detach() for n, t in _tensors(work, whole)}
+    unset = [n for n, v in values.items()
+             if bool((v.isnan() if v.is_floating_point() else v == torch.iinfo(v.dtype).min).any())]
+    if unset:
+        raise RuntimeError(f"no init rule reaches {unset[:3]} (give its module reset_parameters or an owner with _init_weights)")
+    return values
+
+
+# ---------------------------------------------------------------------------------------- local parts
+def _local_index(target: torch.Tensor) -> tuple[slice, ...] | None:
+    """The slice of the full tensor that `target` holds locally (None: all of it)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(target, DTensor):
+        return None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
+    return tuple(slice(o, o + s) for o, s in zip(offset, shape))
+
+
+def _local(target: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return target.to_local() if isinstance(target, DTensor) else target
+
+
+def _assign(target: torch.Tensor, value: Any, what: str) -> None:
+    """Copy `value` (a full tensor or anything indexable like one) into the local part of `target`."""
+    index = _local_index(target)
+    local = _local(target)
+    part = value[index] if index is not None else value[:] if not isinstance(value, torch.Tensor) else value
+    if tuple(part.shape) != tuple(local.shape):
+        raise ConfigError(f"{what}: shape {tuple(part.shape)} where the model holds {tuple(local.shape)} "
+                          "(the checkpoint was not saved from this model config)")
+    with torch.no_grad():
+        local.copy_(part)
+
+
+# ---------------------------------------------------------------------------------------- weight sources
+@dataclass(frozen=True)
+class WeightSource:
+    """Pretrained weights to load after random init: `path` (a safetensors file or directory, a transformers
+    DeepSeek-VL directory, or a weights-only torch / Lightning checkpoint) into the parameters under `prefix`.
+
+    `key_map` renames checkpoint keys by prefix (checkpoint prefix -> model prefix, relative to `prefix`);
+    `strip` is a prefix dropped from checkpoint keys first (Lightning's "model.").
+    """
+
+    path: str
+    prefix: str = ""
+    key_map: tuple[tuple[str, str], ...] = ()
+    strip: str = ""
+
+    def rename(self, key: str) -> str | None:
+        if self.strip:
+            if not key.startswith(self.strip):
+                return None
+            key = key[len(self.strip):]
+        for src, dst in self.key_map:
+            if key.startswith(src):
+                return self.prefix + dst + key[len(src):]
+        return None if self.key_map else self.prefix + key
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        return [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{path}: no .safetensors files to load weights from")
+    return files
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+class _SafetensorsRows:
+    """One tensor of a safetensors file, read by rows with plain file reads: a row range is one contiguous byte
+    range, read into fresh memory (a memory map would leave every page read counted in the process' RSS)."""
+
+    def __init__(self, path: Path, start: int, info: Mapping[str, Any]) -> None:
+        self.path, self.dtype, self.shape = path, _SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+        self.start, self.end = start + info["data_offsets"][0], start + info["data_offsets"][1]
+
+    def __getitem__(self, index: tuple[slice, ...] | slice) -> torch.Tensor:
+        index = index if isinstance(index, tuple) else (index,)
+        if any((s.start or 0) != 0 or (s.stop is not None and s.stop != n) for s, n in zip(index[1:], self.shape[1:])):
+            raise NotImplementedError("only row ranges are read (FSDP2 shards dim 0)")
+        rows = range(*index[0].indices(self.shape[0])) if self.shape else range(0)
+        row_bytes = (self.end - self.start) // max(self.shape[0], 1) if self.shape else self.end - self.start
+        first, count = (rows.start, len(rows)) if self.shape else (0, 1)
+        out = torch.empty((count, *self.shape[1:]) if self.shape else (), dtype=self.dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.start + first * row_bytes)
+            f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
+        return out
+
+
+def _safetensors_index(path: Path) -> dict[str, _SafetensorsRows]:
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return {k: _SafetensorsRows(path, 8 + size, info) for k, info in header.items()}
+
+
+@contextmanager
+def _open_tensors(path: Path) -> Iterator[Mapping[str, Any]]:
+    """Checkpoint key -> something sliceable like a tensor that reads only the slice asked for."""
+    if path.is_dir() or path.suffix == ".safetensors":
+        yield {k: v for f in _safetensors_files(path) for k, v in _safetensors_index(f).items()}
+        return
+    from .safe_load import safe_torch_load
+
+    ckpt = safe_torch_load(path, map_location="cpu", mmap=True)  # mapped: only the slices read reach memory
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: no state_dict of tensors inside")
+    yield state
+
+
+def load_weights(model: nn.Module, source: WeightSource) -> int:
+    """Read `source` into `model`'s (local parts of) parameters and persistent buffers under `source.prefix`;
+    every such parameter must be in the checkpoint. Returns the number of tensors read."""
+    targets = dict(model.state_dict(keep_vars=True))
+    wanted = {n for n, _ in model.named_parameters() if n.startswith(source.prefix)}
+    filled: set[str] = set()
+    with _open_tensors(Path(source.path).expanduser()) as tensors:
+        for key, value in tensors.items():
+            name = source.rename(key)
+            if name is None or name not in targets:
+                continue
+            _assign(targets[name], value, f"{source.path}: {key}")
+            filled.add(name)
+    missing = sorted(wanted - filled)
+    if missing:
+        raise ConfigError(f"{source.path}: {len(missing)} weights of this model are not in the checkpoint, e.g. {missing[:3]}")
+    log.info("loaded %d tensors from %s%s", len(filled), source.path, f" into {source.prefix}" if source.prefix else "")
+    return len(filled)
+
+
+def _filled_by(sources: Any, names: set[str]) -> set[str]:
+    """The model tensors `sources` will fill (from their keys only: no tensor is read)."""
+    filled: set[str] = set()
+    for source in sources:
+        with _open_tensors(Path(source.path).expanduser()) as tensors:
+            filled |= {n for n in map(source.rename, tensors) if n in names}
+    return filled
+
+
+# ---------------------------------------------------------------------------------------- materialize
+def materialize(
+    model: nn.Module,
+    template: nn.Module | None = None,
+    device: torch.device | str | None = None,
+    seed: int | None = None,
+    sources: tuple[WeightSource, ...] | list[WeightSource] = (),
+    blocks: tuple[type, ...] | None = None,
+) -> nn.Module:
+    """Allocate `model`'s parameters on `device` (its local shards once `fully_shard` was applied) and fill them:
+    random init per unit (see the module docstring), then each of `sources` in order.
+
+    `template`: the same model unsharded, still on meta (a `copy.deepcopy` taken before `fully_shard`);
+    by default `model` itself (unsharded). `seed` defaults to `torch.initial_seed()` (Lightning's
+    `seed_everything` sets it), so every rank of a run and a 1-process run of it agree.
+    `blocks`: the repeated block classes (one init unit each); default `model.block_classes()` if it has one.
+    """
+    if template is None:
+        template = copy.deepcopy(model)
+    seed = torch.initial_seed() if seed is None else int(seed)
+    if blocks is None:
+        blocks = tuple(template.block_classes()) if hasattr(template, "block_classes") else ()
+    first: dict[int, str] = {}
+    tied = [(n, first.setdefault(id(p), n)) for n, p in model.named_parameters(remove_duplicate=False)]
+    model.to_empty(device=device or "cpu")
+    for name, same in tied:  # to_empty makes new parameters off meta: tie them again (e.g. tied embeddings)
+        if name != same:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, model.get_parameter(same))
+    targets = dict(_tensors(model, True))
+    owners = _owners(template)
+    loaded = _filled_by(sources, set(targets))
+    for name, unit, whole in _units(template, "", blocks):
+        names = {f"{name}{n}" for n, _ in _tensors(unit, whole)}
+        if names <= loaded:  # every tensor of the unit comes from a checkpoint: no random init to hold
+            continue
+        for pname, value in _full_unit(name, unit, whole, owners, seed).items():
+            _assign(targets[pname], value, pname)
+    for source in sources:
+        load_weights(model, source)
+    return model

@@ -1,0 +1,99 @@
+"""Test helper run under `torchrun --nproc_per_node 2` (gloo, CPU): the tiny model built on meta, sharded with
+FSDP2 and materialised per shard, against the same model built whole in this process with the same seed; then
+the same for loading saved checkpoints (a transformers export and a Lightning-style `.ckpt`). Writes
+`<out>/rank<r>.json` with what it compared."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def local_mismatches(sharded: torch.nn.Module, reference: dict[str, torch.Tensor]) -> tuple[list[str], int]:
+    """Names whose local shard differs from the same slice of the whole model's tensor; and how many were sharded."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    bad, n_sharded = [], 0
+    for name, t in sharded.state_dict().items():
+        if isinstance(t, DTensor):
+            n_sharded += 1
+            expected = distribute_tensor(reference[name], t.device_mesh, t.placements, src_data_rank=None).to_local()
+            local = t.to_local()
+        else:
+            expected, local = reference[name], t
+        if local.shape != expected.shape or not torch.equal(local, expected):
+            bad.append(name)
+    return bad, n_sharded
+
+
+def sharded_build(cfg: dict, mesh, seed: int, sources=()) -> torch.nn.Module:
+    from dsvl.model import build_model, materialize
+    from dsvl.stages.strategies import shard_model
+
+    model = build_model(cfg, device="meta")
+    template = copy.deepcopy(model)
+    shard_model(model, mesh=mesh)
+    return materialize(model, template, seed=seed, sources=list(sources))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from dsvl.model import build_model, model_config
+    from dsvl.stages.strategies import checkpoint_source
+
+    rank, out = dist.get_rank(), Path(args.out)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    report: dict = {}
+    for tie in (False, True):
+        cfg = model_config("tiny", [f"model.llm.tie_word_embeddings={str(tie).lower()}"])
+        torch.manual_seed(7)
+        whole = build_model(cfg)  # the 1-process path: meta build + materialize, global seed 7
+        reference = {k: v.clone() for k, v in whole.state_dict().items()}
+        model = sharded_build(cfg, mesh, seed=7)
+        bad, n = local_mismatches(model, reference)
+        report[f"init_tie{tie}"] = {"mismatches": bad, "sharded": n, "tensors": len(reference),
+                                    "tied": model.llm.lm_head.weight is model.llm.get_input_embeddings().weight}
+        # the sharded model computes what the whole one does (same batch, gathered loss)
+        ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(1))
+        report[f"loss_tie{tie}"] = [float(model(input_ids=ids, labels=ids).loss), float(whole(input_ids=ids, labels=ids).loss)]
+        if not tie:  # a sharded checkpoint as Lightning's FSDP2 path writes it (DCP, keys under state_dict.model.)
+            import torch.distributed.checkpoint as dcp
+            from omegaconf import OmegaConf
+
+            dcp.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, checkpoint_id=out / "run" / "dcp")
+            if rank == 0:
+                OmegaConf.save({"model": cfg}, out / "run" / "config_resolved.yaml")
+                torch.save(reference, out / "run" / "reference.pt")
+
+    # loading: rank 0 writes checkpoints of a model with seed 11, every rank then loads them into shards
+    cfg = model_config("tiny")
+    torch.manual_seed(11)
+    saved = build_model(cfg)
+    reference = {k: v.clone() for k, v in saved.state_dict().items()}
+    if rank == 0:
+        saved.save_pretrained(out / "export")
+        torch.save({"state_dict": {f"model.{k}": v for k, v in reference.items()}, "global_step": 3}, out / "last.ckpt")
+    dist.barrier()
+    for name, path in (("export", out / "export"), ("ckpt", out / "last.ckpt")):
+        model = sharded_build(cfg, mesh, seed=0, sources=[checkpoint_source(path)])
+        report[f"load_{name}"] = {"mismatches": local_mismatches(model, reference)[0]}
+    pretrained = sharded_build({**cfg, "pretrained": str(out / "export")}, mesh, seed=0,
+                               sources=__import__("dsvl.model", fromlist=["x"]).weight_sources(build_model(
+                                   {**cfg, "pretrained": str(out / "export")}, device="meta")))
+    report["load_model.pretrained"] = {"mismatches": local_mismatches(pretrained, reference)[0]}
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
