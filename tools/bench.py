@@ -89,7 +89,7 @@ def make_batches(cfg: Any, n: int) -> tuple[list[dict[str, Any]], float]:
 
 
 def new_stage(cfg: Any, seed: int = 0) -> Any:
-    """A fresh `PretrainStage` over a freshly built model (same seed, same weights), as the runner makes it."""
+    """A fresh `PretrainStage` over a freshly built model (same seed, same weights), as the run path makes it."""
     from hydra.utils import instantiate
 
     from dsvl.model import build_model

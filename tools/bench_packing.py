@@ -39,10 +39,10 @@ def _sample_lengths(data_dir: Path, tmp: Path, modality: str, n: int) -> tuple[l
     from dsvl.data.bad_samples import SkipCounter
     from dsvl.data.grouped import build_mixtures
     from dsvl.data.streams import Part
-    from dsvl.stages.runner import align_model_to_data, build_datamodule, plan_run
+    from dsvl.cli.train import accumulation, align_model_to_data, build_datamodule
 
     cfg = bench.stage2_config(data_dir, tmp / f"lengths_{modality}", packing=False)
-    dm = build_datamodule(cfg, plan_run(cfg), get_class(cfg.stage._target_))
+    dm = build_datamodule(cfg, accumulation(cfg, 1), get_class(cfg.stage._target_).supervise)
     align_model_to_data(cfg, dm)
     mix = build_mixtures(dm.train_sources, dm.encoder, Part(), dm.seed, dm.shuffle_buffer, SkipCounter())[modality]
     out = []

@@ -1,4 +1,4 @@
-"""Test helper run under `torchrun --nproc_per_node 2`: one dsvl stage-2 run through the real runner
+"""Test helper run under `torchrun --nproc_per_node 2`: one dsvl stage-2 run through the real run path
 (`dsvl.cli.train.train`) with trainer=ddp or trainer=fsdp on CPU (gloo), recording every micro-batch."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Two processes on CPU (gloo), launched by torchrun, train the stage-2 demo recipe through the real
-runner with trainer=ddp and trainer=fsdp (FSDP2). Checked against the gathered records of both ranks:
+run path (`dsvl.cli.train.train`) with trainer=ddp and trainer=fsdp (FSDP2). Checked against the gathered records of both ranks:
 every global step has one modality on all ranks, no sample is read by both ranks, and the loss of
 every micro-batch equals a single-process run on the same global batches (the two ranks' micro-batches
 accumulated), so the distributed gradient is the single-process gradient. Under FSDP2 the frozen

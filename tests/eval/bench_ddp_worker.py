@@ -39,7 +39,7 @@ def main() -> None:
 
     from dist_worker import overrides
     from dsvl.cli._config import compose
-    from dsvl.stages.runner import run_stage
+    from dsvl.cli.train import train
 
     torch.set_num_threads(1)
     extra = ["validate_at_end=true", "limit_val_batches=1", "mc_val=null"]
@@ -48,7 +48,7 @@ def main() -> None:
         cfg.val_benchmarks = json.loads(args.benchmarks)
         cfg.callbacks = {"benchmarks": {"_target_": "dsvl.callbacks.benchmarks.BenchmarkValidation", "benchmarks": "${val_benchmarks}"},
                          "record": {"_target_": "bench_ddp_worker.BenchRecorder", "out": args.out}}
-    run_stage(cfg)
+    train(cfg)
 
 
 if __name__ == "__main__":

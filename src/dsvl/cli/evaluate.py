@@ -231,7 +231,7 @@ def load_for_inference(
             if tok_path is None:
                 raise EvalError(f"{p}: the run config names no tokenizer; pass --tokenizer / tokenizer=DIR")
             tok = load_tokenizer(tok_path)
-            # as training does (runner.align_model_to_data): the image token is the tokenizer's
+            # as training does (dsvl.cli.train.align_model_to_data): the image token is the tokenizer's
             # (.hydra/config.yaml keeps the preset's placeholder id; config_resolved.yaml the aligned one)
             node["image_token_id"] = int(tok.convert_tokens_to_ids(IMAGE_TOKEN))
             model = build_model(node)
