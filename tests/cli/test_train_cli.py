@@ -17,8 +17,10 @@ from omegaconf import OmegaConf
 from train_fixtures import FAST
 
 
-def _train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def _train(args: list[str], cwd: Path, timeout: int = 300, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    if pythonpath is not None:  # a test-only callback the job imports by its _target_
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     env.pop("WANDB_API_KEY", None)
     return subprocess.run([sys.executable, "-m", "dsvl.cli.train", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -71,11 +73,12 @@ def test_multirun_two_jobs_each_in_its_own_dir_and_wandb_offline_metrics(demo_da
 @pytest.mark.slow
 def test_crashed_job_closes_its_wandb_run_and_the_multirun_goes_on(demo_data: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    # job 0 crashes inside Lightning (AdamW refuses a negative lr); job 1 must still run
+    # job 0 crashes inside training (a callback raises at step 1, after W&B started); job 1 must still run
     proc = _train(["-m", "experiment=demo/align", f"paths.data_dir={demo_data}", *FAST, "logger=wandb",
-                   "optim.lr=-1.0,1e-3", f"hydra.sweep.dir={sweep}"], tmp_path)
+                   "+callbacks.fail._target_=train_fixtures.FailAt", "+callbacks.fail.step=1,1000",
+                   f"hydra.sweep.dir={sweep}"], tmp_path, pythonpath=Path(__file__).parents[1] / "stages")
     assert proc.returncode != 0  # the sweep reports the failure at the end
-    assert "Invalid learning rate" in proc.stderr
+    assert "interrupted at step 1" in proc.stderr
     crashed, ok = sweep / "0", sweep / "1"
     assert "closed the W&B run of a crashed job" in (crashed / "train.log").read_text()
     assert (ok / "checkpoints" / "last.ckpt").is_file()

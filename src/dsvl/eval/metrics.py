@@ -205,11 +205,6 @@ class _TokenMeanNLL(Metric):
         self.nll_sum += (loss[keep] * count[keep]).sum()
         self.num_tokens += count[keep].sum()
 
-    def update_sums(self, nll_sum: Tensor, num_tokens: Tensor | int) -> None:
-        """Add summed (not mean) NLL and its token count."""
-        self.nll_sum += torch.as_tensor(nll_sum).detach().to(torch.float64).sum()
-        self.num_tokens += torch.as_tensor(num_tokens).detach().to(torch.int64).sum()
-
     def _mean(self) -> Tensor:
         if int(self.num_tokens) == 0:
             return torch.tensor(float("nan"), dtype=torch.float64)

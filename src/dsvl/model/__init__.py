@@ -12,10 +12,9 @@ from .presets import available_presets, model_config
 from .spec import ImageInputSpec, VisionSpec
 from .summary import format_summary, parameter_summary
 from .vision import SamTower, SiglipTower, VisionEncoder
-from .vlm import MODEL_INPUT_NAMES, VisionLanguageModel, VLMOutput, next_token_loss
+from .vlm import VisionLanguageModel, VLMOutput, next_token_loss
 
 __all__ = [
-    "MODEL_INPUT_NAMES",
     "ConfigError",
     "HybridSplitMLPGelu",
     "ImageInputSpec",

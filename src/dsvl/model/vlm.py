@@ -20,8 +20,6 @@ from .vision import VisionEncoder
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-# the batch keys `forward` reads (docs/architecture.md); a stage passes `{k: batch[k] for k in MODEL_INPUT_NAMES if k in batch}`
-MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "labels", "pixel_values", "high_res_pixel_values")
 
 
 @dataclass
