@@ -27,8 +27,8 @@ CHANCE = 0.25
 
 
 def ensure_demo_data(data_dir: Path, fresh: bool = False) -> float:
-    """Make the demo data unless it is there; returns the seconds spent."""
-    if (data_dir / "manifest.json").is_file() and (data_dir / "tokenizer").is_dir() and not fresh:
+    """Make the demo data and pretrained parts unless they are there; returns the seconds spent."""
+    if (data_dir / "manifest.json").is_file() and (data_dir / "parts" / "parts.json").is_file() and not fresh:
         log.info("demo data found in %s", data_dir)
         return 0.0
     from dsvl.data.demo import make_demo_data
@@ -54,15 +54,18 @@ def evaluate_export(export_dir: Path, data_dir: Path, system_prompt: str | None)
 
 
 def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any]) -> str:
-    """The demo's table: per stage steps, seconds, final loss by modality; then held-out metrics."""
+    """The demo's table: per stage steps, seconds, first and final loss by modality, held-out text
+    perplexity before and after; then held-out metrics."""
     def loss(v: float | None) -> str:
         return f"{v:.3f}" if v is not None else "-"
 
-    header = f"{'stage':<9} {'steps':>6} {'seconds':>8} {'loss text':>10} {'loss mm':>8}"
+    header = (f"{'stage':<9} {'steps':>6} {'seconds':>8} {'loss text':>10} {'loss mm':>8} {'mm first':>9} "
+              f"{'text ppl before':>16} {'after':>7}")
     lines = [header, "-" * len(header)]
     for s in stages:
         lines.append(f"{s['stage']:<9} {s['steps']:>6} {s['seconds']:>8.1f} {loss(s['final_loss'].get('text')):>10} "
-                     f"{loss(s['final_loss'].get('multimodal')):>8}")
+                     f"{loss(s['final_loss'].get('multimodal')):>8} {loss(s.get('first_loss', {}).get('multimodal')):>9} "
+                     f"{loss(s.get('text_ppl_before')):>16} {loss(s.get('text_ppl_after')):>7}")
     mc = evaluation["mc"]
     lines.append("")
     lines.append(f"multiple-choice accuracy (held-out, 4-way, chance {CHANCE}): {mc['accuracy']:.3f} on {mc['num_samples']} questions")
@@ -98,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("data/demo"), help="demo data (made when missing)")
     parser.add_argument("--fresh-data", action="store_true", help="remake the demo data")
     parser.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ablation"]:
+        from dsvl.cli.ablation import main as ablation_main
+
+        return ablation_main(argv[1:])
     args = parser.parse_intermixed_args(argv)
     quiet_logging()
 
@@ -131,9 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plots[r.stage] = str(plot_run(r.output_dir, out / f"curves_{r.stage}.png", title=f"demo {r.stage}"))
             except (FileNotFoundError, ValueError) as err:
                 log.warning("no plot for %s: %s", r.stage, err)
+        from dsvl.cli.ablation import stage_text_ppl
+        from dsvl.demo.runs import first_losses
+
+        ppl = stage_text_ppl(results, data_dir)
         stages = [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2), "final_loss": r.final_loss,
+                   "first_loss": first_losses(r.output_dir), "text_ppl_before": before, "text_ppl_after": after,
                    "checkpoint": str(r.checkpoint), "run_dir": str(r.output_dir),
-                   "val": {k: v for k, v in r.metrics.items() if k.startswith("val/")}} for r in results]
+                   "val": {k: v for k, v in r.metrics.items() if k.startswith("val/")}} for r, (before, after) in zip(results, ppl)]
         summary = {
             "mc_accuracy": evaluation["mc"]["accuracy"],
             "mc_num_samples": evaluation["mc"]["num_samples"],
