@@ -80,14 +80,16 @@ def stage_text_ppl(results: Sequence[Any], data_dir: Path) -> list[tuple[float, 
 
 
 def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int, val_every: int,
-                 variants: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Stage 1 once, then every variant from its weights; returns the ablation report."""
+                 variants: dict[str, list[str]] | None = None, stage1_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Stage 1 once, then every variant from its weights; returns the ablation report.
+
+    `overrides` go to every run, `stage1_overrides` to stage 1 only."""
     from dsvl.demo.ablation import VARIANTS, plot_ablation, variant_record, write_report
 
     variants = VARIANTS if variants is None else variants
     start = time.perf_counter()
     common = [f"paths.data_dir={data_dir}", *overrides]
-    align = train_stage("demo/align", out / "align", common)
+    align = train_stage("demo/align", out / "align", [*common, *stage1_overrides])
     reference = pretrained_text_ppl(align.output_dir, data_dir)
     report: dict[str, Any] = {"steps": steps, "reference_text_ppl": reference, "stage1_checkpoint": str(align.checkpoint),
                               "variants": {}}
@@ -99,7 +101,7 @@ def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int
         global_batch = int(_run_config(result.output_dir).stage.global_batch)
         report["variants"][name] = variant_record(steps=result.steps, global_batch=global_batch, seconds=result.seconds,
                                                   text=evaluation["text"], mc=evaluation["mc"], run_dir=result.output_dir,
-                                                  overrides=extra)
+                                                  checkpoint=result.checkpoint, overrides=extra)
     report["plot"] = str(plot_ablation(report["variants"], out / "ablation.png", reference_ppl=reference))
     report["seconds"] = round(time.perf_counter() - start, 2)
     write_report(report, out)

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dsvl.demo.runs import curves
+from dsvl.demo.runs import curves, last_value
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def variant_record(*, steps: int, global_batch: int, seconds: float, text: dict[str, Any], mc: dict[str, Any],
-                   run_dir: str | Path, overrides: list[str]) -> dict[str, Any]:
+                   run_dir: str | Path, checkpoint: str | Path, overrides: list[str]) -> dict[str, Any]:
     """One variant's entry of ablation.json: held-out (test split) results, cost and curves.
 
     `seconds` is the stage's fit time (validation every few steps included, the same schedule for
@@ -48,8 +48,10 @@ def variant_record(*, steps: int, global_batch: int, seconds: float, text: dict[
         "samples": samples,
         "seconds": round(seconds, 2),
         "samples_per_s": round(samples / seconds, 3) if seconds > 0 else None,
+        "text_share": last_value(run_dir, "train/text_share"),  # realised share of text steps
         "overrides": overrides,
         "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint),
         "curves": curves(run_dir),
     }
 

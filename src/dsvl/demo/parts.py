@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 PART_CONFIGS: dict[str, dict[str, Any]] = {
     "siglip": {"image_size": 64, "patch_size": 16, "hidden_size": 64, "intermediate_size": 128,
                "num_hidden_layers": 2, "num_attention_heads": 2, "vision_use_head": False},
-    "sam": {"image_size": 64, "patch_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "window_size": 4, "global_attn_indexes": [1], "output_channels": 16},
+    "sam": {"image_size": 64, "patch_size": 8, "hidden_size": 32, "mlp_dim": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "window_size": 4, "global_attn_indexes": [1], "output_channels": 16,
+            "initializer_range": 0.02},  # SAM's default (1e-10) starts every conv at ~0: a blind tower that cannot learn
     "llm": {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 1024,
             "rms_norm_eps": 1.0e-6, "tie_word_embeddings": False},
@@ -61,8 +62,8 @@ PART_CONFIGS: dict[str, dict[str, Any]] = {
 TEXT_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
               "max_position_embeddings": 24}
 CAPTION_TOKENS = 24
-EPOCHS = {"siglip": 12, "sam": 12, "llm": 10}
-BATCH = {"siglip": 64, "sam": 64, "llm": 16}
+EPOCHS = {"siglip": 4, "sam": 4, "llm": 2}
+BATCH = {"siglip": 64, "sam": 64, "llm": 8}
 LR = {"siglip": 3e-3, "sam": 3e-3, "llm": 3e-3}
 LLM_ROW = 128
 
@@ -207,7 +208,7 @@ def tower_specs() -> dict[str, ImageInputSpec]:
             "sam": ImageInputSpec("high_res_pixel_values", PART_CONFIGS["sam"]["image_size"], CLIP_MEAN, CLIP_STD)}
 
 
-def make_demo_parts(data_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0, threads: int = 2,
+def make_demo_parts(data_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0, threads: int = 1,
                     epochs: dict[str, int] | None = None) -> dict[str, Any]:
     """Pretrain the three parts on the demo data in `data_dir`; save them under `out_dir` (default
     `data_dir/parts`) as `siglip/`, `sam/` and `llm/` transformers directories plus `parts.json`."""

@@ -25,3 +25,9 @@ def first_losses(run_dir: str | Path, steps: int = FIRST_STEPS) -> dict[str, flo
         if points:
             out[modality] = sum(v for _, v in points) / len(points)
     return out
+
+
+def last_value(run_dir: str | Path, metric: str) -> float | None:
+    """The metric's value at the last step it was logged (None when never)."""
+    points = read_metrics(find_metrics_csv(run_dir)).get(metric, [])
+    return points[-1][1] if points else None
