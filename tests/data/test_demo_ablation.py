@@ -21,18 +21,19 @@ def test_short_ablation(demo_dir, tmp_path):
     from dsvl.cli.ablation import run_ablation
 
     out = tmp_path / "ablation"
-    run_ablation(out, demo_dir, [*SMALL, "data.schedule.warmup_steps=2"], steps=4, val_every=2,
-                 stage1_overrides=["trainer.max_steps=2"])
+    run_ablation(out, demo_dir, [*SMALL, "data.schedule.warmup_steps=1"], steps=2, val_every=1,
+                 stage1_overrides=["trainer.max_steps=1"], eval_limit=8)
     report = json.loads((out / "ablation.json").read_text())
     assert set(report["variants"]) == set(VARIANTS)
     assert math.isfinite(report["reference_text_ppl"]) and report["reference_text_ppl"] > 1
     stage1 = _llm_weights(report["stage1_checkpoint"])
     for name, v in report["variants"].items():
-        assert v["steps"] == 4 and v["samples"] == 16, name
+        assert v["steps"] == 2 and v["samples"] == 8, name
         assert math.isfinite(v["text_ppl"]) and v["text_ppl"] > 1, name
         assert 0.0 <= v["mc_accuracy"] <= 1.0 and v["seconds"] > 0 and v["samples_per_s"] > 0, name
-        assert [s for s, _ in v["curves"]["text_ppl"]] == [2, 4], name
-        assert [s for s, _ in v["curves"]["mc_accuracy"]] == [2, 4], name
+        for curve in ("text_ppl", "mc_accuracy"):  # validated after each of the 2 steps
+            steps = [s for s, _ in v["curves"][curve]]
+            assert len(steps) == 2 and steps[0] < steps[1], (name, curve, steps)
         trained = _llm_weights(v["checkpoint"])
         assert any(not torch.equal(trained[k], stage1[k]) for k in stage1), f"{name}: the LLM did not train"
     assert report["variants"]["no_text"]["text_share"] == 0.0

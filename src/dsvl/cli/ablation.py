@@ -33,28 +33,29 @@ def train_stage(experiment: str, out_dir: Path, overrides: Sequence[str] = (), i
 
 
 def evaluate_model(model: Any, tokenizer: Any, data_dir: Path, system_prompt: str | None = None,
-                   mc: bool = True) -> dict[str, Any]:
-    """Held-out test metrics of a demo model: text perplexity and caption loss, MC accuracy."""
+                   mc: bool = True, limit: int | None = None) -> dict[str, Any]:
+    """Held-out test metrics of a demo model: text perplexity and caption loss, MC accuracy
+    (`limit`: at most that many text samples and questions)."""
     from dsvl.eval.evaluate import evaluate_mc, evaluate_text
 
     text = evaluate_text(model, tokenizer, [str(data_dir / "pretrain" / "text" / "test"),
-                                            str(data_dir / "pretrain" / "caption" / "test")], batch_size=32)
+                                            str(data_dir / "pretrain" / "caption" / "test")], batch_size=32, limit=limit)
     out: dict[str, Any] = {"text": text}
     if mc:
         out["mc"] = evaluate_mc(model, tokenizer, str(data_dir / "mc" / "test"), mode="text", batch_size=16,
-                                system_prompt=system_prompt)
+                                system_prompt=system_prompt, limit=limit)
     return out
 
 
-def evaluate_checkpoint(checkpoint: Path, data_dir: Path, mc: bool = True) -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint: Path, data_dir: Path, mc: bool = True, limit: int | None = None) -> dict[str, Any]:
     """`evaluate_model` of a stage's checkpoint (model rebuilt from its run config, as dsvl-eval does)."""
     from dsvl.cli.evaluate import load_for_inference
 
     loaded = load_for_inference(checkpoint, device="cpu")
-    return evaluate_model(loaded.model, loaded.tokenizer, data_dir, system_prompt=loaded.system_prompt, mc=mc)
+    return evaluate_model(loaded.model, loaded.tokenizer, data_dir, system_prompt=loaded.system_prompt, mc=mc, limit=limit)
 
 
-def pretrained_text_ppl(run_dir: Path, data_dir: Path) -> float:
+def pretrained_text_ppl(run_dir: Path, data_dir: Path, limit: int | None = None) -> float:
     """Held-out text perplexity of the model a run started from before training: the pretrained
     parts it loads (its `config_resolved.yaml` model), the adaptor untouched by text."""
     from omegaconf import OmegaConf
@@ -64,7 +65,7 @@ def pretrained_text_ppl(run_dir: Path, data_dir: Path) -> float:
 
     model = build_model(OmegaConf.load(run_dir / "config_resolved.yaml").model).eval()
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
-    return evaluate_model(model, tokenizer, data_dir, mc=False)["text"]["perplexity"]
+    return evaluate_model(model, tokenizer, data_dir, mc=False, limit=limit)["text"]["perplexity"]
 
 
 def stage_text_ppl(results: Sequence[Any], data_dir: Path) -> list[tuple[float, float]]:
@@ -80,24 +81,26 @@ def stage_text_ppl(results: Sequence[Any], data_dir: Path) -> list[tuple[float, 
 
 
 def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int, val_every: int,
-                 variants: dict[str, list[str]] | None = None, stage1_overrides: Sequence[str] = ()) -> dict[str, Any]:
+                 variants: dict[str, list[str]] | None = None, stage1_overrides: Sequence[str] = (),
+                 eval_limit: int | None = None) -> dict[str, Any]:
     """Stage 1 once, then every variant from its weights; returns the ablation report.
 
-    `overrides` go to every run, `stage1_overrides` to stage 1 only."""
+    `overrides` go to every run, `stage1_overrides` to stage 1 only; `eval_limit` caps the
+    held-out samples each evaluation reads (None: all)."""
     from dsvl.demo.ablation import VARIANTS, plot_ablation, variant_record, write_report
 
     variants = VARIANTS if variants is None else variants
     start = time.perf_counter()
     common = [f"paths.data_dir={data_dir}", *overrides]
     align = train_stage("demo/align", out / "align", [*common, *stage1_overrides])
-    reference = pretrained_text_ppl(align.output_dir, data_dir)
+    reference = pretrained_text_ppl(align.output_dir, data_dir, eval_limit)
     report: dict[str, Any] = {"steps": steps, "reference_text_ppl": reference, "stage1_checkpoint": str(align.checkpoint),
                               "variants": {}}
     for name, extra in variants.items():
         log.info("ablation: variant %s (%s)", name, " ".join(extra) or "the recipe")
         stage_overrides = [*common, f"trainer.max_steps={steps}", f"val_every_n_steps={val_every}", *extra]
         result = train_stage("demo/pretrain", out / name, stage_overrides, init_from=align.checkpoint)
-        evaluation = evaluate_checkpoint(result.checkpoint, data_dir)
+        evaluation = evaluate_checkpoint(result.checkpoint, data_dir, limit=eval_limit)
         global_batch = int(_run_config(result.output_dir).stage.global_batch)
         report["variants"][name] = variant_record(steps=result.steps, global_batch=global_batch, seconds=result.seconds,
                                                   text=evaluation["text"], mc=evaluation["mc"], run_dir=result.output_dir,

@@ -62,7 +62,7 @@ PART_CONFIGS: dict[str, dict[str, Any]] = {
 TEXT_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
               "max_position_embeddings": 24}
 CAPTION_TOKENS = 24
-EPOCHS = {"siglip": 4, "sam": 4, "llm": 2}
+EPOCHS = {"siglip": 4, "sam": 4, "llm": 6}
 BATCH = {"siglip": 64, "sam": 64, "llm": 8}
 LR = {"siglip": 3e-3, "sam": 3e-3, "llm": 3e-3}
 LLM_ROW = 128
@@ -120,8 +120,12 @@ def _fit(params: list[nn.Parameter], loss_fn: Any, batches: list[Any], lr: float
 
 
 def _chunks(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled index batches, all full (in-batch negatives); one batch of all when n < size."""
+    if n == 0:
+        raise ValueError("no training samples for a demo part")
+    size = min(size, n)
     order = torch.randperm(n, generator=gen)
-    return [order[i:i + size] for i in range(0, n - size + 1, size)]  # full batches: in-batch negatives
+    return [order[i:i + size] for i in range(0, n - size + 1, size)]
 
 
 def _captions(tokenizer: Any, texts: list[str]) -> torch.Tensor:
@@ -208,36 +212,54 @@ def tower_specs() -> dict[str, ImageInputSpec]:
             "sam": ImageInputSpec("high_res_pixel_values", PART_CONFIGS["sam"]["image_size"], CLIP_MEAN, CLIP_STD)}
 
 
-def make_demo_parts(data_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0, threads: int = 1,
+PART_ORDER = ("llm", "siglip", "sam")  # longest first: two workers finish together
+SEED_OFFSET = {"siglip": 0, "sam": 1, "llm": 2}
+
+
+def make_part(name: str, data_dir: str | Path, out_dir: str | Path, seed: int, epochs: int, threads: int = 1) -> dict[str, Any]:
+    """Pretrain one part (`llm`, `siglip` or `sam`) on the demo data and save it to `out_dir/name`;
+    the same result in any process (own seeds, fixed thread count)."""
+    data, t0, cpu = Path(data_dir), time.perf_counter(), time.process_time()
+    with _threads(threads):
+        tokenizer = load_tokenizer(str(data / "tokenizer"))
+        pairs = _samples(data / "align" / "caption" / "train")
+        k = SEED_OFFSET[name]
+        torch.manual_seed(seed * 1000 + k)  # weight init
+        gen = torch.Generator().manual_seed(seed * 1000 + k)  # batch order
+        if name == "llm":
+            texts = [s.text for s in _samples(data / "pretrain" / "text" / "train")] + [s.text for s in pairs]
+            model, history = pretrain_llm(_token_rows(tokenizer, texts), epochs, gen)
+        else:
+            spec = tower_specs()[name]
+            pixels = ImagePreprocessor(VisionSpec((spec,)))([s.images[0] for s in pairs])[spec.name]
+            train = pretrain_siglip if name == "siglip" else pretrain_sam
+            model, history = train(pixels, _captions(tokenizer, [s.text for s in pairs]), tokenizer, epochs, gen)
+        model.save_pretrained(Path(out_dir) / name)
+    seconds = time.perf_counter() - t0
+    log.info("demo part %s: loss %.3f -> %.3f in %.1fs", name, history[0], history[-1], seconds)
+    return {"loss_first_epoch": round(history[0], 4), "loss_last_epoch": round(history[-1], 4), "epochs": epochs,
+            "image_text_pairs": len(pairs), "seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu, 2)}
+
+
+def make_demo_parts(data_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0, workers: int = 2,
                     epochs: dict[str, int] | None = None) -> dict[str, Any]:
     """Pretrain the three parts on the demo data in `data_dir`; save them under `out_dir` (default
-    `data_dir/parts`) as `siglip/`, `sam/` and `llm/` transformers directories plus `parts.json`."""
-    data = Path(data_dir)
-    out = Path(out_dir) if out_dir is not None else data / "parts"
+    `data_dir/parts`) as `siglip/`, `sam/` and `llm/` transformers directories plus `parts.json`.
+
+    `workers` > 1 trains parts in parallel processes of one thread each (the result is the same)."""
+    out = Path(out_dir) if out_dir is not None else Path(data_dir) / "parts"
     epochs = {**EPOCHS, **(epochs or {})}
     start = time.perf_counter()
-    tokenizer = load_tokenizer(str(data / "tokenizer"))
-    pairs = _samples(data / "align" / "caption" / "train")
-    texts = [s.text for s in _samples(data / "pretrain" / "text" / "train")] + [s.text for s in pairs]
-    captions = _captions(tokenizer, [s.text for s in pairs])
-    specs = tower_specs()
-    report: dict[str, Any] = {"seed": seed, "threads": threads, "epochs": epochs, "image_text_pairs": len(pairs)}
-    with _threads(threads):
-        builders = {
-            "siglip": lambda g: pretrain_siglip(ImagePreprocessor(VisionSpec((specs["siglip"],)))([s.images[0] for s in pairs])["pixel_values"],
-                                                captions, tokenizer, epochs["siglip"], g),
-            "sam": lambda g: pretrain_sam(ImagePreprocessor(VisionSpec((specs["sam"],)))([s.images[0] for s in pairs])["high_res_pixel_values"],
-                                          captions, tokenizer, epochs["sam"], g),
-            "llm": lambda g: pretrain_llm(_token_rows(tokenizer, texts), epochs["llm"], g),
-        }
-        for k, (name, build) in enumerate(builders.items()):
-            t0 = time.perf_counter()
-            torch.manual_seed(seed * 1000 + k)  # weight init
-            model, history = build(torch.Generator().manual_seed(seed * 1000 + k))
-            model.save_pretrained(out / name)
-            report[name] = {"loss_first_epoch": round(history[0], 4), "loss_last_epoch": round(history[-1], 4),
-                            "seconds": round(time.perf_counter() - t0, 2)}
-            log.info("demo part %s: loss %.3f -> %.3f in %.1fs", name, history[0], history[-1], report[name]["seconds"])
-    report["seconds"] = round(time.perf_counter() - start, 2)
+    args = [(name, str(data_dir), str(out), seed, epochs[name]) for name in PART_ORDER]
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(make_part, *zip(*args)))
+    else:
+        results = [make_part(*a) for a in args]
+    report: dict[str, Any] = {"seed": seed, "workers": workers, **dict(zip(PART_ORDER, results)),
+                              "seconds": round(time.perf_counter() - start, 2)}
     (out / "parts.json").write_text(json.dumps(report, indent=2))
     return report
