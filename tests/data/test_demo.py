@@ -83,13 +83,14 @@ def test_iter_samples_reads_mc(demo_dir):
 
 
 def test_parts_deterministic(demo_dir, tmp_path):
-    """Same data and seed: bit-identical weights; the saved dirs load as transformers classes."""
+    """Same data and seed: bit-identical weights, in one process or in parallel worker processes;
+    the saved dirs load as transformers classes."""
     from transformers import LlamaForCausalLM, SamVisionModel, SiglipVisionModel
 
     from dsvl.demo.parts import make_demo_parts
 
     few = {"siglip": 1, "sam": 1, "llm": 1}
-    reports = [make_demo_parts(demo_dir, tmp_path / name, epochs=few) for name in ("a", "b")]
+    reports = [make_demo_parts(demo_dir, tmp_path / name, epochs=few, workers=w) for name, w in (("a", 1), ("b", 2))]
     for part in ("siglip", "sam", "llm"):
         a, b = ((tmp_path / name / part / "model.safetensors").read_bytes() for name in ("a", "b"))
         assert a == b, part

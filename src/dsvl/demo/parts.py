@@ -262,4 +262,6 @@ def make_demo_parts(data_dir: str | Path, out_dir: str | Path | None = None, see
     report: dict[str, Any] = {"seed": seed, "workers": workers, **dict(zip(PART_ORDER, results)),
                               "seconds": round(time.perf_counter() - start, 2)}
     (out / "parts.json").write_text(json.dumps(report, indent=2))
+    log.info("demo parts in %s (%.1fs): %s", out, report["seconds"],
+             ", ".join(f"{n} loss {report[n]['loss_first_epoch']:.3f} -> {report[n]['loss_last_epoch']:.3f}" for n in PART_ORDER))
     return report
