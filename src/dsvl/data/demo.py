@@ -261,7 +261,8 @@ def make_demo_data(out_dir: str | Path, seed: int = 0, train_size: int = 2000, e
     if parts:
         from dsvl.demo.parts import make_demo_parts  # torch + transformers: only when parts are wanted
 
-        manifest["parts"] = make_demo_parts(out, seed=seed)
+        # two worker processes pay for their start-up only at full size (tests make small sets)
+        manifest["parts"] = make_demo_parts(out, seed=seed, workers=2 if train_size >= 1000 else 1)
         manifest["seconds"] = round(time.perf_counter() - t0, 2)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("demo data in %s: %s", out, manifest)
