@@ -69,8 +69,10 @@ def plot_ablation(variants: dict[str, dict[str, Any]], output: str | Path, refer
             points = record["curves"].get(key, [])
             if points:
                 ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
-        if key == "text_ppl" and reference_ppl is not None:
-            ax.axhline(reference_ppl, color="grey", linestyle="--", linewidth=1, label="pretrained LLM")
+        if key == "text_ppl":
+            ax.set_yscale("log")  # forgetting without text is orders of magnitude; the rest differ by percent
+            if reference_ppl is not None:
+                ax.axhline(reference_ppl, color="grey", linestyle="--", linewidth=1, label="pretrained LLM")
         if key == "mc_accuracy":
             ax.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance")
         ax.set_title(title)
