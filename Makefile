@@ -1,4 +1,5 @@
 # Quick start: `make demo` (set up .venv, run all three stages on the tiny demo) and `make test`.
+# `make ablation`: the demo's stage-2 variants (grouping, warm-up, language share) from one stage 1.
 # TORCH: the torch requirement installed only when the venv has no importable torch
 #   (CPU-only machines: torch==2.13.0 is the CPU build; GPU users: VENV_FLAGS=--system-site-packages
 #   reuses the torch you already have, or TORCH="torch==X.Y" picks another).
@@ -9,7 +10,7 @@ VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dsvl-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo ablation test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -22,6 +23,9 @@ setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/dsvl-demo $(ARGS)
+
+ablation: setup
+	$(VENV)/bin/dsvl-demo ablation $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(ARGS)

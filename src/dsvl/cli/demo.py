@@ -1,7 +1,7 @@
 """`dsvl-demo` (`make demo`): the whole method on a laptop CPU in a few minutes.
 
-Makes the demo data (if missing), runs stages 1-3 of `recipes/demo/` (each starting from the
-previous one's weights), exports a transformers-loadable model (save_pretrained + tokenizer),
+Makes the demo data and its pretrained parts (if missing), runs stages 1-3 of `recipes/demo/`
+(each starting from the previous one's weights), exports a transformers-loadable model (save_pretrained + tokenizer),
 evaluates it on held-out data (4-way multiple choice by perplexity, text perplexity), plots the
 loss curves by modality with the language ratio, prints a summary table and writes
 `summary.json`, whose path is the last line of output.
@@ -9,6 +9,7 @@ loss curves by modality with the language ratio, prints a summary table and writ
     dsvl-demo
     dsvl-demo --out outputs/demo/mine sft:trainer.max_steps=300
     dsvl-demo --out outputs/demo/mine auto_resume=true   # rerun: finished stages skipped, the interrupted one resumes
+    dsvl-demo ablation --steps 300      # stage-2 variants from one stage 1 (dsvl.cli.ablation)
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ CHANCE = 0.25
 
 
 def ensure_demo_data(data_dir: Path, fresh: bool = False) -> float:
-    """Make the demo data unless it is there; returns the seconds spent."""
-    if (data_dir / "manifest.json").is_file() and (data_dir / "tokenizer").is_dir() and not fresh:
+    """Make the demo data and pretrained parts unless they are there; returns the seconds spent."""
+    if (data_dir / "manifest.json").is_file() and (data_dir / "parts" / "parts.json").is_file() and not fresh:
         log.info("demo data found in %s", data_dir)
         return 0.0
     from dsvl.data.demo import make_demo_data
@@ -54,13 +55,15 @@ def evaluate_export(export_dir: Path, data_dir: Path, system_prompt: str | None)
     return {"model_type": hf_config.model_type, "mc": mc, "text": text}
 
 
-SUMMARY_COLUMNS = (("loss text", "train/loss_text"), ("loss mm", "train/loss_multimodal"))
+SUMMARY_COLUMNS = (("loss text", "train/loss_text"), ("loss mm", "train/loss_multimodal"), ("mm first", "first/loss_multimodal"),
+                   ("text ppl before", "text_ppl_before"), ("after", "text_ppl_after"))
 
 
 def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any],
                    columns: Sequence[tuple[str, str]] = SUMMARY_COLUMNS) -> str:
     """The demo's table: per stage steps, seconds and one column per (title, metric name) of the stage's
-    final metrics (default: the last loss by modality); then held-out metrics."""
+    metrics (default: last and first loss by modality, held-out text perplexity before and after the
+    stage: forgetting, or its absence, as a number); then held-out metrics."""
     def cell(v: float | None, width: int) -> str:
         return f"{v:>{width}.3f}" if v is not None else f"{'-':>{width}}"
 
@@ -68,7 +71,7 @@ def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any],
     lines = [header, "-" * len(header)]
     for s in stages:
         lines.append(f"{s['stage']:<9} {s['steps']:>6} {s['seconds']:>8.1f}"
-                     + "".join(f" {cell(s['metrics'].get(name), 10)}" for _, name in columns))
+                     + "".join(f" {cell(s['metrics'].get(name), max(10, len(title)))}" for title, name in columns))
     mc = evaluation["mc"]
     lines.append("")
     lines.append(f"multiple-choice accuracy (held-out, 4-way, chance {CHANCE}): {mc['accuracy']:.3f} on {mc['num_samples']} questions")
@@ -104,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("data/demo"), help="demo data (made when missing)")
     parser.add_argument("--fresh-data", action="store_true", help="remake the demo data")
     parser.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ablation"]:
+        from dsvl.cli.ablation import main as ablation_main
+
+        return ablation_main(argv[1:])
     args = parser.parse_intermixed_args(argv)
     quiet_logging()
 
@@ -137,11 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plots[r.stage] = str(plot_run(r.output_dir, out / f"curves_{r.stage}.png", title=f"demo {r.stage}"))
             except (FileNotFoundError, ValueError) as err:
                 log.warning("no plot for %s: %s", r.stage, err)
+        from dsvl.cli.ablation import stage_text_ppl
+        from dsvl.demo.runs import first_losses
+
+        ppl = stage_text_ppl(results, data_dir)
         stages = [{"stage": r.stage, "steps": int(r.metrics["trainer/global_step"]),
-                   "seconds": round(r.metrics["perf/fit_seconds"], 2), "metrics": r.metrics,
+                   "seconds": round(r.metrics["perf/fit_seconds"], 2),
+                   "metrics": {**r.metrics, "text_ppl_before": before, "text_ppl_after": after,
+                               **{f"first/loss_{m}": v for m, v in first_losses(r.output_dir).items()}},
                    "final_loss": {m: r.metrics[f"train/loss_{m}"] for m in ("text", "multimodal") if f"train/loss_{m}" in r.metrics},
+                   "text_ppl_before": before, "text_ppl_after": after,
                    "checkpoint": str(r.checkpoint), "run_dir": str(r.output_dir),
-                   "val": {k: v for k, v in r.metrics.items() if k.startswith("val/")}} for r in results]
+                   "val": {k: v for k, v in r.metrics.items() if k.startswith("val/")}} for r, (before, after) in zip(results, ppl)]
         summary = {
             "mc_accuracy": evaluation["mc"]["accuracy"],
             "mc_num_samples": evaluation["mc"]["num_samples"],

@@ -10,6 +10,7 @@ from disjoint random streams, written as webdataset shards (docs/data_format.md)
     sft/multimodal/, sft/text/  stage 3 conversations
     mc/                         4-way multiple choice (val, test) for evaluation
     tokenizer/                  byte-level BPE (vocab <= 1024) with DeepSeek-VL's special tokens
+    parts/                      the pretrained LLM, SigLIP and SAM the demo model starts from (dsvl.demo.parts)
 """
 from __future__ import annotations
 
@@ -235,8 +236,9 @@ def train_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int = 102
 
 
 def make_demo_data(out_dir: str | Path, seed: int = 0, train_size: int = 2000, eval_size: int = 200,
-                   shard_size: int = 500, vocab_size: int = 1024) -> dict[str, Any]:
-    """Write all demo sets and the tokenizer under `out_dir`; returns a summary (also saved as manifest.json)."""
+                   shard_size: int = 500, vocab_size: int = 1024, parts: bool = True) -> dict[str, Any]:
+    """Write all demo sets and the tokenizer under `out_dir`, then (with `parts`) pretrain the demo
+    model's parts on them into `out_dir/parts`; returns a summary (also saved as manifest.json)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +258,12 @@ def make_demo_data(out_dir: str | Path, seed: int = 0, train_size: int = 2000, e
     train_tokenizer(texts, out / "tokenizer", vocab_size)
     manifest = {"seed": seed, "train_size": train_size, "eval_size": eval_size, "shard_size": shard_size,
                 "samples": counts, "seconds": round(time.perf_counter() - t0, 2)}
+    if parts:
+        from dsvl.demo.parts import make_demo_parts  # torch + transformers: only when parts are wanted
+
+        # two worker processes pay for their start-up only at full size (tests make small sets)
+        manifest["parts"] = make_demo_parts(out, seed=seed, workers=2 if train_size >= 1000 else 1)
+        manifest["seconds"] = round(time.perf_counter() - t0, 2)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("demo data in %s: %s", out, manifest)
     return manifest
