@@ -20,6 +20,7 @@ def overrides(strategy: str, data_dir: str, steps: int, devices: int, global_bat
         f"stage.global_batch={global_batch}", f"data.micro_batch_size={micro}", f"paths.data_dir={data_dir}",
         "data.schedule={start: 0.5, target: 0.5, warmup_steps: 0, shape: linear}", "data.max_length=96",
         "scheduler.warmup_steps=1", "logger=none", "callbacks=none", "validate_at_end=false", "seed=7",
+        "data.packing_buffer=8",  # a short look-ahead: 4 steps stay inside each rank's part of one epoch
     ]
 
 

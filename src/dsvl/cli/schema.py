@@ -105,6 +105,7 @@ class Source(Schema):
     urls: Shards
     weight: Annotated[float, Field(ge=0.0)] = 1.0
     modality: Literal["text", "multimodal"] = "text"
+    format: Literal["dsvl", "caption"] = "dsvl"
 
 
 class Schedule(Schema):
@@ -116,6 +117,13 @@ class Schedule(Schema):
     shape: Literal["linear", "cosine"] = "linear"
 
 
+class Packing(Schema):
+    """`data.packing` per modality (`true` packs both)."""
+
+    text: bool = False
+    multimodal: bool = False
+
+
 class DataConfig(Targeted):
     """`data`: the datamodule (`dsvl.data.DSVLDataModule` arguments)."""
 
@@ -125,7 +133,8 @@ class DataConfig(Targeted):
     micro_batch_size: PositiveInt = 8
     val_batch_size: Optional[PositiveInt] = None
     max_length: Annotated[int, Field(ge=2)] = 512
-    packing: bool = False
+    packing: Union[bool, Packing] = False
+    packing_buffer: PositiveInt = 256
     pad_to_max_length: bool = False
     mode: Literal[MODES] = "grouped"  # type: ignore[valid-type]
     schedule: Optional[Schedule] = None

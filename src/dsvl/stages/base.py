@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import grad_norm, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -150,9 +150,10 @@ class VLMStage(LightningModule):
         if step_loss is not None:
             self.log("train/loss", step_loss, on_step=True, prog_bar=True)
             self.log(f"train/loss_{self.current_modality}", step_loss, on_step=True)
-        norms = grad_norm(self.model, norm_type=2)
-        if norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:  # torch's own total norm: Lightning's grad_norm cannot read FSDP2's sharded (DTensor) gradients
+            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+            self.log("train/grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm, on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
