@@ -23,8 +23,13 @@ def _restore_logger_levels():
     processes they fork, log."""
     manager = logging.root.manager
     before = {name: (lg.level, lg.propagate) for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
-    root_level = logging.root.level
+    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
     yield
+    # a handler an in-process entry point added writes to this test's (then closed) captured stderr
+    logging.root.handlers[:] = root_handlers
+    # an in-process W&B run exports its service's address; forked runs must start their own service, or a
+    # SIGKILLed run's id stays "in use" in this process's service and its restart is refused
+    os.environ.pop("WANDB_SERVICE", None)
     for name, lg in list(manager.loggerDict.items()):
         if isinstance(lg, logging.Logger):
             lg.setLevel(before.get(name, (logging.NOTSET, True))[0])

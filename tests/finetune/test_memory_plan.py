@@ -71,9 +71,10 @@ def test_activation_estimate_is_within_25_percent_of_saved_tensors(name: str) ->
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(**_step_inputs())
-    saved[out.logits.untyped_storage().data_ptr()] = out.logits.untyped_storage().nbytes()  # held by the step
+    assert out.logits is None  # training's chunked loss never materialises the full logits
     measured = sum(saved.values())
-    estimate = mp.activation_bytes(mp.meta_model(model_config("tiny"), mode, LORA), mode, SEQ, checkpointing=False, lora=LORA)
+    estimate = mp.activation_bytes(mp.meta_model(model_config("tiny"), mode, LORA), mode, SEQ, checkpointing=False, lora=LORA,
+                                   transient=False)  # saved-for-backward only, what the hooks see
     assert 0.75 <= estimate / measured <= 1.25, (estimate, measured)
 
 

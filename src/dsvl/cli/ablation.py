@@ -121,7 +121,7 @@ def _run_config(run_dir: Path) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """`dsvl-demo ablation ...`."""
     from dsvl.cli._config import guarded
-    from dsvl.cli.demo import ensure_demo_data, quiet_logging
+    from dsvl.cli.demo_setup import ensure_demo_data, quiet_logging
     from dsvl.demo.ablation import format_ablation
     from dsvl.cli.train import close_wandb
 

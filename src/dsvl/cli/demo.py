@@ -16,28 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dsvl.cli.demo_setup import ensure_demo_data, quiet_logging
+
 log = logging.getLogger("dsvl.demo")
 CHANCE = 0.25
-
-
-def ensure_demo_data(data_dir: Path, fresh: bool = False) -> float:
-    """Make the demo data and pretrained parts unless they are there; returns the seconds spent."""
-    if (data_dir / "manifest.json").is_file() and (data_dir / "parts" / "parts.json").is_file() and not fresh:
-        log.info("demo data found in %s", data_dir)
-        return 0.0
-    from dsvl.data.demo import make_demo_data
-
-    start = time.perf_counter()
-    make_demo_data(data_dir)
-    return time.perf_counter() - start
 
 
 def evaluate_export(export_dir: Path, data_dir: Path, system_prompt: str | None) -> dict[str, Any]:
@@ -79,24 +67,6 @@ def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any],
         lines.append(f"  {name:<8} {cat['accuracy']:.3f} ({cat['num_samples']})")
     lines.append(f"held-out text perplexity: {evaluation['text']['perplexity']:.3f}")
     return "\n".join(lines)
-
-
-def quiet_logging() -> None:
-    """Our INFO lines, Lightning's warnings only (the demo prints its own table)."""
-    import lightning.pytorch  # noqa: F401 - it sets its own logger levels on import; ours come after
-
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "dsvl.data", "dsvl.model", "dsvl.stages.checkpoint", "dsvl.cli.train", "dsvl.callbacks",
-                 "dsvl.cli.evaluate", "transformers"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch").propagate = False  # it has its own handler: no double lines
-    warnings.filterwarnings("ignore", message=".*treespec.*")  # a torch/Lightning deprecation, not ours
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bars between our lines
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -194,6 +194,7 @@ class ModelCheckpointConfig(Targeted):
 TARGET_SCHEMAS: dict[str, type[Schema]] = {
     "NonFiniteGuard": NonFiniteGuardConfig,
     "ModelCheckpoint": ModelCheckpointConfig,
+    "RunCheckpoint": ModelCheckpointConfig,  # dsvl.callbacks: Lightning's ModelCheckpoint, also saving at the end
 }
 
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # Lightning's seed_everything range

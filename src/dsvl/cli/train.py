@@ -94,6 +94,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate_part(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+    if not loggers:  # logger=none: Lightning's LearningRateMonitor refuses a Trainer without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, check_val_every_n_epoch=None,
                                       _convert_="all")
     set_accumulation(cfg, trainer)
