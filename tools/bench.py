@@ -67,7 +67,7 @@ def stage2_config(data_dir: Path, out: Path, *, size: str = "tiny", mode: str = 
     """The demo stage-2 recipe at a constant 70/30 language ratio, one micro-batch per global step."""
     from dsvl.cli._config import compose
 
-    overrides = ["experiment=demo/pretrain", "trainer=cpu", f"paths.data_dir={data_dir}", f"data.mode={mode}",
+    overrides = ["experiment=demo/pretrain", "model=tiny", "trainer=cpu", f"paths.data_dir={data_dir}", f"data.mode={mode}",
                  f"data.packing={str(packing).lower()}", f"data.micro_batch_size={micro}", f"stage.global_batch={micro}",
                  f"data.max_length={max_length}", f"data.schedule={RATIO_70_30}", "data.num_workers=0",
                  "logger=none", "callbacks=none", "scheduler=constant", *(MID if size == "mid" else []), *extra]

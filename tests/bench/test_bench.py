@@ -60,7 +60,8 @@ def test_quick_bench_prints_table_and_writes_json(bench, demo, tmp_path, capsys)
     for kind in ("text", "multimodal"):  # best fit over the buffer beats greedy stream order on the same samples
         assert p["fill"][kind]["greedy"] < p["fill"][kind]["best_fit"] <= 1.0 and p["fill"][kind]["samples_per_row"] > 1.0
     assert p["step"]["packed"]["pad_fraction"] < p["step"]["unpacked"]["pad_fraction"] and finite_positive(p["step"]["ratio"])
-    assert p["loss_memory"]["max_abs_loss_diff"] < 1e-4 and finite_positive(p["loss_memory"]["ratio"])
+    lm = p["loss_memory"]  # fp32 sums over a 16k vocabulary: equal to ~1e-5 of the loss, not to 1e-4 absolute
+    assert lm["max_abs_loss_diff"] < 1e-4 * abs(lm["full"]["loss"]) and finite_positive(lm["ratio"])
 
     d = saved["images"]
     assert d["max_abs_diff"] < 1e-4 and finite_positive(d["ratio"])  # same tensors as transformers

@@ -31,7 +31,9 @@ def compose_run(strategy: str, data_dir: str, out: str, steps: int, devices: int
 
     cfg = compose(overrides(strategy, data_dir, steps, devices, global_batch, micro), output_dir=out)
     with open_dict(cfg):
-        cfg.callbacks = {"record": {"_target_": "dist_recorder.StepRecorder"}}
+        cfg.callbacks = {"record": {"_target_": "dist_recorder.StepRecorder"},
+                         "model_checkpoint": {"_target_": "dsvl.callbacks.RunCheckpoint", "dirpath": f"{out}/checkpoints",
+                                              "save_last": True, "save_top_k": 0}}
     return cfg
 
 
