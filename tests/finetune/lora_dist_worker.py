@@ -23,7 +23,8 @@ def main() -> None:
                    "trainer.precision=32-true", "trainer.max_steps=2", "+trainer.enable_progress_bar=false",
                    "stage.global_batch=4", "data.micro_batch_size=2", "data.max_length=128", "data.num_workers=0",
                    "model.gradient_checkpointing=false", "model.lora.r=4", "scheduler.warmup_steps=1", "logger=csv",
-                   "validate_at_end=false", "mc_val.shards=null", f"export_dir={args.out}/export"], output_dir=args.out)
+                   "validate_at_end=false", "mc_val.shards=null",
+                   f"export_dir={args.out}/export" if args.strategy == "ddp" else "export_dir=null"], output_dir=args.out)
     train(cfg)
 
 

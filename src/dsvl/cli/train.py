@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from dsvl.cli.validate import validate_config
     from dsvl.model import build_model
     from dsvl.stages.checkpoint import check_init_from, load_init_weights
-    from dsvl.stages.strategies import builds_on_meta, check_strategy, defer_weights
+    from dsvl.stages.strategies import builds_on_meta, check_strategy, defer_weights, is_sharded
 
     # 1. check: every value before any weights exist; a bad config costs a second and one line
     validate_config(cfg)
@@ -129,7 +129,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("validate_at_end", True) and not preempted and not validated:
         trainer.limit_val_batches = 1.0 if cfg.get("limit_val_batches") is None else cfg.limit_val_batches
         trainer.validate(stage, datamodule=datamodule, verbose=False, weights_only=True)
-    if cfg.get("export_dir") and not preempted and trainer.is_global_zero:
+    if cfg.get("export_dir") and not preempted and is_sharded(stage.model):
+        log.warning("export_dir=%s: the model is sharded (FSDP2); write the export from the sharded checkpoint with "
+                    "python tools/consolidate_checkpoint.py %s %s", cfg.export_dir, ckpt_dir(cfg) / "last.ckpt", cfg.export_dir)
+    elif cfg.get("export_dir") and not preempted and trainer.is_global_zero:
         export_model(stage.model, datamodule, Path(cfg.export_dir))
 
     return metrics | scalars(trainer.callback_metrics) | {"trainer/global_step": float(trainer.global_step),
