@@ -131,7 +131,7 @@ def no_weights(monkeypatch):
         raise AssertionError("weights were made before the config was checked")
 
     monkeypatch.setattr("dsvl.model.build.materialize", refuse)
-    monkeypatch.setattr("dsvl.model.hf_interop.load_hf_pretrained", refuse)
+    monkeypatch.setattr("dsvl.model.hf_interop.load_hf_pretrained", refuse)  # VisionLanguageModel.from_pretrained
     monkeypatch.setattr("transformers.PreTrainedModel.from_pretrained", refuse)
 
 

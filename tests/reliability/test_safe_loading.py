@@ -99,7 +99,7 @@ def test_no_unsafe_loading_in_the_library():
 
 
 def test_hf_loader_rejects_trust_remote_code(tmp_path):
-    from dsvl.model.hf_interop import load_hf_pretrained
+    from dsvl.model import VisionLanguageModel
 
     with pytest.raises(ValueError, match="trust_remote_code"):
-        load_hf_pretrained(tmp_path, trust_remote_code=True)
+        VisionLanguageModel.from_pretrained(tmp_path, trust_remote_code=True)

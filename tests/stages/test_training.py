@@ -130,12 +130,12 @@ def test_pretrain_run_logs_metrics_and_keeps_one_modality_per_global_step(compos
 def test_init_from_chains_stage_weights_and_resume_continues_exactly(compose_train, tmp_path: Path) -> None:
     from dsvl.model import build_model
     from dsvl.stages import load_stage_checkpoint
-    from dsvl.stages.checkpoint import InitFromError, lightning_state_dict, load_init_weights
+    from dsvl.stages.checkpoint import InitFromError, load_init_weights, read_checkpoint
 
     align_cfg = compose_train("experiment=demo/align", out=tmp_path / "align")
     train(align_cfg)
     ckpt = tmp_path / "align" / "checkpoints" / "last.ckpt"
-    state = lightning_state_dict(ckpt)
+    state = {k.removeprefix("model."): v for k, v in read_checkpoint(ckpt)["state_dict"].items()}
     loaded = load_stage_checkpoint(ckpt)  # the checkpoint alone: no run config needed
     assert loaded.hparams["stage_name"] == "align" and loaded.hparams["image_token_id"] == align_cfg.model.image_token_id
     assert Path(loaded.hparams["tokenizer"], "tokenizer_config.json").is_file()

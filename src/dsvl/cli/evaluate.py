@@ -198,8 +198,7 @@ def load_for_inference(
     """
     from dsvl.model import ConfigError, VisionLanguageModel, build_model
     from dsvl.model.export import exported_system_prompt
-    from dsvl.model.hf_interop import load_with_adapter
-    from dsvl.stages.checkpoint import InitFromError, checkpoint_hparams, load_init_weights
+    from dsvl.stages.checkpoint import InitFromError, load_init_weights, read_checkpoint
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -213,7 +212,7 @@ def load_for_inference(
                 raise EvalError(f"an adapter needs the base model's transformers directory; {p} has no config.json")
             tok_path = tok_path or str(p)
             tok = load_tokenizer(tok_path)
-            model = load_with_adapter(p, adapter)
+            model = VisionLanguageModel.from_pretrained(p, adapter=adapter)
             system_prompt = exported_system_prompt(adapter, exported_system_prompt(p, system_prompt))
             source = "adapter"
         elif p.is_dir():
@@ -225,7 +224,8 @@ def load_for_inference(
             system_prompt = exported_system_prompt(p, system_prompt)
             source = "exported"
         elif p.suffix in (".ckpt", ".pt", ".pth"):
-            saved = checkpoint_hparams(p) if model_cfg is None else {}
+            ckpt = read_checkpoint(p)
+            saved = dict(ckpt.get("hyper_parameters") or {}) if model_cfg is None else {}
             node = dict(saved["model_config"]) if saved.get("model_config") else _model_node(p, run_cfg, model_cfg)
             tok_path = tok_path or _locate(saved.get("tokenizer"), p) or _locate(_run_tokenizer(run_cfg), p)
             if tok_path is None:
@@ -235,7 +235,7 @@ def load_for_inference(
             # (.hydra/config.yaml keeps the preset's placeholder id; config_resolved.yaml the aligned one)
             node["image_token_id"] = int(tok.convert_tokens_to_ids(IMAGE_TOKEN))
             model = build_model(node)
-            load_init_weights(model, p)
+            load_init_weights(model, p, ckpt)
             source = "checkpoint"
         else:
             raise EvalError(f"{p}: expected a Lightning .ckpt file or an exported model directory")

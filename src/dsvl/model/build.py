@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from .cfgutil import instantiate, split_target, to_plain
+from .assemble import assemble, build_vision
+from .cfgutil import to_plain
 from .errors import ConfigError
+from .hf_keys import key_map
 from .lora import lora_settings
 from .materialize import WeightSource, materialize
 from .spec import VisionSpec
@@ -42,42 +43,6 @@ def _without_weights(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: None if k == "pretrained" else _without_weights(v) for k, v in node.items()}
     return node
-
-
-def _vision(node: Any) -> nn.Module:
-    target, kwargs = split_target(node, "model.vision")
-    from_config = getattr(target, "from_config", None)
-    return from_config(key="model.vision", **kwargs) if from_config else instantiate(node, "model.vision")
-
-
-def _assemble(config: dict[str, Any]) -> VisionLanguageModel:
-    """The parts from their nodes (on the current default device), checked to fit together."""
-    vision = _vision(config["vision"])
-    llm = instantiate(config["llm"], "model.llm")
-    info = getattr(vision, "info", None)
-    if info is None:
-        raise ConfigError("model.vision must build a module with `info` (widths, token grid), e.g. dsvl.model.vision.VisionEncoder")
-    hidden = int(llm.get_input_embeddings().embedding_dim)
-    vocab = int(llm.get_input_embeddings().num_embeddings)
-    widths = {
-        "in_dim": (info.embed_dim, "the vision feature width"),
-        "low_in_dim": (info.low.embed_dim if info.low else None, "the low-res (SigLIP) width"),
-        "high_in_dim": (info.high.embed_dim if info.high else None, "the high-res (SAM) width"),
-        "out_dim": (hidden, "llm hidden_size"),
-    }
-    adaptor = instantiate(config["adaptor"], "model.adaptor", widths)
-    with torch.device("meta"):
-        meta_build = all(p.is_meta for p in adaptor.parameters())  # a real build was checked on meta before
-        out = adaptor(torch.empty(1, info.num_tokens, info.embed_dim)) if meta_build else None
-    if out is not None and out.shape[-1] != hidden:
-        raise ConfigError(f"model.adaptor ({type(adaptor).__qualname__}) maps vision features of width {info.embed_dim} "
-                          f"to width {out.shape[-1]}, but llm hidden_size is {hidden}; accepted: an adaptor to {hidden}")
-    token = config.get("image_token_id")
-    if isinstance(token, bool) or not isinstance(token, int):
-        raise ConfigError(f"model.image_token_id must be an int (the tokenizer's image token id), got {token!r}")
-    if not 0 <= token < vocab:
-        raise ConfigError(f"model.image_token_id={token} is outside the LLM vocabulary [0, {vocab}); accepted: a token id of the tokenizer")
-    return VisionLanguageModel(vision, adaptor, llm, token, config=config)
 
 
 def _pretrained(config: Mapping[str, Any]) -> str | None:
@@ -104,8 +69,6 @@ def _local_dir(source: str) -> str:
 def weight_sources(model: VisionLanguageModel) -> list[WeightSource]:
     """The pretrained weights a model config asks for, as sources `materialize` reads slice by slice:
     the whole-model `pretrained` (a transformers DeepSeek-VL directory), else each part's `pretrained`."""
-    from .hf_interop import key_map
-
     config = model.config
     whole = _pretrained(config)
     if whole is not None:
@@ -128,7 +91,7 @@ def _part_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
     """Image inputs (names, sizes, normalisation) and tokens per image of a model config (towers built on meta)."""
     with torch.device("meta"):
-        return _vision(_without_weights(_model_config(cfg)["vision"])).spec
+        return build_vision(_without_weights(_model_config(cfg)["vision"])).spec
 
 
 def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None) -> VisionLanguageModel:
@@ -144,18 +107,16 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
     config = _model_config(cfg)
     device = torch.device(device) if device is not None else torch.get_default_device()
     with torch.device("meta"):
-        model = _assemble(_without_weights(config))
+        model = assemble(_without_weights(config), VisionLanguageModel)
     model.config = config
     whole = _pretrained(config)
     if device.type == "meta":
         pass
     elif whole is not None:
-        from .hf_interop import load_hf_pretrained
-
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         tie = bool(model.llm.config.tie_word_embeddings)
         lora = lora_settings(config.get("lora"))
-        model = load_hf_pretrained(whole, image_token_id=config["image_token_id"], lora=lora)
+        model = VisionLanguageModel.from_pretrained(whole, image_token_id=config["image_token_id"], lora=lora)
         got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if got != expected and not (lora and lora.load_in_4bit):  # 4-bit weights are packed: other shapes
             diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
@@ -168,7 +129,7 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
         model.to(device)
     elif _part_sources(config):  # parts load their own weights (transformers' from_pretrained)
         with torch.device(device):
-            model = _assemble(config)
+            model = assemble(config, VisionLanguageModel)
     else:
         materialize(model, device=device)
     if config.get("gradient_checkpointing"):

@@ -119,8 +119,6 @@ def merge_adapter(base: str | Path, adapter_dir: str | Path, out: str | Path, sy
     """
     from transformers import AutoTokenizer
 
-    from .hf_interop import load_with_adapter
-
-    model = load_with_adapter(base, adapter_dir)
+    model = VisionLanguageModel.from_pretrained(base, adapter=adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     return export_pretrained(model, out, tokenizer, exported_system_prompt(adapter_dir, system_prompt))

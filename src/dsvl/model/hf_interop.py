@@ -24,98 +24,22 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
-from .adaptor import HybridSplitMLPGelu, MLPGelu
+from .assemble import M, assemble
 from .cfgutil import hf_config_fields
 from .errors import ConfigError
-from .lora import LoraSettings, merged_lora, quantization_config
+from .hf_keys import ARCHITECTURES, DEEPSEEK_VL, architecture_of, key_map
+from .lora import LoraSettings, adapter_config, merged_lora, quantization_config
 from .spec import VisionSpec
-from .vision import SamTower, SiglipTower
-from .vlm import VisionLanguageModel
 
 log = logging.getLogger(__name__)
 
-DEEPSEEK_VL = "deepseek_vl"
-DEEPSEEK_VL_HYBRID = "deepseek_vl_hybrid"
-ARCHITECTURES = (DEEPSEEK_VL, DEEPSEEK_VL_HYBRID)
 # modules QLoRA keeps in full precision (transformers names): only the LLM's linear layers go 4-bit
 _FULL_PRECISION = ["vision_model", "high_res_vision_model", "high_res_vision_neck", "high_res_vision_proj", "aligner", "lm_head"]
 # transformers config keys that describe the file, not the architecture
 _META_KEYS = ("model_type", "transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype", "output_attentions", "output_hidden_states", "return_dict")
 
 
-def key_map(arch: str, llm_prefix: str = "model") -> list[tuple[str, str]]:
-    """(transformers prefix, dsvl prefix) pairs; a prefix ending in '.' is a module, otherwise a single parameter.
-
-    `llm_prefix` is the LLM's `base_model_prefix` ("model" for Llama): the transformers VLM's
-    `language_model` is that inner model, its `lm_head` is the causal LM's head.
-    """
-    common = [
-        ("model.vision_model.", "vision.low.model."),
-        ("model.language_model.", f"llm.{llm_prefix}."),
-        ("lm_head.", "llm.lm_head."),
-    ]
-    if arch == DEEPSEEK_VL:
-        return common + [("model.aligner.linear1.", "adaptor.layers.0."), ("model.aligner.linear2.", "adaptor.layers.2.")]
-    if arch == DEEPSEEK_VL_HYBRID:
-        return common + [
-            ("model.high_res_vision_model.", "vision.high.model."),
-            ("model.high_res_vision_neck.", "vision.high.global_neck."),
-            ("model.high_res_vision_proj.", "vision.high.proj."),
-            ("model.high_res_vision_alpha", "vision.high.alpha"),
-            ("model.aligner.vision_proj.", "adaptor.low_proj."),
-            ("model.aligner.high_res_vision_proj.", "adaptor.high_proj."),
-            ("model.aligner.proj.", "adaptor.proj."),
-        ]
-    raise ConfigError(f"unknown transformers architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
-
-
-def _rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
-    for src, dst in pairs:
-        if key == src or (src.endswith(".") and key.startswith(src)):
-            return dst + key[len(src) :]
-    return None
-
-
-def convert_state_dict(state_dict: dict[str, torch.Tensor], arch: str, to: str, llm_prefix: str = "model") -> dict[str, torch.Tensor]:
-    """Rename keys `to="dsvl"` (from a transformers checkpoint) or `to="hf"`; an unmapped key is an error, never dropped."""
-    pairs = key_map(arch, llm_prefix)
-    if to == "hf":
-        pairs = [(d, h) for h, d in pairs]
-    elif to != "dsvl":
-        raise ValueError(f"to={to!r}; accepted: 'dsvl' or 'hf'")
-    out, unmapped = {}, []
-    for key, value in state_dict.items():
-        new = _rename(key, pairs)
-        if new is None:
-            unmapped.append(key)
-        else:
-            out[new] = value
-    if unmapped:
-        raise ValueError(f"{len(unmapped)} keys have no {arch} counterpart, e.g. {unmapped[:3]}")
-    return out
-
-
-def architecture_of(model: VisionLanguageModel) -> str:
-    """Which transformers architecture the model's parts match; ConfigError naming the part that has none."""
-    low, high, adaptor = model.vision.low, model.vision.high, model.adaptor
-    if not isinstance(low, SiglipTower):
-        raise ConfigError("no transformers counterpart: DeepSeek-VL checkpoints need a SigLIP low-res tower (vision.low)")
-    if high is None:
-        if isinstance(adaptor, MLPGelu) and adaptor.depth == 2:
-            return DEEPSEEK_VL
-        raise ConfigError(
-            f"no transformers counterpart for adaptor {type(adaptor).__name__}"
-            f"{' depth ' + str(adaptor.depth) if isinstance(adaptor, MLPGelu) else ''} with a SigLIP-only tower; accepted: mlp_gelu depth 2"
-        )
-    if isinstance(high, SamTower) and isinstance(adaptor, HybridSplitMLPGelu):
-        return DEEPSEEK_VL_HYBRID
-    raise ConfigError(
-        f"no transformers counterpart for vision.high={type(high).__name__} with adaptor {type(adaptor).__name__}; "
-        "accepted: SamTower + hybrid_split_mlp_gelu"
-    )
-
-
-def to_hf_config(model: VisionLanguageModel) -> PretrainedConfig:
+def to_hf_config(model: nn.Module) -> PretrainedConfig:
     """The transformers config of a dsvl model (DeepseekVLConfig or DeepseekVLHybridConfig)."""
     arch = architecture_of(model)
     text = model.llm.config
@@ -175,9 +99,12 @@ def _assert_materialised(model: nn.Module, what: str) -> None:
 
 
 def load_hf_pretrained(
-    dir_or_hub_id: str | Path, image_token_id: int | None = None, lora: LoraSettings | None = None, **hf_kwargs: Any
-) -> VisionLanguageModel:
-    """A dsvl model from a transformers DeepSeek-VL directory or hub id (safetensors, no remote code).
+    model_cls: type[M], dir_or_hub_id: str | Path, image_token_id: int | None = None, lora: LoraSettings | None = None,
+    adapter: str | Path | None = None, **hf_kwargs: Any
+) -> M:
+    """A `model_cls` (dsvl's VisionLanguageModel) from a transformers DeepSeek-VL directory or hub id
+    (safetensors, no remote code); with `adapter`, a peft adapter directory merged onto it
+    (`PeftModel.from_pretrained(base, adapter).merge_and_unload()`).
 
     transformers loads the checkpoint (sharding, dtype, device_map all work as usual); its modules
     are then moved into a dsvl model built on the meta device, so no weights are copied.
@@ -186,6 +113,8 @@ def load_hf_pretrained(
     """
     if hf_kwargs.pop("trust_remote_code", False):
         raise ValueError("trust_remote_code is never used: DeepSeek-VL is native in transformers")
+    if adapter is not None:
+        adapter_config(adapter)  # ConfigError for a directory without an adapter
     hf_kwargs.setdefault("dtype", torch.float32)
     config = AutoConfig.from_pretrained(dir_or_hub_id)
     config_from_hf(config)  # rejects other model types before any weights load
@@ -193,35 +122,23 @@ def load_hf_pretrained(
     if quantization is not None:
         hf_kwargs |= {"quantization_config": quantization, "dtype": torch.bfloat16}
     hf = AutoModelForImageTextToText.from_pretrained(dir_or_hub_id, use_safetensors=True, **hf_kwargs)
-    return from_hf_model(hf, str(dir_or_hub_id), image_token_id)
+    source = str(dir_or_hub_id)
+    if adapter is not None:
+        from peft import PeftModel
+
+        hf = PeftModel.from_pretrained(hf, str(adapter)).merge_and_unload()
+        source = f"{dir_or_hub_id} + {adapter}"
+    return from_hf_model(model_cls, hf, source, image_token_id)
 
 
-def load_with_adapter(base: str | Path, adapter_dir: str | Path, **hf_kwargs: Any) -> VisionLanguageModel:
-    """A dsvl model from a transformers DeepSeek-VL base plus a peft adapter directory, merged
-    (`PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()`)."""
-    from peft import PeftModel
-
-    from .lora import adapter_config
-
-    adapter_config(adapter_dir)  # ConfigError for a directory without an adapter
-    hf_kwargs.setdefault("dtype", torch.float32)
-    config_from_hf(AutoConfig.from_pretrained(base))
-    hf = AutoModelForImageTextToText.from_pretrained(base, use_safetensors=True, **hf_kwargs)
-    merged = PeftModel.from_pretrained(hf, str(adapter_dir)).merge_and_unload()
-    log.info("merged adapter %s onto %s", adapter_dir, base)
-    return from_hf_model(merged, f"{base} + {adapter_dir}")
-
-
-def from_hf_model(hf: PreTrainedModel, source: str, image_token_id: int | None = None) -> VisionLanguageModel:
-    """Move a loaded transformers DeepSeek-VL model's modules into a dsvl model (no copies)."""
-    from .build import build_model
-
+def from_hf_model(model_cls: type[M], hf: PreTrainedModel, source: str, image_token_id: int | None = None) -> M:
+    """Move a loaded transformers DeepSeek-VL model's modules into a dsvl `model_cls` built on meta (no copies)."""
     config = hf.config
     cfg = config_from_hf(config)
     if image_token_id is not None:
         cfg["image_token_id"] = int(image_token_id)
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = assemble(cfg, model_cls)
     for hf_name, dsvl_name in key_map(config.model_type, model.llm.base_model_prefix):
         _move(model, dsvl_name, hf, hf_name)
     _assert_materialised(model, f"loading {source}")
@@ -255,7 +172,7 @@ def hf_image_processor(spec: VisionSpec) -> Any:
     )
 
 
-def save_hf_pretrained(model: VisionLanguageModel, save_directory: str | Path, **hf_kwargs: Any) -> None:
+def save_hf_pretrained(model: nn.Module, save_directory: str | Path, **hf_kwargs: Any) -> None:
     """Write `model` as a transformers DeepSeek-VL directory (config, safetensors, generation and image-processor configs).
 
     The transformers model is built on the meta device and borrows the dsvl modules, so nothing is copied.

@@ -166,7 +166,7 @@ def adapter_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]
     Sharded (FSDP2 DTensor) parameters are gathered: every rank must call this, one rank writes.
     Trainable parameters outside LoRA layers become peft `modules_to_save` of their transformers module.
     """
-    from .hf_interop import architecture_of, key_map
+    from .hf_keys import architecture_of, key_map
 
     if getattr(model, "lora_settings", None) is None:
         raise ConfigError("this model has no LoRA adapters (model.lora is not set): nothing to save as an adapter")

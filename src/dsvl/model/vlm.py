@@ -237,11 +237,12 @@ class VisionLanguageModel(nn.Module):
 
     # ---- transformers interop --------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, dir_or_hub_id: str | Path, **hf_kwargs: Any) -> "VisionLanguageModel":
-        """Load a transformers `deepseek_vl` / `deepseek_vl_hybrid` checkpoint (never remote code)."""
+    def from_pretrained(cls, dir_or_hub_id: str | Path, adapter: str | Path | None = None, **hf_kwargs: Any) -> "VisionLanguageModel":
+        """Load a transformers `deepseek_vl` / `deepseek_vl_hybrid` checkpoint (never remote code); with
+        `adapter`, a peft LoRA adapter directory merged onto it. `hf_kwargs`: see `hf_interop.load_hf_pretrained`."""
         from .hf_interop import load_hf_pretrained
 
-        return load_hf_pretrained(dir_or_hub_id, **hf_kwargs)
+        return load_hf_pretrained(cls, dir_or_hub_id, adapter=adapter, **hf_kwargs)
 
     def save_pretrained(self, save_directory: str | Path, **hf_kwargs: Any) -> None:
         """Write a directory `AutoModelForImageTextToText.from_pretrained` loads (safetensors)."""

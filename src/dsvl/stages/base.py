@@ -146,7 +146,7 @@ class VLMStage(LightningModule):
         """Token-exact gradients and the step's `train/loss` (the global token mean, all ranks and
         micro-batches), then the total gradient norm of the trainable parameters, before clipping."""
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        step_loss = self.token_loss.finish_step(self, params, owns_gradients(self.trainer))
+        step_loss = self.token_loss.finish_step(params, owns_gradients(self.trainer))
         if step_loss is not None:
             self.log("train/loss", step_loss, on_step=True, prog_bar=True)
             self.log(f"train/loss_{self.current_modality}", step_loss, on_step=True)

@@ -62,11 +62,6 @@ def _model_state(ckpt: dict[str, Any], path: Path, prefix: str = "model.") -> di
     return state
 
 
-def lightning_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The model weights of a Lightning checkpoint, loaded with `weights_only=True`."""
-    return _model_state(_load(Path(path)), path)
-
-
 def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, partial: bool = False) -> None:
     """All parameters must match (stages share one architecture); rebuilt buffers (rotary caches) may be absent.
     `partial`: a LoRA run's adapter-only checkpoint, whose frozen base weights came with `model.pretrained`."""
@@ -82,21 +77,23 @@ def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     log.info("initialised weights from %s (%d tensors)", path, len(state))
 
 
-def load_init_weights(model: nn.Module, path: str | Path) -> None:
-    """Copy weights from `path` (a `.ckpt` or an exported directory) into `model`."""
-    p = check_init_from(path)
+def load_init_weights(model: nn.Module, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
+    """Copy weights from `path` (a `.ckpt` or an exported directory) into `model`; `ckpt`: the
+    `.ckpt` already read by `read_checkpoint` (a checkpoint is read once)."""
+    p = Path(path) if ckpt is not None else check_init_from(path)
     if p.is_dir():
         from dsvl.model import VisionLanguageModel
 
         _copy_weights(model, VisionLanguageModel.from_pretrained(str(p)).state_dict(), p)
     else:
-        ckpt = _load(p)
+        ckpt = ckpt if ckpt is not None else _load(p)
         _copy_weights(model, _model_state(ckpt, p), p, partial=bool(ckpt.get(ADAPTER_ONLY_KEY)))
 
 
-def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
-    """The hyperparameters a stage `.ckpt` saved (empty for checkpoints written before stages saved them)."""
-    return dict(_load(check_init_from(path)).get("hyper_parameters") or {})
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A `.ckpt` checked and read the safe way (its `hyper_parameters` are the stage's saved ones:
+    empty for checkpoints written before stages saved them)."""
+    return _load(check_init_from(path))
 
 
 @dataclass
@@ -117,7 +114,7 @@ def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
     from dsvl.model import build_model
 
     p = check_init_from(path)
-    ckpt = _load(p)
+    ckpt = read_checkpoint(p)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if not hparams.get("model_config"):
         raise InitFromError(f"{path}: the checkpoint saves no model config (written by an older dsvl); pass the run's model config")

@@ -166,7 +166,7 @@ def builds_on_meta(strategy: Any) -> bool:
 def checkpoint_source(path: str | Path) -> WeightSource:
     """A `WeightSource` for `init_from`: a Lightning `.ckpt` / weights-only torch file (keys under `model.`),
     a `.safetensors` file of dsvl keys, or an exported transformers DeepSeek-VL directory (`save_pretrained`)."""
-    from dsvl.model.hf_interop import key_map
+    from dsvl.model.hf_keys import key_map
 
     p = Path(path).expanduser()
     if p.is_dir():

@@ -9,9 +9,10 @@ How (torchtune's recipe, on Lightning's automatic optimization):
   reports and what the NaN guard checks) but carries the gradient of its NLL *sum* times
   ``accumulate_grad_batches x world_size``, which undoes Lightning's division by the accumulation
   and DDP's / FSDP's averaging over ranks, so the accumulated gradient is the sum over the global batch;
-- `on_before_optimizer_step` (after the last backward, before clipping; after the callbacks, so the
-  NaN guard has already dropped a bad step's gradients) all-reduces [NLL sum, token count] once
-  and divides every gradient by the global count; the logged ``train/loss`` is NLL sum / count.
+- each micro-batch adds its NLL sum and token count to two torchmetrics `SumMetric`s; `on_before_optimizer_step`
+  (after the last backward, before clipping; after the callbacks, so the NaN guard has already dropped
+  a bad step's gradients) syncs them over ranks (once per step) and divides every gradient by the global token
+  count; the logged ``train/loss`` is NLL sum / count.
 
 DeepSpeed keeps gradients inside its engine: there the per-micro-batch mean is optimised as before.
 """
@@ -21,7 +22,8 @@ import logging
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import SumMetric
 
 log = logging.getLogger(__name__)
 
@@ -45,40 +47,41 @@ def owns_gradients(trainer: Any) -> bool:
     return "DeepSpeed" not in type(getattr(trainer, "strategy", None)).__name__
 
 
-class TokenExactLoss:
-    """Per-step accumulator of NLL sum and supervised tokens; see the module docstring."""
+class TokenExactLoss(nn.Module):
+    """Per-step token-weighted mean loss: torchmetrics sums of NLL and supervised tokens, synced over
+    ranks once per step; see the module docstring."""
 
     def __init__(self) -> None:
-        self.nll: Tensor | None = None
-        self.tokens: Tensor | None = None
+        super().__init__()
+        # two sums rather than MeanMetric(weight=...): with nan_strategy="disable" (no host sync per update, and a
+        # NaN must reach the NaN guard) torchmetrics 1.9 replaces the weights by ones (Lightning-AI/torchmetrics#3434)
+        self.nll, self.tokens = SumMetric(nan_strategy="disable"), SumMetric(nan_strategy="disable")
 
     def micro_batch(self, loss: Tensor, count: Tensor, first: bool, accumulate: int, world_size: int,
                     exact: bool = True) -> Tensor:
         """What `training_step` returns for a micro-batch with mean NLL `loss` over `count` tokens
         (`first`: the first micro-batch of its global step)."""
         tokens = count.detach().float()
-        nll = loss.detach().float() * tokens
-        if first or self.nll is None or self.tokens is None:
-            self.nll, self.tokens = nll, tokens
-        else:  # kept as tensors: reading them back every micro-batch would sync the GPU
-            self.nll, self.tokens = self.nll + nll, self.tokens + tokens
+        if first:
+            self.nll.reset()
+            self.tokens.reset()
+        self.nll.update(loss.detach().float() * tokens)  # tensors: no host sync per micro-batch
+        self.tokens.update(tokens)
         if not exact:
             return loss
         return _ScaleGrad.apply(loss, tokens * float(accumulate * world_size))
 
-    def finish_step(self, module: Any, params: list[Tensor], exact: bool = True) -> Tensor | None:
-        """All-reduce [NLL sum, tokens] once, divide `params`' gradients by the global token count
-        (when `exact`) and return the global token-mean loss (nan without supervised tokens)."""
-        if self.nll is None or self.tokens is None:
+    def finish_step(self, params: list[Tensor], exact: bool = True) -> Tensor | None:
+        """Sync the sums over ranks once, divide `params`' gradients by the global token count (when
+        `exact`) and return the global token-mean loss (nan without supervised tokens)."""
+        if self.tokens.update_count == 0:
             return None
-        total = torch.stack([self.nll, self.tokens])
-        trainer = getattr(module, "_trainer", None)
-        if trainer is not None and trainer.world_size > 1:
-            total = trainer.strategy.reduce(total, reduce_op="sum")
-        self.nll = self.tokens = None
+        nll, tokens = self.nll.compute(), self.tokens.compute()  # synced over ranks (torch.distributed, when running)
+        self.nll.reset()
+        self.tokens.reset()
         if exact:
-            count = float(total[1])  # one host sync per optimizer step
+            count = float(tokens)  # one host sync per optimizer step
             for p in params:
                 if p.grad is not None:
                     p.grad.div_(max(count, 1.0))
-        return total[0] / total[1]
+        return nll / tokens

@@ -1,0 +1,88 @@
+"""The checkpoint key tables of transformers' `deepseek_vl` and `deepseek_vl_hybrid`: which transformers
+prefix holds which dsvl part. Kept apart from loading and saving (`hf_interop`) because LoRA adapters,
+sharded loads and exports all need the names without the loaders."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .adaptor import HybridSplitMLPGelu, MLPGelu
+from .errors import ConfigError
+from .vision import SamTower, SiglipTower
+
+DEEPSEEK_VL = "deepseek_vl"
+DEEPSEEK_VL_HYBRID = "deepseek_vl_hybrid"
+ARCHITECTURES = (DEEPSEEK_VL, DEEPSEEK_VL_HYBRID)
+
+
+def key_map(arch: str, llm_prefix: str = "model") -> list[tuple[str, str]]:
+    """(transformers prefix, dsvl prefix) pairs; a prefix ending in '.' is a module, otherwise a single parameter.
+
+    `llm_prefix` is the LLM's `base_model_prefix` ("model" for Llama): the transformers VLM's
+    `language_model` is that inner model, its `lm_head` is the causal LM's head.
+    """
+    common = [
+        ("model.vision_model.", "vision.low.model."),
+        ("model.language_model.", f"llm.{llm_prefix}."),
+        ("lm_head.", "llm.lm_head."),
+    ]
+    if arch == DEEPSEEK_VL:
+        return common + [("model.aligner.linear1.", "adaptor.layers.0."), ("model.aligner.linear2.", "adaptor.layers.2.")]
+    if arch == DEEPSEEK_VL_HYBRID:
+        return common + [
+            ("model.high_res_vision_model.", "vision.high.model."),
+            ("model.high_res_vision_neck.", "vision.high.global_neck."),
+            ("model.high_res_vision_proj.", "vision.high.proj."),
+            ("model.high_res_vision_alpha", "vision.high.alpha"),
+            ("model.aligner.vision_proj.", "adaptor.low_proj."),
+            ("model.aligner.high_res_vision_proj.", "adaptor.high_proj."),
+            ("model.aligner.proj.", "adaptor.proj."),
+        ]
+    raise ConfigError(f"unknown transformers architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
+
+
+def _rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
+    for src, dst in pairs:
+        if key == src or (src.endswith(".") and key.startswith(src)):
+            return dst + key[len(src) :]
+    return None
+
+
+def convert_state_dict(state_dict: dict[str, Any], arch: str, to: str, llm_prefix: str = "model") -> dict[str, Any]:
+    """Rename keys `to="dsvl"` (from a transformers checkpoint) or `to="hf"`; an unmapped key is an error, never dropped."""
+    pairs = key_map(arch, llm_prefix)
+    if to == "hf":
+        pairs = [(d, h) for h, d in pairs]
+    elif to != "dsvl":
+        raise ValueError(f"to={to!r}; accepted: 'dsvl' or 'hf'")
+    out, unmapped = {}, []
+    for key, value in state_dict.items():
+        new = _rename(key, pairs)
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    if unmapped:
+        raise ValueError(f"{len(unmapped)} keys have no {arch} counterpart, e.g. {unmapped[:3]}")
+    return out
+
+
+def architecture_of(model: nn.Module) -> str:
+    """Which transformers architecture the model's parts match; ConfigError naming the part that has none."""
+    low, high, adaptor = model.vision.low, model.vision.high, model.adaptor
+    if not isinstance(low, SiglipTower):
+        raise ConfigError("no transformers counterpart: DeepSeek-VL checkpoints need a SigLIP low-res tower (vision.low)")
+    if high is None:
+        if isinstance(adaptor, MLPGelu) and adaptor.depth == 2:
+            return DEEPSEEK_VL
+        raise ConfigError(
+            f"no transformers counterpart for adaptor {type(adaptor).__name__}"
+            f"{' depth ' + str(adaptor.depth) if isinstance(adaptor, MLPGelu) else ''} with a SigLIP-only tower; accepted: mlp_gelu depth 2"
+        )
+    if isinstance(high, SamTower) and isinstance(adaptor, HybridSplitMLPGelu):
+        return DEEPSEEK_VL_HYBRID
+    raise ConfigError(
+        f"no transformers counterpart for vision.high={type(high).__name__} with adaptor {type(adaptor).__name__}; "
+        "accepted: SamTower + hybrid_split_mlp_gelu"
+    )
