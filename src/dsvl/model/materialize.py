@@ -236,7 +236,8 @@ def load_weights(model: nn.Module, source: WeightSource) -> int:
 
 
 def _filled_by(sources: Any, names: set[str]) -> set[str]:
-    """The model tensors `sources` will fill (from their keys only: no tensor is read)."""
+    """Those of `names` (state-dict keys: `load_weights` reads no non-persistent buffer) that `sources` will fill
+    (from their keys only: no tensor is read)."""
     filled: set[str] = set()
     for source in sources:
         with _open_tensors(Path(source.path).expanduser()) as tensors:
@@ -296,7 +297,7 @@ def materialize(
         if name != same:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, model.get_parameter(same))
-    init_random(model, template, seed, blocks, skip=_filled_by(sources, {n for n, _ in _tensors(model, True)}))
+    init_random(model, template, seed, blocks, skip=_filled_by(sources, set(model.state_dict(keep_vars=True))))
     for source in sources:
         load_weights(model, source)
     return model
