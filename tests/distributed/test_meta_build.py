@@ -71,3 +71,24 @@ def test_sharded_checkpoint_consolidates_in_one_process(reports, out, tmp_path):
     for name, value in reference.items():
         assert torch.equal(loaded[name], value), name
     assert tool.main([str(tmp_path / "export"), str(tmp_path / "again")]) == 2  # not a DCP directory: one line, exit 2
+
+
+def test_lora_keeps_the_whole_build():
+    """A `model.lora` config asked for on meta is built whole, as on the eager path: peft initialises its adapters
+    (lora_B zero) on real tensors, so FSDP2 shards it as built (no per-shard materialisation)."""
+    import torch
+
+    from dsvl.model import build_model, model_config
+    from dsvl.model.materialize import has_meta_parameters
+
+    cfg = model_config("tiny", ["+model.lora={r: 2, targets: {llm: [q_proj, v_proj]}}"])
+    torch.manual_seed(3)
+    eager = build_model(cfg)
+    torch.manual_seed(3)
+    asked_meta = build_model(cfg, device="meta")
+    assert not has_meta_parameters(asked_meta)
+    lora_b = [p for n, p in asked_meta.named_parameters() if "lora_B" in n]
+    assert lora_b and all(not p.any() for p in lora_b)
+    assert set(eager.state_dict()) == set(asked_meta.state_dict())
+    for name, value in eager.state_dict().items():
+        assert torch.equal(asked_meta.state_dict()[name], value), name
