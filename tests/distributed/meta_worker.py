@@ -1,7 +1,7 @@
 """Test helper run under `torchrun --nproc_per_node 2` (gloo, CPU): the tiny model built on meta, sharded with
 FSDP2 and materialised per shard, against the same model built whole in this process with the same seed; then
-the same for loading saved checkpoints (a transformers export and a Lightning-style `.ckpt`). Writes
-`<out>/rank<r>.json` with what it compared."""
+the same for loading saved checkpoints (a transformers export, a Lightning-style `.ckpt`, `model.pretrained`, per-part
+`pretrained`). Every parameter and buffer is compared. Writes `<out>/rank<r>.json` with what it compared."""
 from __future__ import annotations
 
 import argparse
@@ -107,15 +107,13 @@ def main() -> None:
 
     # per-part `pretrained` (as the demo recipes): the parts come from their checkpoints and everything else
     # (adaptor, SAM's extra neck and convs) from the seeded init, the same whether built whole or on meta
-    parts = {"vision.low": out / "siglip", "vision.high": out / "sam", "llm": out / "llm"}
-    if rank == 0:
-        for part, path in parts.items():
-            (saved.get_submodule(part + ".model") if part.startswith("vision") else saved.llm).save_pretrained(path)
-    dist.barrier()
     part_cfg = copy.deepcopy(cfg)
-    for node, path in ((part_cfg["vision"]["low"], parts["vision.low"]), (part_cfg["vision"]["high"], parts["vision.high"]),
-                       (part_cfg["llm"], parts["llm"])):
-        node["pretrained"] = str(path)
+    for part, node in (("vision.low.model", part_cfg["vision"]["low"]), ("vision.high.model", part_cfg["vision"]["high"]),
+                       ("llm", part_cfg["llm"])):
+        node["pretrained"] = str(out / part)
+        if rank == 0:
+            saved.get_submodule(part).save_pretrained(out / part)
+    dist.barrier()
     torch.manual_seed(7)
     whole = build_model(part_cfg)
     sharded = sharded_build(part_cfg, mesh, seed=7, sources=weight_sources(build_model(part_cfg, device="meta")))

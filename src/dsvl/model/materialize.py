@@ -2,8 +2,8 @@
 or sharded (FSDP2 DTensor) parameters, so that no process ever holds the full model unless it runs it whole.
 
 - The model is built under `torch.device("meta")` (no memory), as transformers does itself.
-- `materialize(model, ...)`: gives every parameter and buffer its value. Random init (`init_random`) goes per *init unit* (a
-  transformer block, a subtree without blocks, or a block container's own parameters): a full-size
+- `materialize(model, ...)`: gives every parameter and buffer its value. Random init (`init_random`) goes per
+  *init unit* (a transformer block, a subtree without blocks, or a block container's own parameters): a full-size
   CPU copy of the unit is initialised by its owner's init (transformers' `_init_weights` of the
   nearest `PreTrainedModel`, a module's own `_init_weights`, else `reset_parameters`, children before
   parents as transformers does) under a generator seeded by (seed, unit name), and each parameter
