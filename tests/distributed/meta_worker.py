@@ -1,7 +1,7 @@
 """Test helper run under `torchrun --nproc_per_node 2` (gloo, CPU): the tiny model built on meta, sharded with
 FSDP2 and materialised per shard, against the same model built whole in this process with the same seed; then
-the same for loading saved checkpoints (a transformers export and a Lightning-style `.ckpt`). Writes
-`<out>/rank<r>.json` with what it compared."""
+the same for loading saved checkpoints (a transformers export, a Lightning-style `.ckpt`, `model.pretrained`, per-part
+`pretrained`). Every parameter and buffer is compared. Writes `<out>/rank<r>.json` with what it compared."""
 from __future__ import annotations
 
 import argparse
@@ -13,12 +13,26 @@ import torch
 import torch.distributed as dist
 
 
+def tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by name, tied and non-persistent ones included (rotary `inv_freq`, `position_ids`)."""
+    return dict([*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
+
+
+def whole_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in tensors(model).items()}
+
+
 def local_mismatches(sharded: torch.nn.Module, reference: dict[str, torch.Tensor]) -> tuple[list[str], int]:
-    """Names whose local shard differs from the same slice of the whole model's tensor; and how many were sharded."""
+    """Names whose local shard differs from the same slice of the whole model's tensor (or that one of the two lacks);
+    and how many were sharded."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    bad, n_sharded = [], 0
-    for name, t in sharded.state_dict().items():
+    local_tensors = tensors(sharded)
+    bad, n_sharded = sorted(set(reference) ^ set(local_tensors)), 0
+    for name, t in local_tensors.items():
+        if name not in reference:
+            continue
+        t = t.detach()
         if isinstance(t, DTensor):
             n_sharded += 1
             expected = distribute_tensor(reference[name], t.device_mesh, t.placements, src_data_rank=None).to_local()
@@ -48,7 +62,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     from torch.distributed.device_mesh import init_device_mesh
 
-    from dsvl.model import build_model, model_config
+    from dsvl.model import build_model, model_config, weight_sources
     from dsvl.stages.strategies import checkpoint_source
 
     rank, out = dist.get_rank(), Path(args.out)
@@ -58,7 +72,7 @@ def main() -> None:
         cfg = model_config("tiny", [f"model.llm.tie_word_embeddings={str(tie).lower()}"])
         torch.manual_seed(7)
         whole = build_model(cfg)  # the 1-process path: meta build + materialize, global seed 7
-        reference = {k: v.clone() for k, v in whole.state_dict().items()}
+        reference = whole_tensors(whole)
         model = sharded_build(cfg, mesh, seed=7)
         bad, n = local_mismatches(model, reference)
         report[f"init_tie{tie}"] = {"mismatches": bad, "sharded": n, "tensors": len(reference),
@@ -73,24 +87,37 @@ def main() -> None:
             dcp.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, checkpoint_id=out / "run" / "dcp")
             if rank == 0:
                 OmegaConf.save({"model": cfg}, out / "run" / "config_resolved.yaml")
-                torch.save(reference, out / "run" / "reference.pt")
+                torch.save(whole.state_dict(), out / "run" / "reference.pt")
 
     # loading: rank 0 writes checkpoints of a model with seed 11, every rank then loads them into shards
     cfg = model_config("tiny")
     torch.manual_seed(11)
     saved = build_model(cfg)
-    reference = {k: v.clone() for k, v in saved.state_dict().items()}
+    reference = whole_tensors(saved)
     if rank == 0:
         saved.save_pretrained(out / "export")
-        torch.save({"state_dict": {f"model.{k}": v for k, v in reference.items()}, "global_step": 3}, out / "last.ckpt")
+        torch.save({"state_dict": {f"model.{k}": v for k, v in saved.state_dict().items()}, "global_step": 3}, out / "last.ckpt")
     dist.barrier()
     for name, path in (("export", out / "export"), ("ckpt", out / "last.ckpt")):
         model = sharded_build(cfg, mesh, seed=0, sources=[checkpoint_source(path)])
         report[f"load_{name}"] = {"mismatches": local_mismatches(model, reference)[0]}
     pretrained = sharded_build({**cfg, "pretrained": str(out / "export")}, mesh, seed=0,
-                               sources=__import__("dsvl.model", fromlist=["x"]).weight_sources(build_model(
-                                   {**cfg, "pretrained": str(out / "export")}, device="meta")))
+                               sources=weight_sources(build_model({**cfg, "pretrained": str(out / "export")}, device="meta")))
     report["load_model.pretrained"] = {"mismatches": local_mismatches(pretrained, reference)[0]}
+
+    # per-part `pretrained` (as the demo recipes): the parts come from their checkpoints and everything else
+    # (adaptor, SAM's extra neck and convs) from the seeded init, the same whether built whole or on meta
+    part_cfg = copy.deepcopy(cfg)
+    for part, node in (("vision.low.model", part_cfg["vision"]["low"]), ("vision.high.model", part_cfg["vision"]["high"]),
+                       ("llm", part_cfg["llm"])):
+        node["pretrained"] = str(out / part)
+        if rank == 0:
+            saved.get_submodule(part).save_pretrained(out / part)
+    dist.barrier()
+    torch.manual_seed(7)
+    whole = build_model(part_cfg)
+    sharded = sharded_build(part_cfg, mesh, seed=7, sources=weight_sources(build_model(part_cfg, device="meta")))
+    report["load_parts"] = {"mismatches": local_mismatches(sharded, whole_tensors(whole))[0]}
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 

@@ -2,8 +2,8 @@
 run path (`dsvl.cli.train.train`) with trainer=ddp and trainer=fsdp (FSDP2). Checked against the gathered records of both ranks:
 every global step has one modality on all ranks, no sample is read by both ranks, and the loss of
 every micro-batch equals a single-process run on the same global batches (the two ranks' micro-batches
-accumulated), so the distributed gradient is the single-process gradient. Under FSDP2 the frozen
-towers are sharded and hold neither gradients nor optimizer state."""
+accumulated), so the distributed gradient is the single-process gradient. Under FSDP2 the model is built on
+meta and materialised per shard, and the frozen towers are sharded and hold neither gradients nor optimizer state."""
 from __future__ import annotations
 
 import dataclasses
@@ -120,6 +120,10 @@ def test_ddp_matches_single_process(demo, reference, tmp_path):
 
 
 def test_fsdp2_matches_single_process_and_frozen_towers_hold_no_state(demo, reference, tmp_path):
+    from dsvl.stages.strategies import FSDP2Strategy, builds_on_meta
+
+    # built on meta, then its part checkpoints (the demo's per-part `pretrained`) and the seeded init per shard
+    assert builds_on_meta(FSDP2Strategy())
     record = torchrun("fsdp", demo, tmp_path)
     assert record["strategy"] == "FSDP2Strategy" and record["checkpointing"]  # model.gradient_checkpointing
     check_run(record, reference, tol=1e-4)

@@ -1,9 +1,12 @@
 """Meta-device build under FSDP2 (issue 14, item 1), two processes on CPU (gloo) in one torchrun launch: every
 local shard of a model built on meta, sharded and materialised per shard equals the corresponding slice of the
-same model built whole in one process with the same seed (untied and tied embeddings), the sharded model gives
-the whole model's loss, and loading a saved checkpoint (transformers export, Lightning `.ckpt`, `model.pretrained`)
-into shards gives the saved weights. A sharded (DCP) checkpoint written by the two ranks consolidates in one process
-into a `save_pretrained` export holding the whole model's weights."""
+same model built whole in one process with the same seed (untied and tied embeddings; parameters and every
+buffer, non-persistent ones included), the sharded model gives the whole model's loss, and loading a saved
+checkpoint (transformers export, Lightning `.ckpt`, `model.pretrained`) into shards gives the saved weights. With
+per-part `pretrained` (as the demo recipes) the sharded model equals the one built whole, modules outside the part
+checkpoints included (they once differed: a 2-rank FSDP2 run left the 1-process run at its first multimodal step).
+A sharded (DCP) checkpoint written by the two ranks consolidates in one process into a `save_pretrained` export
+holding the whole model's weights."""
 from __future__ import annotations
 
 import json
@@ -45,7 +48,7 @@ def test_random_init_into_shards_equals_the_whole_model_with_the_same_seed(repor
         assert sharded_loss == pytest.approx(whole_loss, abs=1e-5)
 
 
-@pytest.mark.parametrize("source", ["export", "ckpt", "model.pretrained"])
+@pytest.mark.parametrize("source", ["export", "ckpt", "model.pretrained", "parts"])
 def test_checkpoints_load_into_shards_slice_by_slice(reports, source):
     for report in reports:
         assert report[f"load_{source}"]["mismatches"] == []
@@ -68,3 +71,24 @@ def test_sharded_checkpoint_consolidates_in_one_process(reports, out, tmp_path):
     for name, value in reference.items():
         assert torch.equal(loaded[name], value), name
     assert tool.main([str(tmp_path / "export"), str(tmp_path / "again")]) == 2  # not a DCP directory: one line, exit 2
+
+
+def test_lora_keeps_the_whole_build():
+    """A `model.lora` config asked for on meta is built whole, as on the eager path: peft initialises its adapters
+    (lora_B zero) on real tensors, so FSDP2 shards it as built (no per-shard materialisation)."""
+    import torch
+
+    from dsvl.model import build_model, model_config
+    from dsvl.model.materialize import has_meta_parameters
+
+    cfg = model_config("tiny", ["+model.lora={r: 2, targets: {llm: [q_proj, v_proj]}}"])
+    torch.manual_seed(3)
+    eager = build_model(cfg)
+    torch.manual_seed(3)
+    asked_meta = build_model(cfg, device="meta")
+    assert not has_meta_parameters(asked_meta)
+    lora_b = [p for n, p in asked_meta.named_parameters() if "lora_B" in n]
+    assert lora_b and all(not p.any() for p in lora_b)
+    assert set(eager.state_dict()) == set(asked_meta.state_dict())
+    for name, value in eager.state_dict().items():
+        assert torch.equal(asked_meta.state_dict()[name], value), name

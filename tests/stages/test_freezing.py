@@ -76,6 +76,26 @@ def test_frozen_parts_stay_in_eval_mode_after_train(name: str, model) -> None:
         assert modes == {part in EXPECTED[name]}, part
 
 
+@pytest.mark.parametrize("name", ["pretrain", "sft"])
+def test_fit_trains_with_frozen_parts_in_eval_mode_whatever_mode_the_model_came_in(name: str, model) -> None:
+    """Lightning keeps the modules' modes at fit start: the stage itself must put frozen parts in eval."""
+    import lightning.pytorch as pl
+
+    modes = {}
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            modes.update({part: {m.training for m in module.modules()} for part, module in pl_module.model.parts().items()})
+
+    ids = torch.randint(3, 100, (2, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(), "modality": "text"}
+    model.eval()  # as transformers' from_pretrained leaves a loaded model
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Record()])
+    trainer.fit(STAGES[name](model), train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+    assert modes == {part: {part in EXPECTED[name]} for part in model.parts()}
+
+
 def test_trainable_override_unfreezes_sam_in_sft(model) -> None:
     stage = SFTStage(model, trainable=["adaptor", "llm", "vision.low", "vision.high"])
     assert stage.frozen_parts == []

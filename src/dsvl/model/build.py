@@ -21,7 +21,7 @@ from .cfgutil import to_plain
 from .errors import ConfigError
 from .hf_keys import key_map
 from .lora import lora_settings
-from .materialize import WeightSource, materialize
+from .materialize import WeightSource, init_random, materialize
 from .spec import VisionSpec
 from .vlm import VisionLanguageModel
 
@@ -98,14 +98,20 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
     """A `VisionLanguageModel` from the Hydra `model` node (DictConfig or dict), checked on meta first.
 
     `device="meta"` returns the checked model without weights or buffers: shard it, then
-    `materialize(model, template, device, sources=weight_sources(model))` fills it per shard.
+    `materialize(model, template, device, sources=weight_sources(model))` fills it per shard
+    (a `model.lora` config is built whole instead: peft makes its adapters on real tensors).
     Otherwise (default: the current default device) the weights are made here: random init by
     `materialize` (the same values it gives a sharded copy of the model with the same seed), or
-    each part's `pretrained`, or a top-level `pretrained` (True = `hub_id`, or a path / hub id):
-    a whole transformers DeepSeek-VL checkpoint, checked to have exactly the configured shapes.
+    each part's `pretrained` (the other modules get that same random init), or a top-level `pretrained`
+    (True = `hub_id`, or a path / hub id): a whole transformers DeepSeek-VL checkpoint, checked to have
+    exactly the configured shapes.
     """
     config = _model_config(cfg)
     device = torch.device(device) if device is not None else torch.get_default_device()
+    if device.type == "meta" and lora_settings(config.get("lora")) is not None:
+        # peft makes its adapters (and bitsandbytes its 4-bit layers) on real tensors with its own init: LoRA builds whole
+        log.info("model.lora: built whole, not on meta (peft initialises its adapters on real tensors)")
+        device = torch.get_default_device()
     with torch.device("meta"):
         model = assemble(_without_weights(config), VisionLanguageModel)
     model.config = config
@@ -126,10 +132,14 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
                         whole, not tie)
         # the checkpoint's own part configs (what was really loaded) plus this node's top-level keys
         model.config = {**model.config, **{k: v for k, v in config.items() if k not in ("vision", "adaptor", "llm")}}
-        model.to(device)
-    elif _part_sources(config):  # parts load their own weights (transformers' from_pretrained)
-        with torch.device(device):
+        model.to(device).train()  # from_pretrained returns eval mode; a built model is in train mode on every path
+    elif parts := _part_sources(config):  # parts load their own weights (transformers' from_pretrained) ...
+        with torch.device(device), torch.random.fork_rng(devices=[]):  # the global RNG untouched, as by materialize
             model = assemble(config, VisionLanguageModel)
+        # ... and the rest (adaptor, SAM's extra neck and convs) gets materialize's init, the one a meta build gives it
+        prefixes = tuple(prefix for prefix, _ in parts)
+        init_random(model, skip={n for n, _ in (*model.named_parameters(), *model.named_buffers()) if n.startswith(prefixes)})
+        model.train()  # from_pretrained leaves its parts in eval mode; a built model is in train mode on every path
     else:
         materialize(model, device=device)
     if config.get("gradient_checkpointing"):

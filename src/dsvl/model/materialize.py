@@ -2,8 +2,8 @@
 or sharded (FSDP2 DTensor) parameters, so that no process ever holds the full model unless it runs it whole.
 
 - The model is built under `torch.device("meta")` (no memory), as transformers does itself.
-- `materialize(model, ...)`: gives every parameter and buffer its value. Random init goes per *init unit* (a
-  transformer block, a subtree without blocks, or a block container's own parameters): a full-size
+- `materialize(model, ...)`: gives every parameter and buffer its value. Random init (`init_random`) goes per
+  *init unit* (a transformer block, a subtree without blocks, or a block container's own parameters): a full-size
   CPU copy of the unit is initialised by its owner's init (transformers' `_init_weights` of the
   nearest `PreTrainedModel`, a module's own `_init_weights`, else `reset_parameters`, children before
   parents as transformers does) under a generator seeded by (seed, unit name), and each parameter
@@ -236,7 +236,8 @@ def load_weights(model: nn.Module, source: WeightSource) -> int:
 
 
 def _filled_by(sources: Any, names: set[str]) -> set[str]:
-    """The model tensors `sources` will fill (from their keys only: no tensor is read)."""
+    """Those of `names` (state-dict keys: `load_weights` reads no non-persistent buffer) that `sources` will fill
+    (from their keys only: no tensor is read)."""
     filled: set[str] = set()
     for source in sources:
         with _open_tensors(Path(source.path).expanduser()) as tensors:
@@ -245,6 +246,34 @@ def _filled_by(sources: Any, names: set[str]) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------------- materialize
+def init_random(
+    model: nn.Module,
+    template: nn.Module | None = None,
+    seed: int | None = None,
+    blocks: tuple[type, ...] | None = None,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Random init per unit (see the module docstring) into `model`'s allocated (local parts of) parameters and
+    buffers, except those named in `skip` (filled otherwise: a checkpoint). A unit wholly in `skip` is never built.
+
+    `template`: the same model unsharded (on meta or not); by default `model` itself. `seed` defaults to
+    `torch.initial_seed()` (Lightning's `seed_everything` sets it), so every rank of a run and a 1-process run agree.
+    `blocks`: the repeated block classes (one init unit each); default `template.block_classes()` if it has one.
+    """
+    template = model if template is None else template
+    seed = torch.initial_seed() if seed is None else int(seed)
+    if blocks is None:
+        blocks = tuple(template.block_classes()) if hasattr(template, "block_classes") else ()
+    targets = dict(_tensors(model, True))
+    owners = _owners(template)
+    for name, unit, whole in _units(template, "", blocks):
+        if {f"{name}{n}" for n, _ in _tensors(unit, whole)} <= skip:
+            continue
+        for pname, value in _full_unit(name, unit, whole, owners, seed).items():
+            if pname not in skip:
+                _assign(targets[pname], value, pname)
+
+
 def materialize(
     model: nn.Module,
     template: nn.Module | None = None,
@@ -254,18 +283,13 @@ def materialize(
     blocks: tuple[type, ...] | None = None,
 ) -> nn.Module:
     """Allocate `model`'s parameters on `device` (its local shards once `fully_shard` was applied) and fill them:
-    random init per unit (see the module docstring), then each of `sources` in order.
+    random init per unit (`init_random`) of every tensor that `sources` do not hold, then each of `sources` in order.
 
     `template`: the same model unsharded, still on meta (a `copy.deepcopy` taken before `fully_shard`);
-    by default `model` itself (unsharded). `seed` defaults to `torch.initial_seed()` (Lightning's
-    `seed_everything` sets it), so every rank of a run and a 1-process run of it agree.
-    `blocks`: the repeated block classes (one init unit each); default `model.block_classes()` if it has one.
+    by default a copy of `model` itself (unsharded). `seed`, `blocks`: as `init_random`.
     """
     if template is None:
         template = copy.deepcopy(model)
-    seed = torch.initial_seed() if seed is None else int(seed)
-    if blocks is None:
-        blocks = tuple(template.block_classes()) if hasattr(template, "block_classes") else ()
     first: dict[int, str] = {}
     tied = [(n, first.setdefault(id(p), n)) for n, p in model.named_parameters(remove_duplicate=False)]
     model.to_empty(device=device or "cpu")
@@ -273,15 +297,7 @@ def materialize(
         if name != same:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, model.get_parameter(same))
-    targets = dict(_tensors(model, True))
-    owners = _owners(template)
-    loaded = _filled_by(sources, set(targets))
-    for name, unit, whole in _units(template, "", blocks):
-        names = {f"{name}{n}" for n, _ in _tensors(unit, whole)}
-        if names <= loaded:  # every tensor of the unit comes from a checkpoint: no random init to hold
-            continue
-        for pname, value in _full_unit(name, unit, whole, owners, seed).items():
-            _assign(targets[pname], value, pname)
+    init_random(model, template, seed, blocks, skip=_filled_by(sources, set(model.state_dict(keep_vars=True))))
     for source in sources:
         load_weights(model, source)
     return model

@@ -91,6 +91,8 @@ class VLMStage(LightningModule):
         return self
 
     def on_fit_start(self) -> None:
+        # Lightning keeps the modes modules come with (it never calls .train() at fit start): frozen parts to eval here
+        self.train(True)
         self._report_freezing()
 
     def configure_model(self) -> None:

@@ -150,17 +150,10 @@ def is_sharded(module: nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
-META_BUILD = False  # see builds_on_meta
-
-
 def builds_on_meta(strategy: Any) -> bool:
-    """True when the run path should build on meta and materialise per shard (FSDP2 only).
-
-    Off for now (`META_BUILD`): a meta-built FSDP2 run trains differently from a one-process run after
-    its first step (tests/distributed/test_distributed.py finds the step-1 loss 0.02 apart), and
-    LoRA-wrapped models are not mapped to their checkpoints yet. The pieces (`materialize`, per-shard
-    loading) are tested on their own in tests/distributed/test_meta_build.py."""
-    return META_BUILD and isinstance(strategy, ModelParallelStrategy)
+    """True when the run path builds the model on meta and materialises it per shard: FSDP2 (`ModelParallelStrategy`).
+    DDP, DeepSpeed and single-device runs build it whole (so does a `model.lora` config, see `build_model`)."""
+    return isinstance(strategy, ModelParallelStrategy)
 
 
 def checkpoint_source(path: str | Path) -> WeightSource:
