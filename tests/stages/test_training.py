@@ -123,6 +123,7 @@ def test_pretrain_run_logs_metrics_and_keeps_one_modality_per_global_step(compos
         assert name in names, name
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]
     assert steps == list(range(6))  # one logged row per global step, not per micro-batch
+    assert [int(r["step"]) for r in rows if r.get("train/lr/decay")] == list(range(6))  # learning rates too
     assert all(r.get("train/modality_mismatch") in (None, "", "0.0") for r in rows)
     assert (run / "config_resolved.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
 
