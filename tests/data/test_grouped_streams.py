@@ -32,7 +32,7 @@ def test_two_ranks_disjoint_samples_same_modality(demo_dir, hybrid_spec):
         for r, b in enumerate((b0, b1)):
             assert len(set(b["keys"])) == len(b["keys"])
             seen[r].update(b["keys"])
-    assert all(p[0] == 0 for b in batches[0] + batches[1] for m in b["state"]["streams"].values()
+    assert all(p[0] == 0 for b in batches[0] + batches[1] for m in b["state"]["position"]["streams"].values()
                for p in m["positions"].values())
     assert len(seen[0]) == len(seen[1]) == 120 and not (seen[0] & seen[1])
     # micro-batches of one global step share its modality; steps follow the schedule
