@@ -224,6 +224,7 @@ class DSVLDataModule(L.LightningDataModule):
                 global_next = global_next // saved_per_step * per_step
             self._parts = parts  # self._positions: the checkpoint's, from load_state_dict
             self._next_micro_index = global_next // world
+            self._count_micro_batches_anew(saved_per_step // saved_world)
             return
         if not self.elastic_restart:
             raise DataConfigError(f"cannot resume the data exactly: {problem}; resume on an allowed layout, "
@@ -234,6 +235,18 @@ class DSVLDataModule(L.LightningDataModule):
                     "(samples seen before may repeat)", problem, step)
         self._skipped_before = SkipCounter(saved.get("skipped"))
         self._parts, self._positions, self._next_micro_index = None, {}, step * accumulate
+        self._count_micro_batches_anew(saved_per_step // saved_world if saved_per_step else accumulate)
+
+    def _count_micro_batches_anew(self, saved_accumulate: int) -> None:
+        """Lightning puts accumulation boundaries where its count of micro-batches (restored from the
+        checkpoint) is a multiple of the accumulation: after a resume with another accumulation, that
+        count must be this rank's micro-batches so far, or the first step would take a partial batch."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or saved_accumulate == self._accumulate():
+            return
+        progress = trainer.fit_loop.epoch_loop.batch_progress  # the train loader is endless: one epoch
+        for counts in (progress.current, progress.total):
+            counts.ready = counts.started = counts.processed = counts.completed = self._next_micro_index
 
     def _loader(self, dataset: Any) -> DataLoader:
         kw: dict[str, Any] = {}
