@@ -233,7 +233,9 @@ class DSVLDataModule(L.LightningDataModule):
         step = global_next // saved_per_step if saved_per_step else saved_next // accumulate
         log.warning("data.elastic_restart: %s; the data streams restart at global step %d with fresh positions "
                     "(samples seen before may repeat)", problem, step)
-        self._skipped_before = SkipCounter(saved.get("skipped"))
+        # what every part (or, version 1, every rank and worker) skipped before the restart
+        self._skipped_before = SkipCounter.merged(pos.get("skipped", {}) for by_rank in saved.get("ranks", {}).values()
+                                                  for pos in by_rank.values())
         self._parts, self._positions, self._next_micro_index = None, {}, step * accumulate
         self._count_micro_batches_anew(saved_per_step // saved_world if saved_per_step else accumulate)
 
