@@ -20,7 +20,6 @@ same scheduled ratio: the baseline the benchmark compares against), ``text_only`
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
@@ -36,7 +35,6 @@ from dsvl.data.packing import BufferedPacker
 from dsvl.data.schedule import MULTIMODAL, TEXT, ModalitySchedule
 from dsvl.data.streams import Part, SourceReader, expand_urls
 
-log = logging.getLogger(__name__)
 MODES = ("grouped", "mixed", "text_only", "multimodal_only")
 
 
