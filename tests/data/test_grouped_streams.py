@@ -32,7 +32,7 @@ def test_two_ranks_disjoint_samples_same_modality(demo_dir, hybrid_spec):
         for r, b in enumerate((b0, b1)):
             assert len(set(b["keys"])) == len(b["keys"])
             seen[r].update(b["keys"])
-    assert all(p[0] == 0 for b in batches[0] + batches[1] for m in b["state"]["streams"].values()
+    assert all(p[0] == 0 for b in batches[0] + batches[1] for m in b["state"]["position"]["streams"].values()
                for p in m["positions"].values())
     assert len(seen[0]) == len(seen[1]) == 120 and not (seen[0] & seen[1])
     # micro-batches of one global step share its modality; steps follow the schedule
@@ -148,3 +148,81 @@ def test_vision_spec_from_config_mapping(demo_dir, hybrid_spec):
 
     dm = _dm(demo_dir, asdict(hybrid_spec))
     assert dm.vision == hybrid_spec
+
+
+# --- elastic resume: the global micro-batch sequence does not depend on ranks x workers ----------------------
+MICRO_PER_STEP, STEPS, STOP = 2, 6, 3  # global batch = 2 micro-batches of 3 samples
+
+
+def _layout_dms(demo_dir, spec, ranks, workers, state=None, **kw):
+    """One datamodule per simulated rank of a (ranks, workers) layout, the same global batch, optionally resumed."""
+    dms = []
+    for r in range(ranks):
+        dm = _dm(demo_dir, spec, num_workers=workers, accumulate_grad_batches=MICRO_PER_STEP // ranks, packing_buffer=8, **kw)
+        dm._rank_world = lambda r=r: (r, ranks)
+        if state is not None:
+            dm.load_state_dict(state)
+        dms.append(dm)
+    return dms
+
+
+def _run(dms, steps):
+    """(step, modality, keys) of every micro-batch in global order (g = i * ranks + r), and the gathered state."""
+    its = [iter(dm.train_dataloader()) for dm in dms]
+    seen = []
+    for _ in range(steps * MICRO_PER_STEP // len(dms)):
+        for dm, it in zip(dms, its):
+            b = next(it)
+            step = b["state"]["step"]
+            dm.record(b)
+            seen.append((step, b["modality"], b["keys"]))
+    states = [dm.state_dict() for dm in dms]
+    merged = dict(states[0], ranks={r: s for st in states for r, s in st["ranks"].items()})
+    return seen, merged
+
+
+LAYOUTS = {"2 ranks": (2, 0), "1 rank, 2 workers": (1, 2), "1 rank": (1, 0)}
+
+
+def test_resume_on_another_layout_continues_the_global_sequence(demo_dir, hybrid_spec):
+    full, _ = _run(_layout_dms(demo_dir, hybrid_spec, 2, 0), STEPS)
+    assert [s for s, _, _ in full] == [s for s in range(STEPS) for _ in range(MICRO_PER_STEP)]
+    assert {m for _, m, _ in full} == {"text", "multimodal"}
+    halves = {}
+    for name, (ranks, workers) in LAYOUTS.items():  # data.parts=2 on every layout (the 2-rank run's default)
+        first, state = _run(_layout_dms(demo_dir, hybrid_spec, ranks, workers, parts=2), STOP)
+        assert first == full[:STOP * MICRO_PER_STEP], name
+        assert state["parts"] == 2 and sorted(p for r in state["ranks"].values() for p in r) == ["0", "1"]
+        halves[name] = state
+    names = list(LAYOUTS)
+    for src, dst in zip(names, names[1:] + names[:1]):  # each layout resumes another's checkpoint
+        rest, _ = _run(_layout_dms(demo_dir, hybrid_spec, *LAYOUTS[dst], state=halves[src]), STEPS - STOP)
+        assert rest == full[STOP * MICRO_PER_STEP:], (src, dst)
+
+
+def test_layouts_that_cannot_continue_the_parts_fail_unless_elastic_restart(demo_dir, hybrid_spec, caplog):
+    from dsvl.data import DataConfigError
+
+    _, state = _run(_layout_dms(demo_dir, hybrid_spec, 2, 0, packing=False), 1)
+    (dm,) = _layout_dms(demo_dir, hybrid_spec, 1, 3, state=state, packing=False)
+    with pytest.raises(DataConfigError, match=r"1 ranks x 3 workers cannot continue the checkpoint's 2 data parts .*\[1, 2\]"):
+        dm.train_dataloader()
+    (dm,) = _layout_dms(demo_dir, hybrid_spec, 1, 0, state=state, packing=False, parts=4)
+    with pytest.raises(DataConfigError, match="data.parts=4 but the checkpoint's data is split into 2 parts"):
+        dm.train_dataloader()
+    with pytest.raises(DataConfigError, match=r"data.parts=3 cannot be built by 2 ranks x 1 workers.*\[1, 3\]"):
+        _layout_dms(demo_dir, hybrid_spec, 2, 0, parts=3)[0].train_dataloader()
+    (dm,) = _layout_dms(demo_dir, hybrid_spec, 1, 0, state=state, packing=False, parts=3, elastic_restart=True)
+    it = iter(dm.train_dataloader())
+    assert "data.elastic_restart" in caplog.text and dm.record(next(it)) and dm.global_step_of_next_batch == 1
+    assert dm.state_dict()["parts"] == 3  # the restarted streams are split as this run asks
+
+
+def test_mixed_mode_sequence_does_not_depend_on_ranks(demo_dir, hybrid_spec):
+    kw = dict(mode="mixed", schedule=dict(start=0.7, target=0.7), packing=False)
+    two, state = _run(_layout_dms(demo_dir, hybrid_spec, 2, 0, **kw), 2)
+    one, _ = _run(_layout_dms(demo_dir, hybrid_spec, 1, 0, parts=2, **kw), 2)
+    assert one == two
+    rest, _ = _run(_layout_dms(demo_dir, hybrid_spec, 1, 0, state=state, **kw), 1)
+    more, _ = _run(_layout_dms(demo_dir, hybrid_spec, 2, 0, **kw), 3)
+    assert rest == more[4:]

@@ -147,6 +147,8 @@ class DataConfig(Targeted):
     seed: Count = 0
     val_max_batches: Optional[PositiveInt] = None
     pin_memory: bool = False
+    parts: Optional[PositiveInt] = None  # logical data parts (elastic resume; docs/scale.md)
+    elastic_restart: bool = False
 
 
 class PathsConfig(Schema):

@@ -9,6 +9,11 @@ Trainer wiring (see docs/data_format.md, "Training with DSVLDataModule"):
 - the module's ``on_before_batch_transfer`` strips ``batch["state"]`` and records the position;
   a LightningModule that overrides ``on_before_batch_transfer`` must call
   ``trainer.datamodule.on_before_batch_transfer(batch, idx)`` first.
+
+Elastic resume: the checkpoint keeps the position of each logical data part (grouped.py), so a
+run resumes exactly on any world size and `num_workers` whose product max(num_workers, 1) *
+world_size divides `parts` (fixed at the first launch). Other layouts fail before training
+(one line) unless `elastic_restart=true`, which restarts the streams.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from dsvl.data.bad_samples import SkipCounter
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
 from dsvl.data.encode import SampleEncoder
 from dsvl.data.errors import DataConfigError
-from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches, packed_modalities
+from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches, layouts, packed_modalities
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.mixture import SourceConfig, parse_sources
 from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceCollator
@@ -34,7 +39,7 @@ from dsvl.data.tokenize import TextEncoder
 from dsvl.model.spec import ImageInputSpec, VisionSpec
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: positions per logical data part (1: per rank and worker)
 
 
 def as_vision_spec(spec: VisionSpec | Mapping[str, Any] | None) -> VisionSpec | None:
@@ -84,6 +89,8 @@ class DSVLDataModule(L.LightningDataModule):
         val_max_batches: int | None = None,
         pin_memory: bool = False,
         mc_val: Mapping[str, Any] | None = None,
+        parts: int | None = None,
+        elastic_restart: bool = False,
     ) -> None:
         super().__init__()
         self.tokenizer_src = tokenizer
@@ -105,6 +112,10 @@ class DSVLDataModule(L.LightningDataModule):
         self.shuffle_buffer, self.seed, self.val_max_batches = int(shuffle_buffer), int(seed), val_max_batches
         # multiple-choice validation (`val/mc_acc`): {shards, batch_size, limit, mode, max_length}
         self.mc_val = dict(mc_val) if mc_val and mc_val.get("shards") else None
+        # logical data parts (null: world_size * max(num_workers, 1) at the first launch, then the checkpoint's)
+        self.parts, self.elastic_restart = (int(parts) if parts else None), bool(elastic_restart)
+        if self.parts is not None and self.parts < 1:
+            raise DataConfigError(f"data.parts must be >= 1 or null, got {parts}")
         BatchingConfig(mode=mode)  # fail early on a bad mode
         has_images = bool(self.vision and self.vision.inputs and self.vision.num_image_tokens > 0)
         if mode != "text_only" and not has_images and any(s.modality == "multimodal" for s in self.train_sources):
@@ -113,8 +124,10 @@ class DSVLDataModule(L.LightningDataModule):
         self.accounting = DataAccounting()
         self._encoder: SampleEncoder | None = None
         self._next_micro_index = 0
-        self._worker_states: dict[int, dict[str, Any]] = {}
+        self._parts: int | None = None  # the run's number of data parts, once known
+        self._positions: dict[int, dict[str, Any]] = {}  # latest position of each data part (resumed or built)
         self._resume: dict[str, Any] | None = None
+        self._skipped_before = SkipCounter()  # counts of a checkpoint whose streams restarted (elastic_restart)
         self._val_counter = SkipCounter()
 
     # --- building blocks ---------------------------------------------------------------------
@@ -169,18 +182,73 @@ class DSVLDataModule(L.LightningDataModule):
         """The dataset a fresh or resumed run reads, positioned at the next micro-batch."""
         self.check_sources(self.train_sources, "data.train_sources")
         rank, world = self._rank_world()
-        resume: dict[int, Any] = {}
-        start = self._next_micro_index
+        layout = world * max(self.num_workers, 1)
         if self._resume is not None:
-            saved_world = int(self._resume.get("world_size", world))
-            if saved_world != world:
-                log.warning("world size changed since the checkpoint (%s -> %s): data streams restart at micro-batch "
-                            "%s with fresh positions (not an exact resume)", saved_world, world, start)
-            else:
-                ranks = self._resume.get("ranks", {})
-                resume = {int(k): v for k, v in (ranks.get(str(rank)) or ranks.get(rank) or {}).items()}
+            self._resume_layout(world, layout)
+            self._resume = None
+        if self._parts is None:
+            self._parts = self.parts or layout
+        if self._parts % layout:
+            raise DataConfigError(f"data.parts={self._parts} cannot be built by {world} ranks x "
+                                  f"{max(self.num_workers, 1)} workers: world_size * max(num_workers, 1) "
+                                  f"must be one of {layouts(self._parts)}")
         return GlobalStepBatches(self.train_sources, self.encoder, self.schedule, self.batching(), rank, world,
-                                 start, resume)
+                                 self._next_micro_index, self._positions, self._parts)
+
+    def _resume_layout(self, world: int, layout: int) -> None:
+        """Map the checkpoint's data position onto this run's layout: the same global micro-batch
+        and every part's saved position when `layout` divides the saved parts, else (with
+        `elastic_restart`) fresh streams from the checkpoint's global step; else a one-line error."""
+        saved = self._resume or {}
+        saved_world, saved_next = int(saved.get("world_size", 1)), int(saved["next_micro_index"])
+        global_next = saved_next * saved_world
+        accumulate = self._accumulate()
+        per_step, saved_per_step = accumulate * world, int(saved.get("micro_batches_per_step", 0))
+        parts = int(saved.get("parts", 0))
+        problem = None
+        if not parts or not saved_per_step:
+            problem = "the checkpoint's data state (version 1) keeps positions per rank and worker, not per data part"
+        elif self.parts is not None and self.parts != parts:
+            problem = f"data.parts={self.parts} but the checkpoint's data is split into {parts} parts"
+        elif parts % layout:
+            problem = (f"{world} ranks x {max(self.num_workers, 1)} workers cannot continue the checkpoint's {parts} "
+                       f"data parts (world_size * max(num_workers, 1) must be one of {layouts(parts)})")
+        elif global_next % (saved_per_step if saved_per_step != per_step else world):
+            problem = "the checkpoint was saved inside a global step that this layout cannot continue"
+        if problem is None:
+            if saved_per_step != per_step or int(saved.get("micro_batch_size", 0)) != self.micro_batch_size:
+                log.warning("micro-batches per global step (%d -> %d) or micro_batch_size (%s -> %d) changed since the "
+                            "checkpoint: every data part continues where it stopped, but the sample order is not an "
+                            "uninterrupted run's", saved_per_step, per_step, saved.get("micro_batch_size"),
+                            self.micro_batch_size)
+                global_next = global_next // saved_per_step * per_step
+            self._parts = parts  # self._positions: the checkpoint's, from load_state_dict
+            self._next_micro_index = global_next // world
+            self._count_micro_batches_anew(saved_per_step // saved_world)
+            return
+        if not self.elastic_restart:
+            raise DataConfigError(f"cannot resume the data exactly: {problem}; resume on an allowed layout, "
+                                  "or set data.elastic_restart=true to restart the data streams (samples seen "
+                                  "before may repeat)")
+        step = global_next // saved_per_step if saved_per_step else saved_next // accumulate
+        log.warning("data.elastic_restart: %s; the data streams restart at global step %d with fresh positions "
+                    "(samples seen before may repeat)", problem, step)
+        # what every part (or, version 1, every rank and worker) skipped before the restart
+        self._skipped_before = SkipCounter.merged(pos.get("skipped", {}) for by_rank in saved.get("ranks", {}).values()
+                                                  for pos in by_rank.values())
+        self._parts, self._positions, self._next_micro_index = None, {}, step * accumulate
+        self._count_micro_batches_anew(saved_per_step // saved_world if saved_per_step else accumulate)
+
+    def _count_micro_batches_anew(self, saved_accumulate: int) -> None:
+        """Lightning puts accumulation boundaries where its count of micro-batches (restored from the
+        checkpoint) is a multiple of the accumulation: after a resume with another accumulation, that
+        count must be this rank's micro-batches so far, or the first step would take a partial batch."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or saved_accumulate == self._accumulate():
+            return
+        progress = trainer.fit_loop.epoch_loop.batch_progress  # the train loader is endless: one epoch
+        for counts in (progress.current, progress.total):
+            counts.ready = counts.started = counts.processed = counts.completed = self._next_micro_index
 
     def _loader(self, dataset: Any) -> DataLoader:
         kw: dict[str, Any] = {}
@@ -218,7 +286,7 @@ class DSVLDataModule(L.LightningDataModule):
         """Record the data position of each training batch as it is consumed; strip it from the batch."""
         if isinstance(batch, dict) and "state" in batch:
             state = batch.pop("state")
-            self._worker_states[int(state["worker"])] = state
+            self._positions[int(state["part"])] = state["position"]
             self.accounting.update(batch["modality"], batch["stats"], int(state["step"]))
             self._next_micro_index = max(self._next_micro_index, int(state["micro_index"]) + 1)
         return batch
@@ -231,39 +299,47 @@ class DSVLDataModule(L.LightningDataModule):
     def global_step_of_next_batch(self) -> int:
         return self._next_micro_index // self._accumulate()
 
+    def _mine(self) -> dict[int, dict[str, Any]]:
+        """Positions of the data parts this rank builds (part p is built by rank p mod world_size)."""
+        rank, world = self._rank_world()
+        return {p: pos for p, pos in self._positions.items() if p % world == rank}
+
     def skip_counts(self) -> SkipCounter:
-        """Samples skipped so far on this rank (training streams as consumed, plus validation)."""
-        c = SkipCounter.merged(s.get("skipped", {}) for s in self._worker_states.values())
-        if self._resume is not None and not self._worker_states:
-            c.merge(self._resume.get("skipped", {}))
+        """Samples skipped so far by this rank's data parts (training streams as consumed, plus validation)."""
+        c = SkipCounter.merged(s.get("skipped", {}) for s in self._mine().values())
+        if self._rank_world()[0] == 0:
+            c.merge(self._skipped_before.counts)
         return c
 
     def state_dict(self) -> dict[str, Any]:
-        """Position of every (rank, worker) stream. Gathers over ranks when torch.distributed runs
-        (Lightning calls this on every rank while saving a checkpoint)."""
+        """Position of every data part, by the rank that builds it. Gathers over ranks when
+        torch.distributed runs (Lightning calls this on every rank while saving a checkpoint)."""
         import torch.distributed as dist
 
-        mine = {str(k): v for k, v in self._worker_states.items()}
+        mine = {str(p): pos for p, pos in self._mine().items()}
         rank, world = self._rank_world()
         ranks: dict[str, Any] = {str(rank): mine}
         if world > 1 and dist.is_available() and dist.is_initialized():
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, (rank, mine))
             ranks = {str(r): m for r, m in gathered}  # type: ignore[misc]
-        return {"version": STATE_VERSION, "next_micro_index": self._next_micro_index, "world_size": world,
-                "num_workers": self.num_workers, "schedule": self.schedule.state_dict(), "ranks": ranks,
-                "skipped": self.skip_counts().as_dict(), "accounting": self.accounting.state_dict()}
+        return {"version": STATE_VERSION, "parts": self._parts or self.parts or world * max(self.num_workers, 1),
+                "next_micro_index": self._next_micro_index, "world_size": world, "num_workers": self.num_workers,
+                "micro_batches_per_step": self._accumulate() * world, "micro_batch_size": self.micro_batch_size,
+                "schedule": self.schedule.state_dict(), "ranks": ranks, "skipped": self.skip_counts().as_dict(),
+                "accounting": self.accounting.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state.get("version", 0)) != STATE_VERSION:
+        if int(state.get("version", 0)) not in (1, STATE_VERSION):
             raise DataConfigError(f"data state version {state.get('version')} is not {STATE_VERSION}")
         self.schedule.load_state_dict(state.get("schedule", {}))
         self._next_micro_index = int(state["next_micro_index"])
         self._resume = state
-        self._worker_states = {}
+        self._positions = {int(p): pos for r in state.get("ranks", {}).values() for p, pos in r.items()} \
+            if state.get("parts") else {}
         self.accounting.load_state_dict(state.get("accounting", {}))
-        log.info("data resumes at micro-batch %d (global step %d)", self._next_micro_index,
-                 self._next_micro_index // max(1, int(self.accumulate or 1)))
+        log.info("data resumes at micro-batch %d of %d ranks (global step %d)", self._next_micro_index,
+                 int(state.get("world_size", 1)), self._next_micro_index // max(1, int(self.accumulate or 1)))
 
     def teardown(self, stage: str) -> None:
         log.info("data: %s; consumed %s", self.skip_counts().summary(), self.accounting.as_dict())

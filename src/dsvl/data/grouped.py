@@ -1,14 +1,18 @@
 """Modality-grouped micro-batches (DeepSeek-VL paper): every global step draws all its micro-batches
 from the stream its modality names.
 
-`GlobalStepBatches` is an IterableDataset that itself walks global micro-batch indices
-i = 0, 1, 2, ...; micro-batch i belongs to global step i // accumulate_grad_batches, whose
-modality comes from the schedule. With W DataLoader workers, logical worker w builds micro-batches
-i = w (mod W) from its own part of every source, and the DataLoader's in-order round robin hands
-them to the trainer in index order. Each batch carries ``batch["state"]`` (its index and the
-worker's stream positions after it); `DSVLDataModule` strips it before the batch reaches the
-model and keeps the latest per worker for `state_dict`. On resume from index i0, DataLoader
-worker k plays logical worker (k + i0) mod W, so the next batch is exactly micro-batch i0.
+The data is split into V logical *parts*, fixed for the life of a run whatever the layout (each
+part owns shards k::V of every source, its mixtures, shuffle buffers, packers and skip counter).
+Micro-batches have a global index g = i * R + r (rank r's local micro-batch i, R ranks); micro-batch
+g belongs to global step g // (accumulate_grad_batches * R), whose modality comes from the
+schedule, and is built by part g mod V from that part's state alone. `GlobalStepBatches` is one
+rank's IterableDataset: DataLoader worker k of W walks local indices i = i0 + k + tW (the
+DataLoader's in-order round robin hands them to the trainer in index order); when R * W divides V
+it meets V / (R * W) parts, cyclically, and keeps each one's streams. So the global sequence of
+micro-batches depends on V, the micro-batch size and the global batch, not on R or W: a run
+resumed on another world size or worker count continues it exactly. Each batch carries
+``batch["state"]`` (its indices and its part's position after it); `DSVLDataModule` strips it
+before the batch reaches the model and keeps the latest position per part for `state_dict`.
 
 Modes: ``grouped`` (the paper), ``mixed`` (both modalities inside every micro-batch, by the
 same scheduled ratio: the baseline the benchmark compares against), ``text_only``,
@@ -16,7 +20,6 @@ same scheduled ratio: the baseline the benchmark compares against), ``text_only`
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
@@ -32,7 +35,6 @@ from dsvl.data.packing import BufferedPacker
 from dsvl.data.schedule import MULTIMODAL, TEXT, ModalitySchedule
 from dsvl.data.streams import Part, SourceReader, expand_urls
 
-log = logging.getLogger(__name__)
 MODES = ("grouped", "mixed", "text_only", "multimodal_only")
 
 
@@ -89,15 +91,38 @@ def build_mixtures(sources: Sequence[SourceConfig], encoder: SampleEncoder, part
     return out
 
 
+@dataclass
+class PartStreams:
+    """One logical part's mixtures, packers and skip counter (what a DataLoader worker holds per part)."""
+
+    streams: dict[str, Mixture]
+    packers: dict[str, BufferedPacker]
+    counter: SkipCounter
+
+    def position(self, global_index: int) -> dict[str, Any]:
+        """The part's state after building micro-batch `global_index` (what the checkpoint keeps)."""
+        return {"global_index": global_index, "streams": {m: s.state_dict() for m, s in self.streams.items()},
+                "packers": {m: p.state_dict() for m, p in self.packers.items()}, "skipped": self.counter.as_dict()}
+
+
+def layouts(parts: int) -> list[int]:
+    """The values of world_size * max(num_workers, 1) that can build `parts` data parts: its divisors."""
+    return [n for n in range(1, parts + 1) if parts % n == 0]
+
+
 class GlobalStepBatches(IterableDataset):
-    """Endless, deterministic stream of micro-batch dicts (docs/architecture.md) for one rank."""
+    """Endless, deterministic stream of micro-batch dicts (docs/architecture.md) for one rank.
+
+    `parts` is the number of logical data parts (default: world_size * DataLoader workers);
+    `start_micro_index` is this rank's next local micro-batch and `resume` the saved position of
+    each part (by part index) the run continues from."""
 
     def __init__(self, sources: Sequence[SourceConfig], encoder: SampleEncoder, schedule: ModalitySchedule,
                  cfg: BatchingConfig, rank: int = 0, world_size: int = 1, start_micro_index: int = 0,
-                 resume: Mapping[int, Mapping[str, Any]] | None = None) -> None:
+                 resume: Mapping[int, Mapping[str, Any]] | None = None, parts: int | None = None) -> None:
         super().__init__()
         self.sources, self.encoder, self.schedule, self.cfg = list(sources), encoder, schedule, cfg
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.parts = rank, world_size, parts
         self.start_micro_index, self.resume = start_micro_index, dict(resume or {})
         have = {s.modality for s in self.sources if s.weight > 0}
         need = {"text_only": {TEXT}, "multimodal_only": {MULTIMODAL}}.get(cfg.mode, set())
@@ -109,54 +134,48 @@ class GlobalStepBatches(IterableDataset):
                              f"config has {sorted(have) or 'none'}")
         self.image_inputs = [(i.name, i.size) for i in (encoder.images.spec.inputs if encoder.images else ())]
 
-    def step_of(self, micro_index: int) -> int:
-        return micro_index // self.cfg.accumulate_grad_batches
+    def step_of(self, global_index: int) -> int:
+        """Global step of micro-batch g: the same whatever the layout, for a given global batch."""
+        return global_index // (self.cfg.accumulate_grad_batches * self.world_size)
 
-    def modality_of(self, micro_index: int) -> str:
+    def modality_of(self, global_index: int) -> str:
         """Modality of a micro-batch: that of its global step (same on every rank)."""
         if self.cfg.mode == "text_only":
             return TEXT
         if self.cfg.mode == "multimodal_only":
             return MULTIMODAL
-        return self.schedule.modality(self.step_of(micro_index))
+        return self.schedule.modality(self.step_of(global_index))
 
-    def _mixed_text_count(self, i: int) -> int:
-        """Text samples in micro-batch i of a mixed batch: error diffusion on the scheduled ratio."""
+    def _mixed_text_count(self, g: int) -> int:
+        """Text samples in micro-batch g of a mixed batch: error diffusion on the scheduled ratio."""
         B = self.cfg.micro_batch_size
-        r = self.schedule.language_ratio(self.step_of(i))
-        return int(math.floor(r * (i + 1) * B + 0.5) - math.floor(r * i * B + 0.5))
+        r = self.schedule.language_ratio(self.step_of(g))
+        return int(math.floor(r * (g + 1) * B + 0.5) - math.floor(r * g * B + 0.5))
 
-    def _make(self, i: int, streams: dict[str, Mixture], packers: dict[str, BufferedPacker]) -> dict[str, Any]:
+    def _make(self, g: int, part: PartStreams) -> dict[str, Any]:
         B, pad = self.cfg.micro_batch_size, self.encoder.text.pad_id
         pad_to = self.cfg.max_length if self.cfg.pad_to_max_length else None
+        streams = part.streams
         if self.cfg.mode == "mixed":
             if MULTIMODAL not in streams:
                 n_text = B
             elif TEXT not in streams:
                 n_text = 0
             else:
-                n_text = self._mixed_text_count(i)
+                n_text = self._mixed_text_count(g)
             samples = [streams[TEXT].pop() for _ in range(n_text)] + [streams[MULTIMODAL].pop() for _ in range(B - n_text)]
             return collate_rows([[s] for s in samples], pad, self.image_inputs, pad_to)
-        modality = self.modality_of(i)
-        stream = streams[modality]
-        if modality in packers:
-            return collate_rows(packers[modality].rows(B), pad, self.image_inputs, pad_to)
-        return collate_rows([[stream.pop()] for _ in range(B)], pad, self.image_inputs, pad_to)
+        modality = self.modality_of(g)
+        if modality in part.packers:
+            return collate_rows(part.packers[modality].rows(B), pad, self.image_inputs, pad_to)
+        return collate_rows([[streams[modality].pop()] for _ in range(B)], pad, self.image_inputs, pad_to)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        k, W = (info.id, info.num_workers) if info is not None else (0, 1)
-        i = self.start_micro_index + k
-        lw = i % W
-        saved = self.resume.get(lw)
-        if saved is not None and int(saved.get("num_workers", W)) != W:
-            log.warning("data workers changed since the checkpoint (%s -> %s): streams restart, resume is not exact",
-                        saved.get("num_workers"), W)
-            saved = None
+    def _open(self, index: int, parts: int) -> PartStreams:
+        """Part `index`'s streams, fresh or at its saved position."""
+        saved = self.resume.get(index)
         counter = SkipCounter(saved.get("skipped") if saved else None)
-        part = Part(self.rank, self.world_size, lw, W)
-        streams = build_mixtures(self.sources, self.encoder, part, self.cfg.seed, self.cfg.shuffle_buffer, counter)
+        streams = build_mixtures(self.sources, self.encoder, Part(index, parts), self.cfg.seed, self.cfg.shuffle_buffer,
+                                 counter)
         packing = self.cfg.packing if self.cfg.mode in ("grouped", "text_only", "multimodal_only") else frozenset()
         packers = {m: BufferedPacker(s, self.cfg.max_length, self.cfg.packing_buffer)
                    for m, s in streams.items() if m in packing}
@@ -170,12 +189,26 @@ class GlobalStepBatches(IterableDataset):
             # redrawing a buffer meets again the bad samples already counted before the checkpoint
             counter.counts.clear()
             counter.merge(saved.get("skipped") or {})
+        return PartStreams(streams, packers, counter)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        k, W = (info.id, info.num_workers) if info is not None else (0, 1)
+        R, r = self.world_size, self.rank
+        V = self.parts or R * W
+        if V % (R * W):
+            raise DataConfigError(f"{R} ranks x {W} data workers cannot build {V} data parts: "
+                                  f"ranks x max(num_workers, 1) must be one of {layouts(V)}")
+        held: dict[int, PartStreams] = {}
+        i = self.start_micro_index + k
         while True:
-            batch = self._make(i, streams, packers)
-            batch["state"] = {"micro_index": i, "step": self.step_of(i), "worker": lw, "num_workers": W,
-                              "rank": self.rank, "streams": {m: s.state_dict() for m, s in streams.items()},
-                              "packers": {m: p.state_dict() for m, p in packers.items()},
-                              "skipped": counter.as_dict()}
+            g = i * R + r
+            p = g % V
+            if p not in held:
+                held[p] = self._open(p, V)
+            batch = self._make(g, held[p])
+            batch["state"] = {"micro_index": i, "step": self.step_of(g), "rank": r, "part": p,
+                              "position": held[p].position(g)}
             yield batch
             i += W
 
@@ -194,7 +227,7 @@ class EvalBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         k, W = (info.id, info.num_workers) if info is not None else (0, 1)
-        part = Part(self.rank, self.world_size, k, W)
+        part = Part.of(self.rank, self.world_size, k, W)
         for modality in (TEXT, MULTIMODAL):
             enc = self.encoder.for_modality(modality)
             readers = [SourceReader(s.name, expand_urls(s.urls), part, 0, enc.for_format(s.format), self.counter,

@@ -1,10 +1,11 @@
 """Webdataset shard streams: read tars, split across ranks and workers, shuffle, resume by position.
 
-A `SourceReader` is one (rank, worker) part of one source. Each epoch it shuffles the shard list
-with (seed, source, epoch), takes its part (whole shards when there are at least as many shards
-as parts, else every n-th sample of all shards), shuffles samples through a seeded buffer and
-counts how many raw samples it consumed. Parts are disjoint within an epoch, so two ranks never
-see the same sample of that epoch.
+A `SourceReader` is one part of one source (training: a logical data part, see grouped.py;
+evaluation: a (rank, worker) part). Each epoch it shuffles the shard list with (seed, source,
+epoch), takes its part (whole shards when there are at least as many shards as parts, else every
+n-th sample of all shards), shuffles samples through a seeded buffer and counts how many raw
+samples it consumed. Parts are disjoint within an epoch, so two parts never see the same sample
+of that epoch.
 
 Its position ``(epoch, offset, where)`` resumes in constant time: `where` holds the byte offset
 in the current shard of the next sample to read, the shuffle buffer's members as references
@@ -119,22 +120,18 @@ def iter_samples(urls: str | list[str], counter: SkipCounter | None = None) -> I
                 counter.add(e.reason, e.key, e.detail)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Part:
-    """Which part of every source this reader gets: parts = world_size * num_workers."""
+    """Part `index` of `count` of every source: whole shards index::count of the epoch's shard order, or
+    every count-th sample of all shards when there are fewer shards than parts."""
 
-    rank: int = 0
-    world_size: int = 1
-    worker: int = 0
-    num_workers: int = 1
+    index: int = 0
+    count: int = 1
 
-    @property
-    def index(self) -> int:
-        return self.rank * self.num_workers + self.worker
-
-    @property
-    def count(self) -> int:
-        return self.world_size * self.num_workers
+    @classmethod
+    def of(cls, rank: int, world_size: int, worker: int, num_workers: int) -> "Part":
+        """The part of one (rank, DataLoader worker): parts = world_size * num_workers."""
+        return cls(rank * num_workers + worker, world_size * num_workers)
 
 
 class SourceReader:
@@ -255,7 +252,7 @@ class SourceReader:
                 empty_epochs = 0 if self._good else empty_epochs + 1
                 if empty_epochs >= 2:
                     raise RuntimeError(f"data source {self.name!r} has no readable samples for part "
-                                       f"{self.part.index}/{self.part.count} (rank {self.part.rank})")
+                                       f"{self.part.index} of {self.part.count}")
                 self.epoch, self.offset, self._started = self.epoch + 1, 0, False
                 continue
             self.offset += 1

@@ -1,0 +1,113 @@
+"""Elastic resume (issue 14): a checkpoint of a 2-process run resumes on 1 process, and a checkpoint of
+that 1-process run resumes on 2 processes, with the same global batch (4 = 2 ranks x 2 or 1 rank x 2
+accumulated x 2). The data is split into 2 logical parts at the first launch, kept by the checkpoints,
+and every global micro-batch is built by the same part from the same position whatever the layout: the
+sample keys of every micro-batch, the modality of every step and the losses equal the uninterrupted
+2-process run's, so no sample is repeated or skipped.
+
+Chain (trainer=ddp on gloo / one CPU process; the demo model; `dsvl-train` through torchrun):
+  reference: 2 processes, steps 0-5, a checkpoint after every step
+  shrunk:    1 process from the reference's checkpoint after step 3 (data.parts stays 2), steps 3-5
+  grown:     2 processes from the shrunk run's checkpoint after step 4, steps 4-5
+The uninterrupted run's checkpoint after step 3 is the one a run stopped there would have written
+(the data position is that of the consumed batches)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+HOOKS = HERE.parent / "reliability"  # reliability_hooks.StepRecorder: one JSON line per micro-batch, per rank
+sys.path[:0] = [str(HERE), str(HOOKS)]
+from dist_worker import overrides  # noqa: E402
+
+pytestmark = pytest.mark.slow
+STEPS, GLOBAL_BATCH, MICRO = 6, 4, 2
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    from dsvl.data.demo import make_demo_data
+
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_data(out, seed=0, train_size=120, eval_size=8, shard_size=20, parts=False)
+    return out
+
+
+def _args(demo: Path, out: Path, devices: int, *extra: str) -> list[str]:
+    strategy = "ddp" if devices > 1 else "single"
+    return [*overrides(strategy, str(demo), STEPS, devices, GLOBAL_BATCH, MICRO), "data.num_workers=0",
+            # the demo model from a seeded random init (no pretrained parts to make)
+            "model.llm.pretrained=null", "model.vision.low.pretrained=null", "model.vision.high.pretrained=null",
+            "+callbacks.model_checkpoint._target_=dsvl.callbacks.RunCheckpoint",
+            f"+callbacks.model_checkpoint.dirpath={out}/checkpoints", "callbacks.model_checkpoint.every_n_train_steps=1",
+            "+callbacks.model_checkpoint.save_top_k=-1",
+            "+callbacks.record._target_=reliability_hooks.StepRecorder", f"+callbacks.record.path='{out}/rank{{rank}}.jsonl'",
+            *extra]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(args: list[str], out: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "--module", "dsvl.cli.train", f"hydra.run.dir={out}", *args]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOOKS), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="offline")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+
+
+def _one_process(args: list[str], out: Path) -> None:
+    from dsvl.cli._config import compose
+    from dsvl.cli.train import train
+
+    train(compose(args, output_dir=str(out)))
+
+
+def _global_order(out: Path, ranks: int) -> list[dict[str, Any]]:
+    """The run's micro-batches in global order: per step, micro-batch i of rank r is number i * ranks + r."""
+    rows = [[json.loads(line) for line in (out / f"rank{r}.jsonl").read_text().splitlines()] for r in range(ranks)]
+    assert len({len(r) for r in rows}) == 1
+    accumulate = GLOBAL_BATCH // (MICRO * ranks)  # the recorded loss is divided by the accumulation
+    return [dict(rows[r][n], rank=r, loss=rows[r][n]["loss"] * accumulate) for n in range(len(rows[0])) for r in range(ranks)]
+
+
+def _checkpoint(out: Path, step: int) -> Path:
+    (path,) = (out / "checkpoints").glob(f"*step={step + 1}.ckpt")  # Lightning counts the steps done
+    return path
+
+
+def _same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert [(r["step"], r["modality"]) for r in got] == [(r["step"], r["modality"]) for r in want]
+    for g, w in zip(got, want):
+        assert g["keys"] == w["keys"], (g["step"], g["rank"], w["rank"])
+        assert g["loss"] == pytest.approx(w["loss"], abs=1e-4), (g["step"], g["loss"], w["loss"])
+
+
+def test_resume_on_one_process_then_on_two_continues_the_two_process_run(demo, tmp_path):
+    ref_dir, shrunk_dir, grown_dir = tmp_path / "ref", tmp_path / "shrunk", tmp_path / "grown"
+    _two_processes(_args(demo, ref_dir, 2), ref_dir)
+    ref = _global_order(ref_dir, 2)
+    assert [r["step"] for r in ref] == [s for s in range(STEPS) for _ in range(2)]
+    assert {r["modality"] for r in ref} == {"text", "multimodal"}
+    keys = [k for r in ref for k in r["keys"]]
+    assert len(keys) == len(set(keys))  # 6 steps x 4 samples, each once (one epoch of each part)
+
+    _one_process(_args(demo, shrunk_dir, 1, f"ckpt_path='{_checkpoint(ref_dir, 2)}'"), shrunk_dir)
+    shrunk = _global_order(shrunk_dir, 1)
+    _same(shrunk, ref[3 * 2:])  # steps 3-5 on one process: 2 micro-batches accumulated per step
+
+    _two_processes(_args(demo, grown_dir, 2, f"ckpt_path='{_checkpoint(shrunk_dir, 3)}'"), grown_dir)
+    _same(_global_order(grown_dir, 2), ref[4 * 2:])  # steps 4-5 on two processes again
+
