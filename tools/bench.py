@@ -491,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "trainer" not in args.skip and (not quick or args.only):  # two training runs: asked for, not smoke-tested
             from bench_trainer import bench_trainer
 
-            results["trainer"] = bench_trainer(data_dir, tmp, *((6, 2) if quick else (40, 5)), threads=args.threads)
+            results["trainer"] = bench_trainer(data_dir, tmp, *((6, 2) if quick else (40, 5)), threads=args.threads,
+                                               repeats=1 if quick else 2)
         if args.device == "cuda":
             if not torch.cuda.is_available():
                 raise SystemExit("--device cuda: no CUDA device visible")
