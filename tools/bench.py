@@ -21,6 +21,8 @@ Sections (each a ratio of two things measured here, now, on the same machine):
 - memory: peak RSS per rank of a 2-process FSDP2 build / load of the 1.3B preset over one process
   holding it whole (goal <= 0.65; tools/bench_scale.py);
 - resume: seconds to resume a data stream after 10x the consumed samples over 1x (goal <= 1.5);
+- trainer: SFT samples/s and peak RSS, dsvl vs TRL's SFTTrainer on the same tiny hybrid checkpoint and
+  samples (goal >= 1.2; tools/bench_trainer.py, needs the `bench` extra);
 - eval: questions/s of multiple-choice option scoring at the mid size, each option row encoding its
   own copy of the question's images vs each question's images encoded once (`tools/bench_eval.py`);
 - cuda (only with --device cuda): tokens/s and model FLOPs utilisation of stage-2 steps.
@@ -391,6 +393,9 @@ def table(results: dict[str, Any]) -> str:
     from bench_packing import rows as packing_rows
 
     rows += packing_rows(results.get("packing", {}))
+    from bench_trainer import rows as trainer_rows
+
+    rows += trainer_rows(results.get("trainer", {}))
     d = results.get("images")
     if d:
         rows.append(("images/s per worker, 384+1024 (dsvl / transformers)", f"{d['ratio']:.2f}", ">= 1.0",
@@ -438,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak for MFU (default: known GPUs)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: one core per measurement, stable when the machine is shared)")
-    sections = ["overhead", "grouping", "packing", "images", "convert", "rss", "memory", "resume", "eval"]
+    sections = ["overhead", "grouping", "packing", "images", "convert", "rss", "memory", "resume", "eval", "trainer"]
     ap.add_argument("--skip", nargs="*", default=[], choices=sections)
     ap.add_argument("--only", nargs="*", default=None, choices=sections, help="run only these sections")
     args = ap.parse_args(argv)
@@ -483,6 +488,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             from bench_eval import bench_option_scoring
 
             results["eval"] = bench_option_scoring(data_dir, 8 if quick else 48, repeats, args.device)
+        if "trainer" not in args.skip and (not quick or args.only):  # two training runs: asked for, not smoke-tested
+            from bench_trainer import bench_trainer
+
+            results["trainer"] = bench_trainer(data_dir, tmp, *((6, 2) if quick else (40, 5)), threads=args.threads,
+                                               repeats=1 if quick else 2)
         if args.device == "cuda":
             if not torch.cuda.is_available():
                 raise SystemExit("--device cuda: no CUDA device visible")

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .fused_loss import fused_linear_cross_entropy
 from .spec import VisionSpec
 from .summary import parameter_summary
 from .vision import VisionEncoder
@@ -42,25 +43,40 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return total / count.clamp(min=1), count
 
 
-LOSS_CHUNK = 1024  # positions per chunk of `chunked_next_token_loss`: 1024 x 102,400 fp32 logits = 0.4 GB
+LOSS_CHUNK = 1024  # positions per chunk of the fallback path of `chunked_next_token_loss`: 1024 x 102,400 fp32 logits = 0.4 GB
 
 
 def _chunk_nll_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
+def fusable_head(head: nn.Module) -> bool:
+    """True for a plain `nn.Linear` whose weight is an ordinary tensor and that has no hooks: the fused
+    loss calls its weight directly. A peft LoRA wrapper, an FSDP2-sharded (DTensor) or hooked head runs
+    its own forward instead (the checkpointed chunks)."""
+    if type(head) is not nn.Linear or head._forward_hooks or head._forward_pre_hooks:
+        return False
+    return all(type(p) in (torch.Tensor, nn.Parameter) for p in (head.weight, head.bias) if p is not None)
+
+
 def chunked_next_token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
-                            chunk: int = LOSS_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """`next_token_loss(head(hidden), labels)` without materialising the logits: only supervised
-    positions go through the output head, `chunk` at a time, each chunk under activation
-    checkpointing, so forward and backward hold one chunk's fp32 logits (and their gradient) at once."""
+                            chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`next_token_loss(head(hidden), labels)` without materialising the logits; only supervised
+    positions go through the output head. A plain linear head takes the fused head + cross-entropy
+    (`fused_loss`: gradients made chunk by chunk in the forward, no logits kept; `chunk` positions, by
+    default a 64 MB bound); any other head runs `chunk` (default `LOSS_CHUNK`) positions at a time
+    under activation checkpointing, holding one chunk's fp32 logits and their gradient at once."""
     shift_labels = labels[:, 1:].to(hidden.device)
     keep = shift_labels != IGNORE_INDEX
     count = keep.sum()
     states, targets = hidden[:, :-1][keep], shift_labels[keep]
+    if fusable_head(head):
+        total = fused_linear_cross_entropy(states, head.weight, head.bias, targets, chunk)
+        return total / count.clamp(min=1), count
     total = states.float().sum() * 0.0  # a zero with a graph, also when nothing is supervised
-    for i in range(0, int(targets.shape[0]), chunk):
-        part = checkpoint(_chunk_nll_sum, head, states[i:i + chunk], targets[i:i + chunk], use_reentrant=False)
+    step = chunk or LOSS_CHUNK
+    for i in range(0, int(targets.shape[0]), step):
+        part = checkpoint(_chunk_nll_sum, head, states[i:i + step], targets[i:i + step], use_reentrant=False)
         total = total + part
     return total / count.clamp(min=1), count
 
