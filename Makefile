@@ -31,6 +31,7 @@ test: setup
 	$(PY) -m pytest $(ARGS)
 
 bench: setup
+	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"  # TRL, for the dsvl-vs-SFTTrainer row only
 	$(PY) tools/bench.py $(ARGS)
 
 clean:

@@ -15,9 +15,9 @@ exact. Memory per GPU (one process, no sharding) is the sum of:
   (norm inputs/outputs, q/k/v after RoPE, attention output, o_proj input, SwiGLU's four i-wide tensors)
   plus the fp32 copies RMSNorm makes of a bf16 input (2 x 4d bytes); LoRA adds each adapted layer's
   rank-r output (and its dropout copy of the input); trainable towers add 8d + 2i per layer and token;
-  the loss is chunked (`dsvl.model.vlm.chunked_next_token_loss`): it keeps the final hidden states of the
-  supervised positions (seq x d) and holds one chunk of fp32 logits and their gradient (chunk x vocab x 8 B)
-  at a time, never the full seq x vocab logits. With activation
+  the loss is fused with the head (`dsvl.model.fused_loss`): it keeps the final hidden states of the
+  supervised positions (seq x d) and holds one chunk of fp32 logits and their gradient (at most 64 MB of
+  logits: chunk x vocab x 8 B) at a time, never the full seq x vocab logits. With activation
   checkpointing each layer keeps only its input (d elements per token) plus one layer recomputed at a time;
 - 1.5 GiB for the CUDA context, cuBLAS workspaces and allocator slack.
 Estimates, not measurements: tests/finetune/test_memory_plan.py checks counts, weight, gradient and
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dsvl.model import build_model, model_config  # noqa: E402
 from dsvl.model.lora import LoraSettings, apply_lora, is_lora_param  # noqa: E402
-from dsvl.model.vlm import LOSS_CHUNK  # noqa: E402
+from dsvl.model.fused_loss import chunk_positions  # noqa: E402
 from dsvl.stages.freezing import apply_freezing  # noqa: E402
 
 GIB = 1024**3
@@ -121,7 +121,7 @@ def activation_bytes(model: torch.nn.Module, mode: Mode, seq_len: int, checkpoin
         layer += 2 * 4 * cfg.hidden_size * seq_len  # RMSNorm's fp32 copies of its bf16 input
     layers = cfg.num_hidden_layers
     llm = (layers * cfg.hidden_size * b * seq_len + layer) if checkpointing else layers * layer
-    logits = seq_len * cfg.hidden_size * b + (min(seq_len, LOSS_CHUNK) * cfg.vocab_size * 8 if transient else 0)
+    logits = seq_len * cfg.hidden_size * b + (min(seq_len, chunk_positions(cfg.vocab_size)) * cfg.vocab_size * 8 if transient else 0)
     towers = 0.0
     trainable = {n for n, m in model.parts().items() if any(p.requires_grad for p in m.parameters())}
     low = model.vision.low
