@@ -5,7 +5,8 @@ and every global micro-batch is built by the same part from the same position wh
 sample keys of every micro-batch, the modality of every step and the losses equal the uninterrupted
 2-process run's, so no sample is repeated or skipped.
 
-Chain (trainer=ddp on gloo / one CPU process; the demo model; `dsvl-train` through torchrun):
+Chain (trainer=fsdp: FSDP2 on gloo, sharded `torch.distributed.checkpoint` checkpoints, so the model and
+optimizer state re-shard through DCP between 2 ranks and 1; the demo model; `dsvl-train` through torchrun):
   reference: 2 processes, steps 0-5, a checkpoint after every step
   shrunk:    1 process from the reference's checkpoint after step 3 (data.parts stays 2), steps 3-5
   grown:     2 processes from the shrunk run's checkpoint after step 4, steps 4-5
@@ -42,8 +43,7 @@ def demo(tmp_path_factory) -> Path:
 
 
 def _args(demo: Path, out: Path, devices: int, *extra: str) -> list[str]:
-    strategy = "ddp" if devices > 1 else "single"
-    return [*overrides(strategy, str(demo), STEPS, devices, GLOBAL_BATCH, MICRO), "data.num_workers=0",
+    return [*overrides("fsdp", str(demo), STEPS, devices, GLOBAL_BATCH, MICRO), "data.num_workers=0",
             # the demo model from a seeded random init (no pretrained parts to make)
             "model.llm.pretrained=null", "model.vision.low.pretrained=null", "model.vision.high.pretrained=null",
             "+callbacks.model_checkpoint._target_=dsvl.callbacks.RunCheckpoint",

@@ -27,7 +27,7 @@ def test_fresh_run_without_checkpoint(tmp_path):
     assert resume_from(_cfg(tmp_path, "auto_resume=true")) is None  # nothing yet: start fresh
     with pytest.raises(CheckpointError, match=r"ckpt_path=last: no last.ckpt in .*run/checkpoints; point hydra.run.dir"):
         resume_from(_cfg(tmp_path, "ckpt_path=last"))
-    with pytest.raises(CheckpointError, match=r"ckpt_path=.*nope.ckpt: no such checkpoint file \(accepted: a .ckpt file"):
+    with pytest.raises(CheckpointError, match=r"ckpt_path=.*nope.ckpt: no such checkpoint \(accepted: a .ckpt file"):
         resume_from(_cfg(tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}"))
 
 
@@ -51,6 +51,34 @@ def test_unsafe_last_checkpoint_is_refused(tmp_path):
             return (os.makedirs, (str(tmp_path / "PWNED"),))
 
     _save_last(tmp_path, {"global_step": 1, "x": Payload()})
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
+        resume_from(_cfg(tmp_path, "auto_resume=true"))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_sharded_checkpoint_directories_resume_and_are_checked(tmp_path):
+    """trainer=fsdp writes every .ckpt as a torch.distributed.checkpoint directory: `last`, `auto_resume` and an
+    explicit path find it, its non-tensor state (meta.pt) is opened the safe way, and init_from says how to use it."""
+    import os
+
+    from dsvl.cli.validate import check_checkpoints
+
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.mkdir(parents=True)
+    (last / ".metadata").write_bytes(b"dcp")
+    torch.save({"global_step": 3, "loops": {}}, last / "meta.pt")
+    assert resume_from(_cfg(tmp_path, "ckpt_path=last")) == "last"
+    assert resume_from(_cfg(tmp_path, "auto_resume=true")) == "last"
+    assert resume_from(_cfg(tmp_path, f"ckpt_path={last}")) == str(last)
+    check_checkpoints({"ckpt_path": str(last)})
+    with pytest.raises(CheckpointError, match="sharded .*consolidate_checkpoint.py"):
+        check_checkpoints({"init_from": str(last)})
+
+    class Payload:
+        def __reduce__(self):
+            return (os.makedirs, (str(tmp_path / "PWNED"),))
+
+    torch.save({"global_step": 3, "x": Payload()}, last / "meta.pt")
     with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
         resume_from(_cfg(tmp_path, "auto_resume=true"))
     assert not (tmp_path / "PWNED").exists()

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from dsvl.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run_id"
+# frozen parts are in eval mode by design (VLMStage.train); Lightning warns about any module in eval mode at fit start
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def close_wandb(crashed: bool = False) -> None:
@@ -168,7 +171,7 @@ def resume_from(cfg: DictConfig) -> str | None:
     `auto_resume=true` means "last" when `<ckpt_dir>/last.ckpt` exists (a restarted job then ignores
     `init_from`: its own progress wins over the previous stage), else a fresh start.
     """
-    from dsvl.model.safe_load import check_checkpoint
+    from dsvl.model.safe_load import check_checkpoint, is_checkpoint
 
     requested = cfg.get("ckpt_path")
     last = ckpt_dir(cfg) / "last.ckpt"
@@ -177,10 +180,10 @@ def resume_from(cfg: DictConfig) -> str | None:
     if requested == "hpc":  # SLURM requeue: Lightning's hpc_ckpt_<n>.ckpt in the run dir
         candidates = sorted(Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir).glob("hpc_ckpt_*.ckpt"))
     elif requested == "last" or (cfg.get("auto_resume") and not requested):
-        if requested == "last" and not last.is_file():
+        if requested == "last" and not is_checkpoint(last):
             raise CheckpointError(f"ckpt_path=last: no last.ckpt in {last.parent}; point hydra.run.dir at the run to resume "
                                   "(or use auto_resume=true to start fresh when there is none)")
-        if not last.is_file():
+        if not is_checkpoint(last):
             if not run_dir_is_fixed():
                 log.warning("auto_resume=true with a new timestamped run dir (%s): a restarted job will not find this "
                             "run's checkpoints; set hydra.run.dir=outputs/<name>", last.parent.parent)
@@ -191,8 +194,9 @@ def resume_from(cfg: DictConfig) -> str | None:
             cfg.init_from = None
     elif requested:
         candidates = [Path(str(requested)).expanduser()]
-        if not candidates[0].is_file():
-            raise CheckpointError(f"ckpt_path={requested}: no such checkpoint file (accepted: a .ckpt file, 'last' or 'hpc')")
+        if not is_checkpoint(candidates[0]):
+            raise CheckpointError(f"ckpt_path={requested}: no such checkpoint (accepted: a .ckpt file, a sharded .ckpt "
+                                  "directory, 'last' or 'hpc')")
         requested = str(candidates[0])
     else:
         return None

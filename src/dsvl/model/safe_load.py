@@ -71,11 +71,28 @@ def load_weights(path: str | Path, map_location: Any = "cpu") -> dict[str, torch
     return state
 
 
+SHARDED_META = "meta.pt"  # what Lightning's FSDP2 strategy keeps outside the tensors of a sharded checkpoint
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """A `torch.distributed.checkpoint` directory, as `trainer=fsdp` writes `last.ckpt` and every `.ckpt`."""
+    return Path(path).is_dir() and (Path(path) / ".metadata").is_file()
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A checkpoint file or a sharded checkpoint directory."""
+    return Path(path).is_file() or is_sharded_checkpoint(path)
+
+
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Open a checkpoint the safe way (tensors memory-mapped, not read) before a run commits to it.
+    """Open a checkpoint the safe way (tensors memory-mapped, not read) before a run commits to it; of a
+    sharded checkpoint, its non-tensor state (`meta.pt`: loop, data and callback states), the part
+    Lightning unpickles (the tensors are read by torch.distributed.checkpoint).
 
     Returns the top-level dict without its tensor payloads being read; raises `UnsafeCheckpointError`.
     """
+    if is_sharded_checkpoint(path):
+        path = Path(path) / SHARDED_META
     ckpt = safe_torch_load(path, map_location="cpu", mmap=True)
     if not isinstance(ckpt, dict):
         raise UnsafeCheckpointError(f"cannot load {path}: expected a checkpoint dict, found {type(ckpt).__name__}")
