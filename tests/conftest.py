@@ -35,3 +35,26 @@ def _restore_logger_levels():
             lg.setLevel(before.get(name, (logging.NOTSET, True))[0])
             lg.propagate = before.get(name, (0, True))[1]
     logging.root.setLevel(root_level)
+
+
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_process_group():
+    """A test that runs a distributed strategy in this process must leave no default process group and no
+    MASTER_* / RANK variables: later tests could not start their own group, and every subprocess they start
+    would inherit the variables and wait for a rendezvous that never comes."""
+    before = {k: os.environ.get(k) for k in DIST_ENV}
+    yield
+    import torch.distributed as dist
+
+    leaked = dist.is_available() and dist.is_initialized()
+    if leaked:
+        dist.destroy_process_group()
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    assert not leaked, "the test left a default torch.distributed process group in the pytest process"

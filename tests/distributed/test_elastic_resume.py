@@ -59,20 +59,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(args: list[str], out: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+def _torchrun(args: list[str], out: Path, processes: int = 2) -> None:
+    """`dsvl-train` under torchrun (one process too: an in-process FSDP2 run would leave this pytest process
+    a default process group and the MASTER_* / RANK variables, which later tests and their subprocesses inherit)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "--module", "dsvl.cli.train", f"hydra.run.dir={out}", *args]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOOKS), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="offline")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-
-
-def _one_process(args: list[str], out: Path) -> None:
-    from dsvl.cli._config import compose
-    from dsvl.cli.train import train
-
-    train(compose(args, output_dir=str(out)))
 
 
 def _global_order(out: Path, ranks: int) -> list[dict[str, Any]]:
@@ -97,17 +92,17 @@ def _same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
 
 def test_resume_on_one_process_then_on_two_continues_the_two_process_run(demo, tmp_path):
     ref_dir, shrunk_dir, grown_dir = tmp_path / "ref", tmp_path / "shrunk", tmp_path / "grown"
-    _two_processes(_args(demo, ref_dir, 2), ref_dir)
+    _torchrun(_args(demo, ref_dir, 2), ref_dir)
     ref = _global_order(ref_dir, 2)
     assert [r["step"] for r in ref] == [s for s in range(STEPS) for _ in range(2)]
     assert {r["modality"] for r in ref} == {"text", "multimodal"}
     keys = [k for r in ref for k in r["keys"]]
     assert len(keys) == len(set(keys))  # 6 steps x 4 samples, each once (one epoch of each part)
 
-    _one_process(_args(demo, shrunk_dir, 1, f"ckpt_path='{_checkpoint(ref_dir, 2)}'"), shrunk_dir)
+    _torchrun(_args(demo, shrunk_dir, 1, f"ckpt_path='{_checkpoint(ref_dir, 2)}'"), shrunk_dir, processes=1)
     shrunk = _global_order(shrunk_dir, 1)
     _same(shrunk, ref[3 * 2:])  # steps 3-5 on one process: 2 micro-batches accumulated per step
 
-    _two_processes(_args(demo, grown_dir, 2, f"ckpt_path='{_checkpoint(shrunk_dir, 3)}'"), grown_dir)
+    _torchrun(_args(demo, grown_dir, 2, f"ckpt_path='{_checkpoint(shrunk_dir, 3)}'"), grown_dir)
     _same(_global_order(grown_dir, 2), ref[4 * 2:])  # steps 4-5 on two processes again
 
