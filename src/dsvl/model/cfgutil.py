@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
+import pydoc
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
@@ -23,22 +23,16 @@ def to_plain(node: Any) -> Any:
 
 
 def resolve_target(path: Any, key: str) -> Callable[..., Any]:
-    """Import the object a `_target_` string names; `key` is the config key, for the error message."""
+    """Import the object a `_target_` string names (`pydoc.locate`); `key` is the config key, for the error message."""
     if not isinstance(path, str) or "." not in path:
         raise ConfigError(f"{key}._target_ must be a dotted import path like 'dsvl.model.vision.SiglipTower', got {path!r}")
-    parts = path.split(".")
-    for split in range(len(parts) - 1, 0, -1):  # longest importable module, then attributes (e.g. Class.method)
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
-        try:
-            for attr in parts[split:]:
-                obj = getattr(obj, attr)
-        except AttributeError as exc:
-            raise ConfigError(f"{key}._target_={path!r} cannot be imported (AttributeError: {exc})") from None
-        return obj
-    raise ConfigError(f"{key}._target_={path!r} cannot be imported (no module {parts[0]!r})")
+    try:
+        obj = pydoc.locate(path)
+    except pydoc.ErrorDuringImport as exc:
+        raise ConfigError(f"{key}._target_={path!r} cannot be imported ({type(exc.value).__name__}: {exc.value})") from None
+    if obj is None:
+        raise ConfigError(f"{key}._target_={path!r} cannot be imported (no such module or attribute)")
+    return obj
 
 
 def split_target(node: Any, key: str) -> tuple[Callable[..., Any], dict[str, Any]]:

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
+from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity, TokenMeanNLL
 from dsvl.eval.scoring import forward_inputs, score_options
 from dsvl.stages.freezing import apply_freezing, freeze_table
 from dsvl.stages.token_loss import TokenExactLoss, owns_gradients
@@ -77,6 +77,8 @@ class VLMStage(LightningModule):
         self.val_mc_acc = MultipleChoiceAccuracy()
         self.current_modality: str | None = None
         self.token_loss = TokenExactLoss()  # token-exact loss over the global step (dsvl.stages.token_loss)
+        # logged metric objects: each step's value (`train/loss`, `train/loss_<modality>`), fed the global sums
+        self.train_loss = nn.ModuleDict({k: TokenMeanNLL() for k in ("all", *MODALITY_CODE, "mixed")})
         self._sample_batch: dict[str, Any] | None = None
         self._tokens_per_batch = 0
 
@@ -148,10 +150,14 @@ class VLMStage(LightningModule):
         """Token-exact gradients and the step's `train/loss` (the global token mean, all ranks and
         micro-batches), then the total gradient norm of the trainable parameters, before clipping."""
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        step_loss = self.token_loss.finish_step(params, owns_gradients(self.trainer))
-        if step_loss is not None:
-            self.log("train/loss", step_loss, on_step=True, prog_bar=True)
-            self.log(f"train/loss_{self.current_modality}", step_loss, on_step=True)
+        sums = self.token_loss.finish_step(params, owns_gradients(self.trainer))
+        if sums is not None:
+            nll, tokens = sums
+            for key in ("all", self.current_modality):
+                metric = self.train_loss[key]
+                metric(nll / tokens.clamp(min=1), tokens)  # forward: the step's own value, already global
+                self.log("train/loss" if key == "all" else f"train/loss_{key}", metric, on_step=True, on_epoch=False,
+                         prog_bar=key == "all")
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if grads:  # torch's own total norm: Lightning's grad_norm cannot read FSDP2's sharded (DTensor) gradients
             norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)

@@ -9,10 +9,10 @@ How (torchtune's recipe, on Lightning's automatic optimization):
   reports and what the NaN guard checks) but carries the gradient of its NLL *sum* times
   ``accumulate_grad_batches x world_size``, which undoes Lightning's division by the accumulation
   and DDP's / FSDP's averaging over ranks, so the accumulated gradient is the sum over the global batch;
-- each micro-batch adds its NLL sum and token count to two torchmetrics `SumMetric`s; `on_before_optimizer_step`
+- each micro-batch adds its NLL and token count to a `TokenMeanNLL` metric; `on_before_optimizer_step`
   (after the last backward, before clipping; after the callbacks, so the NaN guard has already dropped
-  a bad step's gradients) syncs them over ranks (once per step) and divides every gradient by the global token
-  count; the logged ``train/loss`` is NLL sum / count.
+  a bad step's gradients) syncs its sums over ranks (once per step) and divides every gradient by the global
+  token count; ``train/loss`` (NLL sum / count) is logged as a `TokenMeanNLL` metric object.
 
 DeepSpeed keeps gradients inside its engine: there the per-micro-batch mean is optimised as before.
 """
@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import SumMetric
+
+from dsvl.eval.metrics import TokenMeanNLL
 
 log = logging.getLogger(__name__)
 
@@ -48,40 +49,34 @@ def owns_gradients(trainer: Any) -> bool:
 
 
 class TokenExactLoss(nn.Module):
-    """Per-step token-weighted mean loss: torchmetrics sums of NLL and supervised tokens, synced over
-    ranks once per step; see the module docstring."""
+    """The running sums of a global step's micro-batches, synced over ranks once per step; see the module docstring."""
 
     def __init__(self) -> None:
         super().__init__()
-        # two sums rather than MeanMetric(weight=...): with nan_strategy="disable" (no host sync per update, and a
-        # NaN must reach the NaN guard) torchmetrics 1.9 replaces the weights by ones (Lightning-AI/torchmetrics#3434)
-        self.nll, self.tokens = SumMetric(nan_strategy="disable"), SumMetric(nan_strategy="disable")
+        self.step = TokenMeanNLL()
 
     def micro_batch(self, loss: Tensor, count: Tensor, first: bool, accumulate: int, world_size: int,
                     exact: bool = True) -> Tensor:
         """What `training_step` returns for a micro-batch with mean NLL `loss` over `count` tokens
         (`first`: the first micro-batch of its global step)."""
-        tokens = count.detach().float()
         if first:
-            self.nll.reset()
-            self.tokens.reset()
-        self.nll.update(loss.detach().float() * tokens)  # tensors: no host sync per micro-batch
-        self.tokens.update(tokens)
+            self.step.reset()
+        self.step.update(loss, count)  # tensors: no host sync per micro-batch
         if not exact:
             return loss
-        return _ScaleGrad.apply(loss, tokens * float(accumulate * world_size))
+        return _ScaleGrad.apply(loss, count.detach().float() * float(accumulate * world_size))
 
-    def finish_step(self, params: list[Tensor], exact: bool = True) -> Tensor | None:
+    def finish_step(self, params: list[Tensor], exact: bool = True) -> tuple[Tensor, Tensor] | None:
         """Sync the sums over ranks once, divide `params`' gradients by the global token count (when
-        `exact`) and return the global token-mean loss (nan without supervised tokens)."""
-        if self.tokens.update_count == 0:
+        `exact`) and return the global (NLL sum, token count) of the step."""
+        if self.step.update_count == 0:
             return None
-        nll, tokens = self.nll.compute(), self.tokens.compute()  # synced over ranks (torch.distributed, when running)
-        self.nll.reset()
-        self.tokens.reset()
+        with self.step.sync_context():  # torch.distributed, when running; restored on exit
+            nll, tokens = self.step.nll_sum.clone(), self.step.num_tokens.clone()
+        self.step.reset()
         if exact:
             count = float(tokens)  # one host sync per optimizer step
             for p in params:
                 if p.grad is not None:
                     p.grad.div_(max(count, 1.0))
-        return nll / tokens
+        return nll, tokens
