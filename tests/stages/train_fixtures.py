@@ -56,6 +56,13 @@ class ModalityRecorder:
                 with open(path, "a") as f:
                     f.write(f"{trainer.global_step} {batch['modality']}\n")
 
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                self.updates = pl_module.train_loss["all"].update_count  # steps that fed the train/loss metric object
+
+            def on_train_end(self, trainer, pl_module):  # Lightning resets the metric objects it logged at epoch end
+                with open(path, "a") as f:
+                    f.write(f"train_loss_updates {self.updates} {pl_module.train_loss['all'].update_count}\n")
+
         return _Recorder()
 
 
