@@ -181,12 +181,10 @@ class MultipleChoiceAccuracy(Metric):
         )
 
 
-class TokenMeanNLL(Metric):
-    """Token-weighted mean NLL summed across batches and ranks (float64 sums, so no drift); also the
-    train loss of a global step (`dsvl.stages.token_loss`), so updates never wait for the host."""
+class _TokenMeanNLL(Metric):
+    """Token-weighted mean NLL summed across batches and ranks (float64 sums, so no drift)."""
 
     is_differentiable = False
-    higher_is_better = False
     full_state_update = False
 
     def __init__(self, **kwargs) -> None:
@@ -204,24 +202,28 @@ class TokenMeanNLL(Metric):
         if loss.shape != count.shape:
             raise ValueError(f"{loss.numel()} losses for {count.numel()} token counts")
         keep = count > 0  # a batch with no supervised tokens has loss nan: skip it, it carries nothing
-        self.nll_sum += torch.where(keep, loss * count, 0.0).sum()
-        self.num_tokens += torch.where(keep, count, 0).sum()
+        self.nll_sum += (loss[keep] * count[keep]).sum()
+        self.num_tokens += count[keep].sum()
 
     def _mean(self) -> Tensor:
         if int(self.num_tokens) == 0:
             return torch.tensor(float("nan"), dtype=torch.float64)
         return self.nll_sum / self.num_tokens
 
-    def compute(self) -> Tensor:
-        return self._mean().float()
 
-
-class TextPerplexity(TokenMeanNLL):
+class TextPerplexity(_TokenMeanNLL):
     """`exp(sum NLL / sum tokens)` on held-out text: the language-retention signal (logged `val/text_ppl`)."""
+
+    higher_is_better = False
 
     def compute(self) -> Tensor:
         return torch.exp(self._mean()).float()
 
 
-class MultimodalLoss(TokenMeanNLL):
+class MultimodalLoss(_TokenMeanNLL):
     """Token-weighted mean NLL on multimodal validation batches (logged `val/mm_loss`)."""
+
+    higher_is_better = False
+
+    def compute(self) -> Tensor:
+        return self._mean().float()

@@ -15,8 +15,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics import MeanMetric
 
-from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity, TokenMeanNLL
+from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
 from dsvl.eval.scoring import forward_inputs, score_options
 from dsvl.stages.freezing import apply_freezing, freeze_table
 from dsvl.stages.token_loss import TokenExactLoss, owns_gradients
@@ -78,7 +79,7 @@ class VLMStage(LightningModule):
         self.current_modality: str | None = None
         self.token_loss = TokenExactLoss()  # token-exact loss over the global step (dsvl.stages.token_loss)
         # logged metric objects: each step's value (`train/loss`, `train/loss_<modality>`), fed the global sums
-        self.train_loss = nn.ModuleDict({k: TokenMeanNLL() for k in ("all", *MODALITY_CODE, "mixed")})
+        self.train_loss = nn.ModuleDict({k: MeanMetric() for k in ("all", *MODALITY_CODE, "mixed")})
         self._sample_batch: dict[str, Any] | None = None
         self._tokens_per_batch = 0
 
@@ -155,7 +156,7 @@ class VLMStage(LightningModule):
             nll, tokens = sums
             for key in ("all", self.current_modality):
                 metric = self.train_loss[key]
-                metric(nll / tokens.clamp(min=1), tokens)  # forward: the step's own value, already global
+                metric(nll / tokens.clamp(min=1), tokens)  # forward: the step's own token-weighted value, already global
                 self.log("train/loss" if key == "all" else f"train/loss_{key}", metric, on_step=True, on_epoch=False,
                          prog_bar=key == "all")
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]

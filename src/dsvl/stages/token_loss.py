@@ -9,10 +9,10 @@ How (torchtune's recipe, on Lightning's automatic optimization):
   reports and what the NaN guard checks) but carries the gradient of its NLL *sum* times
   ``accumulate_grad_batches x world_size``, which undoes Lightning's division by the accumulation
   and DDP's / FSDP's averaging over ranks, so the accumulated gradient is the sum over the global batch;
-- each micro-batch adds its NLL and token count to a `TokenMeanNLL` metric; `on_before_optimizer_step`
+- each micro-batch adds its NLL sum and token count to two torchmetrics `SumMetric`s; `on_before_optimizer_step`
   (after the last backward, before clipping; after the callbacks, so the NaN guard has already dropped
-  a bad step's gradients) syncs its sums over ranks (once per step) and divides every gradient by the global
-  token count; ``train/loss`` (NLL sum / count) is logged as a `TokenMeanNLL` metric object.
+  a bad step's gradients) syncs them over ranks (once per step) and divides every gradient by the global token
+  count; ``train/loss`` (NLL sum / count) is logged as a token-weighted `MeanMetric` object.
 
 DeepSpeed keeps gradients inside its engine: there the per-micro-batch mean is optimised as before.
 """
@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from dsvl.eval.metrics import TokenMeanNLL
+from torchmetrics import SumMetric
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +52,32 @@ class TokenExactLoss(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.step = TokenMeanNLL()
+        # two sums rather than MeanMetric(weight=...): with nan_strategy="disable" (no host sync per update, and a
+        # NaN must reach the NaN guard) torchmetrics 1.9 replaces the weights by ones (Lightning-AI/torchmetrics#3434)
+        self.nll, self.tokens = SumMetric(nan_strategy="disable"), SumMetric(nan_strategy="disable")
 
     def micro_batch(self, loss: Tensor, count: Tensor, first: bool, accumulate: int, world_size: int,
                     exact: bool = True) -> Tensor:
         """What `training_step` returns for a micro-batch with mean NLL `loss` over `count` tokens
         (`first`: the first micro-batch of its global step)."""
+        tokens = count.detach().float()
         if first:
-            self.step.reset()
-        self.step.update(loss, count)  # tensors: no host sync per micro-batch
+            self.nll.reset()
+            self.tokens.reset()
+        self.nll.update(loss.detach().float() * tokens)  # tensors: no host sync per micro-batch
+        self.tokens.update(tokens)
         if not exact:
             return loss
-        return _ScaleGrad.apply(loss, count.detach().float() * float(accumulate * world_size))
+        return _ScaleGrad.apply(loss, tokens * float(accumulate * world_size))
 
     def finish_step(self, params: list[Tensor], exact: bool = True) -> tuple[Tensor, Tensor] | None:
         """Sync the sums over ranks once, divide `params`' gradients by the global token count (when
         `exact`) and return the global (NLL sum, token count) of the step."""
-        if self.step.update_count == 0:
+        if self.tokens.update_count == 0:
             return None
-        with self.step.sync_context():  # torch.distributed, when running; restored on exit
-            nll, tokens = self.step.nll_sum.clone(), self.step.num_tokens.clone()
-        self.step.reset()
+        nll, tokens = self.nll.compute(), self.tokens.compute()  # synced over ranks (torch.distributed, when running)
+        self.nll.reset()
+        self.tokens.reset()
         if exact:
             count = float(tokens)  # one host sync per optimizer step
             for p in params:
