@@ -184,5 +184,6 @@ def load_sharded(path: str | Path, targets: Mapping[str, torch.Tensor]) -> None:
         try:
             dcp.load(dict(targets), storage_reader=Reader(str(path)), no_dist=not distributed)
         except CheckpointException as err:  # a missing or truncated shard file, gathered from every rank
-            first = next(iter(str(err).strip().splitlines()), type(err).__name__)
-            raise UnsafeCheckpointError(f"cannot load {path}: a shard is unreadable ({first[:160]})") from None
+            failure = next(iter(err.failures.values()), (err, None))[0]  # (exception, traceback) per failed rank
+            first = next(iter(str(failure).strip().splitlines()), "")
+            raise UnsafeCheckpointError(f"cannot load {path}: a shard is unreadable ({type(failure).__name__}: {first[:160]})") from None

@@ -65,9 +65,9 @@ def _read_sharded(path: Path) -> dict[str, Any]:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    if is_sharded_checkpoint(path):
-        return _read_sharded(path)
     try:
+        if is_sharded_checkpoint(path):
+            return _read_sharded(path)
         ckpt = safe_torch_load(path, map_location="cpu")  # weights_only: a pickle needing code execution is refused
     except UnsafeCheckpointError as err:
         raise InitFromError(f"init_from={path}: {err}") from None
@@ -88,7 +88,12 @@ def _model_state(ckpt: dict[str, Any], path: Path, prefix: str = "model.") -> di
 def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, partial: bool = False) -> None:
     """All parameters must match (stages share one architecture); rebuilt buffers (rotary caches) may be absent.
     `partial`: a LoRA run's adapter-only checkpoint, whose frozen base weights came with `model.pretrained`."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ: saved from another model config
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err).strip()[:200])
+        raise InitFromError(f"init_from={path}: weights do not match this model ({detail}); "
+                            "stages must use the same model config") from None
     param_names = {n for n, _ in model.named_parameters()} if not partial else set()
     missing_params = [k for k in missing if k in param_names]
     if missing_params or unexpected:
