@@ -55,9 +55,10 @@ def _sharded_weights(path: Path) -> dict[str, Any]:
     return {k[len(SHARDED_MODEL):]: v for k, v in sharded_tensors(path, f"{SHARDED_MODEL}model.").items()}
 
 
-def _read_sharded(path: Path) -> dict[str, Any]:
+def read_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
     """A sharded checkpoint as the dict of a `.ckpt` file (`meta.pt` plus `state_dict`): its model weights read whole
     through DCP, whatever world size wrote them (no process group needed); its optimizer state is not read."""
+    path = Path(path)
     ckpt = check_checkpoint(path)
     state = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in _sharded_weights(path).items()}
     load_sharded(path, {SHARDED_MODEL + k: t for k, t in state.items()})
@@ -67,7 +68,7 @@ def _read_sharded(path: Path) -> dict[str, Any]:
 def _load(path: Path) -> dict[str, Any]:
     try:
         if is_sharded_checkpoint(path):
-            return _read_sharded(path)
+            return read_sharded_checkpoint(path)
         ckpt = safe_torch_load(path, map_location="cpu")  # weights_only: a pickle needing code execution is refused
     except UnsafeCheckpointError as err:
         raise InitFromError(f"init_from={path}: {err}") from None
