@@ -1,7 +1,7 @@
 """`init_from` of a sharded checkpoint (`trainer=fsdp` writes every `.ckpt` as a torch.distributed.checkpoint
 directory) in one process: a model built whole (single device, DDP, LoRA) and one built on meta and materialised
 (the FSDP2 path, here unsharded) start from exactly the saved weights, read through the same DCP reader; the
-optimizer state in the directory is not read. Whatever does not fit is a one-line `CheckpointError` (exit 2 in the
+optimizer state in the directory is not read; eval / chat rebuild the stage's model from it. Whatever does not fit is a one-line `CheckpointError` (exit 2 in the
 CLI, see tests/reliability/test_safe_loading.py): a plain directory, a missing, an extra or a resized weight, an
 unreadable index or shard, a DCP directory without model weights. (2-rank FSDP2: tests/distributed/test_meta_build.py.)"""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from dsvl.errors import CheckpointError
 from dsvl.model import build_model, materialize, model_config
-from dsvl.stages.checkpoint import load_init_weights, read_checkpoint
+from dsvl.stages.checkpoint import load_init_weights, load_stage_checkpoint, read_checkpoint
 from dsvl.stages.strategies import checkpoint_source
 
 from .sharded_ckpt import save_sharded
@@ -27,7 +27,8 @@ def saved(tmp_path_factory) -> tuple[dict, dict[str, torch.Tensor], Path]:
     state = build_model(cfg).state_dict()
     adam = {"state": {"llm.lm_head.weight": {"exp_avg": torch.ones(3), "step": torch.tensor(2.0)}},
             "param_groups": [{"lr": 0.1, "params": ["llm.lm_head.weight"]}]}
-    path = save_sharded(tmp_path_factory.mktemp("stage1") / "last.ckpt", state, optimizer=adam)
+    meta = {"global_step": 3, "hyper_parameters": {"stage_name": "align", "model_config": cfg}}  # as a stage saves them
+    path = save_sharded(tmp_path_factory.mktemp("stage1") / "last.ckpt", state, meta=meta, optimizer=adam)
     return cfg, state, path
 
 
@@ -53,6 +54,9 @@ def test_whole_and_meta_builds_start_from_the_saved_weights(saved, target):
     _equal(materialize(on_meta, seed=5, sources=[checkpoint_source(path)]), state)
     ckpt = read_checkpoint(path)  # meta.pt (loop state, hyperparameters) with the model weights; no optimizer state
     assert ckpt["global_step"] == 3 and not any(k.startswith("optimizer") for k in ckpt)
+    stage = load_stage_checkpoint(path)  # eval / chat: the model rebuilt from the saved config
+    assert stage.hparams["stage_name"] == "align"
+    _equal(stage.model, state)
 
 
 def _broken(case: str, saved, tmp: Path) -> tuple[Path, str]:
