@@ -15,7 +15,7 @@ import torch
 from dsvl.errors import CheckpointError
 from dsvl.model import build_model, materialize, model_config
 from dsvl.stages.checkpoint import load_init_weights, load_stage_checkpoint, read_checkpoint
-from dsvl.stages.strategies import checkpoint_source
+from dsvl.stages.strategies import checkpoint_source, defer_weights
 
 from .sharded_ckpt import save_sharded
 
@@ -57,6 +57,20 @@ def test_whole_and_meta_builds_start_from_the_saved_weights(saved, target):
     stage = load_stage_checkpoint(path)  # eval / chat: the model rebuilt from the saved config
     assert stage.hparams["stage_name"] == "align"
     _equal(stage.model, state)
+
+
+def test_fsdp_path_loads_a_model_built_whole_at_once(saved):
+    """Under trainer=fsdp, `init_from` is deferred to the shards of a meta-built model; a model built whole there
+    (`model.lora`) has no shards to come: it loads at once (it was once recorded and never read)."""
+    cfg, state, path = saved
+    torch.manual_seed(3)
+    whole = build_model(cfg)
+    defer_weights(whole, path)
+    assert not hasattr(whole, "deferred_weights")
+    _equal(whole, state)
+    on_meta = build_model(cfg, device="meta")
+    defer_weights(on_meta, path)
+    assert on_meta.deferred_weights == [checkpoint_source(path)]
 
 
 def _broken(case: str, saved, tmp: Path) -> tuple[Path, str]:

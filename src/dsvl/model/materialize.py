@@ -125,7 +125,7 @@ def _assign(target: torch.Tensor, value: Any, what: str) -> None:
     part = value[index] if index is not None else value[:] if not isinstance(value, torch.Tensor) else value
     if tuple(part.shape) != tuple(local.shape):
         raise CheckpointError(f"{what}: shape {tuple(part.shape)} where the model holds {tuple(local.shape)} "
-                          "(the checkpoint was not saved from this model config)")
+                              "(the checkpoint was not saved from this model config)")
     with torch.no_grad():
         local.copy_(part)
 
