@@ -5,11 +5,12 @@
     python tools/consolidate_checkpoint.py CKPT_DIR OUT_DIR --config outputs/<run>/config_resolved.yaml
 
 `trainer=fsdp` saves checkpoints as DCP directories (Lightning's ModelParallelStrategy with
-`save_distributed_checkpoint=true`): one file per rank plus `.metadata`. This reads the model weights
-(`state_dict`, keys under `model.`) in one process with no process group, whatever world size wrote
-them (DCP's `_load_state_dict_from_keys`), puts them into the model the run's `config_resolved.yaml`
-describes, and writes a transformers DeepSeek-VL directory (safetensors). It needs host memory for the
-whole model twice for a moment (about 8 bytes per parameter in fp32). Exit 2 with one line on a bad path or config.
+`save_distributed_checkpoint=true`): one file per rank plus `.metadata` and `meta.pt`. This reads the
+model weights (`state_dict`, keys under `model.`; not the optimizer state) in one process with no process
+group, whatever world size wrote them, with the reader `init_from` uses (`read_sharded_checkpoint`: DCP,
+its index unpickled the safe way), puts them into the model the run's `config_resolved.yaml` describes,
+and writes a transformers DeepSeek-VL directory (safetensors). It needs host memory for the whole model
+twice for a moment (about 8 bytes per parameter in fp32). Exit 2 with one line on a bad path or config.
 """
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ def find_config(checkpoint: Path) -> Path:
 def consolidate(checkpoint: Path, out: Path, config: Path | None = None) -> Path:
     """Write the model of a sharded checkpoint to `out` as a `save_pretrained` directory; returns `out`."""
     from omegaconf import OmegaConf
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     from dsvl.model import build_model
+    from dsvl.stages.checkpoint import read_sharded_checkpoint
 
     if not (checkpoint / ".metadata").exists():
         raise FileNotFoundError(f"{checkpoint} is not a sharded (torch.distributed.checkpoint) directory: no .metadata")
     cfg = OmegaConf.load(config or find_config(checkpoint))
-    state = _load_state_dict_from_keys(keys={"state_dict"}, checkpoint_id=str(checkpoint))["state_dict"]
+    state = read_sharded_checkpoint(checkpoint)["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     # built for real for its buffers (rotary tables, position ids: not in checkpoints); `assign` then
     # replaces the random weights by the loaded ones instead of copying into them

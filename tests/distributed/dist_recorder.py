@@ -44,3 +44,26 @@ class StepRecorder(pl.Callback):
                    "checkpointing": bool(getattr(module, "is_gradient_checkpointing", False)),
                    "params": frozen}
             Path(trainer.default_root_dir, "record.json").write_text(json.dumps(out))
+
+
+class WeightDump(pl.Callback):
+    """At the start of training, each rank saves the part of every model tensor it holds: `{name: (offset, local)}`
+    (offset: where the local part starts in the full tensor; a whole tensor has offset 0s) to `path` (`{rank}` filled)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import torch
+        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        parts = {}
+        for name, t in pl_module.model.state_dict().items():
+            if isinstance(t, DTensor):
+                _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+                t = t.to_local()
+            else:
+                offset = (0,) * t.dim()
+            parts[name] = (tuple(int(o) for o in offset), t.detach().clone())
+        torch.save(parts, self.path.format(rank=trainer.global_rank))

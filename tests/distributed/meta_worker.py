@@ -1,7 +1,7 @@
 """Test helper run under `torchrun --nproc_per_node 2` (gloo, CPU): the tiny model built on meta, sharded with
 FSDP2 and materialised per shard, against the same model built whole in this process with the same seed; then
-the same for loading saved checkpoints (a transformers export, a Lightning-style `.ckpt`, `model.pretrained`, per-part
-`pretrained`). Every parameter and buffer is compared. Writes `<out>/rank<r>.json` with what it compared."""
+the same for loading saved checkpoints (a sharded DCP checkpoint written by 2 ranks and by 1, a transformers export,
+a Lightning-style `.ckpt`, `model.pretrained`, per-part `pretrained`). Every parameter and buffer is compared. Writes `<out>/rank<r>.json` with what it compared."""
 from __future__ import annotations
 
 import argparse
@@ -80,14 +80,26 @@ def main() -> None:
         # the sharded model computes what the whole one does (same batch, gathered loss)
         ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(1))
         report[f"loss_tie{tie}"] = [float(model(input_ids=ids, labels=ids).loss), float(whole(input_ids=ids, labels=ids).loss)]
-        if not tie:  # a sharded checkpoint as Lightning's FSDP2 path writes it (DCP, keys under state_dict.model.)
+        if not tie:  # a sharded checkpoint as Lightning's FSDP2 path writes it (DCP, keys under state_dict.model., meta.pt)
             import torch.distributed.checkpoint as dcp
             from omegaconf import OmegaConf
 
             dcp.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, checkpoint_id=out / "run" / "dcp")
+            untied = (cfg, reference)
             if rank == 0:
+                torch.save({"global_step": 6, "hyper_parameters": {"model_config": cfg}}, out / "run" / "dcp" / "meta.pt")
                 OmegaConf.save({"model": cfg}, out / "run" / "config_resolved.yaml")
                 torch.save(whole.state_dict(), out / "run" / "reference.pt")
+                # ... and as a 1-process run writes it: a 2-rank next stage re-shards it
+                dcp.save({"state_dict": {f"model.{k}": v for k, v in whole.state_dict().items()}},
+                         checkpoint_id=out / "run" / "dcp1", no_dist=True)
+                torch.save({"global_step": 6}, out / "run" / "dcp1" / "meta.pt")
+
+    # init_from a sharded checkpoint (written by 2 ranks, by 1): each rank reads its slices into its shards
+    dist.barrier()
+    for name in ("dcp", "dcp1"):
+        model = sharded_build(untied[0], mesh, seed=0, sources=[checkpoint_source(out / "run" / name)])
+        report[f"load_{name}"] = {"mismatches": local_mismatches(model, untied[1])[0]}
 
     # loading: rank 0 writes checkpoints of a model with seed 11, every rank then loads them into shards
     cfg = model_config("tiny")

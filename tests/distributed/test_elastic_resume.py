@@ -11,7 +11,11 @@ optimizer state re-shard through DCP between 2 ranks and 1; the demo model; `dsv
   shrunk:    1 process from the reference's checkpoint after step 3 (data.parts stays 2), steps 3-5
   grown:     2 processes from the shrunk run's checkpoint after step 4, steps 4-5
 The uninterrupted run's checkpoint after step 3 is the one a run stopped there would have written
-(the data position is that of the consumed batches)."""
+(the data position is that of the consumed batches).
+
+The reference's last checkpoint then starts a next stage (`init_from=<sharded .ckpt directory>`): on 2 processes
+under FSDP2 each rank's shards, and in one process without FSDP the whole model, hold exactly the weights
+tools/consolidate_checkpoint.py writes from that directory (its optimizer state is not read)."""
 from __future__ import annotations
 
 import json
@@ -31,6 +35,8 @@ from dist_worker import overrides  # noqa: E402
 
 pytestmark = pytest.mark.slow
 STEPS, GLOBAL_BATCH, MICRO = 6, 4, 2
+# the demo model from a seeded random init (no pretrained parts to make)
+NO_PARTS = ("model.llm.pretrained=null", "model.vision.low.pretrained=null", "model.vision.high.pretrained=null")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +50,7 @@ def demo(tmp_path_factory) -> Path:
 
 def _args(demo: Path, out: Path, devices: int, *extra: str) -> list[str]:
     return [*overrides("fsdp", str(demo), STEPS, devices, GLOBAL_BATCH, MICRO), "data.num_workers=0",
-            # the demo model from a seeded random init (no pretrained parts to make)
-            "model.llm.pretrained=null", "model.vision.low.pretrained=null", "model.vision.high.pretrained=null",
+            *NO_PARTS,
             "+callbacks.model_checkpoint._target_=dsvl.callbacks.RunCheckpoint",
             f"+callbacks.model_checkpoint.dirpath={out}/checkpoints", "callbacks.model_checkpoint.every_n_train_steps=1",
             "+callbacks.model_checkpoint.save_top_k=-1",
@@ -64,7 +69,7 @@ def _torchrun(args: list[str], out: Path, processes: int = 2) -> None:
     a default process group and the MASTER_* / RANK variables, which later tests and their subprocesses inherit)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "--module", "dsvl.cli.train", f"hydra.run.dir={out}", *args]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOOKS), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOOKS), str(HERE), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="offline")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
@@ -90,9 +95,16 @@ def _same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
         assert g["loss"] == pytest.approx(w["loss"], abs=1e-4), (g["step"], g["loss"], w["loss"])
 
 
-def test_resume_on_one_process_then_on_two_continues_the_two_process_run(demo, tmp_path):
-    ref_dir, shrunk_dir, grown_dir = tmp_path / "ref", tmp_path / "shrunk", tmp_path / "grown"
-    _torchrun(_args(demo, ref_dir, 2), ref_dir)
+@pytest.fixture(scope="module")
+def ref_dir(demo, tmp_path_factory) -> Path:
+    """The uninterrupted 2-process run."""
+    out = tmp_path_factory.mktemp("ref")
+    _torchrun(_args(demo, out, 2), out)
+    return out
+
+
+def test_resume_on_one_process_then_on_two_continues_the_two_process_run(demo, ref_dir, tmp_path):
+    shrunk_dir, grown_dir = tmp_path / "shrunk", tmp_path / "grown"
     ref = _global_order(ref_dir, 2)
     assert [r["step"] for r in ref] == [s for s in range(STEPS) for _ in range(2)]
     assert {r["modality"] for r in ref} == {"text", "multimodal"}
@@ -106,3 +118,40 @@ def test_resume_on_one_process_then_on_two_continues_the_two_process_run(demo, t
     _torchrun(_args(demo, grown_dir, 2, f"ckpt_path='{_checkpoint(shrunk_dir, 3)}'"), grown_dir)
     _same(_global_order(grown_dir, 2), ref[4 * 2:])  # steps 4-5 on two processes again
 
+
+
+def test_next_stage_starts_from_the_sharded_checkpoint_on_two_ranks_and_on_one(demo, ref_dir, tmp_path):
+    import importlib.util
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from dsvl.model import VisionLanguageModel, build_model
+    from dsvl.stages.checkpoint import load_init_weights
+
+    ckpt = _checkpoint(ref_dir, STEPS - 1)
+    spec = importlib.util.spec_from_file_location("consolidate", HERE.parents[1] / "tools" / "consolidate_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    consolidated = VisionLanguageModel.from_pretrained(tool.consolidate(ckpt, tmp_path / "export")).state_dict()
+
+    out = tmp_path / "next"
+    _torchrun([*overrides("fsdp", str(demo), 1, 2, GLOBAL_BATCH, MICRO), "data.num_workers=0", *NO_PARTS, f"init_from='{ckpt}'", "~callbacks.model_checkpoint",
+               "+callbacks.weights._target_=dist_recorder.WeightDump", f"+callbacks.weights.path='{out}/weights{{rank}}.pt'"], out)
+    for rank in range(2):
+        parts = torch.load(out / f"weights{rank}.pt")
+        assert set(parts) == set(consolidated)
+        sharded = 0
+        for name, (offset, local) in parts.items():
+            whole = consolidated[name]
+            sharded += local.shape != whole.shape
+            index = tuple(slice(o, o + n) for o, n in zip(offset, local.shape))
+            assert torch.equal(local, whole[index]), (rank, name)
+        assert sharded > len(parts) // 2  # each rank read its slices, not the whole model
+
+    cfg = OmegaConf.load(ref_dir / "config_resolved.yaml")
+    torch.manual_seed(1)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+    load_init_weights(model, ckpt)  # one process, no FSDP (DDP, single device): the whole model
+    for name, value in consolidated.items():
+        assert torch.equal(model.state_dict()[name], value), name

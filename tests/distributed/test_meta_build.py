@@ -6,7 +6,8 @@ checkpoint (transformers export, Lightning `.ckpt`, `model.pretrained`) into sha
 per-part `pretrained` (as the demo recipes) the sharded model equals the one built whole, modules outside the part
 checkpoints included (they once differed: a 2-rank FSDP2 run left the 1-process run at its first multimodal step).
 A sharded (DCP) checkpoint written by the two ranks consolidates in one process into a `save_pretrained` export
-holding the whole model's weights."""
+holding the whole model's weights; `init_from` that checkpoint gives each rank of a 2-rank FSDP2 build the slices of
+those weights (also from one written by 1 process), and a model built whole in one process all of them."""
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ def test_random_init_into_shards_equals_the_whole_model_with_the_same_seed(repor
         assert sharded_loss == pytest.approx(whole_loss, abs=1e-5)
 
 
-@pytest.mark.parametrize("source", ["export", "ckpt", "model.pretrained", "parts"])
+@pytest.mark.parametrize("source", ["dcp", "dcp1", "export", "ckpt", "model.pretrained", "parts"])
 def test_checkpoints_load_into_shards_slice_by_slice(reports, source):
     for report in reports:
         assert report[f"load_{source}"]["mismatches"] == []
@@ -71,6 +72,16 @@ def test_sharded_checkpoint_consolidates_in_one_process(reports, out, tmp_path):
     for name, value in reference.items():
         assert torch.equal(loaded[name], value), name
     assert tool.main([str(tmp_path / "export"), str(tmp_path / "again")]) == 2  # not a DCP directory: one line, exit 2
+
+    # init_from of the sharded checkpoint in one process without FSDP (DDP, 1 device): the consolidated weights
+    from dsvl.model import build_model, model_config
+    from dsvl.stages.checkpoint import load_init_weights
+
+    torch.manual_seed(5)
+    fresh = build_model(model_config("tiny", ["model.llm.tie_word_embeddings=false"]))
+    load_init_weights(fresh, out / "run" / "dcp")
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, loaded[name]), name
 
 
 def test_lora_keeps_the_whole_build():

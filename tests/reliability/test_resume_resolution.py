@@ -58,26 +58,32 @@ def test_unsafe_last_checkpoint_is_refused(tmp_path):
 
 def test_sharded_checkpoint_directories_resume_and_are_checked(tmp_path):
     """trainer=fsdp writes every .ckpt as a torch.distributed.checkpoint directory: `last`, `auto_resume` and an
-    explicit path find it, its non-tensor state (meta.pt) is opened the safe way, and init_from says how to use it."""
+    explicit path find it, its index (.metadata) and non-tensor state (meta.pt) are opened the safe way, and it is
+    an init_from too."""
     import os
+    import pickle
 
     from dsvl.cli.validate import check_checkpoints
 
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    last.mkdir(parents=True)
-    (last / ".metadata").write_bytes(b"dcp")
-    torch.save({"global_step": 3, "loops": {}}, last / "meta.pt")
+    from ..distributed.sharded_ckpt import save_sharded
+
+    last = save_sharded(tmp_path / "run" / "checkpoints" / "last.ckpt", {"w": torch.ones(2)})
     assert resume_from(_cfg(tmp_path, "ckpt_path=last")) == "last"
     assert resume_from(_cfg(tmp_path, "auto_resume=true")) == "last"
     assert resume_from(_cfg(tmp_path, f"ckpt_path={last}")) == str(last)
     check_checkpoints({"ckpt_path": str(last)})
-    with pytest.raises(CheckpointError, match="sharded .*consolidate_checkpoint.py"):
-        check_checkpoints({"init_from": str(last)})
+    check_checkpoints({"init_from": str(last)})
 
     class Payload:
         def __reduce__(self):
             return (os.makedirs, (str(tmp_path / "PWNED"),))
 
+    index = (last / ".metadata").read_bytes()
+    (last / ".metadata").write_bytes(pickle.dumps(Payload()))  # DCP's own reader would run it
+    for key in ("ckpt_path", "init_from"):
+        with pytest.raises(CheckpointError, match=rf"{key}=.*refusing to load .*\.metadata: it calls os\.makedirs"):
+            check_checkpoints({key: str(last)})
+    (last / ".metadata").write_bytes(index)
     torch.save({"global_step": 3, "x": Payload()}, last / "meta.pt")
     with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
         resume_from(_cfg(tmp_path, "auto_resume=true"))

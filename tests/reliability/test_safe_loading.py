@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import io
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -58,14 +60,20 @@ def test_plain_and_safetensors_weights_load(tmp_path):
         safe_torch_load(tmp_path / "junk.ckpt")
 
 
-@pytest.mark.parametrize("key", ["ckpt_path", "init_from"])
-def test_dsvl_train_refuses_malicious_checkpoint(key, evil, demo_data, tmp_path):
+@pytest.mark.parametrize("key, sharded", [("ckpt_path", False), ("init_from", False), ("init_from", True)])
+def test_dsvl_train_refuses_malicious_checkpoint(key, sharded, evil, demo_data, tmp_path):
+    """A `.ckpt` file, or a sharded `.ckpt` directory (trainer=fsdp) whose DCP index would run code when unpickled."""
     path, marker = evil
+    if sharded:
+        from ..distributed.sharded_ckpt import save_sharded
+
+        path = save_sharded(tmp_path / "evil_dir.ckpt", {"w": torch.zeros(2)})
+        (path / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
     proc = run_train_forked(["experiment=demo/pretrain", f"paths.data_dir={demo_data}", f"hydra.run.dir={tmp_path / 'run'}",
                              f"{key}={path}"])
     out = proc.stdout + proc.stderr
     assert proc.returncode == EXIT_USER_ERROR, out[-2000:]
-    assert re.search(r"dsvl-train: error: .*refusing to load .*evil\.ckpt: it calls os\.makedirs", proc.stderr)
+    assert re.search(r"dsvl-train: error: .*refusing to load .*evil(_dir\.ckpt/\.metadata|\.ckpt): it calls os\.makedirs", proc.stderr)
     assert "Traceback" not in out and "dsvl.model.build" not in out  # refused before any weights were built
     assert not marker.exists()
 
@@ -80,10 +88,14 @@ def _name(call: ast.Call) -> str:
 
 def test_no_unsafe_loading_in_the_library():
     """The library's only torch.load is safe_load's weights_only=True one; no pickle.load(s), no
-    trust_remote_code=True, and every Lightning fit/validate that loads a checkpoint passes weights_only=True."""
-    torch_loads, pickle_loads, remote, lightning_loads = [], [], [], []
+    trust_remote_code=True, and every Lightning fit/validate that loads a checkpoint passes weights_only=True.
+    Its only unpickler is safe_load's for DCP indexes, which refuses every global but DCP's metadata classes."""
+    torch_loads, pickle_loads, remote, lightning_loads, unpicklers = [], [], [], [], []
     for f in SRC.rglob("*.py"):
-        for call in _calls(ast.parse(f.read_text())):
+        tree = ast.parse(f.read_text())
+        unpicklers += [(f.name, c.name) for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+                       and any("Unpickler" in ast.unparse(b) for b in c.bases)]
+        for call in _calls(tree):
             name, kw = _name(call), {k.arg: k.value for k in call.keywords}
             if name == "torch.load":
                 torch_loads.append((f.name, ast.unparse(kw["weights_only"]) if "weights_only" in kw else None))
@@ -96,6 +108,11 @@ def test_no_unsafe_loading_in_the_library():
     assert torch_loads == [("safe_load.py", "True")], torch_loads
     assert not pickle_loads and not remote, (pickle_loads, remote)
     assert all(w == "True" for _, w in lightning_loads), lightning_loads
+    assert unpicklers == [("safe_load.py", "_IndexUnpickler")], unpicklers
+    from dsvl.model.safe_load import _IndexUnpickler
+
+    with pytest.raises(pickle.UnpicklingError, match="unsupported GLOBAL os.makedirs"):
+        _IndexUnpickler(io.BytesIO(pickle.dumps(_Payload(Path("never"))))).load()
 
 
 def test_hf_loader_rejects_trust_remote_code(tmp_path):

@@ -218,7 +218,7 @@ def check_checkpoints(cfg: dict[str, Any]) -> None:
     init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
     if init_from and ckpt_path:
         raise RunConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
-    accepted = {"init_from": "accepted: a Lightning .ckpt file or an exported model directory",
+    accepted = {"init_from": "accepted: a .ckpt file (a directory under trainer=fsdp) or an exported model directory",
                 "ckpt_path": "accepted: a .ckpt file (a directory under trainer=fsdp), or 'last'"}
     ckpt_dir = (cfg.get("paths") or {}).get("ckpt_dir")
     last = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
@@ -230,12 +230,9 @@ def check_checkpoints(cfg: dict[str, Any]) -> None:
         path = Path(str(value)).expanduser()
         if not path.exists():
             raise CheckpointError(f"{key}={value}: no such file or directory ({accepted[key]})")
-        if path.is_dir() and not (key == "ckpt_path" and is_sharded_checkpoint(path)):
+        if path.is_dir() and not is_sharded_checkpoint(path):
             if key == "init_from" and (path / "config.json").is_file():
                 continue  # an exported (save_pretrained) model: transformers reads it
-            if is_sharded_checkpoint(path):
-                raise CheckpointError(f"init_from={value} is a sharded (trainer=fsdp) checkpoint: make it an export first with "
-                                      f"`python tools/consolidate_checkpoint.py {value} <dir>` and pass init_from=<dir>")
             raise CheckpointError(f"{key}={value}: a directory without config.json is not a model ({accepted[key]})")
         if path.suffix not in CHECKPOINT_SUFFIXES and not path.is_dir():
             raise CheckpointError(f"{key}={value}: not a checkpoint (expected {', '.join(CHECKPOINT_SUFFIXES)}; {accepted[key]})")

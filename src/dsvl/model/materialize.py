@@ -10,7 +10,8 @@ or sharded (FSDP2 DTensor) parameters, so that no process ever holds the full mo
   keeps its local part: all of it unsharded, its shard under `fully_shard`. A model sharded over any
   number of ranks therefore starts from exactly the weights of the same model built whole with the
   same seed. Then each weight source (`WeightSource`) is read the same way: each rank reads only the
-  slices it holds (safetensors `get_slice`, or a memory-mapped torch checkpoint).
+  slices it holds (safetensors row ranges, a memory-mapped torch checkpoint, or a sharded
+  `torch.distributed.checkpoint` directory written by any world size, which DCP re-shards).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from dsvl.errors import CheckpointError
+
+from .safe_load import is_sharded_checkpoint, load_sharded, sharded_tensors
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +124,8 @@ def _assign(target: torch.Tensor, value: Any, what: str) -> None:
     local = _local(target)
     part = value[index] if index is not None else value[:] if not isinstance(value, torch.Tensor) else value
     if tuple(part.shape) != tuple(local.shape):
-        raise ConfigError(f"{what}: shape {tuple(part.shape)} where the model holds {tuple(local.shape)} "
-                          "(the checkpoint was not saved from this model config)")
+        raise CheckpointError(f"{what}: shape {tuple(part.shape)} where the model holds {tuple(local.shape)} "
+                              "(the checkpoint was not saved from this model config)")
     with torch.no_grad():
         local.copy_(part)
 
@@ -134,13 +137,15 @@ class WeightSource:
     DeepSeek-VL directory, or a weights-only torch / Lightning checkpoint) into the parameters under `prefix`.
 
     `key_map` renames checkpoint keys by prefix (checkpoint prefix -> model prefix, relative to `prefix`);
-    `strip` is a prefix dropped from checkpoint keys first (Lightning's "model.").
+    `strip` is a prefix dropped from checkpoint keys first (Lightning's "model."). `exact`: every checkpoint key
+    under `strip` must be a tensor of the model (a stage checkpoint of the same model config, `init_from`).
     """
 
     path: str
     prefix: str = ""
     key_map: tuple[tuple[str, str], ...] = ()
     strip: str = ""
+    exact: bool = False
 
     def rename(self, key: str) -> str | None:
         if self.strip:
@@ -161,7 +166,7 @@ def _safetensors_files(path: Path) -> list[Path]:
         return [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise ConfigError(f"{path}: no .safetensors files to load weights from")
+        raise CheckpointError(f"{path}: no .safetensors files to load weights from")
     return files
 
 
@@ -202,7 +207,11 @@ def _safetensors_index(path: Path) -> dict[str, _SafetensorsRows]:
 
 @contextmanager
 def _open_tensors(path: Path) -> Iterator[Mapping[str, Any]]:
-    """Checkpoint key -> something sliceable like a tensor that reads only the slice asked for."""
+    """Checkpoint key -> something sliceable like a tensor that reads only the slice asked for; of a sharded
+    checkpoint, its index entries (`load_weights` reads those through DCP, all at once)."""
+    if is_sharded_checkpoint(path):
+        yield sharded_tensors(path)
+        return
     if path.is_dir() or path.suffix == ".safetensors":
         yield {k: v for f in _safetensors_files(path) for k, v in _safetensors_index(f).items()}
         return
@@ -211,7 +220,7 @@ def _open_tensors(path: Path) -> Iterator[Mapping[str, Any]]:
     ckpt = safe_torch_load(path, map_location="cpu", mmap=True)  # mapped: only the slices read reach memory
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise ConfigError(f"{path}: no state_dict of tensors inside")
+        raise CheckpointError(f"{path}: no state_dict of tensors inside")
     yield state
 
 
@@ -220,19 +229,29 @@ def load_weights(model: nn.Module, source: WeightSource) -> int:
     every such parameter must be in the checkpoint. Returns the number of tensors read."""
     targets = dict(model.state_dict(keep_vars=True))
     wanted = {n for n, _ in model.named_parameters() if n.startswith(source.prefix)}
-    filled: set[str] = set()
-    with _open_tensors(Path(source.path).expanduser()) as tensors:
-        for key, value in tensors.items():
-            name = source.rename(key)
-            if name is None or name not in targets:
-                continue
-            _assign(targets[name], value, f"{source.path}: {key}")
-            filled.add(name)
-    missing = sorted(wanted - filled)
-    if missing:
-        raise ConfigError(f"{source.path}: {len(missing)} weights of this model are not in the checkpoint, e.g. {missing[:3]}")
-    log.info("loaded %d tensors from %s%s", len(filled), source.path, f" into {source.prefix}" if source.prefix else "")
-    return len(filled)
+    path = Path(source.path).expanduser()
+    with _open_tensors(path) as tensors:
+        names = {key: source.rename(key) for key in tensors}
+        unexpected = sorted(k for k, n in names.items() if n is not None and n not in targets) if source.exact else []
+        if unexpected:
+            raise CheckpointError(f"{source.path}: {len(unexpected)} checkpoint tensors are not in this model, e.g. "
+                                  f"{unexpected[:3]} (stages must use the same model config)")
+        picked = {key: name for key, name in names.items() if name in targets}
+        missing = sorted(wanted - set(picked.values()))
+        if missing:
+            raise CheckpointError(f"{source.path}: {len(missing)} weights of this model are not in the checkpoint, "
+                                  f"e.g. {missing[:3]} (stages must use the same model config)")
+        if is_sharded_checkpoint(path):  # DCP reads every rank's slices in one collective call
+            for key, name in picked.items():
+                if tuple(tensors[key].size) != tuple(targets[name].shape):
+                    raise CheckpointError(f"{source.path}: {key}: shape {tuple(tensors[key].size)} where the model holds "
+                                          f"{tuple(targets[name].shape)} (the checkpoint was not saved from this model config)")
+            load_sharded(path, {key: targets[name] for key, name in picked.items()})
+        else:
+            for key, name in picked.items():
+                _assign(targets[name], tensors[key], f"{source.path}: {key}")
+    log.info("loaded %d tensors from %s%s", len(picked), source.path, f" into {source.prefix}" if source.prefix else "")
+    return len(picked)
 
 
 def _filled_by(sources: Any, names: set[str]) -> set[str]:

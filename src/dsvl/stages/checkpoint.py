@@ -1,8 +1,10 @@
 """Weights in and out of stage checkpoints, always through `torch.load(weights_only=True)`.
 
 - `load_init_weights`: `init_from`, a new stage starting from the previous stage's weights (a
-  Lightning `.ckpt`, keys under `model.`, or an exported `save_pretrained` directory). Optimizer,
-  scheduler and data position are deliberately not carried over: a new stage is a new run.
+  Lightning `.ckpt`, keys under `model.`, a sharded `.ckpt` directory of `trainer=fsdp`, or an exported
+  `save_pretrained` directory) into a model built whole. Optimizer, scheduler and data position are
+  deliberately not carried over: a new stage is a new run. (A model built on meta under FSDP2 reads
+  `init_from` into its shards instead: `dsvl.stages.strategies.defer_weights`.)
 - `load_stage_checkpoint`: a `.ckpt` alone gives back its model, because the stage saved the
   resolved model config, image token id and tokenizer directory as hyperparameters (eval, chat).
 """
@@ -18,7 +20,8 @@ from torch import nn
 
 from dsvl.errors import CheckpointError
 from dsvl.model.lora import ADAPTER_ONLY_KEY
-from dsvl.model.safe_load import UnsafeCheckpointError, check_checkpoint, safe_torch_load
+from dsvl.model.safe_load import (SHARDED_MODEL, UnsafeCheckpointError, check_checkpoint, is_sharded_checkpoint,
+                                  load_sharded, safe_torch_load, sharded_tensors)
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +31,44 @@ class InitFromError(CheckpointError):
 
 
 def check_init_from(path: str | Path) -> Path:
-    """The path, checked to exist and to be a `.ckpt` file (opened the safe way, tensors mapped, not read)
-    or a directory, before any weights are built."""
+    """The path, checked to exist and to be a `.ckpt` file or a sharded `.ckpt` directory holding model weights
+    (opened the safe way, tensors not read) or an exported model directory, before any weights are built."""
     p = Path(path).expanduser()
     if not p.exists():
         raise InitFromError(f"init_from={path}: no such file or directory")
-    if p.is_file() and p.suffix not in (".ckpt", ".pt", ".pth"):
-        raise InitFromError(f"init_from={path}: expected a Lightning .ckpt file or an exported model directory")
-    if p.is_file():
+    if (p.is_file() and p.suffix not in (".ckpt", ".pt", ".pth")) or (p.is_dir() and not is_sharded_checkpoint(p)
+                                                                        and not (p / "config.json").is_file()):
+        raise InitFromError(f"init_from={path}: expected a Lightning .ckpt file (a directory under trainer=fsdp) "
+                            "or an exported model directory (with config.json)")
+    if p.is_file() or is_sharded_checkpoint(p):
         try:
             check_checkpoint(p)
         except UnsafeCheckpointError as err:
             raise InitFromError(f"init_from={path}: {err}") from None
+    if is_sharded_checkpoint(p) and not _sharded_weights(p):
+        raise InitFromError(f"init_from={path}: a sharded checkpoint without model weights (no keys under {SHARDED_MODEL}model.)")
     return p
+
+
+def _sharded_weights(path: Path) -> dict[str, Any]:
+    """Index entries (shape, dtype) of the model weights of a sharded checkpoint, by `.ckpt` key (`model.<name>`)."""
+    return {k[len(SHARDED_MODEL):]: v for k, v in sharded_tensors(path, f"{SHARDED_MODEL}model.").items()}
+
+
+def read_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A sharded checkpoint as the dict of a `.ckpt` file (`meta.pt` plus `state_dict`): its model weights read whole
+    through DCP, whatever world size wrote them (no process group needed); its optimizer state is not read."""
+    path = Path(path)
+    ckpt = check_checkpoint(path)
+    state = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in _sharded_weights(path).items()}
+    load_sharded(path, {SHARDED_MODEL + k: t for k, t in state.items()})
+    return {**ckpt, "state_dict": state}
 
 
 def _load(path: Path) -> dict[str, Any]:
     try:
+        if is_sharded_checkpoint(path):
+            return read_sharded_checkpoint(path)
         ckpt = safe_torch_load(path, map_location="cpu")  # weights_only: a pickle needing code execution is refused
     except UnsafeCheckpointError as err:
         raise InitFromError(f"init_from={path}: {err}") from None
@@ -65,7 +89,12 @@ def _model_state(ckpt: dict[str, Any], path: Path, prefix: str = "model.") -> di
 def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, partial: bool = False) -> None:
     """All parameters must match (stages share one architecture); rebuilt buffers (rotary caches) may be absent.
     `partial`: a LoRA run's adapter-only checkpoint, whose frozen base weights came with `model.pretrained`."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ: saved from another model config
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err).strip()[:200])
+        raise InitFromError(f"init_from={path}: weights do not match this model ({detail}); "
+                            "stages must use the same model config") from None
     param_names = {n for n, _ in model.named_parameters()} if not partial else set()
     missing_params = [k for k in missing if k in param_names]
     if missing_params or unexpected:
@@ -78,10 +107,10 @@ def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, 
 
 
 def load_init_weights(model: nn.Module, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
-    """Copy weights from `path` (a `.ckpt` or an exported directory) into `model`; `ckpt`: the
-    `.ckpt` already read by `read_checkpoint` (a checkpoint is read once)."""
+    """Copy weights from `path` (a `.ckpt` file or directory, or an exported directory) into `model`; `ckpt`: the
+    `.ckpt` file already read by `read_checkpoint` (a checkpoint is read once)."""
     p = Path(path) if ckpt is not None else check_init_from(path)
-    if p.is_dir():
+    if p.is_dir() and not is_sharded_checkpoint(p):
         from dsvl.model import VisionLanguageModel
 
         _copy_weights(model, VisionLanguageModel.from_pretrained(str(p)).state_dict(), p)
@@ -91,8 +120,8 @@ def load_init_weights(model: nn.Module, path: str | Path, ckpt: dict[str, Any] |
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A `.ckpt` checked and read the safe way (its `hyper_parameters` are the stage's saved ones:
-    empty for checkpoints written before stages saved them)."""
+    """A `.ckpt` file or sharded directory checked and read the safe way (its `hyper_parameters` are the stage's
+    saved ones: empty for checkpoints written before stages saved them)."""
     return _load(check_init_from(path))
 
 

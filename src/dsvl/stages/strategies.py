@@ -42,6 +42,7 @@ from torch import nn
 
 from dsvl.model import WeightSource, materialize, weight_sources
 from dsvl.model.materialize import has_meta_parameters
+from dsvl.model.safe_load import SHARDED_MODEL, is_sharded_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -157,20 +158,29 @@ def builds_on_meta(strategy: Any) -> bool:
 
 
 def checkpoint_source(path: str | Path) -> WeightSource:
-    """A `WeightSource` for `init_from`: a Lightning `.ckpt` / weights-only torch file (keys under `model.`),
-    a `.safetensors` file of dsvl keys, or an exported transformers DeepSeek-VL directory (`save_pretrained`)."""
+    """A `WeightSource` for `init_from`: a Lightning `.ckpt` / weights-only torch file (keys under `model.`), a sharded
+    `.ckpt` directory of `trainer=fsdp` (DCP, keys under `state_dict.model.`), a `.safetensors` file of dsvl keys, or
+    an exported transformers DeepSeek-VL directory (`save_pretrained`)."""
     from dsvl.model.hf_keys import key_map
 
     p = Path(path).expanduser()
+    if is_sharded_checkpoint(p):
+        return WeightSource(str(p), strip=f"{SHARDED_MODEL}model.", exact=True)
     if p.is_dir():
         arch = json.loads((p / "config.json").read_text())["model_type"]
         return WeightSource(str(p), key_map=tuple(key_map(arch)))
-    return WeightSource(str(p), strip="model." if p.suffix != ".safetensors" else "")
+    return WeightSource(str(p), strip="model." if p.suffix != ".safetensors" else "", exact=p.suffix != ".safetensors")
 
 
 def defer_weights(model: nn.Module, init_from: str | Path) -> None:
     """Record on a meta-built model a checkpoint that `configure_model` loads into its shards (after the
-    pretrained weights the model config asks for): `init_from` under FSDP2."""
+    pretrained weights the model config asks for): `init_from` under FSDP2. A model built whole (`model.lora`)
+    loads it now, as under DDP."""
+    if not has_meta_parameters(model):
+        from dsvl.stages.checkpoint import load_init_weights
+
+        load_init_weights(model, init_from)
+        return
     model.deferred_weights = [*getattr(model, "deferred_weights", []), checkpoint_source(init_from)]
 
 
