@@ -208,9 +208,7 @@ def test_type_errors_name_key_value_and_type() -> None:
 def test_every_user_error_class_has_one_base() -> None:
     """The console scripts catch `dsvl.errors.UserError` only: every error a user can cause derives from it."""
     from dsvl.callbacks.nan_guard import NonFiniteLossError
-    from dsvl.cli.validate import RunConfigError
     from dsvl.data.chat import ConversationError
-    from dsvl.data.errors import DataConfigError
     from dsvl.errors import CheckpointError, ConfigError, DataError, UserError
     from dsvl.eval.evaluate import EvalError
     from dsvl.model.errors import ConfigError as ModelConfigError
@@ -219,7 +217,7 @@ def test_every_user_error_class_has_one_base() -> None:
     from dsvl.stages.freezing import FreezeConfigError
 
     kinds = {ModelConfigError: ConfigError, FreezeConfigError: ConfigError,
-             RunConfigError: ConfigError, NonFiniteLossError: ConfigError, DataConfigError: DataError,
+             NonFiniteLossError: ConfigError,
              ConversationError: DataError, UnsafeCheckpointError: CheckpointError, InitFromError: CheckpointError,
              EvalError: UserError}
     for cls, kind in kinds.items():

@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from dsvl.cli._config import CONFIG_DIR, fail, guarded, one_line
+from dsvl.cli._config import one_line
+from dsvl.cli.app import hydra_app
 from dsvl.data.chat import IMAGE_TOKEN
-from dsvl.errors import UserError
 from dsvl.eval.benchmarks import BenchmarkSpec
 from dsvl.eval.evaluate import EvalError, evaluate_benchmark, evaluate_mc, evaluate_text, format_table
 
@@ -313,38 +312,13 @@ def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str,
     return report
 
 
-def evaluate_and_print(cfg: DictConfig) -> None:
-    """`run_eval`, then the table; a user's mistake is one line and exit 2."""
-    from dsvl.data.bad_samples import BadSample
-
-    def body() -> dict[str, Any]:
-        try:
-            return run_eval(cfg)
-        except (UserError, BadSample) as e:  # dsvl.errors kinds; `guarded` answers the older types the same way
-            fail(PROG, e)
-
+@hydra_app(PROG, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Console script `dsvl-eval`: `run_eval`, then the table; a user's mistake is one line and exit 2."""
     quiet_transformers()
-    report = guarded(PROG, body, cleanup=lambda: None)
+    report = run_eval(cfg)
     print(format_table(report))
     print(f"report: {report['report_path']}")
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def hydra_main(cfg: DictConfig) -> None:
-    """The Hydra app (composition, run dir) around `evaluate_and_print`."""
-    evaluate_and_print(cfg)
-
-
-def main() -> None:
-    """Console script `dsvl-eval`: an override Hydra cannot compose (a typo) is one line and exit 2, then Hydra runs."""
-    import sys
-
-    from dsvl.cli.validate import precheck_overrides
-
-    error = precheck_overrides(sys.argv[1:], config_name="eval")
-    if error:
-        fail(PROG, error)
-    hydra_main()
 
 
 if __name__ == "__main__":

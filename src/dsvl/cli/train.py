@@ -24,10 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dsvl.cli._config import CONFIG_DIR, guarded
+from dsvl.cli.app import hydra_app
 from dsvl.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -175,8 +174,6 @@ def resume_from(cfg: DictConfig) -> str | None:
 
     requested = cfg.get("ckpt_path")
     last = ckpt_dir(cfg) / "last.ckpt"
-    if requested and cfg.get("init_from") and not cfg.get("auto_resume"):
-        raise ConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
     if requested == "hpc":  # SLURM requeue: Lightning's hpc_ckpt_<n>.ckpt in the run dir
         candidates = sorted(Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir).glob("hpc_ckpt_*.ckpt"))
     elif requested == "last" or (cfg.get("auto_resume") and not requested):
@@ -206,9 +203,8 @@ def resume_from(cfg: DictConfig) -> str | None:
 
 
 def check_run(cfg: DictConfig) -> list[str]:
-    """What `validate_config` leaves to the run: the model's parts fit (`vision_spec`, no weights),
-    `stage.trainable` names parts it has, training has steps and the LR warm-up fits in them.
-    Returns the parts that will train."""
+    """What `validate_config` leaves to the run: the model's parts fit (`vision_spec`, no weights) and
+    `stage.trainable` names parts it has. Returns the parts that will train."""
     from hydra.utils import get_class
 
     from dsvl.model import vision_spec
@@ -218,14 +214,7 @@ def check_run(cfg: DictConfig) -> list[str]:
     towers = [p for p, key in (("vision.low", "pixel_values"), ("vision.high", "high_res_pixel_values")) if spec.input(key)]
     trainable = cfg.stage.get("trainable")
     trainable = get_class(cfg.stage._target_).default_trainable if trainable is None else trainable
-    parts = expand_part_names(list(trainable), [*towers, "adaptor", "llm"])
-    max_steps = int(cfg.trainer.get("max_steps") or -1)
-    if max_steps <= 0:
-        raise ConfigError(f"trainer.max_steps must be > 0 (training is counted in global steps), got {max_steps}")
-    warmup = OmegaConf.select(cfg, "scheduler.warmup_steps")
-    if warmup is not None and int(warmup) > max_steps:
-        raise ConfigError(f"scheduler.warmup_steps={warmup} exceeds trainer.max_steps={max_steps} (accepted: 0 to {max_steps})")
-    return parts
+    return expand_part_names(list(trainable), [*towers, "adaptor", "llm"])
 
 
 def accumulation(cfg: DictConfig, world: int) -> int:
@@ -342,23 +331,12 @@ def export_model(model: Any, datamodule: Any, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- entry
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
-    """The Hydra app (composition, run dir, multirun): train, return the sweep objective (`optimized_metric`;
-    nan when the run did not produce it)."""
-    value = guarded("dsvl-train", lambda: train(cfg), close_wandb).get(cfg.get("optimized_metric") or "")
+@hydra_app("dsvl-train", config_name="train", cleanup=close_wandb)
+def main(cfg: DictConfig) -> float:
+    """Console script `dsvl-train` (composition, run dir, multirun): train, return the sweep objective
+    (`optimized_metric`; nan when the run did not produce it)."""
+    value = train(cfg).get(cfg.get("optimized_metric") or "")
     return value if value is not None and math.isfinite(value) else float("nan")
-
-
-def main() -> None:
-    """Console script `dsvl-train`: a config Hydra cannot compose is one line and exit 2, then Hydra runs."""
-    from dsvl.cli._config import fail
-    from dsvl.cli.validate import precheck_overrides
-
-    error = precheck_overrides(sys.argv[1:])
-    if error:
-        fail("dsvl-train", error)
-    hydra_main()
 
 
 if __name__ == "__main__":

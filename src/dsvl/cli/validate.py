@@ -32,10 +32,6 @@ HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-
                     "--shell-completion", "-sc", "--experimental-rerun", "--version")
 
 
-class RunConfigError(ConfigError):
-    """A config value that cannot work; the message is one line naming the key and what is accepted."""
-
-
 # ---------------------------------------------------------------------------------------- 1. composition
 def _group_options(group: str) -> list[str]:
     """Option names of a config group folder (nested folders as `sub/option`)."""
@@ -123,11 +119,11 @@ def _resolved(node: DictConfig | ListConfig, key: Any) -> Any:
         return node[key]
     except MissingMandatoryValue:
         full = node._get_full_key(key)
-        raise RunConfigError(f"{full}: no value (set it: {full}=...)") from None
+        raise ConfigError(f"{full}: no value (set it: {full}=...)") from None
     except InterpolationResolutionError as err:
         if "HydraConfig was not set" in str(err):
             return node._get_node(key)._value()  # type: ignore[union-attr]
-        raise RunConfigError(f"{node._get_full_key(key)}: {one_line(err)}") from None
+        raise ConfigError(f"{node._get_full_key(key)}: {one_line(err)}") from None
 
 
 def check_sources(data: dict[str, Any]) -> None:
@@ -159,7 +155,7 @@ def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
     modalities = {s.get("modality", "text") for s in (sources.values() if isinstance(sources, dict) else sources) if s}
     need = {"text_only": "text", "multimodal_only": "multimodal"}.get(str(data.get("mode")))
     if need and need not in modalities:
-        raise RunConfigError(f"data.mode={data['mode']} but data.train_sources has no {need} source "
+        raise ConfigError(f"data.mode={data['mode']} but data.train_sources has no {need} source "
                              f"(its sources are {', '.join(sorted(modalities)) or 'none'})")
     tokenizer = data.get("tokenizer")
     if isinstance(tokenizer, str) and _local_path(tokenizer) and not Path(tokenizer).expanduser().exists():
@@ -176,24 +172,15 @@ def _local_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
-def check_stage(stage: dict[str, Any]) -> None:
-    """The trainable part names (the freezing code's own list and aliases; whether this model has
-    each part is known once its parts are)."""
-    from dsvl.stages.freezing import expand_part_names
-
-    if stage.get("trainable") is not None:
-        expand_part_names(stage["trainable"])
-
-
 def check_steps(cfg: dict[str, Any]) -> None:
     """Step and batch arithmetic that holds on any number of devices."""
     max_steps = (cfg.get("trainer") or {}).get("max_steps")
     sched = cfg.get("scheduler") or {}
     if max_steps and sched.get("warmup_steps") is not None and int(sched["warmup_steps"]) > int(max_steps):
-        raise RunConfigError(f"scheduler.warmup_steps={sched['warmup_steps']} exceeds trainer.max_steps={max_steps} "
+        raise ConfigError(f"scheduler.warmup_steps={sched['warmup_steps']} exceeds trainer.max_steps={max_steps} "
                              f"(accepted: 0 to {max_steps})")
     if len(sched.get("milestones") or []) != len(sched.get("factors") or []):
-        raise RunConfigError(f"scheduler.milestones={sched['milestones']} and scheduler.factors={sched['factors']} "
+        raise ConfigError(f"scheduler.milestones={sched['milestones']} and scheduler.factors={sched['factors']} "
                              "need the same length (one lr factor from each milestone on)")
     warmup = ((cfg.get("data") or {}).get("schedule") or {}).get("warmup_steps")
     if max_steps and warmup and int(warmup) > int(max_steps):
@@ -205,7 +192,7 @@ def check_steps(cfg: dict[str, Any]) -> None:
     micro = (cfg.get("data") or {}).get("micro_batch_size")
     global_batch = (cfg.get("stage") or {}).get("global_batch")
     if micro and global_batch and int(global_batch) % int(micro):
-        raise RunConfigError(f"stage.global_batch={global_batch} is not divisible by data.micro_batch_size={micro} "
+        raise ConfigError(f"stage.global_batch={global_batch} is not divisible by data.micro_batch_size={micro} "
                              "(accepted: a multiple of data.micro_batch_size x trainer.devices x trainer.num_nodes)")
 
 
@@ -217,7 +204,7 @@ def check_checkpoints(cfg: dict[str, Any]) -> None:
 
     init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
     if init_from and ckpt_path:
-        raise RunConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
+        raise ConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
     accepted = {"init_from": "accepted: a Lightning .ckpt file or an exported model directory",
                 "ckpt_path": "accepted: a .ckpt file (a directory under trainer=fsdp), or 'last'"}
     ckpt_dir = (cfg.get("paths") or {}).get("ckpt_dir")
@@ -248,9 +235,12 @@ def check_checkpoints(cfg: dict[str, Any]) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Every value of a train config, before any weights exist; raises a `dsvl.errors.UserError`
     (`ConfigError`, `DataError` or `CheckpointError`) with a one-line message naming the key."""
+    from dsvl.stages.freezing import expand_part_names
+
     values = plain(cfg)
     check_schema(values)
-    check_stage(values.get("stage") or {})
+    if (values.get("stage") or {}).get("trainable") is not None:  # names and aliases (this model's parts: check_run)
+        expand_part_names(values["stage"]["trainable"])
     check_steps(values)
     if values.get("data"):
         check_data(values["data"], values.get("mc_val"))

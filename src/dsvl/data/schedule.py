@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dsvl.data.errors import DataConfigError
+from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
 Modality = Literal["text", "multimodal"]
@@ -30,11 +30,11 @@ class ModalitySchedule:
     def __init__(self, start: float = 1.0, target: float = 0.7, warmup_steps: int = 0, shape: str = "linear") -> None:
         for name, v in (("start", start), ("target", target)):
             if not 0.0 <= float(v) <= 1.0:
-                raise DataConfigError(f"ModalitySchedule.{name} must be in [0, 1], got {v}")
+                raise DataError(f"ModalitySchedule.{name} must be in [0, 1], got {v}")
         if int(warmup_steps) < 0:
-            raise DataConfigError(f"ModalitySchedule.warmup_steps must be >= 0, got {warmup_steps}")
+            raise DataError(f"ModalitySchedule.warmup_steps must be >= 0, got {warmup_steps}")
         if shape not in ("linear", "cosine"):
-            raise DataConfigError(f"ModalitySchedule.shape must be 'linear' or 'cosine', got {shape!r}")
+            raise DataError(f"ModalitySchedule.shape must be 'linear' or 'cosine', got {shape!r}")
         self.start, self.target = float(start), float(target)
         self.warmup_steps, self.shape = int(warmup_steps), shape
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
-from dsvl.data.errors import DataConfigError
+from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
 RawSample = dict[str, Any]
@@ -140,7 +140,7 @@ class SourceReader:
     def __init__(self, name: str, urls: list[str], part: Part, seed: int, encode: Callable[[RawSample], Any],
                  counter: SkipCounter, shuffle: int = 1000, loop: bool = True) -> None:
         if not urls:
-            raise DataConfigError(f"data source {name!r} has no shards")
+            raise DataError(f"data source {name!r} has no shards")
         self.name, self.urls, self.part, self.seed = name, list(urls), part, seed
         self.encode, self.counter, self.shuffle, self.loop = encode, counter, shuffle, loop
         self.epoch, self.offset = 0, 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN, Segment, conversation_segments
-from dsvl.data.errors import DataConfigError
+from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -48,7 +48,7 @@ class TextEncoder:
         add_eos_to_text: bool = True,
     ) -> None:
         if supervise not in ("all", "assistant"):
-            raise DataConfigError(f"supervise must be 'all' or 'assistant', got {supervise!r}")
+            raise DataError(f"supervise must be 'all' or 'assistant', got {supervise!r}")
         self.tokenizer = tokenizer
         self.num_image_tokens = int(num_image_tokens)
         self.supervise = supervise
@@ -65,13 +65,13 @@ class TextEncoder:
         tid = self.tokenizer.convert_tokens_to_ids(token)
         unk = getattr(self.tokenizer, "unk_token_id", None)
         if tid is None or (unk is not None and tid == unk and token != self.tokenizer.unk_token):
-            raise DataConfigError(f"tokenizer has no {what} token {token!r}; add it as a special token")
+            raise DataError(f"tokenizer has no {what} token {token!r}; add it as a special token")
         return int(tid)
 
     def _special_id(self, attr: str) -> int:
         tid = getattr(self.tokenizer, f"{attr}_id", None)
         if tid is None:
-            raise DataConfigError(f"tokenizer has no {attr}; DeepSeek-VL needs bos and eos tokens")
+            raise DataError(f"tokenizer has no {attr}; DeepSeek-VL needs bos and eos tokens")
         return int(tid)
 
     def _pieces(self, text: str) -> list[int | None]:

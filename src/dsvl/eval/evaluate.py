@@ -113,11 +113,11 @@ def evaluate_text(model: nn.Module, tokenizer: Any, shards: str | Sequence[str],
     result: dict[str, Any] = {"shards": urls, "skipped": counter.as_dict()}
     if samples["text"]:
         m = metrics["text"]
-        result.update(perplexity=float(m.compute()), loss=float(m.nll_sum) / int(m.num_tokens),
-                      num_tokens=int(m.num_tokens), num_samples=samples["text"])
+        result.update(perplexity=float(m.compute()), loss=float(m.mean_value / m.weight),
+                      num_tokens=int(m.weight), num_samples=samples["text"])
     if samples["multimodal"]:
         result["multimodal"] = {"loss": float(metrics["multimodal"].compute()),
-                                "num_tokens": int(metrics["multimodal"].num_tokens), "num_samples": samples["multimodal"]}
+                                "num_tokens": int(metrics["multimodal"].weight), "num_samples": samples["multimodal"]}
     if not samples["text"] and not samples["multimodal"]:
         raise EvalError(f"no usable samples in {shards} ({counter.summary()})")
     return result
