@@ -74,7 +74,7 @@ def test_state_dict_round_trip_resumes_at_next_sample(demo_dir, hybrid_spec, num
     dm2.load_state_dict(state)
     got = [b["keys"] for b in _consume(dm2, iter(dm2.train_dataloader()), 6)]
     assert got == expected
-    assert dm2.global_step_of_next_batch == (consumed + 6) // 2
+    assert dm2._next_micro_index // dm2._accumulate() == (consumed + 6) // 2
 
 
 def test_modes_and_config_errors(demo_dir, hybrid_spec):
@@ -214,7 +214,7 @@ def test_layouts_that_cannot_continue_the_parts_fail_unless_elastic_restart(demo
         _layout_dms(demo_dir, hybrid_spec, 2, 0, parts=3)[0].train_dataloader()
     (dm,) = _layout_dms(demo_dir, hybrid_spec, 1, 0, state=state, packing=False, parts=3, elastic_restart=True)
     it = iter(dm.train_dataloader())
-    assert "data.elastic_restart" in caplog.text and dm.record(next(it)) and dm.global_step_of_next_batch == 1
+    assert "data.elastic_restart" in caplog.text and dm.record(next(it)) and dm._next_micro_index // dm._accumulate() == 1
     assert dm.state_dict()["parts"] == 3  # the restarted streams are split as this run asks
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from dsvl.cli._config import one_line
 from dsvl.cli.app import hydra_app
-from dsvl.data.chat import IMAGE_TOKEN
+from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
 from dsvl.eval.benchmarks import BenchmarkSpec
 from dsvl.eval.evaluate import EvalError, evaluate_benchmark, evaluate_mc, evaluate_text, format_table
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 PROG = "dsvl-eval"
 RUN_CONFIG_NAMES = ("config_resolved.yaml", ".hydra/config.yaml")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-TOKENIZER_KEYS = ("tokenizer", "tokenizer_path", "tokenizer_dir", "tokenizer_name")
 SYSTEM_PROMPT_AUTO = "auto"
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
@@ -55,26 +54,17 @@ class LoadedModel:
 
 
 # ---------------------------------------------------------------------------------------- loading
-def find_run_config(checkpoint: Path) -> Path | None:
-    """The training run's saved config above a checkpoint (run_dir/checkpoints/last.ckpt) or in/above an export dir."""
-    start = checkpoint.resolve()
-    for parent in ([start] if start.is_dir() else []) + list(start.parents)[:3]:
-        for name in RUN_CONFIG_NAMES:
-            if (parent / name).is_file():
-                return parent / name
-    return None
-
-
 def load_run_config(path: Path) -> DictConfig | None:
-    """The saved config of the training run a checkpoint (or an export inside a run dir) came from."""
-    found = find_run_config(path)
-    if found is None:
-        return None
-    try:
-        cfg = OmegaConf.load(found)
-    except (OSError, OmegaConfBaseException) as e:
-        raise EvalError(f"{found}: unreadable run config ({one_line(e)})") from None
-    return cfg if isinstance(cfg, DictConfig) else None
+    """The saved config of the training run above a checkpoint (run_dir/checkpoints/last.ckpt) or in/above an export dir."""
+    start = path.resolve()
+    for parent in ([start] if start.is_dir() else []) + list(start.parents)[:3]:
+        for found in (parent / name for name in RUN_CONFIG_NAMES if (parent / name).is_file()):
+            try:
+                cfg = OmegaConf.load(found)
+            except (OSError, OmegaConfBaseException) as e:
+                raise EvalError(f"{found}: unreadable run config ({one_line(e)})") from None
+            return cfg if isinstance(cfg, DictConfig) else None
+    return None
 
 
 def _model_node(checkpoint: Path, run_cfg: DictConfig | None, model_cfg: Any = None) -> dict[str, Any]:
@@ -88,37 +78,13 @@ def _model_node(checkpoint: Path, run_cfg: DictConfig | None, model_cfg: Any = N
         raise EvalError(f"{checkpoint}: the run's model config does not resolve ({one_line(e)})") from None
 
 
-def _run_system_prompt(run_cfg: DictConfig | None) -> str | None:
-    """The system prompt the run trained with (`data.system_prompt`; null there means none)."""
-    from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
-
-    if run_cfg is None or OmegaConf.select(run_cfg, "data", default=None) is None:
-        return DEFAULT_SYSTEM_PROMPT
+def _run_data(run_cfg: DictConfig | None, key: str, default: Any = None) -> Any:
+    """`data.<key>` of the training run's config; `default` when it is absent or does not resolve."""
     try:
-        data = run_cfg.data
-        if "system_prompt" not in data:
-            return DEFAULT_SYSTEM_PROMPT
-        return OmegaConf.select(run_cfg, "data.system_prompt", default=None) or None
+        data = run_cfg.get("data") if run_cfg is not None else None
+        return data[key] if isinstance(data, DictConfig) and key in data else default
     except OmegaConfBaseException:
-        return DEFAULT_SYSTEM_PROMPT
-
-
-def _run_tokenizer(run_cfg: DictConfig | None) -> str | None:
-    """The tokenizer path the training run used (a `data.*tokenizer*` key), if any."""
-    if run_cfg is None or not isinstance(run_cfg.get("data"), DictConfig):
-        return None
-    for key in TOKENIZER_KEYS:
-        try:
-            value = OmegaConf.select(run_cfg, f"data.{key}", default=None)
-        except OmegaConfBaseException:
-            continue
-        if isinstance(value, str) and value:
-            return value
-        if isinstance(value, DictConfig):  # e.g. data.tokenizer: {path: ...}
-            for sub in ("path", "pretrained_model_name_or_path", "name"):
-                if isinstance(value.get(sub), str):
-                    return value.get(sub)
-    return None
+        return default
 
 
 def _check_tokenizer_dir(path: str | Path) -> Path:
@@ -204,29 +170,22 @@ def load_for_inference(
         raise EvalError(f"model not found: {p}")
     tok_path: str | None = str(_check_tokenizer_dir(tokenizer)) if tokenizer else None
     run_cfg = load_run_config(p)
-    system_prompt = _run_system_prompt(run_cfg)
+    system_prompt = _run_data(run_cfg, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None  # null in the run: none
     try:
-        if adapter:
+        if adapter or p.is_dir():
             if not (p / "config.json").is_file():
-                raise EvalError(f"an adapter needs the base model's transformers directory; {p} has no config.json")
-            tok_path = tok_path or str(p)
-            tok = load_tokenizer(tok_path)
-            model = VisionLanguageModel.from_pretrained(p, adapter=adapter)
-            system_prompt = exported_system_prompt(adapter, exported_system_prompt(p, system_prompt))
-            source = "adapter"
-        elif p.is_dir():
-            if not (p / "config.json").is_file():
-                raise EvalError(f"{p} is not an exported model directory (no config.json); expected save_pretrained output or a .ckpt")
-            tok_path = tok_path or str(p)
-            tok = load_tokenizer(tok_path)
-            model = VisionLanguageModel.from_pretrained(str(p))
-            system_prompt = exported_system_prompt(p, system_prompt)
-            source = "exported"
+                raise EvalError(f"an adapter needs the base model's transformers directory; {p} has no config.json" if adapter
+                                else f"{p} is not an exported model directory (no config.json); expected save_pretrained output or a .ckpt")
+            tok = load_tokenizer(tok_path := tok_path or str(p))
+            model = VisionLanguageModel.from_pretrained(str(p), adapter=adapter)
+            for folder in filter(None, (p, adapter)):  # the adapter's dsvl_chat.json wins over the base's
+                system_prompt = exported_system_prompt(folder, system_prompt)
+            source = "adapter" if adapter else "exported"
         elif p.suffix in (".ckpt", ".pt", ".pth"):
             ckpt = read_checkpoint(p)
             saved = dict(ckpt.get("hyper_parameters") or {}) if model_cfg is None else {}
             node = dict(saved["model_config"]) if saved.get("model_config") else _model_node(p, run_cfg, model_cfg)
-            tok_path = tok_path or _locate(saved.get("tokenizer"), p) or _locate(_run_tokenizer(run_cfg), p)
+            tok_path = tok_path or _locate(saved.get("tokenizer"), p) or _locate(_run_data(run_cfg, "tokenizer"), p)
             if tok_path is None:
                 raise EvalError(f"{p}: the run config names no tokenizer; pass --tokenizer / tokenizer=DIR")
             tok = load_tokenizer(tok_path)

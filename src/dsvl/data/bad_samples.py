@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from enum import Enum
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 LOG_FIRST = 5  # per reason and process; after that only the 10th, 100th, ... skip is logged
@@ -61,6 +62,14 @@ class SkipCounter:
         return self
 
     __iadd__ = merge
+
+    def parsed(self, raws: Iterable[Mapping[str, Any]], parse: Callable[[Any], T]) -> Iterator[T]:
+        """`parse(raw)` of every raw sample; one that raises `BadSample` is counted here and skipped."""
+        for raw in raws:
+            try:
+                yield parse(raw)
+            except BadSample as e:
+                self.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
 
     @property
     def total(self) -> int:

@@ -112,18 +112,8 @@ def validate_shards(urls: str | list[str], progress: bool = True, encoder: Any |
     report = Report(shards=shard_urls(urls))
     encoder = encoder.for_format(fmt) if encoder is not None else None
 
-    def samples() -> Iterator[dict[str, Any]]:
-        for url in report.shards:
-            yield from read_tar(url, report.skipped)
-
-    for raw in _progress(samples(), progress, "validate"):
-        try:
-            if encoder is not None:
-                encoder(raw)
-            else:
-                parse_sample(caption_to_raw(raw) if fmt == "caption" else raw, decode_images=True)
-            report.good += 1
-        except BadSample as e:
-            report.skipped.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
+    check = encoder or (lambda raw: parse_sample(caption_to_raw(raw) if fmt == "caption" else raw, decode_images=True))
+    raws = (raw for url in report.shards for raw in read_tar(url, report.skipped))
+    report.good = sum(1 for _ in report.skipped.parsed(_progress(raws, progress, "validate"), check))
     log.info("validated %s", report.summary())
     return report

@@ -1,11 +1,15 @@
 """Encoded samples -> the batch dict of docs/architecture.md (right padding, packed rows, stats)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any, Sequence, TypeVar
 
 import torch
 
 from dsvl.data.tokenize import IGNORE_INDEX, Encoded
+
+T = TypeVar("T")
 
 
 def _pixels(samples: Sequence[Encoded], image_inputs: Sequence[tuple[str, int]]) -> dict[str, torch.Tensor]:
@@ -62,3 +66,10 @@ def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: S
 def collate(samples: Sequence[Encoded], pad_id: int, image_inputs: Sequence[tuple[str, int]] = ()) -> dict[str, Any]:
     """One sample per row, right padded to the longest."""
     return collate_rows([[s] for s in samples], pad_id, image_inputs)
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` items in order, the last one shorter (Python 3.12's `itertools.batched`)."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch

@@ -36,19 +36,10 @@ from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceColla
 from dsvl.data.schedule import ModalitySchedule
 from dsvl.data.streams import expand_urls
 from dsvl.data.tokenize import TextEncoder
-from dsvl.model.spec import ImageInputSpec, VisionSpec
+from dsvl.model.spec import VisionSpec
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 2  # 2: positions per logical data part (1: per rank and worker)
-
-
-def as_vision_spec(spec: VisionSpec | Mapping[str, Any] | None) -> VisionSpec | None:
-    """A VisionSpec from an object or a config mapping ``{inputs: [{name, size, mean, std}], num_image_tokens}``."""
-    if spec is None or isinstance(spec, VisionSpec):
-        return spec
-    inputs = tuple(ImageInputSpec(str(i["name"]), int(i["size"]), tuple(i["mean"]), tuple(i["std"]))  # type: ignore[arg-type]
-                   for i in spec.get("inputs", ()))
-    return VisionSpec(inputs, int(spec.get("num_image_tokens", 0)))
 
 
 def load_tokenizer(path: str) -> Any:
@@ -70,7 +61,7 @@ class DSVLDataModule(L.LightningDataModule):
         tokenizer: str | Any,
         train_sources: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         val_sources: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-        vision_spec: VisionSpec | Mapping[str, Any] | None = None,
+        vision_spec: VisionSpec | None = None,
         micro_batch_size: int = 8,
         val_batch_size: int | None = None,
         max_length: int = 512,
@@ -98,11 +89,8 @@ class DSVLDataModule(L.LightningDataModule):
         self.val_sources = parse_sources(val_sources)
         if not self.train_sources:
             raise DataError("data.train_sources is empty")
-        self.vision = as_vision_spec(vision_spec)
-        if isinstance(schedule, ModalitySchedule):
-            self.schedule = schedule
-        else:
-            self.schedule = ModalitySchedule(**dict(schedule or {}))
+        self.vision = vision_spec
+        self.schedule = schedule if isinstance(schedule, ModalitySchedule) else ModalitySchedule(**dict(schedule or {}))
         self.micro_batch_size, self.val_batch_size = int(micro_batch_size), int(val_batch_size or micro_batch_size)
         self.max_length, self.pad_to_max_length = int(max_length), bool(pad_to_max_length)
         self.packing, self.packing_buffer = packed_modalities(packing), int(packing_buffer)
@@ -294,10 +282,6 @@ class DSVLDataModule(L.LightningDataModule):
     def record(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The same as `on_before_batch_transfer`, for loops without Lightning."""
         return self.on_before_batch_transfer(batch, 0)
-
-    @property
-    def global_step_of_next_batch(self) -> int:
-        return self._next_micro_index // self._accumulate()
 
     def _mine(self) -> dict[int, dict[str, Any]]:
         """Positions of the data parts this rank builds (part p is built by rank p mod world_size)."""

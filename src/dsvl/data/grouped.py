@@ -21,13 +21,14 @@ same scheduled ratio: the baseline the benchmark compares against), ``text_only`
 from __future__ import annotations
 
 import math
+from itertools import islice
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from torch.utils.data import IterableDataset, get_worker_info
 
 from dsvl.data.bad_samples import SkipCounter
-from dsvl.data.collate import collate, collate_rows
+from dsvl.data.collate import batched, collate, collate_rows
 from dsvl.data.encode import SampleEncoder
 from dsvl.errors import DataError
 from dsvl.data.mixture import Mixture, SourceConfig
@@ -225,24 +226,14 @@ class EvalBatches(IterableDataset):
         self.counter = SkipCounter()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        k, W = (info.id, info.num_workers) if info is not None else (0, 1)
-        part = Part.of(self.rank, self.world_size, k, W)
+        part = Part.of(self.rank, self.world_size)
         for modality in (TEXT, MULTIMODAL):
             enc = self.encoder.for_modality(modality)
             readers = [SourceReader(s.name, expand_urls(s.urls), part, 0, enc.for_format(s.format), self.counter,
                                     shuffle=0, loop=False)
                        for s in self.sources if s.modality == modality]
-            buf, made = [], 0
-            for r in readers:
-                while (got := r.next_good()) is not None:
-                    buf.append(got[0])
-                    if len(buf) == self.B:
-                        yield collate(buf, self.encoder.text.pad_id, self.image_inputs)
-                        buf, made = [], made + 1
-                        if self.max_batches is not None and made >= self.max_batches:
-                            break
-                if self.max_batches is not None and made >= self.max_batches:
-                    break
-            if buf and (self.max_batches is None or made < self.max_batches):
-                yield collate(buf, self.encoder.text.pad_id, self.image_inputs)
+            samples = (got[0] for r in readers for got in iter(r.next_good, None))
+            if self.max_batches is not None:
+                samples = islice(samples, self.max_batches * self.B)
+            for batch in batched(samples, self.B):
+                yield collate(batch, self.encoder.text.pad_id, self.image_inputs)

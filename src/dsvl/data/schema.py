@@ -86,7 +86,7 @@ def parse_json(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
     return meta
 
 
-def _check_conversation(conv: Any, key: str) -> list[dict[str, str]]:
+def check_conversation(conv: Any, key: str) -> list[dict[str, str]]:
     if not isinstance(conv, list) or not conv:
         raise BadSample(SkipReason.BAD_CONVERSATION, "conversation must be a non-empty list", key)
     for i, m in enumerate(conv):
@@ -117,7 +117,7 @@ def parse_sample(raw: Mapping[str, Any], decode_images: bool = True, max_side: i
         sample.text = text
         plain = text.replace(IMAGE_TOKEN, "")
     else:
-        sample.conversation = _check_conversation(conv, key)
+        sample.conversation = check_conversation(conv, key)
         plain = "".join(m["content"] for m in sample.conversation).replace(IMAGE_TOKEN, "")
     if not plain.strip():
         raise BadSample(SkipReason.EMPTY_TEXT, "no text besides placeholders", key)

@@ -23,6 +23,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
+from torch.utils.data import get_worker_info
+
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.errors import DataError
 
@@ -112,12 +114,7 @@ def iter_samples(urls: str | list[str], counter: SkipCounter | None = None) -> I
     from dsvl.data.schema import parse_sample
 
     counter = counter if counter is not None else SkipCounter()
-    for url in expand_urls(urls):
-        for raw in read_tar(url, counter):
-            try:
-                yield parse_sample(raw)
-            except BadSample as e:
-                counter.add(e.reason, e.key, e.detail)
+    yield from counter.parsed((raw for url in expand_urls(urls) for raw in read_tar(url, counter)), parse_sample)
 
 
 @dataclass(frozen=True)
@@ -129,9 +126,11 @@ class Part:
     count: int = 1
 
     @classmethod
-    def of(cls, rank: int, world_size: int, worker: int, num_workers: int) -> "Part":
-        """The part of one (rank, DataLoader worker): parts = world_size * num_workers."""
-        return cls(rank * num_workers + worker, world_size * num_workers)
+    def of(cls, rank: int, world_size: int) -> "Part":
+        """The part of this (rank, DataLoader worker): parts = world_size * num_workers."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return cls(rank * workers + worker, world_size * workers)
 
 
 class SourceReader:
