@@ -95,7 +95,7 @@ WRONG = {k: v for k, v in CASES.items() if v is not None}
 RIGHT = [k for k, v in CASES.items() if v is None] + [
     "optim.lr=1e-4", "trainer.precision=bf16-mixed", "trainer.precision=16", "+trainer.enable_progress_bar=false",
     "data.num_workers=0", "val_every_n_steps=null", "stage.trainable=[vision,adaptor,llm]", "limit_val_batches=0.5",
-    "seed=0", "trainer.devices=auto",
+    "seed=0", "trainer.devices=auto", "ckpt_path=hpc",  # SLURM requeue: Lightning finds hpc_ckpt_<n>.ckpt itself
 ]
 
 

@@ -55,10 +55,12 @@ def fail(prog: str, err: BaseException | str) -> NoReturn:
     sys.exit(EXIT_USER_ERROR)
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None) -> DictConfig:
+def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None,
+            return_hydra_config: bool = False) -> DictConfig:
     """Compose the training config as `dsvl-train` would, outside `@hydra.main` (demo, pipeline, tests).
 
-    `output_dir` replaces Hydra's run dir (there is none outside `@hydra.main`).
+    `output_dir` replaces Hydra's run dir (there is none outside `@hydra.main`). Hydra's global state is
+    left as it was found (cleared), so `@hydra.main` can run afterwards.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -69,8 +71,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train", output_di
         overrides = list(overrides)
         if output_dir is not None:
             overrides.append(f"paths.output_dir={Path(output_dir).resolve()}")
-        cfg = hydra_compose(config_name=config_name, overrides=overrides)
-    return cfg
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def is_multirun() -> bool:

@@ -110,13 +110,9 @@ def _locate(path: str | None, anchor: Path) -> str | None:
 
 def load_tokenizer(path: str | Path) -> Any:
     """A transformers tokenizer from a local directory (never downloads)."""
-    from transformers import AutoTokenizer
+    from dsvl.data import load_tokenizer as load_local
 
-    p = _check_tokenizer_dir(path)
-    try:
-        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise EvalError(f"cannot load the tokenizer in {p}: {one_line(e)}") from None
+    return load_local(str(_check_tokenizer_dir(path)))
 
 
 def _check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
@@ -129,7 +125,7 @@ def _check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
         raise EvalError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}: wrong tokenizer?")
 
 
-def resolve_device(name: str | None) -> torch.device:
+def resolve_device(name: str | torch.device | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -209,8 +205,7 @@ def load_for_inference(
     torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
     if dtype and torch_dtype is None:
         raise EvalError(f"dtype={dtype}: expected one of {sorted(DTYPES)}")
-    target = device if isinstance(device, torch.device) else resolve_device(None if device is None else str(device))
-    model = model.to(device=target, dtype=torch_dtype)
+    model = model.to(device=resolve_device(device), dtype=torch_dtype)
     model.eval()
     log.info("loaded %s model from %s (tokenizer %s)", source, p, tok_path)
     return LoadedModel(model=model, tokenizer=tok, source=source, path=Path(adapter) if adapter else p,
@@ -224,31 +219,21 @@ def pick_system_prompt(requested: str | None, loaded: LoadedModel) -> str | None
     return None if requested.strip().lower() in ("", "none", "null") else requested
 
 
-def load_model(cfg: DictConfig) -> LoadedModel:
-    """The model to evaluate: a dsvl `.ckpt` or an exported directory (`checkpoint=`), on `device`, in `dtype`."""
-    return load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), resolve_device(cfg.get("device")), cfg.get("dtype"),
-                              cfg.get("model"), cfg.get("adapter"))
-
-
-def benchmark_specs(node: DictConfig | None) -> list[BenchmarkSpec]:
-    """The `benchmarks` entries that have a path, checked (before any weights load)."""
-    entries = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    return [BenchmarkSpec.from_config(name, entry) for name, entry in entries.items() if entry and entry.get("path")]
-
-
 def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Everything `dsvl-eval` does, as a function: returns the report and writes it as JSON."""
     start = time.perf_counter()
     mc_shards, text_shards = (OmegaConf.to_object(x) if OmegaConf.is_config(x) else x
                               for x in (cfg.mc.get("shards"), cfg.text.get("shards")))
-    benchmarks = benchmark_specs(cfg.get("benchmarks"))
+    entries = OmegaConf.to_container(cfg.benchmarks, resolve=True) if cfg.get("benchmarks") is not None else {}
+    benchmarks = [BenchmarkSpec.from_config(name, e) for name, e in entries.items() if e and e.get("path")]  # checked before any weights
     if not mc_shards and not text_shards and not benchmarks:
         raise EvalError("nothing to evaluate: set benchmarks.<name>.path, mc.shards and/or text.shards")
     modes = list(cfg.mc.get("modes") or ["text"])
     bad = [m for m in modes if m not in ("text", "letter")]
     if bad:
         raise EvalError(f"mc.modes: unknown mode {bad[0]!r}; accepted: text, letter")
-    loaded = load_model(cfg)
+    loaded = load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), cfg.get("device"), cfg.get("dtype"), cfg.get("model"),
+                                cfg.get("adapter"))
     system_prompt = pick_system_prompt(cfg.get("system_prompt"), loaded)
     report: dict[str, Any] = {"model": str(loaded.path), "source": loaded.source, "tokenizer": loaded.tokenizer_path,
                               "device": str(next(loaded.model.parameters()).device), "system_prompt": system_prompt}

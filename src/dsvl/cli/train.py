@@ -73,14 +73,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from dsvl.callbacks import was_preempted
     from dsvl.cli.validate import validate_config
     from dsvl.model import build_model
-    from dsvl.stages.checkpoint import check_init_from, load_init_weights
+    from dsvl.model.export import export_pretrained
+    from dsvl.stages.checkpoint import load_init_weights
     from dsvl.stages.strategies import builds_on_meta, check_strategy, defer_weights, is_sharded
 
     # 1. check: every value before any weights exist; a bad config costs a second and one line
     validate_config(cfg)
-    ckpt_path = resume_from(cfg)
-    if cfg.get("init_from"):
-        check_init_from(cfg.init_from)
+    ckpt_path = resume_from(cfg)  # init_from was opened the safe way by validate_config
     stage_cls = get_class(cfg.stage._target_)
     check_run(cfg)
     check_strategy(cfg.trainer)  # e.g. trainer=deepspeed without the package
@@ -134,8 +133,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("export_dir") and not preempted and is_sharded(stage.model):
         log.warning("export_dir=%s: the model is sharded (FSDP2); write the export from the sharded checkpoint with "
                     "python tools/consolidate_checkpoint.py %s %s", cfg.export_dir, ckpt_dir(cfg) / "last.ckpt", cfg.export_dir)
-    elif cfg.get("export_dir") and not preempted and trainer.is_global_zero:
-        export_model(stage.model, datamodule, Path(cfg.export_dir))
+    elif cfg.get("export_dir") and not preempted and trainer.is_global_zero:  # transformers' directory, tokenizer, chat template
+        path = export_pretrained(stage.model, cfg.export_dir, tokenizer=data_tokenizer(datamodule),
+                                 system_prompt=getattr(datamodule, "system_prompt", None))
+        log.info("exported model to %s", path)
 
     return metrics | scalars(trainer.callback_metrics) | {"trainer/global_step": float(trainer.global_step),
                                                           "perf/fit_seconds": seconds}
@@ -318,16 +319,6 @@ def align_model_to_data(cfg: DictConfig, datamodule: Any) -> None:
     vocab = OmegaConf.select(cfg.model, "llm.vocab_size")
     if tokenizer is not None and vocab is not None and len(tokenizer) > int(vocab):
         raise ConfigError(f"model.llm.vocab_size={vocab} is smaller than the tokenizer ({len(tokenizer)} tokens)")
-
-
-def export_model(model: Any, datamodule: Any, out: Path) -> Path:
-    """A complete transformers directory (weights merged when LoRA-wrapped, tokenizer, processor, chat
-    template with the system prompt the run trained with): `AutoProcessor` + `generate` run it as is."""
-    from dsvl.model.export import export_pretrained
-
-    path = export_pretrained(model, out, tokenizer=data_tokenizer(datamodule), system_prompt=getattr(datamodule, "system_prompt", None))
-    log.info("exported model to %s", path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------- entry

@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from dsvl.cli._config import CONFIG_DIR, one_line
+from dsvl.cli._config import CONFIG_DIR, compose, one_line
 from dsvl.cli.schema import check_schema
 from dsvl.errors import CheckpointError, ConfigError, DataError
 
@@ -80,19 +80,13 @@ def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> 
     """
     if any(a.split("=", 1)[0] in HYDRA_FLAGS_PASS for a in overrides if a.startswith("-")):
         return None
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        compose(overrides, config_name, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
         return hydra_error_line(err, overrides)
-    finally:
-        GlobalHydra.instance().clear()
     return None
 
 
@@ -137,13 +131,7 @@ def check_sources(data: dict[str, Any]) -> None:
     if check is None:
         return
     for key in ("train_sources", "val_sources"):
-        if not data.get(key):
-            continue
-        try:
-            check(parse_sources(data[key]), f"data.{key}")
-        except DataError as err:
-            raise DataError(f"{err} (accepted: a folder of .tar shards, a glob, a brace pattern, or a list of "
-                            "existing shard files)") from None
+        check(parse_sources(data.get(key)), f"data.{key}")
 
 
 def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
@@ -198,8 +186,6 @@ def check_steps(cfg: dict[str, Any]) -> None:
 
 def check_checkpoints(cfg: dict[str, Any]) -> None:
     """`init_from` / `ckpt_path` name loadable checkpoints, opened the safe way (weights-only, memory-mapped)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from dsvl.model.safe_load import check_checkpoint, is_checkpoint, is_sharded_checkpoint
 
     init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
@@ -208,11 +194,10 @@ def check_checkpoints(cfg: dict[str, Any]) -> None:
     accepted = {"init_from": "accepted: a Lightning .ckpt file or an exported model directory",
                 "ckpt_path": "accepted: a .ckpt file (a directory under trainer=fsdp), or 'last'"}
     ckpt_dir = (cfg.get("paths") or {}).get("ckpt_dir")
-    last = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
-    if cfg.get("auto_resume") and ckpt_dir and is_checkpoint(Path(str(ckpt_dir)) / last):
+    if cfg.get("auto_resume") and ckpt_dir and is_checkpoint(Path(str(ckpt_dir)) / "last.ckpt"):
         init_from = None  # a restarted job resumes its own progress; the previous stage's weights are not read
     for key, value in (("init_from", init_from), ("ckpt_path", ckpt_path)):
-        if not value or (key == "ckpt_path" and value == "last"):  # `last` is found in the run dir, after Hydra made it
+        if not value or (key == "ckpt_path" and value in ("last", "hpc")):  # found in the run dir, after Hydra made it
             continue
         path = Path(str(value)).expanduser()
         if not path.exists():

@@ -36,14 +36,24 @@ from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceColla
 from dsvl.data.schedule import ModalitySchedule
 from dsvl.data.streams import expand_urls
 from dsvl.data.tokenize import TextEncoder
-from dsvl.model.spec import VisionSpec
+from dsvl.model.spec import ImageInputSpec, VisionSpec
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 2  # 2: positions per logical data part (1: per rank and worker)
 
 
+def as_vision_spec(spec: VisionSpec | Mapping[str, Any] | None) -> VisionSpec | None:
+    """A VisionSpec from an object or a mapping ``{inputs: [{name, size, mean, std}], num_image_tokens}``
+    (what `hydra.utils.instantiate` makes of a VisionSpec passed as a keyword: a structured config)."""
+    if spec is None or isinstance(spec, VisionSpec):
+        return spec
+    inputs = tuple(ImageInputSpec(str(i["name"]), int(i["size"]), tuple(i["mean"]), tuple(i["std"]))  # type: ignore[arg-type]
+                   for i in spec.get("inputs", ()))
+    return VisionSpec(inputs, int(spec.get("num_image_tokens", 0)))
+
+
 def load_tokenizer(path: str) -> Any:
-    """AutoTokenizer from a local directory, with a one-line error if it is missing."""
+    """AutoTokenizer from a local directory (or a hub id), with a one-line error if it is missing."""
     from transformers import AutoTokenizer
 
     try:
@@ -61,7 +71,7 @@ class DSVLDataModule(L.LightningDataModule):
         tokenizer: str | Any,
         train_sources: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         val_sources: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-        vision_spec: VisionSpec | None = None,
+        vision_spec: VisionSpec | Mapping[str, Any] | None = None,
         micro_batch_size: int = 8,
         val_batch_size: int | None = None,
         max_length: int = 512,
@@ -89,7 +99,7 @@ class DSVLDataModule(L.LightningDataModule):
         self.val_sources = parse_sources(val_sources)
         if not self.train_sources:
             raise DataError("data.train_sources is empty")
-        self.vision = vision_spec
+        self.vision = as_vision_spec(vision_spec)
         self.schedule = schedule if isinstance(schedule, ModalitySchedule) else ModalitySchedule(**dict(schedule or {}))
         self.micro_batch_size, self.val_batch_size = int(micro_batch_size), int(val_batch_size or micro_batch_size)
         self.max_length, self.pad_to_max_length = int(max_length), bool(pad_to_max_length)
@@ -163,8 +173,9 @@ class DSVLDataModule(L.LightningDataModule):
             urls = expand_urls(s.urls)
             missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
             if not urls or missing:
-                raise DataError(f"{what} source {s.name!r}: no shards at {s.urls!r}"
-                                      + (" (make the demo data with `dsvl-data demo`?)" if "demo" in str(s.urls) else ""))
+                raise DataError(f"{what} source {s.name!r}: no shards at {s.urls!r} (accepted: a folder of .tar shards, a "
+                                "glob, a brace pattern, or a list of existing shard files"
+                                + ("; make the demo data with `dsvl-data demo`?)" if "demo" in str(s.urls) else ")"))
 
     def train_dataset(self) -> GlobalStepBatches:
         """The dataset a fresh or resumed run reads, positioned at the next micro-batch."""

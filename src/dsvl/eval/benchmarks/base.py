@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -58,6 +59,15 @@ class Question:
 
     def __post_init__(self) -> None:
         self.group = self.group or self.key
+
+
+def questions(rows: Iterable[tuple[str, Any]], make: Callable[[str, Any], Question]) -> Iterator[Question | BadSample]:
+    """`make(key, row)` of every row; a row that is a `BadSample` already, or whose `make` raises one, comes as it."""
+    for key, row in rows:
+        try:
+            yield row if isinstance(row, BadSample) else make(key, row)
+        except BadSample as e:
+            yield e
 
 
 def bad_row(key: str, detail: str, reason: BenchSkip = BenchSkip.MALFORMED_ROW) -> BadSample:
