@@ -42,7 +42,6 @@ def hydra_app(prog: str, config_name: str, cleanup: Callable[[], None] | None = 
                 fail(prog, error)
             run()
 
-        main.task = task  # type: ignore[attr-defined]  # the undecorated function, for in-process callers
         return main
 
     return wrap

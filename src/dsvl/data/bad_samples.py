@@ -1,4 +1,4 @@
-"""Skipped samples: counted per reason, logged with their key, never fatal (DESIGN.md principle 6)."""
+"""Skipped samples: counted per reason, logged with their key, never fatal (docs/data_format.md)."""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,4 @@
-"""What every benchmark reader yields: a `Question` (text, image references, options, answer,
+"""What every benchmark reader yields, and reads with: a `Question` (text, image references, options, answer,
 categories) or a `BadSample` for a row that cannot be used, so the caller counts and skips it.
 
 Images stay references (bytes or a path) until a question is scored: every rank reads the whole
@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -120,3 +121,47 @@ def answer_index(letter: Any, num_options: int, key: str) -> int:
     if len(text) != 1 or text not in LETTERS[:num_options]:
         raise bad_row(key, f"answer {letter!r} is not one of the letters {LETTERS[:num_options]}")
     return LETTERS.index(text)
+
+
+# ---- row sources shared by the readers: the files of a path, JSON lines, parquet rows
+def benchmark_files(path: str | Path, suffixes: Sequence[str], name: str) -> list[Path]:
+    """`path` itself, or the files with these suffixes under a directory (sorted); a `DataError` when none."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix.lower() not in suffixes:
+            raise DataError(f"benchmarks.{name}.path: {p} is not a {'/'.join(suffixes)} file")
+        return [p]
+    found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes) if p.is_dir() else []
+    if not found:
+        raise DataError(f"benchmarks.{name}.path: no {'/'.join(suffixes)} file at {p}")
+    return found
+
+
+def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
+    """(key, object) per non-empty line; a line that is not a JSON object comes as a `BadSample`."""
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            key = f"{path.name}:{n + 1}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield key, bad_row(key, f"not JSON ({e.msg})")
+                continue
+            yield key, obj if isinstance(obj, dict) else bad_row(key, "a line that is not a JSON object")
+
+
+def parquet_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, row dict) of a parquet file, one record batch in memory at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
+        raise DataError(f"benchmarks.{name}.path: cannot read {path} as parquet ({' '.join(str(e).split())[:200]})") from None
+    n = 0
+    for batch in reader.iter_batches(batch_size=256):
+        for row in batch.to_pylist():
+            yield f"{path.name}:{n}", row
+            n += 1

@@ -11,8 +11,7 @@ from typing import Any
 from dsvl.data.bad_samples import BadSample
 from dsvl.data.chat import IMAGE_TOKEN
 
-from .base import BenchSkip, ImageRef, Question, answer_index, bad_row, is_missing, questions
-from .files import benchmark_files, parquet_rows
+from .base import BenchSkip, ImageRef, Question, answer_index, bad_row, benchmark_files, is_missing, parquet_rows, questions
 
 TAG = re.compile(r"<image (\d+)>")
 

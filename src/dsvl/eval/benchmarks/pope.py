@@ -12,8 +12,7 @@ from typing import Any
 
 from dsvl.data.bad_samples import BadSample
 
-from .base import Question, bad_row, image_root, is_missing, questions, with_images_first
-from .files import benchmark_files, json_lines
+from .base import Question, bad_row, benchmark_files, image_root, is_missing, json_lines, questions, with_images_first
 
 YES_NO = ["yes", "no"]
 

@@ -1,6 +1,6 @@
 """One benchmark on one rank: read the questions, take this rank's share, score them.
 
-Modes (SPEC.md §4, as the common toolkits do them):
+Modes (docs/benchmarks.md; as the common toolkits do them):
 - `ppl_text`: the option of lowest mean NLL, the options' texts scored as the answer;
 - `ppl_letter`: the prompt lists the options as "A. ..." lines (MMBench's hint above the
   question) and the letters are scored;

@@ -10,8 +10,7 @@ from typing import Any
 
 from dsvl.data.bad_samples import BadSample
 
-from .base import Question, answer_index, bad_row, is_missing, questions
-from .files import benchmark_files, json_lines, parquet_rows
+from .base import Question, answer_index, bad_row, benchmark_files, is_missing, json_lines, parquet_rows, questions
 
 MMLU_SPLITS = re.compile(r"_(test|dev|val|validation|auxiliary_train)$")
 
