@@ -157,8 +157,8 @@ def _line(code: int, err: str, expected: list[str]) -> None:
 
 @pytest.mark.parametrize("override", sorted(set(WRONG) - RUN_PATH))
 def test_wrong_override_is_one_line_exit_2(override: str, recipe, capsys: pytest.CaptureFixture[str]) -> None:
-    from dsvl.cli._config import fail, guarded
-    from dsvl.cli.validate import precheck_overrides, validate_config
+    from dsvl.cli._config import fail, guarded, precheck_overrides
+    from dsvl.cli.validate import validate_config
 
     base, tmp = recipe
     override = override.format(tmp=tmp)
@@ -245,7 +245,7 @@ def test_a_user_error_wrapped_by_a_library_is_still_one_line(capsys: pytest.Capt
 def test_hydra_app_answers_like_dsvl_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A console script made with `hydra_app`: a composition error and an error of the task are one line, exit 2."""
-    from dsvl.cli.app import hydra_app
+    from dsvl.cli._config import hydra_app
 
     @hydra_app("dsvl-x", config_name="eval")
     def main(cfg) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dsvl.cli.app import hydra_app
+from dsvl.cli._config import hydra_app
 from dsvl.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)

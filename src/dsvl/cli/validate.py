@@ -1,96 +1,26 @@
-"""Config checks that run before any weights load, so a typo costs seconds and one line (exit 2).
+"""`validate_config`: every value of a composed config, before any weights load, so a typo costs seconds
+and one line (exit 2): types and ranges from the schemas (`dsvl.cli.schema`), then what needs several keys
+or the file system (warm-up longer than training, a global batch that micro-batches cannot fill, data
+shards, tokenizer, `init_from` / `ckpt_path` opened the safe way).
 
-Two layers, in the order a run meets them:
-1. `precheck_overrides`: composes the config the way `@hydra.main` will and turns Hydra's
-   multi-line composition errors (unknown preset or group option, unknown key, bad override
-   syntax) into one line naming the key and the accepted options.
-2. `validate_config`: every value, before any weights exist: types and ranges from the schemas
-   (`dsvl.cli.schema`), then what needs several keys or the file system (warm-up longer than
-   training, a global batch that micro-batches cannot fill, data shards, tokenizer, `init_from` /
-   `ckpt_path` opened the safe way).
-Model-shape checks (adaptor widths) and the world-size arithmetic need the model's and the
-Trainer's own code and run right after these.
+Composition errors come first (`dsvl.cli._config.precheck_overrides`); model-shape checks (adaptor
+widths) and the world-size arithmetic need the model's and the Trainer's own code and run right after.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from dsvl.cli._config import CONFIG_DIR, compose, one_line
+from dsvl.cli._config import one_line
 from dsvl.cli.schema import check_schema
 from dsvl.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--resolve",
-                    "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                    "--shell-completion", "-sc", "--experimental-rerun", "--version")
-
-
-# ---------------------------------------------------------------------------------------- 1. composition
-def _group_options(group: str) -> list[str]:
-    """Option names of a config group folder (nested folders as `sub/option`)."""
-    root = CONFIG_DIR / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
-
-
-def _user_override(missing: str, overrides: Sequence[str]) -> tuple[str, str] | None:
-    """The (group, option) the user typed that names the missing config file, e.g. ('experiment', 'demo/x')."""
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        key = key.lstrip("+~").lstrip("/")
-        if sep and f"{key}/{value}" == missing:
-            return key, value
-    return None
-
-
-def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
-    """One line for a Hydra composition / override error: the key, and the accepted options when known."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-
-    if isinstance(err, OverrideParseException):
-        return f"cannot parse the override {err.override!r}: {str(err).strip().splitlines()[0]} (see Hydra's override grammar)"
-    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
-        missing = str(err.missing_cfg_file)
-        group, name = _user_override(missing, overrides) or missing.rpartition("/")[::2]
-        if group:
-            options = _group_options(group) or sorted(err.options or [])
-            accepted = f"accepted: {', '.join(options)}" if options else f"the config group '{group}' has no options"
-            return f"{group}={name}: unknown option for '{group}'; {accepted}"
-        return f"config '{name}' not found"
-    text = str(err).strip() or type(err).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = lines[0]
-    if any("is not in struct" in ln for ln in lines) or any(ln.startswith("To append to your config") for ln in lines):
-        return f"{first.rstrip('.')}: no such key (check the spelling; prefix with '+' to add a new key)"
-    if first.startswith("Ambiguous value"):
-        return f"{first}: use -m to sweep over the values, key=[a,b] for a list, or quote it for a string"
-    return first
-
-
-def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> str | None:
-    """Compose `config_name` with `overrides`; the one-line error message when that fails, else None.
-
-    Skipped (None) for command lines with Hydra flags (`-m`, `--cfg`, ...): Hydra handles those itself.
-    """
-    if any(a.split("=", 1)[0] in HYDRA_FLAGS_PASS for a in overrides if a.startswith("-")):
-        return None
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        compose(overrides, config_name, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        return hydra_error_line(err, overrides)
-    return None
-
-
-# ---------------------------------------------------------------------------------------- 2. values
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 

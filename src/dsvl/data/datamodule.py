@@ -28,7 +28,6 @@ from dsvl.data.accounting import DataAccounting
 from dsvl.data.bad_samples import SkipCounter
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
 from dsvl.data.encode import SampleEncoder
-from dsvl.errors import DataError
 from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches, layouts, packed_modalities
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.mixture import SourceConfig, parse_sources
@@ -36,6 +35,7 @@ from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceColla
 from dsvl.data.schedule import ModalitySchedule
 from dsvl.data.streams import expand_urls
 from dsvl.data.tokenize import TextEncoder
+from dsvl.errors import DataError
 from dsvl.model.spec import ImageInputSpec, VisionSpec
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from typing import Any
 
 from dsvl.data.bad_samples import BadSample, SkipReason
 from dsvl.data.chat import IMAGE_TOKEN, ConversationError
-from dsvl.errors import DataError
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.schema import Sample, caption_to_raw, parse_sample
 from dsvl.data.tokenize import IGNORE_INDEX, Encoded, TextEncoder
+from dsvl.errors import DataError
 
 SOURCE_FORMATS = ("dsvl", "caption")  # shard layouts a source can name (`format:` in a data config)
 # what a tokenizer can raise on strange text (lone surrogates, NUL bytes, absurd lengths...)

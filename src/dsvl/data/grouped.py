@@ -21,8 +21,8 @@ same scheduled ratio: the baseline the benchmark compares against), ``text_only`
 from __future__ import annotations
 
 import math
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Iterator, Mapping, Sequence
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -30,11 +30,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 from dsvl.data.bad_samples import SkipCounter
 from dsvl.data.collate import batched, collate, collate_rows
 from dsvl.data.encode import SampleEncoder
-from dsvl.errors import DataError
 from dsvl.data.mixture import Mixture, SourceConfig
 from dsvl.data.packing import BufferedPacker
 from dsvl.data.schedule import MULTIMODAL, TEXT, ModalitySchedule
 from dsvl.data.streams import Part, SourceReader, expand_urls
+from dsvl.errors import DataError
 
 MODES = ("grouped", "mixed", "text_only", "multimodal_only")
 

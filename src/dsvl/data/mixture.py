@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from dsvl.data.encode import SOURCE_FORMATS
-from dsvl.errors import DataError
 from dsvl.data.streams import SourceReader
+from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ score the letters "A", "B", ... instead of the texts.
 from __future__ import annotations
 
 import string
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
@@ -21,8 +21,8 @@ from torch.utils.data import IterableDataset
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
-from dsvl.data.images import ImagePreprocessor
 from dsvl.data.collate import batched, collate
+from dsvl.data.images import ImagePreprocessor
 from dsvl.data.schema import MODALITIES, check_conversation, decode_image, image_fields, parse_json
 from dsvl.data.streams import Part, expand_urls, read_tar
 from dsvl.data.tokenize import IGNORE_INDEX, Encoded, TextEncoder

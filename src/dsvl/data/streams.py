@@ -48,13 +48,6 @@ def expand_urls(spec: str | list[str]) -> list[str]:
     return [spec]
 
 
-def _split_name(member: str) -> tuple[str, str]:
-    """webdataset convention: key = path up to the first dot of the basename, field = the rest."""
-    d, base = os.path.split(member)
-    key, _, field = base.partition(".")
-    return (os.path.join(d, key) if d else key), field.lower()
-
-
 def _seekable(url: str) -> bool:
     return url.endswith(".tar") and os.path.isfile(url)
 
@@ -63,6 +56,7 @@ def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int
     """(sample, where it starts, where the next one starts) of one tar from `start`: a byte offset for a
     plain local tar, else the number of samples to pass over. Raises the tar's read errors."""
     import webdataset as wds
+    from webdataset.tariterators import base_plus_ext
 
     seek = _seekable(url)
     stream = open(url, "rb") if seek else wds.gopen(url, "rb")
@@ -77,7 +71,7 @@ def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int
         for m in tar:
             if not m.isfile():
                 continue
-            key, field = _split_name(m.name)
+            key, field = base_plus_ext(m.name)  # webdataset's key / field split (at the basename's first dot)
             if not field:
                 continue
             data = tar.extractfile(m).read()  # type: ignore[union-attr]
@@ -89,7 +83,7 @@ def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int
                 current = None
             if current is None:
                 current, first = {"__key__": key, "__url__": url}, (base + m.offset if seek else count)
-            current[field] = data
+            current[field.lower()] = data
     if current is not None and count >= skip:
         yield current, first, -1  # -1: the shard is done
 

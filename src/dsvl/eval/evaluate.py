@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from dsvl.data.bad_samples import SkipCounter
-from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
 from dsvl.data.build import shard_urls
+from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
 from dsvl.data.collate import batched, collate
 from dsvl.data.encode import SampleEncoder
 from dsvl.data.images import ImagePreprocessor
