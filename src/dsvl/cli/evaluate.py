@@ -25,8 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from dsvl.cli._config import one_line
-from dsvl.cli._config import hydra_app
+from dsvl.cli._config import hydra_app, one_line
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
 from dsvl.eval.benchmarks import BenchmarkSpec
 from dsvl.eval.evaluate import EvalError, evaluate_benchmark, evaluate_mc, evaluate_text, format_table

@@ -13,12 +13,6 @@ T = TypeVar("T")
 LOG_FIRST = 5  # per reason and process; after that only the 10th, 100th, ... skip is logged
 
 
-def _is_power_of_ten(n: int) -> bool:
-    while n >= 10 and n % 10 == 0:
-        n //= 10
-    return n == 1
-
-
 class SkipReason(str, Enum):
     """Why a sample (or a whole shard) was skipped. Values are stable log/metric names."""
 
@@ -51,7 +45,7 @@ class SkipCounter:
         """Count one skip and log it with its key."""
         self.counts[reason.value] += 1
         n = self.counts[reason.value]
-        if n > LOG_FIRST and not _is_power_of_ten(n):
+        if n > LOG_FIRST and str(n).rstrip("0") != "1":  # not a power of ten
             return
         log.warning("skipped sample %s: %s%s [%s so far]", key or "?", reason.value, f" ({detail})" if detail else "", n)
 
