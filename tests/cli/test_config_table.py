@@ -275,3 +275,23 @@ def test_a_restarted_job_does_not_need_the_previous_stage(recipe) -> None:
         validate_config(cfg)
     finally:
         last.unlink()
+
+
+def test_ckpt_path_hpc_resumes_a_requeue_checkpoint_or_says_there_is_none(recipe) -> None:
+    """`ckpt_path=hpc` passes the value checks (Lightning finds the file); with no hpc_ckpt_<n>.ckpt the run
+    path answers in one line instead of Lightning's ValueError."""
+    from dsvl.cli.train import resume_from
+    from dsvl.cli.validate import validate_config
+    from dsvl.errors import CheckpointError
+
+    cfg = _with_override(recipe[0], "ckpt_path=hpc")
+    validate_config(cfg)
+    with pytest.raises(CheckpointError, match=r"^ckpt_path=hpc: no hpc_ckpt_<n>\.ckpt in "):
+        resume_from(cfg)
+    run_dir = Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": 3}, run_dir / "hpc_ckpt_1.ckpt")
+    try:
+        assert resume_from(cfg) == "hpc"
+    finally:  # the recipe's run dir is shared by this module's tests
+        (run_dir / "hpc_ckpt_1.ckpt").unlink()

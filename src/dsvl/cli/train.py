@@ -176,7 +176,11 @@ def resume_from(cfg: DictConfig) -> str | None:
     requested = cfg.get("ckpt_path")
     last = ckpt_dir(cfg) / "last.ckpt"
     if requested == "hpc":  # SLURM requeue: Lightning's hpc_ckpt_<n>.ckpt in the run dir
-        candidates = sorted(Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir).glob("hpc_ckpt_*.ckpt"))
+        run_dir = Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir)
+        candidates = sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+        if not candidates:  # Lightning would raise a ValueError with a traceback
+            raise CheckpointError(f"ckpt_path=hpc: no hpc_ckpt_<n>.ckpt in {run_dir} (written when SLURM requeues a job); "
+                                  "use auto_resume=true to start fresh when there is none")
     elif requested == "last" or (cfg.get("auto_resume") and not requested):
         if requested == "last" and not is_checkpoint(last):
             raise CheckpointError(f"ckpt_path=last: no last.ckpt in {last.parent}; point hydra.run.dir at the run to resume "
