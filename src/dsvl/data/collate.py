@@ -21,11 +21,6 @@ def _pixels(samples: Sequence[Encoded], image_inputs: Sequence[tuple[str, int]])
     return out
 
 
-def _modality(samples: Sequence[Encoded]) -> str:
-    kinds = {s.modality for s in samples}
-    return kinds.pop() if len(kinds) == 1 else "mixed"
-
-
 def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: Sequence[tuple[str, int]] = (),
                  pad_to: int | None = None) -> dict[str, Any]:
     """One row per list of samples; rows with several samples are packed (position_ids restart per
@@ -56,7 +51,8 @@ def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: S
         batch["position_ids"] = position_ids
     batch.update(_pixels(samples, image_inputs))
     real = int(sum(lengths))
-    batch["modality"] = _modality(samples)
+    kinds = {s.modality for s in samples}
+    batch["modality"] = kinds.pop() if len(kinds) == 1 else "mixed"
     batch["keys"] = [s.key for s in samples]
     batch["stats"] = {"samples": len(samples), "tokens": real, "pad_tokens": B * T - real,
                       "images": sum(s.num_images for s in samples)}

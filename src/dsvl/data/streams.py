@@ -48,17 +48,13 @@ def expand_urls(spec: str | list[str]) -> list[str]:
     return [spec]
 
 
-def _seekable(url: str) -> bool:
-    return url.endswith(".tar") and os.path.isfile(url)
-
-
 def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int]]:
     """(sample, where it starts, where the next one starts) of one tar from `start`: a byte offset for a
     plain local tar, else the number of samples to pass over. Raises the tar's read errors."""
     import webdataset as wds
     from webdataset.tariterators import base_plus_ext
 
-    seek = _seekable(url)
+    seek = url.endswith(".tar") and os.path.isfile(url)  # plain local tar: sample positions are byte offsets
     stream = open(url, "rb") if seek else wds.gopen(url, "rb")
     base = start if seek else 0
     skip = 0 if seek else start
