@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dsvl.data.bad_samples import BadSample
 from dsvl.data.chat import IMAGE_TOKEN
+from dsvl.data.convert.inputs import parquet_rows as read_parquet
 from dsvl.errors import DataError
 
 Kind = Literal["mc", "yesno", "open", "text"]
@@ -154,14 +155,4 @@ def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
 
 def parquet_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, row dict) of a parquet file, one record batch in memory at a time."""
-    import pyarrow.parquet as pq
-
-    try:
-        reader = pq.ParquetFile(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
-        raise DataError(f"benchmarks.{name}.path: cannot read {path} as parquet ({' '.join(str(e).split())[:200]})") from None
-    n = 0
-    for batch in reader.iter_batches(batch_size=256):
-        for row in batch.to_pylist():
-            yield f"{path.name}:{n}", row
-            n += 1
+    return ((f"{path.name}:{n}", row) for n, row in enumerate(read_parquet(path, f"benchmarks.{name}.path")))
