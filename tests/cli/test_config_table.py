@@ -95,7 +95,7 @@ WRONG = {k: v for k, v in CASES.items() if v is not None}
 RIGHT = [k for k, v in CASES.items() if v is None] + [
     "optim.lr=1e-4", "trainer.precision=bf16-mixed", "trainer.precision=16", "+trainer.enable_progress_bar=false",
     "data.num_workers=0", "val_every_n_steps=null", "stage.trainable=[vision,adaptor,llm]", "limit_val_batches=0.5",
-    "seed=0", "trainer.devices=auto",
+    "seed=0", "trainer.devices=auto", "ckpt_path=hpc",  # SLURM requeue: Lightning finds hpc_ckpt_<n>.ckpt itself
 ]
 
 
@@ -157,8 +157,8 @@ def _line(code: int, err: str, expected: list[str]) -> None:
 
 @pytest.mark.parametrize("override", sorted(set(WRONG) - RUN_PATH))
 def test_wrong_override_is_one_line_exit_2(override: str, recipe, capsys: pytest.CaptureFixture[str]) -> None:
-    from dsvl.cli._config import fail, guarded
-    from dsvl.cli.validate import precheck_overrides, validate_config
+    from dsvl.cli._config import fail, guarded, precheck_overrides
+    from dsvl.cli.validate import validate_config
 
     base, tmp = recipe
     override = override.format(tmp=tmp)
@@ -208,9 +208,7 @@ def test_type_errors_name_key_value_and_type() -> None:
 def test_every_user_error_class_has_one_base() -> None:
     """The console scripts catch `dsvl.errors.UserError` only: every error a user can cause derives from it."""
     from dsvl.callbacks.nan_guard import NonFiniteLossError
-    from dsvl.cli.validate import RunConfigError
     from dsvl.data.chat import ConversationError
-    from dsvl.data.errors import DataConfigError
     from dsvl.errors import CheckpointError, ConfigError, DataError, UserError
     from dsvl.eval.evaluate import EvalError
     from dsvl.model.errors import ConfigError as ModelConfigError
@@ -219,7 +217,7 @@ def test_every_user_error_class_has_one_base() -> None:
     from dsvl.stages.freezing import FreezeConfigError
 
     kinds = {ModelConfigError: ConfigError, FreezeConfigError: ConfigError,
-             RunConfigError: ConfigError, NonFiniteLossError: ConfigError, DataConfigError: DataError,
+             NonFiniteLossError: ConfigError,
              ConversationError: DataError, UnsafeCheckpointError: CheckpointError, InitFromError: CheckpointError,
              EvalError: UserError}
     for cls, kind in kinds.items():
@@ -247,7 +245,7 @@ def test_a_user_error_wrapped_by_a_library_is_still_one_line(capsys: pytest.Capt
 def test_hydra_app_answers_like_dsvl_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A console script made with `hydra_app`: a composition error and an error of the task are one line, exit 2."""
-    from dsvl.cli.app import hydra_app
+    from dsvl.cli._config import hydra_app
 
     @hydra_app("dsvl-x", config_name="eval")
     def main(cfg) -> None:
@@ -277,3 +275,23 @@ def test_a_restarted_job_does_not_need_the_previous_stage(recipe) -> None:
         validate_config(cfg)
     finally:
         last.unlink()
+
+
+def test_ckpt_path_hpc_resumes_a_requeue_checkpoint_or_says_there_is_none(recipe) -> None:
+    """`ckpt_path=hpc` passes the value checks (Lightning finds the file); with no hpc_ckpt_<n>.ckpt the run
+    path answers in one line instead of Lightning's ValueError."""
+    from dsvl.cli.train import resume_from
+    from dsvl.cli.validate import validate_config
+    from dsvl.errors import CheckpointError
+
+    cfg = _with_override(recipe[0], "ckpt_path=hpc")
+    validate_config(cfg)
+    with pytest.raises(CheckpointError, match=r"^ckpt_path=hpc: no hpc_ckpt_<n>\.ckpt in "):
+        resume_from(cfg)
+    run_dir = Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": 3}, run_dir / "hpc_ckpt_1.ckpt")
+    try:
+        assert resume_from(cfg) == "hpc"
+    finally:  # the recipe's run dir is shared by this module's tests
+        (run_dir / "hpc_ckpt_1.ckpt").unlink()

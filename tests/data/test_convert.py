@@ -143,11 +143,13 @@ def test_hf_datasets_layouts_and_column_mapping(tmp_path):
 def test_cli_user_mistakes_are_one_line_exit_2(tmp_path, capsys):
     good = tmp_path / "t.jsonl"
     good.write_text('{"text": "hi"}\n')
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     cases = [["convert", "--format", "nope", str(good), "--out", "o"],
              ["convert", "--format", "text", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")],
              ["convert", "--format", "text", str(good), "--out", str(tmp_path / "o"), "--workers", "0"],
              ["convert", "--format", "text", str(good), "--out", str(tmp_path / "o"), "--column", "text"],
              ["convert", "--format", "llava", str(good), "--out", str(tmp_path / "o2"), "--quiet"],  # nothing converts
+             ["convert", "--format", "text", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "o3"), "--quiet"],
              ["validate", str(tmp_path / "nothing")], ["stats", "--bogus", "x"], ["frobnicate"],
              ["build", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "b")]]
     for argv in cases:

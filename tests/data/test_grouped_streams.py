@@ -74,7 +74,7 @@ def test_state_dict_round_trip_resumes_at_next_sample(demo_dir, hybrid_spec, num
     dm2.load_state_dict(state)
     got = [b["keys"] for b in _consume(dm2, iter(dm2.train_dataloader()), 6)]
     assert got == expected
-    assert dm2.global_step_of_next_batch == (consumed + 6) // 2
+    assert dm2._next_micro_index // dm2._accumulate() == (consumed + 6) // 2
 
 
 def test_modes_and_config_errors(demo_dir, hybrid_spec):
@@ -119,12 +119,12 @@ def test_multimodal_sources_need_a_vision_spec(demo_dir):
 
 
 def test_missing_shards_are_a_config_error(demo_dir, hybrid_spec, tmp_path):
-    from dsvl.data import DataConfigError
+    from dsvl.data import DataError
 
     sources = pretrain_sources(demo_dir)
     sources["text"] = {"urls": str(tmp_path / "nowhere" / "*.tar"), "modality": "text"}
     dm = _dm(demo_dir, hybrid_spec, train_sources=sources)
-    with pytest.raises(DataConfigError, match="'text': no shards"):
+    with pytest.raises(DataError, match="'text': no shards"):
         dm.train_dataloader()
 
 
@@ -201,20 +201,20 @@ def test_resume_on_another_layout_continues_the_global_sequence(demo_dir, hybrid
 
 
 def test_layouts_that_cannot_continue_the_parts_fail_unless_elastic_restart(demo_dir, hybrid_spec, caplog):
-    from dsvl.data import DataConfigError
+    from dsvl.data import DataError
 
     _, state = _run(_layout_dms(demo_dir, hybrid_spec, 2, 0, packing=False), 1)
     (dm,) = _layout_dms(demo_dir, hybrid_spec, 1, 3, state=state, packing=False)
-    with pytest.raises(DataConfigError, match=r"1 ranks x 3 workers cannot continue the checkpoint's 2 data parts .*\[1, 2\]"):
+    with pytest.raises(DataError, match=r"1 ranks x 3 workers cannot continue the checkpoint's 2 data parts .*\[1, 2\]"):
         dm.train_dataloader()
     (dm,) = _layout_dms(demo_dir, hybrid_spec, 1, 0, state=state, packing=False, parts=4)
-    with pytest.raises(DataConfigError, match="data.parts=4 but the checkpoint's data is split into 2 parts"):
+    with pytest.raises(DataError, match="data.parts=4 but the checkpoint's data is split into 2 parts"):
         dm.train_dataloader()
-    with pytest.raises(DataConfigError, match=r"data.parts=3 cannot be built by 2 ranks x 1 workers.*\[1, 3\]"):
+    with pytest.raises(DataError, match=r"data.parts=3 cannot be built by 2 ranks x 1 workers.*\[1, 3\]"):
         _layout_dms(demo_dir, hybrid_spec, 2, 0, parts=3)[0].train_dataloader()
     (dm,) = _layout_dms(demo_dir, hybrid_spec, 1, 0, state=state, packing=False, parts=3, elastic_restart=True)
     it = iter(dm.train_dataloader())
-    assert "data.elastic_restart" in caplog.text and dm.record(next(it)) and dm.global_step_of_next_batch == 1
+    assert "data.elastic_restart" in caplog.text and dm.record(next(it)) and dm._next_micro_index // dm._accumulate() == 1
     assert dm.state_dict()["parts"] == 3  # the restarted streams are split as this run asks
 
 

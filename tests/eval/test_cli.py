@@ -19,6 +19,7 @@ from dsvl.data.demo import generate_samples
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.shards import write_shards
 from dsvl.data.tokenize import TextEncoder
+from dsvl.errors import DataError
 from dsvl.model import build_model
 
 from .eval_helpers import model_config
@@ -161,7 +162,7 @@ def test_eval_cli_errors(trained: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(EvalError, match="nothing to evaluate"):
         run_eval(cfg)
     cfg = compose([f"checkpoint={trained['export']}", f"mc.shards={tmp_path}/missing"], config_name="eval", output_dir=tmp_path)
-    with pytest.raises(EvalError, match="shard not found"):
+    with pytest.raises(DataError, match="no shards at"):
         run_eval(cfg)
     lonely = tmp_path / "lonely.ckpt"
     torch.save({"state_dict": {}}, lonely)

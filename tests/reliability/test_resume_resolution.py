@@ -7,6 +7,7 @@ import torch
 
 from dsvl.cli._config import compose
 from dsvl.cli.train import resume_from
+from dsvl.cli.validate import check_checkpoints
 from dsvl.errors import CheckpointError, ConfigError
 from dsvl.model.safe_load import UnsafeCheckpointError
 
@@ -39,8 +40,8 @@ def test_last_and_auto_resume_find_the_run_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, init)
     cfg = _cfg(tmp_path, "auto_resume=true", f"init_from={init}")
     assert resume_from(cfg) == "last" and cfg.init_from is None  # a restarted stage continues, not restarts
-    with pytest.raises(ConfigError, match="not both"):
-        resume_from(_cfg(tmp_path, f"ckpt_path={last}", f"init_from={init}"))
+    with pytest.raises(ConfigError, match="not both"):  # the value checks refuse it before resume_from runs
+        check_checkpoints({"ckpt_path": last, "init_from": str(init)})
 
 
 def test_unsafe_last_checkpoint_is_refused(tmp_path):
@@ -62,8 +63,6 @@ def test_sharded_checkpoint_directories_resume_and_are_checked(tmp_path):
     an init_from too."""
     import os
     import pickle
-
-    from dsvl.cli.validate import check_checkpoints
 
     from ..distributed.sharded_ckpt import save_sharded
 

@@ -19,13 +19,7 @@ log = logging.getLogger(__name__)
 def find_schedule(trainer: pl.Trainer) -> Any | None:
     """The datamodule's modality schedule, when its batches follow one (modes grouped / mixed)."""
     dm = getattr(trainer, "datamodule", None)
-    if getattr(dm, "mode", "grouped") not in ("grouped", "mixed"):
-        return None
-    for name in ("schedule", "modality_schedule"):
-        schedule = getattr(dm, name, None)
-        if schedule is not None and hasattr(schedule, "language_ratio"):
-            return schedule
-    return None
+    return getattr(dm, "schedule", None) if getattr(dm, "mode", "grouped") in ("grouped", "mixed") else None
 
 
 class ModalityAccounting(Callback):

@@ -15,10 +15,6 @@ from lightning.pytorch.loggers import WandbLogger
 log = logging.getLogger(__name__)
 
 
-def wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
-    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-
-
 class SampleLogger(Callback):
     """Logs `val/samples` as a `wandb.Table` of up to `num_samples` predictions per validation."""
 
@@ -27,7 +23,7 @@ class SampleLogger(Callback):
         self.max_new_tokens = max_new_tokens
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loggers = wandb_loggers(trainer)
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers or trainer.sanity_checking or not trainer.is_global_zero:
             return
         sampler = getattr(pl_module, "sample_predictions", None)

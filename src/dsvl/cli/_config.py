@@ -1,13 +1,22 @@
-"""Shared by the console scripts: where the configs live, composing them without the
-`@hydra.main` decorator, and turning a user's mistake into one line and exit code 2.
+"""Shared by the console scripts: where the configs live, composing them without the `@hydra.main`
+decorator, and turning a user's mistake into one line and exit code 2:
+
+    @hydra_app("dsvl-eval", config_name="eval")
+    def main(cfg: DictConfig) -> None: ...
+
+`main()` (the console-script entry) first composes the command line the way Hydra will and prints a
+composition error (unknown option, key or override syntax) as `dsvl-eval: error: <one line>` with exit
+code 2 (`precheck_overrides`); then Hydra runs the task, and a `dsvl.errors.UserError` raised by it ends
+the same way (`guarded`). Bugs keep their traceback. Scripts without Hydra (argparse) call `guarded`.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
@@ -55,10 +64,12 @@ def fail(prog: str, err: BaseException | str) -> NoReturn:
     sys.exit(EXIT_USER_ERROR)
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None) -> DictConfig:
+def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None,
+            return_hydra_config: bool = False) -> DictConfig:
     """Compose the training config as `dsvl-train` would, outside `@hydra.main` (demo, pipeline, tests).
 
-    `output_dir` replaces Hydra's run dir (there is none outside `@hydra.main`).
+    `output_dir` replaces Hydra's run dir (there is none outside `@hydra.main`). Hydra's global state is
+    left as it was found (cleared), so `@hydra.main` can run afterwards.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -69,19 +80,15 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train", output_di
         overrides = list(overrides)
         if output_dir is not None:
             overrides.append(f"paths.output_dir={Path(output_dir).resolve()}")
-        cfg = hydra_compose(config_name=config_name, overrides=overrides)
-    return cfg
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def is_multirun() -> bool:
     """True inside a job of `dsvl-train -m ...`."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001 - no Hydra context at all
-        return False
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
@@ -107,3 +114,93 @@ def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None] | None
                 cleanup()
         except Exception as err:  # noqa: BLE001 - closing must not mask the real error
             log.warning("closing loggers failed: %s", err)
+
+
+HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--resolve",
+                    "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                    "--shell-completion", "-sc", "--experimental-rerun", "--version")
+
+
+# ---------------------------------------------------------------------------------------- composition errors
+def _group_options(group: str) -> list[str]:
+    """Option names of a config group folder (nested folders as `sub/option`)."""
+    root = CONFIG_DIR / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
+
+
+def _user_override(missing: str, overrides: Sequence[str]) -> tuple[str, str] | None:
+    """The (group, option) the user typed that names the missing config file, e.g. ('experiment', 'demo/x')."""
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        key = key.lstrip("+~").lstrip("/")
+        if sep and f"{key}/{value}" == missing:
+            return key, value
+    return None
+
+
+def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
+    """One line for a Hydra composition / override error: the key, and the accepted options when known."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the override {err.override!r}: {str(err).strip().splitlines()[0]} (see Hydra's override grammar)"
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        missing = str(err.missing_cfg_file)
+        group, name = _user_override(missing, overrides) or missing.rpartition("/")[::2]
+        if group:
+            options = _group_options(group) or sorted(err.options or [])
+            accepted = f"accepted: {', '.join(options)}" if options else f"the config group '{group}' has no options"
+            return f"{group}={name}: unknown option for '{group}'; {accepted}"
+        return f"config '{name}' not found"
+    text = str(err).strip() or type(err).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0]
+    if any("is not in struct" in ln for ln in lines) or any(ln.startswith("To append to your config") for ln in lines):
+        return f"{first.rstrip('.')}: no such key (check the spelling; prefix with '+' to add a new key)"
+    if first.startswith("Ambiguous value"):
+        return f"{first}: use -m to sweep over the values, key=[a,b] for a list, or quote it for a string"
+    return first
+
+
+def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> str | None:
+    """Compose `config_name` with `overrides`; the one-line error message when that fails, else None.
+
+    Skipped (None) for command lines with Hydra flags (`-m`, `--cfg`, ...): Hydra handles those itself.
+    """
+    if any(a.split("=", 1)[0] in HYDRA_FLAGS_PASS for a in overrides if a.startswith("-")):
+        return None
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        compose(overrides, config_name, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        return hydra_error_line(err, overrides)
+    return None
+
+
+def hydra_app(prog: str, config_name: str, cleanup: Callable[[], None] | None = None
+              ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
+    """Decorate `task(cfg)`; the result is the console script's `main()` (reads `sys.argv`).
+
+    `cleanup` runs after the task however it ends (e.g. closing loggers).
+    """
+
+    import hydra
+
+    def wrap(task: Callable[[DictConfig], Any]) -> Callable[[], None]:
+        @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+        @functools.wraps(task)  # Hydra names the job after the task's module
+        def run(cfg: DictConfig) -> Any:
+            return guarded(prog, lambda: task(cfg), cleanup)
+
+        @functools.wraps(task)
+        def main() -> None:
+            error = precheck_overrides(sys.argv[1:], config_name)
+            if error:
+                fail(prog, error)
+            run()
+
+        return main
+
+    return wrap

@@ -88,6 +88,8 @@ def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int
 
     `overrides` go to every run, `stage1_overrides` to stage 1 only; `eval_limit` caps the
     held-out samples each evaluation reads (None: all)."""
+    from omegaconf import OmegaConf
+
     from dsvl.demo.ablation import VARIANTS, plot_ablation, variant_record, write_report
 
     variants = VARIANTS if variants is None else variants
@@ -102,20 +104,15 @@ def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int
         stage_overrides = [*common, f"trainer.max_steps={steps}", f"val_every_n_steps={val_every}", *extra]
         result = train_stage("demo/pretrain", out / name, stage_overrides, init_from=align.checkpoint)
         evaluation = evaluate_checkpoint(result.checkpoint, data_dir, limit=eval_limit)
-        global_batch = int(_run_config(result.output_dir).stage.global_batch)
-        report["variants"][name] = variant_record(steps=result.steps, global_batch=global_batch, seconds=result.seconds,
+        global_batch = int(OmegaConf.load(result.output_dir / "config_resolved.yaml").stage.global_batch)
+        report["variants"][name] = variant_record(steps=int(result.metrics["trainer/global_step"]), global_batch=global_batch,
+                                                  seconds=result.metrics["perf/fit_seconds"],
                                                   text=evaluation["text"], mc=evaluation["mc"], run_dir=result.output_dir,
                                                   checkpoint=result.checkpoint, overrides=extra)
     report["plot"] = str(plot_ablation(report["variants"], out / "ablation.png", reference_ppl=reference))
     report["seconds"] = round(time.perf_counter() - start, 2)
     write_report(report, out)
     return report
-
-
-def _run_config(run_dir: Path) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.load(run_dir / "config_resolved.yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from dsvl.cli._config import fail
 
@@ -56,27 +56,18 @@ def _questions(stream: TextIO) -> Iterator[str]:
         yield question
 
 
-def load(args: argparse.Namespace) -> Any:
-    """The model (plus adapter) and tokenizer; "auto" prompting follows the export's or adapter's `dsvl_chat.json`."""
-    from dsvl.cli.evaluate import load_for_inference
-
-    return load_for_inference(args.model, args.tokenizer, args.device, args.dtype, adapter=args.adapter)
-
-
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     """Console script `dsvl-chat`; returns the exit code (2 with a one-line message on bad input)."""
     args = parse_args(argv)
-    from dsvl.cli.evaluate import EvalError, pick_system_prompt, quiet_transformers
+    from dsvl.cli.evaluate import EvalError, load_for_inference, pick_system_prompt, quiet_transformers
     from dsvl.eval.generation import ChatGenerator, GenerationSettings, load_image, user_turn
 
     if args.max_new_tokens < 1:
         fail(PROG, "--max-new-tokens must be >= 1")
-    from dsvl.model import ConfigError
-
     quiet_transformers()
     try:
         images = [load_image(path) for path in args.image]
-        loaded = load(args)
+        loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype, adapter=args.adapter)
         if images and not loaded.model.vision_spec.inputs:
             raise EvalError(f"{args.model} has no vision tower: it cannot take --image")
         generator = ChatGenerator(loaded.model, loaded.tokenizer, pick_system_prompt(args.system_prompt, loaded))
@@ -92,7 +83,7 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
             print(answer, flush=True)
             history += [turn, {"role": "assistant", "content": answer}]
         return 0
-    except (EvalError, ConfigError, ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, OSError) as e:  # dsvl's user errors are ValueErrors; unreadable files OSErrors
         fail(PROG, e)
 
 

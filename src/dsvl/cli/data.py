@@ -9,7 +9,6 @@ import logging
 import sys
 from typing import Any, NoReturn, Sequence
 
-from dsvl.data.errors import DataConfigError
 from dsvl.errors import DataError, UserError
 
 PROG = "dsvl-data"
@@ -164,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (UserError, DataConfigError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         msg = " ".join(str(e).split())  # one line, whatever the message held
         print(f"{PROG} {a.cmd}: error: {msg}", file=sys.stderr)
         return 2

@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from dsvl.cli._config import CONFIG_DIR, fail, guarded, one_line
-from dsvl.data.chat import IMAGE_TOKEN
-from dsvl.errors import UserError
+from dsvl.cli._config import hydra_app, one_line
+from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
 from dsvl.eval.benchmarks import BenchmarkSpec
 from dsvl.eval.evaluate import EvalError, evaluate_benchmark, evaluate_mc, evaluate_text, format_table
 
@@ -37,7 +35,6 @@ log = logging.getLogger(__name__)
 PROG = "dsvl-eval"
 RUN_CONFIG_NAMES = ("config_resolved.yaml", ".hydra/config.yaml")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-TOKENIZER_KEYS = ("tokenizer", "tokenizer_path", "tokenizer_dir", "tokenizer_name")
 SYSTEM_PROMPT_AUTO = "auto"
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
@@ -56,26 +53,17 @@ class LoadedModel:
 
 
 # ---------------------------------------------------------------------------------------- loading
-def find_run_config(checkpoint: Path) -> Path | None:
-    """The training run's saved config above a checkpoint (run_dir/checkpoints/last.ckpt) or in/above an export dir."""
-    start = checkpoint.resolve()
-    for parent in ([start] if start.is_dir() else []) + list(start.parents)[:3]:
-        for name in RUN_CONFIG_NAMES:
-            if (parent / name).is_file():
-                return parent / name
-    return None
-
-
 def load_run_config(path: Path) -> DictConfig | None:
-    """The saved config of the training run a checkpoint (or an export inside a run dir) came from."""
-    found = find_run_config(path)
-    if found is None:
-        return None
-    try:
-        cfg = OmegaConf.load(found)
-    except (OSError, OmegaConfBaseException) as e:
-        raise EvalError(f"{found}: unreadable run config ({one_line(e)})") from None
-    return cfg if isinstance(cfg, DictConfig) else None
+    """The saved config of the training run above a checkpoint (run_dir/checkpoints/last.ckpt) or in/above an export dir."""
+    start = path.resolve()
+    for parent in ([start] if start.is_dir() else []) + list(start.parents)[:3]:
+        for found in (parent / name for name in RUN_CONFIG_NAMES if (parent / name).is_file()):
+            try:
+                cfg = OmegaConf.load(found)
+            except (OSError, OmegaConfBaseException) as e:
+                raise EvalError(f"{found}: unreadable run config ({one_line(e)})") from None
+            return cfg if isinstance(cfg, DictConfig) else None
+    return None
 
 
 def _model_node(checkpoint: Path, run_cfg: DictConfig | None, model_cfg: Any = None) -> dict[str, Any]:
@@ -89,37 +77,13 @@ def _model_node(checkpoint: Path, run_cfg: DictConfig | None, model_cfg: Any = N
         raise EvalError(f"{checkpoint}: the run's model config does not resolve ({one_line(e)})") from None
 
 
-def _run_system_prompt(run_cfg: DictConfig | None) -> str | None:
-    """The system prompt the run trained with (`data.system_prompt`; null there means none)."""
-    from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
-
-    if run_cfg is None or OmegaConf.select(run_cfg, "data", default=None) is None:
-        return DEFAULT_SYSTEM_PROMPT
+def _run_data(run_cfg: DictConfig | None, key: str, default: Any = None) -> Any:
+    """`data.<key>` of the training run's config; `default` when it is absent or does not resolve."""
     try:
-        data = run_cfg.data
-        if "system_prompt" not in data:
-            return DEFAULT_SYSTEM_PROMPT
-        return OmegaConf.select(run_cfg, "data.system_prompt", default=None) or None
+        data = run_cfg.get("data") if run_cfg is not None else None
+        return data[key] if isinstance(data, DictConfig) and key in data else default
     except OmegaConfBaseException:
-        return DEFAULT_SYSTEM_PROMPT
-
-
-def _run_tokenizer(run_cfg: DictConfig | None) -> str | None:
-    """The tokenizer path the training run used (a `data.*tokenizer*` key), if any."""
-    if run_cfg is None or not isinstance(run_cfg.get("data"), DictConfig):
-        return None
-    for key in TOKENIZER_KEYS:
-        try:
-            value = OmegaConf.select(run_cfg, f"data.{key}", default=None)
-        except OmegaConfBaseException:
-            continue
-        if isinstance(value, str) and value:
-            return value
-        if isinstance(value, DictConfig):  # e.g. data.tokenizer: {path: ...}
-            for sub in ("path", "pretrained_model_name_or_path", "name"):
-                if isinstance(value.get(sub), str):
-                    return value.get(sub)
-    return None
+        return default
 
 
 def _check_tokenizer_dir(path: str | Path) -> Path:
@@ -145,13 +109,9 @@ def _locate(path: str | None, anchor: Path) -> str | None:
 
 def load_tokenizer(path: str | Path) -> Any:
     """A transformers tokenizer from a local directory (never downloads)."""
-    from transformers import AutoTokenizer
+    from dsvl.data import load_tokenizer as load_local
 
-    p = _check_tokenizer_dir(path)
-    try:
-        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise EvalError(f"cannot load the tokenizer in {p}: {one_line(e)}") from None
+    return load_local(str(_check_tokenizer_dir(path)))
 
 
 def _check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
@@ -164,7 +124,7 @@ def _check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
         raise EvalError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}: wrong tokenizer?")
 
 
-def resolve_device(name: str | None) -> torch.device:
+def resolve_device(name: str | torch.device | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -205,29 +165,22 @@ def load_for_inference(
         raise EvalError(f"model not found: {p}")
     tok_path: str | None = str(_check_tokenizer_dir(tokenizer)) if tokenizer else None
     run_cfg = load_run_config(p)
-    system_prompt = _run_system_prompt(run_cfg)
+    system_prompt = _run_data(run_cfg, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None  # null in the run: none
     try:
-        if adapter:
+        if adapter or p.is_dir():
             if not (p / "config.json").is_file():
-                raise EvalError(f"an adapter needs the base model's transformers directory; {p} has no config.json")
-            tok_path = tok_path or str(p)
-            tok = load_tokenizer(tok_path)
-            model = VisionLanguageModel.from_pretrained(p, adapter=adapter)
-            system_prompt = exported_system_prompt(adapter, exported_system_prompt(p, system_prompt))
-            source = "adapter"
-        elif p.is_dir():
-            if not (p / "config.json").is_file():
-                raise EvalError(f"{p} is not an exported model directory (no config.json); expected save_pretrained output or a .ckpt")
-            tok_path = tok_path or str(p)
-            tok = load_tokenizer(tok_path)
-            model = VisionLanguageModel.from_pretrained(str(p))
-            system_prompt = exported_system_prompt(p, system_prompt)
-            source = "exported"
+                raise EvalError(f"an adapter needs the base model's transformers directory; {p} has no config.json" if adapter
+                                else f"{p} is not an exported model directory (no config.json); expected save_pretrained output or a .ckpt")
+            tok = load_tokenizer(tok_path := tok_path or str(p))
+            model = VisionLanguageModel.from_pretrained(str(p), adapter=adapter)
+            for folder in filter(None, (p, adapter)):  # the adapter's dsvl_chat.json wins over the base's
+                system_prompt = exported_system_prompt(folder, system_prompt)
+            source = "adapter" if adapter else "exported"
         elif p.suffix in (".ckpt", ".pt", ".pth"):
             ckpt = read_checkpoint(p)
             saved = dict(ckpt.get("hyper_parameters") or {}) if model_cfg is None else {}
             node = dict(saved["model_config"]) if saved.get("model_config") else _model_node(p, run_cfg, model_cfg)
-            tok_path = tok_path or _locate(saved.get("tokenizer"), p) or _locate(_run_tokenizer(run_cfg), p)
+            tok_path = tok_path or _locate(saved.get("tokenizer"), p) or _locate(_run_data(run_cfg, "tokenizer"), p)
             if tok_path is None:
                 raise EvalError(f"{p}: the run config names no tokenizer; pass --tokenizer / tokenizer=DIR")
             tok = load_tokenizer(tok_path)
@@ -251,8 +204,7 @@ def load_for_inference(
     torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
     if dtype and torch_dtype is None:
         raise EvalError(f"dtype={dtype}: expected one of {sorted(DTYPES)}")
-    target = device if isinstance(device, torch.device) else resolve_device(None if device is None else str(device))
-    model = model.to(device=target, dtype=torch_dtype)
+    model = model.to(device=resolve_device(device), dtype=torch_dtype)
     model.eval()
     log.info("loaded %s model from %s (tokenizer %s)", source, p, tok_path)
     return LoadedModel(model=model, tokenizer=tok, source=source, path=Path(adapter) if adapter else p,
@@ -266,31 +218,21 @@ def pick_system_prompt(requested: str | None, loaded: LoadedModel) -> str | None
     return None if requested.strip().lower() in ("", "none", "null") else requested
 
 
-def load_model(cfg: DictConfig) -> LoadedModel:
-    """The model to evaluate: a dsvl `.ckpt` or an exported directory (`checkpoint=`), on `device`, in `dtype`."""
-    return load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), resolve_device(cfg.get("device")), cfg.get("dtype"),
-                              cfg.get("model"), cfg.get("adapter"))
-
-
-def benchmark_specs(node: DictConfig | None) -> list[BenchmarkSpec]:
-    """The `benchmarks` entries that have a path, checked (before any weights load)."""
-    entries = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    return [BenchmarkSpec.from_config(name, entry) for name, entry in entries.items() if entry and entry.get("path")]
-
-
 def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Everything `dsvl-eval` does, as a function: returns the report and writes it as JSON."""
     start = time.perf_counter()
     mc_shards, text_shards = (OmegaConf.to_object(x) if OmegaConf.is_config(x) else x
                               for x in (cfg.mc.get("shards"), cfg.text.get("shards")))
-    benchmarks = benchmark_specs(cfg.get("benchmarks"))
+    entries = OmegaConf.to_container(cfg.benchmarks, resolve=True) if cfg.get("benchmarks") is not None else {}
+    benchmarks = [BenchmarkSpec.from_config(name, e) for name, e in entries.items() if e and e.get("path")]  # checked before any weights
     if not mc_shards and not text_shards and not benchmarks:
         raise EvalError("nothing to evaluate: set benchmarks.<name>.path, mc.shards and/or text.shards")
     modes = list(cfg.mc.get("modes") or ["text"])
     bad = [m for m in modes if m not in ("text", "letter")]
     if bad:
         raise EvalError(f"mc.modes: unknown mode {bad[0]!r}; accepted: text, letter")
-    loaded = load_model(cfg)
+    loaded = load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), cfg.get("device"), cfg.get("dtype"), cfg.get("model"),
+                                cfg.get("adapter"))
     system_prompt = pick_system_prompt(cfg.get("system_prompt"), loaded)
     report: dict[str, Any] = {"model": str(loaded.path), "source": loaded.source, "tokenizer": loaded.tokenizer_path,
                               "device": str(next(loaded.model.parameters()).device), "system_prompt": system_prompt}
@@ -313,38 +255,13 @@ def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str,
     return report
 
 
-def evaluate_and_print(cfg: DictConfig) -> None:
-    """`run_eval`, then the table; a user's mistake is one line and exit 2."""
-    from dsvl.data.bad_samples import BadSample
-
-    def body() -> dict[str, Any]:
-        try:
-            return run_eval(cfg)
-        except (UserError, BadSample) as e:  # dsvl.errors kinds; `guarded` answers the older types the same way
-            fail(PROG, e)
-
+@hydra_app(PROG, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Console script `dsvl-eval`: `run_eval`, then the table; a user's mistake is one line and exit 2."""
     quiet_transformers()
-    report = guarded(PROG, body, cleanup=lambda: None)
+    report = run_eval(cfg)
     print(format_table(report))
     print(f"report: {report['report_path']}")
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def hydra_main(cfg: DictConfig) -> None:
-    """The Hydra app (composition, run dir) around `evaluate_and_print`."""
-    evaluate_and_print(cfg)
-
-
-def main() -> None:
-    """Console script `dsvl-eval`: an override Hydra cannot compose (a typo) is one line and exit 2, then Hydra runs."""
-    import sys
-
-    from dsvl.cli.validate import precheck_overrides
-
-    error = precheck_overrides(sys.argv[1:], config_name="eval")
-    if error:
-        fail(PROG, error)
-    hydra_main()
 
 
 if __name__ == "__main__":

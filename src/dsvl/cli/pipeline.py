@@ -38,14 +38,6 @@ class StageRun:
     checkpoint: Path
     metrics: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def steps(self) -> int:
-        return int(self.metrics.get("trainer/global_step", 0))
-
-    @property
-    def seconds(self) -> float:
-        return float(self.metrics.get("perf/fit_seconds", 0.0))
-
 
 def family_recipes(family: str) -> list[str]:
     """The experiment names of a recipe family (a folder of conf/experiment/), in file-name order."""

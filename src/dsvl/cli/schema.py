@@ -237,10 +237,6 @@ def _describe(err: dict[str, Any]) -> str:
     return msg[:1].lower() + msg[1:]
 
 
-def _value(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def _key(loc: tuple[Any, ...], prefix: str) -> str:
     """`('trainer', 'max_steps')` -> `trainer.max_steps` (list indices as `[i]`, union branch names dropped)."""
     out = prefix
@@ -261,7 +257,8 @@ def validate_against(schema: type[Schema], values: Any, prefix: str = "") -> Non
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         key = _key(first["loc"], prefix)
-        raise ConfigError(f"{key}={_value(first.get('input'))}: {_describe(first)}") from None
+        value = first.get("input")
+        raise ConfigError(f"{key}={str(value).lower() if isinstance(value, bool) else value}: {_describe(first)}") from None
 
 
 def check_schema(values: dict[str, Any]) -> None:

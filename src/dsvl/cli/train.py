@@ -24,10 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dsvl.cli._config import CONFIG_DIR, guarded
+from dsvl.cli._config import hydra_app
 from dsvl.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,14 +73,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from dsvl.callbacks import was_preempted
     from dsvl.cli.validate import validate_config
     from dsvl.model import build_model
-    from dsvl.stages.checkpoint import check_init_from, load_init_weights
+    from dsvl.model.export import export_pretrained
+    from dsvl.stages.checkpoint import load_init_weights
     from dsvl.stages.strategies import builds_on_meta, check_strategy, defer_weights, is_sharded
 
     # 1. check: every value before any weights exist; a bad config costs a second and one line
     validate_config(cfg)
-    ckpt_path = resume_from(cfg)
-    if cfg.get("init_from"):
-        check_init_from(cfg.init_from)
+    ckpt_path = resume_from(cfg)  # init_from was opened the safe way by validate_config
     stage_cls = get_class(cfg.stage._target_)
     check_run(cfg)
     check_strategy(cfg.trainer)  # e.g. trainer=deepspeed without the package
@@ -135,8 +133,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("export_dir") and not preempted and is_sharded(stage.model):
         log.warning("export_dir=%s: the model is sharded (FSDP2); write the export from the sharded checkpoint with "
                     "python tools/consolidate_checkpoint.py %s %s", cfg.export_dir, ckpt_dir(cfg) / "last.ckpt", cfg.export_dir)
-    elif cfg.get("export_dir") and not preempted and trainer.is_global_zero:
-        export_model(stage.model, datamodule, Path(cfg.export_dir))
+    elif cfg.get("export_dir") and not preempted and trainer.is_global_zero:  # transformers' directory, tokenizer, chat template
+        path = export_pretrained(stage.model, cfg.export_dir, tokenizer=data_tokenizer(datamodule),
+                                 system_prompt=getattr(datamodule, "system_prompt", None))
+        log.info("exported model to %s", path)
 
     return metrics | scalars(trainer.callback_metrics) | {"trainer/global_step": float(trainer.global_step),
                                                           "perf/fit_seconds": seconds}
@@ -175,10 +175,12 @@ def resume_from(cfg: DictConfig) -> str | None:
 
     requested = cfg.get("ckpt_path")
     last = ckpt_dir(cfg) / "last.ckpt"
-    if requested and cfg.get("init_from") and not cfg.get("auto_resume"):
-        raise ConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
     if requested == "hpc":  # SLURM requeue: Lightning's hpc_ckpt_<n>.ckpt in the run dir
-        candidates = sorted(Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir).glob("hpc_ckpt_*.ckpt"))
+        run_dir = Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir)
+        candidates = sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+        if not candidates:  # Lightning would raise a ValueError with a traceback
+            raise CheckpointError(f"ckpt_path=hpc: no hpc_ckpt_<n>.ckpt in {run_dir} (written when SLURM requeues a job); "
+                                  "use auto_resume=true to start fresh when there is none")
     elif requested == "last" or (cfg.get("auto_resume") and not requested):
         if requested == "last" and not is_checkpoint(last):
             raise CheckpointError(f"ckpt_path=last: no last.ckpt in {last.parent}; point hydra.run.dir at the run to resume "
@@ -206,9 +208,8 @@ def resume_from(cfg: DictConfig) -> str | None:
 
 
 def check_run(cfg: DictConfig) -> list[str]:
-    """What `validate_config` leaves to the run: the model's parts fit (`vision_spec`, no weights),
-    `stage.trainable` names parts it has, training has steps and the LR warm-up fits in them.
-    Returns the parts that will train."""
+    """What `validate_config` leaves to the run: the model's parts fit (`vision_spec`, no weights) and
+    `stage.trainable` names parts it has. Returns the parts that will train."""
     from hydra.utils import get_class
 
     from dsvl.model import vision_spec
@@ -218,14 +219,7 @@ def check_run(cfg: DictConfig) -> list[str]:
     towers = [p for p, key in (("vision.low", "pixel_values"), ("vision.high", "high_res_pixel_values")) if spec.input(key)]
     trainable = cfg.stage.get("trainable")
     trainable = get_class(cfg.stage._target_).default_trainable if trainable is None else trainable
-    parts = expand_part_names(list(trainable), [*towers, "adaptor", "llm"])
-    max_steps = int(cfg.trainer.get("max_steps") or -1)
-    if max_steps <= 0:
-        raise ConfigError(f"trainer.max_steps must be > 0 (training is counted in global steps), got {max_steps}")
-    warmup = OmegaConf.select(cfg, "scheduler.warmup_steps")
-    if warmup is not None and int(warmup) > max_steps:
-        raise ConfigError(f"scheduler.warmup_steps={warmup} exceeds trainer.max_steps={max_steps} (accepted: 0 to {max_steps})")
-    return parts
+    return expand_part_names(list(trainable), [*towers, "adaptor", "llm"])
 
 
 def accumulation(cfg: DictConfig, world: int) -> int:
@@ -331,34 +325,13 @@ def align_model_to_data(cfg: DictConfig, datamodule: Any) -> None:
         raise ConfigError(f"model.llm.vocab_size={vocab} is smaller than the tokenizer ({len(tokenizer)} tokens)")
 
 
-def export_model(model: Any, datamodule: Any, out: Path) -> Path:
-    """A complete transformers directory (weights merged when LoRA-wrapped, tokenizer, processor, chat
-    template with the system prompt the run trained with): `AutoProcessor` + `generate` run it as is."""
-    from dsvl.model.export import export_pretrained
-
-    path = export_pretrained(model, out, tokenizer=data_tokenizer(datamodule), system_prompt=getattr(datamodule, "system_prompt", None))
-    log.info("exported model to %s", path)
-    return path
-
-
 # ---------------------------------------------------------------------------------------- entry
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
-    """The Hydra app (composition, run dir, multirun): train, return the sweep objective (`optimized_metric`;
-    nan when the run did not produce it)."""
-    value = guarded("dsvl-train", lambda: train(cfg), close_wandb).get(cfg.get("optimized_metric") or "")
+@hydra_app("dsvl-train", config_name="train", cleanup=close_wandb)
+def main(cfg: DictConfig) -> float:
+    """Console script `dsvl-train` (composition, run dir, multirun): train, return the sweep objective
+    (`optimized_metric`; nan when the run did not produce it)."""
+    value = train(cfg).get(cfg.get("optimized_metric") or "")
     return value if value is not None and math.isfinite(value) else float("nan")
-
-
-def main() -> None:
-    """Console script `dsvl-train`: a config Hydra cannot compose is one line and exit 2, then Hydra runs."""
-    from dsvl.cli._config import fail
-    from dsvl.cli.validate import precheck_overrides
-
-    error = precheck_overrides(sys.argv[1:])
-    if error:
-        fail("dsvl-train", error)
-    hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,106 +1,26 @@
-"""Config checks that run before any weights load, so a typo costs seconds and one line (exit 2).
+"""`validate_config`: every value of a composed config, before any weights load, so a typo costs seconds
+and one line (exit 2): types and ranges from the schemas (`dsvl.cli.schema`), then what needs several keys
+or the file system (warm-up longer than training, a global batch that micro-batches cannot fill, data
+shards, tokenizer, `init_from` / `ckpt_path` opened the safe way).
 
-Two layers, in the order a run meets them:
-1. `precheck_overrides`: composes the config the way `@hydra.main` will and turns Hydra's
-   multi-line composition errors (unknown preset or group option, unknown key, bad override
-   syntax) into one line naming the key and the accepted options.
-2. `validate_config`: every value, before any weights exist: types and ranges from the schemas
-   (`dsvl.cli.schema`), then what needs several keys or the file system (warm-up longer than
-   training, a global batch that micro-batches cannot fill, data shards, tokenizer, `init_from` /
-   `ckpt_path` opened the safe way).
-Model-shape checks (adaptor widths) and the world-size arithmetic need the model's and the
-Trainer's own code and run right after these.
+Composition errors come first (`dsvl.cli._config.precheck_overrides`); model-shape checks (adaptor
+widths) and the world-size arithmetic need the model's and the Trainer's own code and run right after.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from dsvl.cli._config import CONFIG_DIR, one_line
+from dsvl.cli._config import one_line
 from dsvl.cli.schema import check_schema
 from dsvl.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--resolve",
-                    "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                    "--shell-completion", "-sc", "--experimental-rerun", "--version")
-
-
-class RunConfigError(ConfigError):
-    """A config value that cannot work; the message is one line naming the key and what is accepted."""
-
-
-# ---------------------------------------------------------------------------------------- 1. composition
-def _group_options(group: str) -> list[str]:
-    """Option names of a config group folder (nested folders as `sub/option`)."""
-    root = CONFIG_DIR / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
-
-
-def _user_override(missing: str, overrides: Sequence[str]) -> tuple[str, str] | None:
-    """The (group, option) the user typed that names the missing config file, e.g. ('experiment', 'demo/x')."""
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        key = key.lstrip("+~").lstrip("/")
-        if sep and f"{key}/{value}" == missing:
-            return key, value
-    return None
-
-
-def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
-    """One line for a Hydra composition / override error: the key, and the accepted options when known."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-
-    if isinstance(err, OverrideParseException):
-        return f"cannot parse the override {err.override!r}: {str(err).strip().splitlines()[0]} (see Hydra's override grammar)"
-    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
-        missing = str(err.missing_cfg_file)
-        group, name = _user_override(missing, overrides) or missing.rpartition("/")[::2]
-        if group:
-            options = _group_options(group) or sorted(err.options or [])
-            accepted = f"accepted: {', '.join(options)}" if options else f"the config group '{group}' has no options"
-            return f"{group}={name}: unknown option for '{group}'; {accepted}"
-        return f"config '{name}' not found"
-    text = str(err).strip() or type(err).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = lines[0]
-    if any("is not in struct" in ln for ln in lines) or any(ln.startswith("To append to your config") for ln in lines):
-        return f"{first.rstrip('.')}: no such key (check the spelling; prefix with '+' to add a new key)"
-    if first.startswith("Ambiguous value"):
-        return f"{first}: use -m to sweep over the values, key=[a,b] for a list, or quote it for a string"
-    return first
-
-
-def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> str | None:
-    """Compose `config_name` with `overrides`; the one-line error message when that fails, else None.
-
-    Skipped (None) for command lines with Hydra flags (`-m`, `--cfg`, ...): Hydra handles those itself.
-    """
-    if any(a.split("=", 1)[0] in HYDRA_FLAGS_PASS for a in overrides if a.startswith("-")):
-        return None
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        return hydra_error_line(err, overrides)
-    finally:
-        GlobalHydra.instance().clear()
-    return None
-
-
-# ---------------------------------------------------------------------------------------- 2. values
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 
@@ -123,11 +43,11 @@ def _resolved(node: DictConfig | ListConfig, key: Any) -> Any:
         return node[key]
     except MissingMandatoryValue:
         full = node._get_full_key(key)
-        raise RunConfigError(f"{full}: no value (set it: {full}=...)") from None
+        raise ConfigError(f"{full}: no value (set it: {full}=...)") from None
     except InterpolationResolutionError as err:
         if "HydraConfig was not set" in str(err):
             return node._get_node(key)._value()  # type: ignore[union-attr]
-        raise RunConfigError(f"{node._get_full_key(key)}: {one_line(err)}") from None
+        raise ConfigError(f"{node._get_full_key(key)}: {one_line(err)}") from None
 
 
 def check_sources(data: dict[str, Any]) -> None:
@@ -141,13 +61,7 @@ def check_sources(data: dict[str, Any]) -> None:
     if check is None:
         return
     for key in ("train_sources", "val_sources"):
-        if not data.get(key):
-            continue
-        try:
-            check(parse_sources(data[key]), f"data.{key}")
-        except DataError as err:
-            raise DataError(f"{err} (accepted: a folder of .tar shards, a glob, a brace pattern, or a list of "
-                            "existing shard files)") from None
+        check(parse_sources(data.get(key)), f"data.{key}")
 
 
 def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
@@ -159,7 +73,7 @@ def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
     modalities = {s.get("modality", "text") for s in (sources.values() if isinstance(sources, dict) else sources) if s}
     need = {"text_only": "text", "multimodal_only": "multimodal"}.get(str(data.get("mode")))
     if need and need not in modalities:
-        raise RunConfigError(f"data.mode={data['mode']} but data.train_sources has no {need} source "
+        raise ConfigError(f"data.mode={data['mode']} but data.train_sources has no {need} source "
                              f"(its sources are {', '.join(sorted(modalities)) or 'none'})")
     tokenizer = data.get("tokenizer")
     if isinstance(tokenizer, str) and _local_path(tokenizer) and not Path(tokenizer).expanduser().exists():
@@ -176,24 +90,15 @@ def _local_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
-def check_stage(stage: dict[str, Any]) -> None:
-    """The trainable part names (the freezing code's own list and aliases; whether this model has
-    each part is known once its parts are)."""
-    from dsvl.stages.freezing import expand_part_names
-
-    if stage.get("trainable") is not None:
-        expand_part_names(stage["trainable"])
-
-
 def check_steps(cfg: dict[str, Any]) -> None:
     """Step and batch arithmetic that holds on any number of devices."""
     max_steps = (cfg.get("trainer") or {}).get("max_steps")
     sched = cfg.get("scheduler") or {}
     if max_steps and sched.get("warmup_steps") is not None and int(sched["warmup_steps"]) > int(max_steps):
-        raise RunConfigError(f"scheduler.warmup_steps={sched['warmup_steps']} exceeds trainer.max_steps={max_steps} "
+        raise ConfigError(f"scheduler.warmup_steps={sched['warmup_steps']} exceeds trainer.max_steps={max_steps} "
                              f"(accepted: 0 to {max_steps})")
     if len(sched.get("milestones") or []) != len(sched.get("factors") or []):
-        raise RunConfigError(f"scheduler.milestones={sched['milestones']} and scheduler.factors={sched['factors']} "
+        raise ConfigError(f"scheduler.milestones={sched['milestones']} and scheduler.factors={sched['factors']} "
                              "need the same length (one lr factor from each milestone on)")
     warmup = ((cfg.get("data") or {}).get("schedule") or {}).get("warmup_steps")
     if max_steps and warmup and int(warmup) > int(max_steps):
@@ -205,27 +110,24 @@ def check_steps(cfg: dict[str, Any]) -> None:
     micro = (cfg.get("data") or {}).get("micro_batch_size")
     global_batch = (cfg.get("stage") or {}).get("global_batch")
     if micro and global_batch and int(global_batch) % int(micro):
-        raise RunConfigError(f"stage.global_batch={global_batch} is not divisible by data.micro_batch_size={micro} "
+        raise ConfigError(f"stage.global_batch={global_batch} is not divisible by data.micro_batch_size={micro} "
                              "(accepted: a multiple of data.micro_batch_size x trainer.devices x trainer.num_nodes)")
 
 
 def check_checkpoints(cfg: dict[str, Any]) -> None:
     """`init_from` / `ckpt_path` name loadable checkpoints, opened the safe way (weights-only, memory-mapped)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from dsvl.model.safe_load import check_checkpoint, is_checkpoint, is_sharded_checkpoint
 
     init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
     if init_from and ckpt_path:
-        raise RunConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
+        raise ConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
     accepted = {"init_from": "accepted: a .ckpt file (a directory under trainer=fsdp) or an exported model directory",
                 "ckpt_path": "accepted: a .ckpt file (a directory under trainer=fsdp), or 'last'"}
     ckpt_dir = (cfg.get("paths") or {}).get("ckpt_dir")
-    last = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
-    if cfg.get("auto_resume") and ckpt_dir and is_checkpoint(Path(str(ckpt_dir)) / last):
+    if cfg.get("auto_resume") and ckpt_dir and is_checkpoint(Path(str(ckpt_dir)) / "last.ckpt"):
         init_from = None  # a restarted job resumes its own progress; the previous stage's weights are not read
     for key, value in (("init_from", init_from), ("ckpt_path", ckpt_path)):
-        if not value or (key == "ckpt_path" and value == "last"):  # `last` is found in the run dir, after Hydra made it
+        if not value or (key == "ckpt_path" and value in ("last", "hpc")):  # found in the run dir, after Hydra made it
             continue
         path = Path(str(value)).expanduser()
         if not path.exists():
@@ -245,9 +147,12 @@ def check_checkpoints(cfg: dict[str, Any]) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Every value of a train config, before any weights exist; raises a `dsvl.errors.UserError`
     (`ConfigError`, `DataError` or `CheckpointError`) with a one-line message naming the key."""
+    from dsvl.stages.freezing import expand_part_names
+
     values = plain(cfg)
     check_schema(values)
-    check_stage(values.get("stage") or {})
+    if (values.get("stage") or {}).get("trainable") is not None:  # names and aliases (this model's parts: check_run)
+        expand_part_names(values["stage"]["trainable"])
     check_steps(values)
     if values.get("data"):
         check_data(values["data"], values.get("mc_val"))

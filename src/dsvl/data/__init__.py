@@ -9,7 +9,6 @@ from dsvl.data.accounting import DataAccounting
 from dsvl.data.collate import collate, collate_rows
 from dsvl.data.datamodule import DSVLDataModule, load_tokenizer
 from dsvl.data.encode import SampleEncoder
-from dsvl.data.errors import DataConfigError
 from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.mixture import Mixture, SourceConfig, parse_sources
@@ -18,10 +17,11 @@ from dsvl.data.schedule import ModalitySchedule
 from dsvl.data.schema import Sample, parse_sample
 from dsvl.data.streams import expand_urls, iter_samples, read_tar
 from dsvl.data.tokenize import IGNORE_INDEX, Encoded, TextEncoder
+from dsvl.errors import DataError
 
 __all__ = [
     "BOS_TOKEN", "DEFAULT_SYSTEM_PROMPT", "EOS_TOKEN", "IGNORE_INDEX", "IMAGE_TOKEN", "PAD_TOKEN",
-    "BadSample", "BatchingConfig", "DataAccounting", "DataConfigError", "DSVLDataModule", "Encoded", "EvalBatches", "GlobalStepBatches",
+    "BadSample", "BatchingConfig", "DataAccounting", "DataError", "DSVLDataModule", "Encoded", "EvalBatches", "GlobalStepBatches",
     "ImagePreprocessor", "Mixture", "ModalitySchedule", "Sample", "SampleEncoder", "SkipCounter", "SkipReason",
     "SourceConfig", "TextEncoder", "collate", "collate_rows", "conversation_segments", "expand_urls",
     "format_conversation", "iter_samples", "load_tokenizer", "model_inputs_for_packed", "pack_rows", "parse_sample",

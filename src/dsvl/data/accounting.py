@@ -11,11 +11,9 @@ class DataAccounting:
 
     FIELDS = ("samples", "tokens", "pad_tokens", "images")
 
-    def __init__(self, state: Mapping[str, Any] | None = None) -> None:
+    def __init__(self) -> None:
         self.totals: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("steps", "micro_batches", *self.FIELDS), 0))
         self.last_step = -1
-        if state:
-            self.load_state_dict(state)
 
     def update(self, modality: str, stats: Mapping[str, int], step: int) -> None:
         t = self.totals[modality]

@@ -1,21 +1,16 @@
-"""Skipped samples: counted per reason, logged with their key, never fatal (DESIGN.md principle 6)."""
+"""Skipped samples: counted per reason, logged with their key, never fatal (docs/data_format.md)."""
 from __future__ import annotations
 
 import logging
 from collections import Counter
 from enum import Enum
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 LOG_FIRST = 5  # per reason and process; after that only the 10th, 100th, ... skip is logged
-
-
-def _is_power_of_ten(n: int) -> bool:
-    while n >= 10 and n % 10 == 0:
-        n //= 10
-    return n == 1
 
 
 class SkipReason(str, Enum):
@@ -50,7 +45,7 @@ class SkipCounter:
         """Count one skip and log it with its key."""
         self.counts[reason.value] += 1
         n = self.counts[reason.value]
-        if n > LOG_FIRST and not _is_power_of_ten(n):
+        if n > LOG_FIRST and str(n).rstrip("0") != "1":  # not a power of ten
             return
         log.warning("skipped sample %s: %s%s [%s so far]", key or "?", reason.value, f" ({detail})" if detail else "", n)
 
@@ -61,6 +56,14 @@ class SkipCounter:
         return self
 
     __iadd__ = merge
+
+    def parsed(self, raws: Iterable[Mapping[str, Any]], parse: Callable[[Any], T]) -> Iterator[T]:
+        """`parse(raw)` of every raw sample; one that raises `BadSample` is counted here and skipped."""
+        for raw in raws:
+            try:
+                yield parse(raw)
+            except BadSample as e:
+                self.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
 
     @property
     def total(self) -> int:

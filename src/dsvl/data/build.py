@@ -12,7 +12,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
+
+from tqdm import tqdm
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.schema import IMAGE_EXTENSIONS, caption_to_raw, parse_sample
@@ -36,14 +38,6 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {"good": self.good, "skipped": self.skipped.as_dict(), "shards": self.shards}
-
-
-def _progress(it: Iterable[Any], enabled: bool, desc: str, total: int | None = None) -> Iterable[Any]:
-    if not enabled:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, total=total, unit="sample")
 
 
 def _records(jsonl: str | Path, image_root: Path, counter: SkipCounter) -> Iterator[dict[str, Any]]:
@@ -71,8 +65,7 @@ def _records(jsonl: str | Path, image_root: Path, counter: SkipCounter) -> Itera
                     if not path.is_file():
                         raise BadSample(SkipReason.MISSING_FIELD, f"image file {path} not found", key)
                     sample[f"{i}.{'jpg' if ext == 'jpeg' else ext}"] = path.read_bytes()
-                raw = {"json": json.dumps(rec).encode(), "__key__": key, **{k: v for k, v in sample.items() if "." in k}}
-                parse_sample(raw, decode_images=True)
+                parse_sample(sample, decode_images=True)
             except BadSample as e:
                 counter.add(e.reason, key, e.detail)
                 continue
@@ -84,7 +77,7 @@ def build_shards(jsonl: str | Path, image_root: str | Path, out_dir: str | Path,
     """Validate every JSONL record (images decoded once) and write the good ones to shards."""
     report = Report()
     with ShardWriter(out_dir, prefix, shard_size) as w:
-        for sample in _progress(_records(jsonl, Path(image_root), report.skipped), progress, "build"):
+        for sample in tqdm(_records(jsonl, Path(image_root), report.skipped), "build", unit="sample", disable=not progress):
             w.write(sample)
             report.good += 1
     report.shards = [str(p) for p in w.paths]
@@ -112,18 +105,8 @@ def validate_shards(urls: str | list[str], progress: bool = True, encoder: Any |
     report = Report(shards=shard_urls(urls))
     encoder = encoder.for_format(fmt) if encoder is not None else None
 
-    def samples() -> Iterator[dict[str, Any]]:
-        for url in report.shards:
-            yield from read_tar(url, report.skipped)
-
-    for raw in _progress(samples(), progress, "validate"):
-        try:
-            if encoder is not None:
-                encoder(raw)
-            else:
-                parse_sample(caption_to_raw(raw) if fmt == "caption" else raw, decode_images=True)
-            report.good += 1
-        except BadSample as e:
-            report.skipped.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
+    check = encoder or (lambda raw: parse_sample(caption_to_raw(raw) if fmt == "caption" else raw, decode_images=True))
+    raws = (raw for url in report.shards for raw in read_tar(url, report.skipped))
+    report.good = sum(1 for _ in report.skipped.parsed(tqdm(raws, "validate", unit="sample", disable=not progress), check))
     log.info("validated %s", report.summary())
     return report

@@ -1,11 +1,15 @@
 """Encoded samples -> the batch dict of docs/architecture.md (right padding, packed rows, stats)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any, Sequence, TypeVar
 
 import torch
 
 from dsvl.data.tokenize import IGNORE_INDEX, Encoded
+
+T = TypeVar("T")
 
 
 def _pixels(samples: Sequence[Encoded], image_inputs: Sequence[tuple[str, int]]) -> dict[str, torch.Tensor]:
@@ -15,11 +19,6 @@ def _pixels(samples: Sequence[Encoded], image_inputs: Sequence[tuple[str, int]])
     for name, _size in image_inputs:
         out[name] = torch.cat([s.pixels[name] for s in samples if s.num_images])
     return out
-
-
-def _modality(samples: Sequence[Encoded]) -> str:
-    kinds = {s.modality for s in samples}
-    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: Sequence[tuple[str, int]] = (),
@@ -52,7 +51,8 @@ def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: S
         batch["position_ids"] = position_ids
     batch.update(_pixels(samples, image_inputs))
     real = int(sum(lengths))
-    batch["modality"] = _modality(samples)
+    kinds = {s.modality for s in samples}
+    batch["modality"] = kinds.pop() if len(kinds) == 1 else "mixed"
     batch["keys"] = [s.key for s in samples]
     batch["stats"] = {"samples": len(samples), "tokens": real, "pad_tokens": B * T - real,
                       "images": sum(s.num_images for s in samples)}
@@ -62,3 +62,10 @@ def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: S
 def collate(samples: Sequence[Encoded], pad_id: int, image_inputs: Sequence[tuple[str, int]] = ()) -> dict[str, Any]:
     """One sample per row, right padded to the longest."""
     return collate_rows([[s] for s in samples], pad_id, image_inputs)
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` items in order, the last one shorter (Python 3.12's `itertools.batched`)."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch

@@ -28,7 +28,6 @@ from dsvl.data.accounting import DataAccounting
 from dsvl.data.bad_samples import SkipCounter
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
 from dsvl.data.encode import SampleEncoder
-from dsvl.data.errors import DataConfigError
 from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches, layouts, packed_modalities
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.mixture import SourceConfig, parse_sources
@@ -36,6 +35,7 @@ from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceColla
 from dsvl.data.schedule import ModalitySchedule
 from dsvl.data.streams import expand_urls
 from dsvl.data.tokenize import TextEncoder
+from dsvl.errors import DataError
 from dsvl.model.spec import ImageInputSpec, VisionSpec
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ STATE_VERSION = 2  # 2: positions per logical data part (1: per rank and worker)
 
 
 def as_vision_spec(spec: VisionSpec | Mapping[str, Any] | None) -> VisionSpec | None:
-    """A VisionSpec from an object or a config mapping ``{inputs: [{name, size, mean, std}], num_image_tokens}``."""
+    """A VisionSpec from an object or a mapping ``{inputs: [{name, size, mean, std}], num_image_tokens}``
+    (what `hydra.utils.instantiate` makes of a VisionSpec passed as a keyword: a structured config)."""
     if spec is None or isinstance(spec, VisionSpec):
         return spec
     inputs = tuple(ImageInputSpec(str(i["name"]), int(i["size"]), tuple(i["mean"]), tuple(i["std"]))  # type: ignore[arg-type]
@@ -52,7 +53,7 @@ def as_vision_spec(spec: VisionSpec | Mapping[str, Any] | None) -> VisionSpec | 
 
 
 def load_tokenizer(path: str) -> Any:
-    """AutoTokenizer from a local directory, with a one-line error if it is missing."""
+    """AutoTokenizer from a local directory (or a hub id), with a one-line error if it is missing."""
     from transformers import AutoTokenizer
 
     try:
@@ -97,12 +98,9 @@ class DSVLDataModule(L.LightningDataModule):
         self.train_sources = parse_sources(train_sources)
         self.val_sources = parse_sources(val_sources)
         if not self.train_sources:
-            raise DataConfigError("data.train_sources is empty")
+            raise DataError("data.train_sources is empty")
         self.vision = as_vision_spec(vision_spec)
-        if isinstance(schedule, ModalitySchedule):
-            self.schedule = schedule
-        else:
-            self.schedule = ModalitySchedule(**dict(schedule or {}))
+        self.schedule = schedule if isinstance(schedule, ModalitySchedule) else ModalitySchedule(**dict(schedule or {}))
         self.micro_batch_size, self.val_batch_size = int(micro_batch_size), int(val_batch_size or micro_batch_size)
         self.max_length, self.pad_to_max_length = int(max_length), bool(pad_to_max_length)
         self.packing, self.packing_buffer = packed_modalities(packing), int(packing_buffer)
@@ -115,11 +113,11 @@ class DSVLDataModule(L.LightningDataModule):
         # logical data parts (null: world_size * max(num_workers, 1) at the first launch, then the checkpoint's)
         self.parts, self.elastic_restart = (int(parts) if parts else None), bool(elastic_restart)
         if self.parts is not None and self.parts < 1:
-            raise DataConfigError(f"data.parts must be >= 1 or null, got {parts}")
+            raise DataError(f"data.parts must be >= 1 or null, got {parts}")
         BatchingConfig(mode=mode)  # fail early on a bad mode
         has_images = bool(self.vision and self.vision.inputs and self.vision.num_image_tokens > 0)
         if mode != "text_only" and not has_images and any(s.modality == "multimodal" for s in self.train_sources):
-            raise DataConfigError("multimodal data sources need a vision_spec with image inputs and num_image_tokens > 0 "
+            raise DataError("multimodal data sources need a vision_spec with image inputs and num_image_tokens > 0 "
                              "(instantiate with vision_spec=dsvl.model.vision_spec(cfg.model))")
         self.accounting = DataAccounting()
         self._encoder: SampleEncoder | None = None
@@ -160,7 +158,7 @@ class DSVLDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         from_trainer = int(getattr(trainer, "accumulate_grad_batches", 0) or 0) if trainer is not None else 0
         if self.accumulate and from_trainer and int(self.accumulate) != from_trainer:
-            raise DataConfigError(f"data.accumulate_grad_batches={self.accumulate} but the trainer accumulates "
+            raise DataError(f"data.accumulate_grad_batches={self.accumulate} but the trainer accumulates "
                              f"{from_trainer}: leave the data key null to take the trainer's")
         return int(self.accumulate or from_trainer or 1)
 
@@ -175,8 +173,9 @@ class DSVLDataModule(L.LightningDataModule):
             urls = expand_urls(s.urls)
             missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
             if not urls or missing:
-                raise DataConfigError(f"{what} source {s.name!r}: no shards at {s.urls!r}"
-                                      + (" (make the demo data with `dsvl-data demo`?)" if "demo" in str(s.urls) else ""))
+                raise DataError(f"{what} source {s.name!r}: no shards at {s.urls!r} (accepted: a folder of .tar shards, a "
+                                "glob, a brace pattern, or a list of existing shard files"
+                                + ("; make the demo data with `dsvl-data demo`?)" if "demo" in str(s.urls) else ")"))
 
     def train_dataset(self) -> GlobalStepBatches:
         """The dataset a fresh or resumed run reads, positioned at the next micro-batch."""
@@ -189,7 +188,7 @@ class DSVLDataModule(L.LightningDataModule):
         if self._parts is None:
             self._parts = self.parts or layout
         if self._parts % layout:
-            raise DataConfigError(f"data.parts={self._parts} cannot be built by {world} ranks x "
+            raise DataError(f"data.parts={self._parts} cannot be built by {world} ranks x "
                                   f"{max(self.num_workers, 1)} workers: world_size * max(num_workers, 1) "
                                   f"must be one of {layouts(self._parts)}")
         return GlobalStepBatches(self.train_sources, self.encoder, self.schedule, self.batching(), rank, world,
@@ -227,7 +226,7 @@ class DSVLDataModule(L.LightningDataModule):
             self._count_micro_batches_anew(saved_per_step // saved_world)
             return
         if not self.elastic_restart:
-            raise DataConfigError(f"cannot resume the data exactly: {problem}; resume on an allowed layout, "
+            raise DataError(f"cannot resume the data exactly: {problem}; resume on an allowed layout, "
                                   "or set data.elastic_restart=true to restart the data streams (samples seen "
                                   "before may repeat)")
         step = global_next // saved_per_step if saved_per_step else saved_next // accumulate
@@ -295,10 +294,6 @@ class DSVLDataModule(L.LightningDataModule):
         """The same as `on_before_batch_transfer`, for loops without Lightning."""
         return self.on_before_batch_transfer(batch, 0)
 
-    @property
-    def global_step_of_next_batch(self) -> int:
-        return self._next_micro_index // self._accumulate()
-
     def _mine(self) -> dict[int, dict[str, Any]]:
         """Positions of the data parts this rank builds (part p is built by rank p mod world_size)."""
         rank, world = self._rank_world()
@@ -331,7 +326,7 @@ class DSVLDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("version", 0)) not in (1, STATE_VERSION):
-            raise DataConfigError(f"data state version {state.get('version')} is not {STATE_VERSION}")
+            raise DataError(f"data state version {state.get('version')} is not {STATE_VERSION}")
         self.schedule.load_state_dict(state.get("schedule", {}))
         self._next_micro_index = int(state["next_micro_index"])
         self._resume = state

@@ -10,10 +10,10 @@ from typing import Any
 
 from dsvl.data.bad_samples import BadSample, SkipReason
 from dsvl.data.chat import IMAGE_TOKEN, ConversationError
-from dsvl.data.errors import DataConfigError
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.schema import Sample, caption_to_raw, parse_sample
 from dsvl.data.tokenize import IGNORE_INDEX, Encoded, TextEncoder
+from dsvl.errors import DataError
 
 SOURCE_FORMATS = ("dsvl", "caption")  # shard layouts a source can name (`format:` in a data config)
 # what a tokenizer can raise on strange text (lone surrogates, NUL bytes, absurd lengths...)
@@ -27,7 +27,7 @@ class SampleEncoder:
     def __init__(self, text: TextEncoder, images: ImagePreprocessor | None, max_length: int,
                  modality: str | None = None, fmt: str = "dsvl") -> None:
         if fmt not in SOURCE_FORMATS:
-            raise DataConfigError(f"data source format must be one of {SOURCE_FORMATS}, got {fmt!r}")
+            raise DataError(f"data source format must be one of {SOURCE_FORMATS}, got {fmt!r}")
         self.text, self.images, self.max_length, self.modality, self.fmt = text, images, int(max_length), modality, fmt
 
     def for_modality(self, modality: str) -> "SampleEncoder":

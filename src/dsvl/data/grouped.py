@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Iterator, Mapping, Sequence
 
 from torch.utils.data import IterableDataset, get_worker_info
 
 from dsvl.data.bad_samples import SkipCounter
-from dsvl.data.collate import collate, collate_rows
+from dsvl.data.collate import batched, collate, collate_rows
 from dsvl.data.encode import SampleEncoder
-from dsvl.data.errors import DataConfigError
 from dsvl.data.mixture import Mixture, SourceConfig
 from dsvl.data.packing import BufferedPacker
 from dsvl.data.schedule import MULTIMODAL, TEXT, ModalitySchedule
 from dsvl.data.streams import Part, SourceReader, expand_urls
+from dsvl.errors import DataError
 
 MODES = ("grouped", "mixed", "text_only", "multimodal_only")
 
@@ -54,11 +55,11 @@ class BatchingConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise DataConfigError(f"data mode must be one of {MODES}, got {self.mode!r}")
+            raise DataError(f"data mode must be one of {MODES}, got {self.mode!r}")
         if self.micro_batch_size < 1 or self.max_length < 2 or self.accumulate_grad_batches < 1:
-            raise DataConfigError("micro_batch_size, accumulate_grad_batches must be >= 1 and max_length >= 2")
+            raise DataError("micro_batch_size, accumulate_grad_batches must be >= 1 and max_length >= 2")
         if self.packing_buffer < 1:
-            raise DataConfigError(f"data.packing_buffer must be >= 1, got {self.packing_buffer}")
+            raise DataError(f"data.packing_buffer must be >= 1, got {self.packing_buffer}")
         object.__setattr__(self, "packing", packed_modalities(self.packing))
 
 
@@ -69,11 +70,11 @@ def packed_modalities(packing: bool | Mapping[str, bool] | frozenset[str] | None
     if isinstance(packing, Mapping):
         unknown = set(packing) - {TEXT, MULTIMODAL}
         if unknown:
-            raise DataConfigError(f"data.packing keys must be {TEXT!r} / {MULTIMODAL!r}, got {sorted(unknown)}")
+            raise DataError(f"data.packing keys must be {TEXT!r} / {MULTIMODAL!r}, got {sorted(unknown)}")
         return frozenset(m for m, on in packing.items() if on)
     if packing is None or isinstance(packing, bool):
         return frozenset((TEXT, MULTIMODAL)) if packing else frozenset()
-    raise DataConfigError(f"data.packing must be true, false or {{text: bool, multimodal: bool}}, got {packing!r}")
+    raise DataError(f"data.packing must be true, false or {{text: bool, multimodal: bool}}, got {packing!r}")
 
 
 def build_mixtures(sources: Sequence[SourceConfig], encoder: SampleEncoder, part: Part, seed: int, shuffle: int,
@@ -130,7 +131,7 @@ class GlobalStepBatches(IterableDataset):
             ratios = {schedule.start, schedule.target}
             need = ({TEXT} if max(ratios) > 0 else set()) | ({MULTIMODAL} if min(ratios) < 1 else set())
         if need - have:
-            raise DataConfigError(f"data mode {cfg.mode!r} with schedule {schedule} needs {sorted(need)} sources, "
+            raise DataError(f"data mode {cfg.mode!r} with schedule {schedule} needs {sorted(need)} sources, "
                              f"config has {sorted(have) or 'none'}")
         self.image_inputs = [(i.name, i.size) for i in (encoder.images.spec.inputs if encoder.images else ())]
 
@@ -197,7 +198,7 @@ class GlobalStepBatches(IterableDataset):
         R, r = self.world_size, self.rank
         V = self.parts or R * W
         if V % (R * W):
-            raise DataConfigError(f"{R} ranks x {W} data workers cannot build {V} data parts: "
+            raise DataError(f"{R} ranks x {W} data workers cannot build {V} data parts: "
                                   f"ranks x max(num_workers, 1) must be one of {layouts(V)}")
         held: dict[int, PartStreams] = {}
         i = self.start_micro_index + k
@@ -225,24 +226,14 @@ class EvalBatches(IterableDataset):
         self.counter = SkipCounter()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        k, W = (info.id, info.num_workers) if info is not None else (0, 1)
-        part = Part.of(self.rank, self.world_size, k, W)
+        part = Part.of(self.rank, self.world_size)
         for modality in (TEXT, MULTIMODAL):
             enc = self.encoder.for_modality(modality)
             readers = [SourceReader(s.name, expand_urls(s.urls), part, 0, enc.for_format(s.format), self.counter,
                                     shuffle=0, loop=False)
                        for s in self.sources if s.modality == modality]
-            buf, made = [], 0
-            for r in readers:
-                while (got := r.next_good()) is not None:
-                    buf.append(got[0])
-                    if len(buf) == self.B:
-                        yield collate(buf, self.encoder.text.pad_id, self.image_inputs)
-                        buf, made = [], made + 1
-                        if self.max_batches is not None and made >= self.max_batches:
-                            break
-                if self.max_batches is not None and made >= self.max_batches:
-                    break
-            if buf and (self.max_batches is None or made < self.max_batches):
-                yield collate(buf, self.encoder.text.pad_id, self.image_inputs)
+            samples = (got[0] for r in readers for got in iter(r.next_good, None))
+            if self.max_batches is not None:
+                samples = islice(samples, self.max_batches * self.B)
+            for batch in batched(samples, self.B):
+                yield collate(batch, self.encoder.text.pad_id, self.image_inputs)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from dsvl.data.errors import DataConfigError
+from dsvl.errors import DataError
 from dsvl.model.spec import ImageInputSpec, VisionSpec
 
 
@@ -83,7 +83,7 @@ class ImagePreprocessor:
 
     def __init__(self, spec: VisionSpec, min_size: int = 14) -> None:
         if not spec.inputs:
-            raise DataConfigError("VisionSpec has no image inputs: a text-only model takes no images")
+            raise DataError("VisionSpec has no image inputs: a text-only model takes no images")
         self.spec = spec
         self.min_size = min_size
         # largest first: smaller towers are derived from its padded square (hybrid processor order)

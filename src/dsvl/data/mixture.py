@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from dsvl.data.encode import SOURCE_FORMATS
-from dsvl.data.errors import DataConfigError
 from dsvl.data.streams import SourceReader
+from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,18 @@ def parse_sources(cfg: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, A
         if c is None:  # an override may null a source out
             continue
         if "urls" not in c:
-            raise DataConfigError(f"data source {name!r} needs 'urls'")
+            raise DataError(f"data source {name!r} needs 'urls'")
         modality = c.get("modality", "text")
         if modality not in ("text", "multimodal"):
-            raise DataConfigError(f"data source {name!r}: modality must be 'text' or 'multimodal', got {modality!r}")
+            raise DataError(f"data source {name!r}: modality must be 'text' or 'multimodal', got {modality!r}")
         weight = float(c.get("weight", 1.0))
         if weight < 0:
-            raise DataConfigError(f"data source {name!r}: weight must be >= 0, got {weight}")
+            raise DataError(f"data source {name!r}: weight must be >= 0, got {weight}")
         fmt = c.get("format", "dsvl")
         if fmt not in SOURCE_FORMATS:
-            raise DataConfigError(f"data source {name!r}: format must be one of {SOURCE_FORMATS}, got {fmt!r}")
+            raise DataError(f"data source {name!r}: format must be one of {SOURCE_FORMATS}, got {fmt!r}")
         if fmt == "caption" and modality != "multimodal":
-            raise DataConfigError(f"data source {name!r}: format 'caption' gives multimodal samples; set modality: multimodal")
+            raise DataError(f"data source {name!r}: format 'caption' gives multimodal samples; set modality: multimodal")
         urls = c["urls"]
         out.append(SourceConfig(str(name), list(urls) if not isinstance(urls, str) else urls, weight, modality, fmt))
     return out
@@ -62,10 +62,10 @@ class Mixture:
 
     def __init__(self, readers: Sequence[SourceReader], weights: Sequence[float]) -> None:
         if not readers:
-            raise DataConfigError("a mixture needs at least one source")
+            raise DataError("a mixture needs at least one source")
         total = float(sum(weights))
         if total <= 0:
-            raise DataConfigError("mixture weights sum to 0")
+            raise DataError("mixture weights sum to 0")
         self.readers = list(readers)
         self.weights = [w / total for w in weights]
         self.counts = [0] * len(readers)

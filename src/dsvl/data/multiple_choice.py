@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
+from dsvl.data.collate import batched, collate
 from dsvl.data.images import ImagePreprocessor
-from dsvl.data.schema import MODALITIES, decode_image, image_fields, parse_json
-from dsvl.data.streams import expand_urls, read_tar
-from dsvl.data.tokenize import IGNORE_INDEX, TextEncoder
+from dsvl.data.schema import MODALITIES, check_conversation, decode_image, image_fields, parse_json
+from dsvl.data.streams import Part, expand_urls, read_tar
+from dsvl.data.tokenize import IGNORE_INDEX, Encoded, TextEncoder
 from dsvl.model.spec import VisionSpec
 
 Mode = Literal["text", "letter"]
@@ -44,45 +46,28 @@ class MultipleChoiceSample:
     images: list[Image.Image] = field(default_factory=list)
 
 
-def _bad(reason: SkipReason, detail: str, key: str) -> BadSample:
-    return BadSample(reason, detail, key)
-
-
 def mc_sample_from_json(meta: Mapping[str, Any], key: str = "", images: Sequence[Image.Image] = ()) -> MultipleChoiceSample:
     """Validate an MC json object (already decoded) with its images; raise `BadSample` on the first problem."""
-    conv = meta.get("conversation")
-    if not isinstance(conv, list) or not conv:
-        raise _bad(SkipReason.BAD_CONVERSATION, "conversation must be a non-empty list", key)
-    for i, m in enumerate(conv):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise _bad(SkipReason.BAD_CONVERSATION, f"message {i} needs a role and string content", key)
+    conv = check_conversation(meta.get("conversation"), key)
     if conv[-1]["role"] != "user":
-        raise _bad(SkipReason.BAD_CONVERSATION, "an MC conversation must end with the user's question", key)
+        raise BadSample(SkipReason.BAD_CONVERSATION, "an MC conversation must end with the user's question", key)
     options = meta.get("options")
     if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) and o.strip() for o in options):
-        raise _bad(SkipReason.MISSING_FIELD, "'options' must be a list of at least 2 non-empty strings", key)
+        raise BadSample(SkipReason.MISSING_FIELD, "'options' must be a list of at least 2 non-empty strings", key)
     if len(options) > len(LETTERS):
-        raise _bad(SkipReason.BAD_JSON, f"{len(options)} options, at most {len(LETTERS)} supported", key)
+        raise BadSample(SkipReason.BAD_JSON, f"{len(options)} options, at most {len(LETTERS)} supported", key)
     answer = meta.get("answer")
     if isinstance(answer, str) and len(answer) == 1 and answer.upper() in LETTERS:
         answer = LETTERS.index(answer.upper())
     if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(options):
-        raise _bad(SkipReason.BAD_JSON, f"'answer' must be an option index (or letter), got {answer!r}", key)
+        raise BadSample(SkipReason.BAD_JSON, f"'answer' must be an option index (or letter), got {answer!r}", key)
     n = sum(m["content"].count(IMAGE_TOKEN) for m in conv)
     if n != len(images):
-        raise _bad(SkipReason.PLACEHOLDER_MISMATCH, f"{n} placeholders, {len(images)} images", key)
+        raise BadSample(SkipReason.PLACEHOLDER_MISMATCH, f"{n} placeholders, {len(images)} images", key)
     modality = meta.get("modality", "multimodal" if n else "text")
     if modality not in MODALITIES or (modality == "text") != (n == 0):
-        raise _bad(SkipReason.UNKNOWN_MODALITY, f"modality {modality!r} with {n} images", key)
-    return MultipleChoiceSample(
-        key=key,
-        conversation=[{"role": m["role"], "content": m["content"]} for m in conv],
-        options=list(options),
-        answer=answer,
-        category=str(meta.get("category", "default")),
-        modality=modality,
-        images=list(images),
-    )
+        raise BadSample(SkipReason.UNKNOWN_MODALITY, f"modality {modality!r} with {n} images", key)
+    return MultipleChoiceSample(key, conv, list(options), answer, str(meta.get("category", "default")), modality, list(images))
 
 
 def parse_mc_sample(raw: Mapping[str, Any]) -> MultipleChoiceSample:
@@ -91,7 +76,7 @@ def parse_mc_sample(raw: Mapping[str, Any]) -> MultipleChoiceSample:
     meta = parse_json(raw, key)
     fields = image_fields(raw)
     if sorted(fields) != list(range(len(fields))):
-        raise _bad(SkipReason.MISSING_FIELD, f"image fields {sorted(fields.values())} are not 0..{len(fields) - 1}", key)
+        raise BadSample(SkipReason.MISSING_FIELD, f"image fields {sorted(fields.values())} are not 0..{len(fields) - 1}", key)
     images = [decode_image(raw[fields[i]], key, fields[i]) for i in range(len(fields))]
     return mc_sample_from_json(meta, key, images)
 
@@ -102,15 +87,6 @@ def lettered_conversation(sample: MultipleChoiceSample) -> list[dict[str, str]]:
     conv = [dict(m) for m in sample.conversation]
     conv[-1]["content"] = f"{conv[-1]['content']}\n{listing}\n{LETTER_INSTRUCTION}"
     return conv
-
-
-def candidate_answers(sample: MultipleChoiceSample, mode: Mode) -> tuple[list[dict[str, str]], list[str]]:
-    """(prompt conversation, assistant answers to score) for a mode."""
-    if mode == "text":
-        return sample.conversation, sample.options
-    if mode == "letter":
-        return lettered_conversation(sample), [LETTERS[i] for i in range(len(sample.options))]
-    raise ValueError(f"mode must be 'text' or 'letter', got {mode!r}")
 
 
 @dataclass
@@ -154,7 +130,9 @@ class MultipleChoiceCollator:
         assistant turns of a multi-turn question are unmasked there too, so only the final run of
         labels (after the last unscored position, the end of "Assistant:") is kept.
         """
-        conversation, answers = candidate_answers(sample, self.mode)
+        conversation, answers = sample.conversation, sample.options
+        if self.mode == "letter":
+            conversation, answers = lettered_conversation(sample), list(LETTERS[:len(sample.options)])
         rows = []
         for answer in answers:
             enc = self.encoder.encode_answer(conversation, answer, add_eos=False)
@@ -190,19 +168,9 @@ class MultipleChoiceCollator:
             for name, tensor in enc.pixels.items():
                 pixels.setdefault(name, []).extend([tensor] * len(enc.rows))
         samples = [enc.sample for enc in encoded]
-        length = max(len(ids) for ids, _ in rows)
-        pad = self.encoder.pad_id
-        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(rows), length), dtype=torch.long)
-        for r, (ids, lab) in enumerate(rows):
-            input_ids[r, : len(ids)] = torch.tensor(ids)
-            labels[r, : len(lab)] = torch.tensor(lab)
-            attention[r, : len(ids)] = 1
+        padded = collate([Encoded(ids, labels) for ids, labels in rows], self.encoder.pad_id)
         batch: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "labels": labels,
+            **{k: padded[k] for k in ("input_ids", "attention_mask", "labels")},
             "row_sample": torch.tensor(row_sample, dtype=torch.long),
             "row_option": torch.tensor(row_option, dtype=torch.long),
             "answer": torch.tensor([s.answer for s in samples], dtype=torch.long),
@@ -244,35 +212,12 @@ class MultipleChoiceBatches(IterableDataset):
         self.rank, self.world_size = int(rank), int(world_size)
         self.counter = counter if counter is not None else SkipCounter()
 
-    def _part(self) -> tuple[int, int]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
-
     def samples(self) -> Iterator[EncodedMC]:
         """This part's valid samples, encoded (bad or too long ones counted and skipped)."""
-        index, parts = self._part()
-        n = 0
-        for url in self.urls:
-            for raw in read_tar(url, self.counter):
-                if self.limit is not None and n >= self.limit:
-                    return
-                n += 1
-                if (n - 1) % parts != index:
-                    continue
-                try:
-                    encoded = self.collator.encode(parse_mc_sample(raw))
-                except BadSample as e:
-                    self.counter.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
-                    continue
-                yield encoded
+        part = Part.of(self.rank, self.world_size)
+        raws = islice((raw for url in self.urls for raw in read_tar(url, self.counter)), self.limit)
+        mine = (raw for n, raw in enumerate(raws) if n % part.count == part.index)
+        return self.counter.parsed(mine, lambda raw: self.collator.encode(parse_mc_sample(raw)))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        batch: list[EncodedMC] = []
-        for sample in self.samples():
-            batch.append(sample)
-            if len(batch) == self.batch_size:
-                yield self.collator(batch)
-                batch = []
-        if batch:
-            yield self.collator(batch)
+        return map(self.collator, batched(self.samples(), self.batch_size))

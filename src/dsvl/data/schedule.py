@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
 
-from dsvl.data.errors import DataConfigError
+from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
 Modality = Literal["text", "multimodal"]
@@ -24,23 +25,24 @@ TEXT, MULTIMODAL = "text", "multimodal"
 MODALITIES: tuple[str, str] = (TEXT, MULTIMODAL)
 
 
+@dataclass
 class ModalitySchedule:
     """Scheduled language ratio with a deterministic quota rule for the modality of each global step."""
 
-    def __init__(self, start: float = 1.0, target: float = 0.7, warmup_steps: int = 0, shape: str = "linear") -> None:
-        for name, v in (("start", start), ("target", target)):
-            if not 0.0 <= float(v) <= 1.0:
-                raise DataConfigError(f"ModalitySchedule.{name} must be in [0, 1], got {v}")
-        if int(warmup_steps) < 0:
-            raise DataConfigError(f"ModalitySchedule.warmup_steps must be >= 0, got {warmup_steps}")
-        if shape not in ("linear", "cosine"):
-            raise DataConfigError(f"ModalitySchedule.shape must be 'linear' or 'cosine', got {shape!r}")
-        self.start, self.target = float(start), float(target)
-        self.warmup_steps, self.shape = int(warmup_steps), shape
+    start: float = 1.0
+    target: float = 0.7
+    warmup_steps: int = 0
+    shape: str = "linear"
 
-    def __repr__(self) -> str:
-        return (f"ModalitySchedule(start={self.start}, target={self.target}, "
-                f"warmup_steps={self.warmup_steps}, shape={self.shape!r})")
+    def __post_init__(self) -> None:
+        for name in ("start", "target"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise DataError(f"ModalitySchedule.{name} must be in [0, 1], got {getattr(self, name)}")
+        if int(self.warmup_steps) < 0:
+            raise DataError(f"ModalitySchedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.shape not in ("linear", "cosine"):
+            raise DataError(f"ModalitySchedule.shape must be 'linear' or 'cosine', got {self.shape!r}")
+        self.start, self.target, self.warmup_steps = float(self.start), float(self.target), int(self.warmup_steps)
 
     def language_ratio(self, step: int) -> float:
         """Scheduled share of text steps at global step `step` (0-based)."""
@@ -77,7 +79,7 @@ class ModalitySchedule:
 
     def state_dict(self) -> dict[str, Any]:
         """The config (the schedule is stateless: the step alone decides); stored to detect changes on resume."""
-        return {"start": self.start, "target": self.target, "warmup_steps": self.warmup_steps, "shape": self.shape}
+        return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Warn when a resumed run's schedule differs from the checkpoint's (the new config wins)."""

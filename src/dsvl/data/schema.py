@@ -86,7 +86,7 @@ def parse_json(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
     return meta
 
 
-def _check_conversation(conv: Any, key: str) -> list[dict[str, str]]:
+def check_conversation(conv: Any, key: str) -> list[dict[str, str]]:
     if not isinstance(conv, list) or not conv:
         raise BadSample(SkipReason.BAD_CONVERSATION, "conversation must be a non-empty list", key)
     for i, m in enumerate(conv):
@@ -117,7 +117,7 @@ def parse_sample(raw: Mapping[str, Any], decode_images: bool = True, max_side: i
         sample.text = text
         plain = text.replace(IMAGE_TOKEN, "")
     else:
-        sample.conversation = _check_conversation(conv, key)
+        sample.conversation = check_conversation(conv, key)
         plain = "".join(m["content"] for m in sample.conversation).replace(IMAGE_TOKEN, "")
     if not plain.strip():
         raise BadSample(SkipReason.EMPTY_TEXT, "no text besides placeholders", key)
@@ -136,16 +136,13 @@ def parse_sample(raw: Mapping[str, Any], decode_images: bool = True, max_side: i
     return sample
 
 
-CAPTION_IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
-
-
 def caption_to_raw(raw: Mapping[str, Any], category: str = "image_caption") -> dict[str, Any]:
     """An img2dataset sample (``KEY.jpg|png|webp`` + ``KEY.txt``, optional ``KEY.json`` metadata) as
     a dsvl raw sample: the caption document ``<image_placeholder>{caption}`` with its one image."""
     key = str(raw.get("__key__", ""))
-    image = next((f for f in CAPTION_IMAGE_FIELDS if f in raw), None)
+    image = next((f for f in IMAGE_EXTENSIONS if f in raw), None)
     if image is None:
-        raise BadSample(SkipReason.MISSING_FIELD, f"no image field ({'|'.join(CAPTION_IMAGE_FIELDS)})", key)
+        raise BadSample(SkipReason.MISSING_FIELD, f"no image field ({'|'.join(IMAGE_EXTENSIONS)})", key)
     caption: Any = raw.get("txt")
     if caption is None and "json" in raw:  # img2dataset keeps the caption column in the metadata too
         try:

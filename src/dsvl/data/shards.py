@@ -23,18 +23,14 @@ def _encode(value: Any) -> bytes:
 class ShardWriter:
     """Writes samples ``{"__key__": str, field: bytes | str | json-able}`` to ``{prefix}-{i:06d}.tar``.
 
-    A new shard starts every `max_count` samples or when the current one exceeds `max_bytes`.
-    The folder and the first shard are made on the first sample (no empty shards).
+    A new shard starts every `max_count` samples or when the current one exceeds 1 GiB. The folder
+    and the first shard are made on the first sample (webdataset's writer opens one at once: no empty shards).
     """
 
-    def __init__(self, out_dir: str | Path, prefix: str = "shard", max_count: int = 1000, max_bytes: int = 1 << 30) -> None:
-        if max_count < 1:
-            raise ValueError(f"max_count must be >= 1, got {max_count}")
-        self.out_dir = Path(out_dir)
-        self.prefix, self.max_count, self.max_bytes = prefix, max_count, max_bytes
+    def __init__(self, out_dir: str | Path, prefix: str = "shard", max_count: int = 1000) -> None:
+        self.out_dir, self.prefix, self.max_count = Path(out_dir), prefix, max_count
         self.paths: list[Path] = []
         self._writer: wds.ShardWriter | None = None
-        self.total = 0
 
     def write(self, sample: Mapping[str, Any]) -> None:
         key = sample["__key__"]
@@ -43,11 +39,10 @@ class ShardWriter:
         if self._writer is None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._writer = wds.ShardWriter(
-                str(self.out_dir / f"{self.prefix}-%06d.tar"), maxcount=self.max_count, maxsize=self.max_bytes,
+                str(self.out_dir / f"{self.prefix}-%06d.tar"), maxcount=self.max_count, maxsize=1 << 30,
                 post=lambda name: self.paths.append(Path(name)), verbose=0,
                 encoder=False, mtime=0, user="dsvl", group="dsvl", mode=0o644)
         self._writer.write({"__key__": key, **{k: _encode(v) for k, v in sample.items() if not k.startswith("__")}})
-        self.total += 1
 
     def close(self) -> None:
         if self._writer is not None:

@@ -23,8 +23,10 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
+from torch.utils.data import get_worker_info
+
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
-from dsvl.data.errors import DataConfigError
+from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
 RawSample = dict[str, Any]
@@ -46,23 +48,13 @@ def expand_urls(spec: str | list[str]) -> list[str]:
     return [spec]
 
 
-def _split_name(member: str) -> tuple[str, str]:
-    """webdataset convention: key = path up to the first dot of the basename, field = the rest."""
-    d, base = os.path.split(member)
-    key, _, field = base.partition(".")
-    return (os.path.join(d, key) if d else key), field.lower()
-
-
-def _seekable(url: str) -> bool:
-    return url.endswith(".tar") and os.path.isfile(url)
-
-
 def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int]]:
     """(sample, where it starts, where the next one starts) of one tar from `start`: a byte offset for a
     plain local tar, else the number of samples to pass over. Raises the tar's read errors."""
     import webdataset as wds
+    from webdataset.tariterators import base_plus_ext
 
-    seek = _seekable(url)
+    seek = url.endswith(".tar") and os.path.isfile(url)  # plain local tar: sample positions are byte offsets
     stream = open(url, "rb") if seek else wds.gopen(url, "rb")
     base = start if seek else 0
     skip = 0 if seek else start
@@ -75,7 +67,7 @@ def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int
         for m in tar:
             if not m.isfile():
                 continue
-            key, field = _split_name(m.name)
+            key, field = base_plus_ext(m.name)  # webdataset's key / field split (at the basename's first dot)
             if not field:
                 continue
             data = tar.extractfile(m).read()  # type: ignore[union-attr]
@@ -87,7 +79,7 @@ def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int
                 current = None
             if current is None:
                 current, first = {"__key__": key, "__url__": url}, (base + m.offset if seek else count)
-            current[field] = data
+            current[field.lower()] = data
     if current is not None and count >= skip:
         yield current, first, -1  # -1: the shard is done
 
@@ -112,12 +104,7 @@ def iter_samples(urls: str | list[str], counter: SkipCounter | None = None) -> I
     from dsvl.data.schema import parse_sample
 
     counter = counter if counter is not None else SkipCounter()
-    for url in expand_urls(urls):
-        for raw in read_tar(url, counter):
-            try:
-                yield parse_sample(raw)
-            except BadSample as e:
-                counter.add(e.reason, e.key, e.detail)
+    yield from counter.parsed((raw for url in expand_urls(urls) for raw in read_tar(url, counter)), parse_sample)
 
 
 @dataclass(frozen=True)
@@ -129,9 +116,11 @@ class Part:
     count: int = 1
 
     @classmethod
-    def of(cls, rank: int, world_size: int, worker: int, num_workers: int) -> "Part":
-        """The part of one (rank, DataLoader worker): parts = world_size * num_workers."""
-        return cls(rank * num_workers + worker, world_size * num_workers)
+    def of(cls, rank: int, world_size: int) -> "Part":
+        """The part of this (rank, DataLoader worker): parts = world_size * num_workers."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return cls(rank * workers + worker, world_size * workers)
 
 
 class SourceReader:
@@ -140,7 +129,7 @@ class SourceReader:
     def __init__(self, name: str, urls: list[str], part: Part, seed: int, encode: Callable[[RawSample], Any],
                  counter: SkipCounter, shuffle: int = 1000, loop: bool = True) -> None:
         if not urls:
-            raise DataConfigError(f"data source {name!r} has no shards")
+            raise DataError(f"data source {name!r} has no shards")
         self.name, self.urls, self.part, self.seed = name, list(urls), part, seed
         self.encode, self.counter, self.shuffle, self.loop = encode, counter, shuffle, loop
         self.epoch, self.offset = 0, 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN, Segment, conversation_segments
-from dsvl.data.errors import DataConfigError
+from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -44,40 +44,31 @@ class TextEncoder:
         num_image_tokens: int,
         supervise: Supervise = "all",
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-        image_token: str = IMAGE_TOKEN,
-        add_eos_to_text: bool = True,
     ) -> None:
         if supervise not in ("all", "assistant"):
-            raise DataConfigError(f"supervise must be 'all' or 'assistant', got {supervise!r}")
+            raise DataError(f"supervise must be 'all' or 'assistant', got {supervise!r}")
         self.tokenizer = tokenizer
         self.num_image_tokens = int(num_image_tokens)
         self.supervise = supervise
         self.system_prompt = system_prompt
-        self.image_token = image_token
-        self.add_eos_to_text = add_eos_to_text
-        self.image_token_id = self._token_id(image_token, "image placeholder")
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if self.image_token_id is None or self.image_token_id == getattr(tokenizer, "unk_token_id", None):
+            raise DataError(f"tokenizer has no image placeholder token {IMAGE_TOKEN!r}; add it as a special token")
         self.bos_id = self._special_id("bos_token")
         self.eos_id = self._special_id("eos_token")
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else self.eos_id
 
-    def _token_id(self, token: str, what: str) -> int:
-        tid = self.tokenizer.convert_tokens_to_ids(token)
-        unk = getattr(self.tokenizer, "unk_token_id", None)
-        if tid is None or (unk is not None and tid == unk and token != self.tokenizer.unk_token):
-            raise DataConfigError(f"tokenizer has no {what} token {token!r}; add it as a special token")
-        return int(tid)
-
     def _special_id(self, attr: str) -> int:
         tid = getattr(self.tokenizer, f"{attr}_id", None)
         if tid is None:
-            raise DataConfigError(f"tokenizer has no {attr}; DeepSeek-VL needs bos and eos tokens")
+            raise DataError(f"tokenizer has no {attr}; DeepSeek-VL needs bos and eos tokens")
         return int(tid)
 
     def _pieces(self, text: str) -> list[int | None]:
         """Token ids of `text` with None where each image goes."""
         out: list[int | None] = []
-        for i, part in enumerate(text.split(self.image_token)):
+        for i, part in enumerate(text.split(IMAGE_TOKEN)):
             if i:
                 out.append(None)
             if part:
@@ -106,7 +97,7 @@ class TextEncoder:
 
     def encode_text(self, text: str) -> Encoded:
         """A pretraining document: BOS text [EOS], every text token supervised (stages 1-2)."""
-        return self.encode_segments([Segment(text, supervised=True, eos=self.add_eos_to_text)])
+        return self.encode_segments([Segment(text, supervised=True, eos=True)])
 
     def encode_conversation(self, conversation: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> Encoded:
         """A chat sample rendered with the deepseek template."""

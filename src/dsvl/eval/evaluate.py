@@ -5,20 +5,21 @@ share them. Shards are read in order; bad samples are counted per reason and ski
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 import torch
 from torch import nn
 
-from dsvl.data.bad_samples import BadSample, SkipCounter
+from dsvl.data.bad_samples import SkipCounter
+from dsvl.data.build import shard_urls
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT
-from dsvl.data.collate import collate
+from dsvl.data.collate import batched, collate
 from dsvl.data.encode import SampleEncoder
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.multiple_choice import MultipleChoiceBatches, MultipleChoiceCollator
-from dsvl.data.streams import expand_urls, read_tar
+from dsvl.data.streams import read_tar
 from dsvl.data.tokenize import TextEncoder
 from dsvl.errors import UserError
 from dsvl.eval.benchmarks import BenchmarkSpec, run_benchmark, summarize
@@ -32,43 +33,6 @@ class EvalError(UserError):
     """A model, tokenizer or data path that cannot be used; the message is one line for the user."""
 
 
-def _urls(spec: str | Sequence[str]) -> list[str]:
-    """Shard files of a directory, glob, brace pattern or list; a clear error when there are none."""
-    spec = spec if isinstance(spec, str) else [str(s) for s in spec]
-    urls = expand_urls(spec)
-    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
-    if not urls or missing:
-        raise EvalError(f"no shards at {spec}" if not urls else f"shard not found: {missing[0]}")
-    return urls
-
-
-def _raw_samples(urls: Sequence[str], counter: SkipCounter) -> Iterator[dict[str, Any]]:
-    for url in urls:
-        yield from read_tar(url, counter)
-
-
-def _batches(items: Iterator[Any], size: int, limit: int | None) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for n, item in enumerate(items):
-        if limit is not None and n >= limit:
-            break
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _good(raws: Iterator[dict[str, Any]], parse: Any, counter: SkipCounter) -> Iterator[Any]:
-    """Parsed samples; bad ones counted and skipped (never fatal)."""
-    for raw in raws:
-        try:
-            yield parse(raw)
-        except BadSample as e:
-            counter.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
-
-
 @torch.no_grad()
 def evaluate_mc(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], mode: str = "text", batch_size: int = 8,
                 limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
@@ -77,7 +41,7 @@ def evaluate_mc(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], m
 
     A question whose longest row exceeds `max_length` tokens is skipped (counted as too_long).
     """
-    urls = _urls(shards)
+    urls = shard_urls(shards)
     counter = SkipCounter()
     collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt, max_length=max_length)
     metric = MultipleChoiceAccuracy(mode=mode)
@@ -93,7 +57,7 @@ def evaluate_mc(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], m
 def evaluate_text(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], batch_size: int = 8, max_length: int = 2048,
                   limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict[str, Any]:
     """Token-mean NLL on held-out shards: perplexity of text samples, loss of multimodal ones."""
-    urls = _urls(shards)
+    urls = shard_urls(shards)
     counter = SkipCounter()
     spec = model.vision_spec
     text = TextEncoder(tokenizer, spec.num_image_tokens, supervise="all", system_prompt=system_prompt)
@@ -101,7 +65,8 @@ def evaluate_text(model: nn.Module, tokenizer: Any, shards: str | Sequence[str],
     image_inputs = [(i.name, i.size) for i in spec.inputs]
     metrics = {"text": TextPerplexity(), "multimodal": MultimodalLoss()}
     samples = {"text": 0, "multimodal": 0}
-    for encoded in _batches(_good(_raw_samples(urls, counter), encoder, counter), batch_size, limit):
+    raws = (raw for url in urls for raw in read_tar(url, counter))
+    for encoded in batched(islice(counter.parsed(raws, encoder), limit), batch_size):
         for modality in ("text", "multimodal"):
             group = [e for e in encoded if e.modality == modality]
             if not group:
@@ -113,11 +78,11 @@ def evaluate_text(model: nn.Module, tokenizer: Any, shards: str | Sequence[str],
     result: dict[str, Any] = {"shards": urls, "skipped": counter.as_dict()}
     if samples["text"]:
         m = metrics["text"]
-        result.update(perplexity=float(m.compute()), loss=float(m.nll_sum) / int(m.num_tokens),
-                      num_tokens=int(m.num_tokens), num_samples=samples["text"])
+        result.update(perplexity=float(m.compute()), loss=float(m.mean_value / m.weight),
+                      num_tokens=int(m.weight), num_samples=samples["text"])
     if samples["multimodal"]:
         result["multimodal"] = {"loss": float(metrics["multimodal"].compute()),
-                                "num_tokens": int(metrics["multimodal"].num_tokens), "num_samples": samples["multimodal"]}
+                                "num_tokens": int(metrics["multimodal"].weight), "num_samples": samples["multimodal"]}
     if not samples["text"] and not samples["multimodal"]:
         raise EvalError(f"no usable samples in {shards} ({counter.summary()})")
     return result

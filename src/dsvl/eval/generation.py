@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.tokenize import TextEncoder
+from dsvl.eval.scoring import to_model_device
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ class GenerationSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    repetition_penalty: float = 1.0
     use_cache: bool = True
     seed: int | None = None
 
@@ -48,12 +48,7 @@ class GenerationSettings:
         kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "use_cache": self.use_cache}
         if self.do_sample:
             kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        if self.repetition_penalty != 1.0:
-            kw["repetition_penalty"] = self.repetition_penalty
         return kw
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def load_image(image: ImageLike) -> Image.Image:
@@ -106,10 +101,6 @@ class ChatGenerator:
         self.encoder = TextEncoder(tokenizer, spec.num_image_tokens, supervise="assistant", system_prompt=system_prompt)
         self.images = ImagePreprocessor(spec) if spec.inputs else None
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def build_batch(self, conversations: Sequence[Conversation], images: Sequence[Sequence[ImageLike]] | None = None) -> dict[str, Tensor]:
         """Left-padded generation batch: prompts end with "Assistant:"; images in order of appearance."""
         images = images if images is not None else [[] for _ in conversations]
@@ -138,12 +129,7 @@ class ChatGenerator:
         settings = settings or GenerationSettings()
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
-        device = self.device
-        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
-        dtype = next(self.model.parameters()).dtype
-        for name in ("pixel_values", "high_res_pixel_values"):
-            if name in inputs:
-                inputs[name] = inputs[name].to(dtype)
+        inputs = to_model_device(batch, self.model)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -156,11 +142,8 @@ class ChatGenerator:
         finally:
             self.model.train(was_training)
         sequences = out.sequences if hasattr(out, "sequences") else out
-        result = []
-        for row in sequences.tolist():
-            cut = row.index(self.encoder.eos_id) if self.encoder.eos_id in row else len(row)
-            result.append(row[:cut])
-        return result
+        eos = self.encoder.eos_id
+        return [row[:row.index(eos)] if eos in row else row for row in sequences.tolist()]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
@@ -174,17 +157,6 @@ class ChatGenerator:
         """The assistant's next answer for each conversation (one batched generate call)."""
         return [self.decode(ids) for ids in self.generate_ids(self.build_batch(conversations, images), settings)]
 
-    def answer(
-        self,
-        question: str,
-        images: Sequence[ImageLike] = (),
-        history: Sequence[Mapping[str, str]] = (),
-        history_images: Sequence[ImageLike] = (),
-        settings: GenerationSettings | None = None,
-    ) -> str:
-        """One question (images placed before its text unless it has placeholders), after `history`.
-
-        `history` holds earlier turns and `history_images` the images of their placeholders.
-        """
-        conversation = [*history, user_turn(question, len(images))]
-        return self.generate([conversation], [[*history_images, *images]], settings)[0]
+    def answer(self, question: str, images: Sequence[ImageLike] = (), settings: GenerationSettings | None = None) -> str:
+        """One question; its images go before its text unless it has placeholders."""
+        return self.generate([[user_turn(question, len(images))]], [list(images)], settings)[0]

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
@@ -181,49 +181,28 @@ class MultipleChoiceAccuracy(Metric):
         )
 
 
-class _TokenMeanNLL(Metric):
-    """Token-weighted mean NLL summed across batches and ranks (float64 sums, so no drift)."""
+class MultimodalLoss(MeanMetric):
+    """Token-weighted mean NLL (logged `val/mm_loss` on multimodal validation batches): torchmetrics'
+    `MeanMetric` weighted by token counts, in float64 so long validation sets do not drift."""
 
-    is_differentiable = False
-    full_state_update = False
+    higher_is_better = False
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("nll_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_tokens", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(nan_strategy="ignore", **kwargs)  # a batch with no supervised tokens has loss nan
+        self.set_dtype(torch.float64)
 
-    def update(self, loss: Tensor, num_tokens: Tensor | int) -> None:
-        """Add a batch given its mean token NLL (`VLMOutput.loss`) and token count (`.num_loss_tokens`).
+    def update(self, loss: Tensor, num_tokens: Tensor | int) -> None:  # type: ignore[override]
+        """Add a batch given its mean token NLL (`VLMOutput.loss`) and token count (`.num_loss_tokens`);
+        both may also be per-row vectors (e.g. from `dsvl.eval.sequence_nll` as sum / count)."""
+        loss = torch.as_tensor(loss).detach().reshape(-1)
+        super().update(loss, torch.as_tensor(num_tokens, device=loss.device).detach().reshape(-1))
 
-        Both may also be per-row vectors (e.g. from `dsvl.eval.sequence_nll` as sum / count).
-        """
-        loss = torch.as_tensor(loss).detach().to(torch.float64).reshape(-1)
-        count = torch.as_tensor(num_tokens, device=loss.device).detach().to(torch.int64).reshape(-1)
-        if loss.shape != count.shape:
-            raise ValueError(f"{loss.numel()} losses for {count.numel()} token counts")
-        keep = count > 0  # a batch with no supervised tokens has loss nan: skip it, it carries nothing
-        self.nll_sum += (loss[keep] * count[keep]).sum()
-        self.num_tokens += count[keep].sum()
-
-    def _mean(self) -> Tensor:
-        if int(self.num_tokens) == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64)
-        return self.nll_sum / self.num_tokens
+    def compute(self) -> Tensor:
+        return super().compute().float()
 
 
-class TextPerplexity(_TokenMeanNLL):
+class TextPerplexity(MultimodalLoss):
     """`exp(sum NLL / sum tokens)` on held-out text: the language-retention signal (logged `val/text_ppl`)."""
 
-    higher_is_better = False
-
     def compute(self) -> Tensor:
-        return torch.exp(self._mean()).float()
-
-
-class MultimodalLoss(_TokenMeanNLL):
-    """Token-weighted mean NLL on multimodal validation batches (logged `val/mm_loss`)."""
-
-    higher_is_better = False
-
-    def compute(self) -> Tensor:
-        return self._mean().float()
+        return torch.exp(super().compute())

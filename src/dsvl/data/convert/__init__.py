@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
+from dsvl.data.collate import batched
 from dsvl.data.convert import hf, llava, messages, mmc4, sharegpt, text
 from dsvl.data.convert.common import Options, remap
 from dsvl.data.convert.inputs import Unreadable, read_records
@@ -105,8 +106,7 @@ def _results(items: Iterable[tuple[int, Any]], fn: Any, workers: int) -> Iterato
         return
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(workers) as pool:
-        it = iter(items)
-        while block := list(itertools.islice(it, _BLOCK * workers)):
+        for block in batched(items, _BLOCK * workers):
             yield from pool.imap(fn, block, chunksize=8)
 
 

@@ -77,14 +77,14 @@ def read_records(source: str, split: str = "train", subset: str | None = None) -
     return columns, rows()
 
 
-def _cauldron(record: dict[str, Any]) -> Draft:
+def _cauldron(record: dict[str, Any], opts: Options) -> Draft:
     msgs = []
     for turn in record["texts"]:
         msgs += [message("user", turn["user"]), message("assistant", turn["assistant"])]
     return chat_draft(msgs, as_list(record["images"]), record_id(record))
 
 
-def _caption(record: dict[str, Any]) -> Draft:
+def _caption(record: dict[str, Any], opts: Options) -> Draft:
     caption = record["caption"]
     if isinstance(caption, list):  # flickr30k / COCO: several captions per image; the first
         caption = next((c for c in caption if isinstance(c, str) and c.strip()), None)
@@ -96,13 +96,5 @@ def _caption(record: dict[str, Any]) -> Draft:
 
 
 def draft(record: dict[str, Any], opts: Options) -> Draft:
-    layout = opts.layout
-    if layout == "cauldron":
-        return _cauldron(record)
-    if layout == "caption":
-        return _caption(record)
-    if layout == "llava":
-        return llava.draft(record, opts)
-    if layout == "messages":
-        return messages.draft(record, opts)
-    return text.draft(record, opts)
+    drafts = {"cauldron": _cauldron, "caption": _caption, "llava": llava.draft, "messages": messages.draft, "text": text.draft}
+    return drafts[opts.layout](record, opts)

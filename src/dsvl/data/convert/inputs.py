@@ -115,10 +115,15 @@ def _json_list(f: IO[str], buf: str) -> Iterator[Any]:
         skip_ws()
 
 
-def _parquet(path: Path) -> Iterator[Any]:
+def parquet_rows(path: Path, what: str = "input") -> Iterator[dict[str, Any]]:
+    """Rows of a parquet file, one record batch in memory at a time; a file that is not parquet is one line."""
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+    try:
+        reader = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
+        raise DataError(f"{what}: cannot read {path} as parquet ({' '.join(str(e).split())[:200]})") from None
+    for batch in reader.iter_batches(batch_size=256):
         yield from batch.to_pylist()
 
 
@@ -128,7 +133,7 @@ def read_records(path: str | Path) -> Iterator[Any]:
     if path.suffix.lower() == ".parquet":
         if not path.is_file():
             raise DataError(f"input {str(path)!r} not found")
-        yield from _parquet(path)
+        yield from parquet_rows(path)
         return
     with open_text(path) as f:
         head = f.read(CHUNK)

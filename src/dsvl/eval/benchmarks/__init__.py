@@ -1,4 +1,4 @@
-"""Public benchmarks in the layouts users download (FORMATS.md §8-13), scored as SPEC.md §4 says.
+"""Public benchmarks in the layouts users download, scored as the common toolkits do (docs/benchmarks.md).
 
 - readers (one module per layout): `mmbench` (TSV, base64 images, circular copies; also
   MMBench-CN), `seed` (JSON + image root), `pope` (JSONL + image root), `mmmu` (parquet, `<image N>`

@@ -1,4 +1,4 @@
-"""What every benchmark reader yields: a `Question` (text, image references, options, answer,
+"""What every benchmark reader yields, and reads with: a `Question` (text, image references, options, answer,
 categories) or a `BadSample` for a row that cannot be used, so the caller counts and skips it.
 
 Images stay references (bytes or a path) until a question is scored: every rank reads the whole
@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -19,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dsvl.data.bad_samples import BadSample
 from dsvl.data.chat import IMAGE_TOKEN
+from dsvl.data.convert.inputs import parquet_rows as read_parquet
 from dsvl.errors import DataError
 
 Kind = Literal["mc", "yesno", "open", "text"]
@@ -58,6 +61,15 @@ class Question:
 
     def __post_init__(self) -> None:
         self.group = self.group or self.key
+
+
+def questions(rows: Iterable[tuple[str, Any]], make: Callable[[str, Any], Question]) -> Iterator[Question | BadSample]:
+    """`make(key, row)` of every row; a row that is a `BadSample` already, or whose `make` raises one, comes as it."""
+    for key, row in rows:
+        try:
+            yield row if isinstance(row, BadSample) else make(key, row)
+        except BadSample as e:
+            yield e
 
 
 def bad_row(key: str, detail: str, reason: BenchSkip = BenchSkip.MALFORMED_ROW) -> BadSample:
@@ -110,3 +122,37 @@ def answer_index(letter: Any, num_options: int, key: str) -> int:
     if len(text) != 1 or text not in LETTERS[:num_options]:
         raise bad_row(key, f"answer {letter!r} is not one of the letters {LETTERS[:num_options]}")
     return LETTERS.index(text)
+
+
+# ---- row sources shared by the readers: the files of a path, JSON lines, parquet rows
+def benchmark_files(path: str | Path, suffixes: Sequence[str], name: str) -> list[Path]:
+    """`path` itself, or the files with these suffixes under a directory (sorted); a `DataError` when none."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix.lower() not in suffixes:
+            raise DataError(f"benchmarks.{name}.path: {p} is not a {'/'.join(suffixes)} file")
+        return [p]
+    found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes) if p.is_dir() else []
+    if not found:
+        raise DataError(f"benchmarks.{name}.path: no {'/'.join(suffixes)} file at {p}")
+    return found
+
+
+def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
+    """(key, object) per non-empty line; a line that is not a JSON object comes as a `BadSample`."""
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            key = f"{path.name}:{n + 1}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield key, bad_row(key, f"not JSON ({e.msg})")
+                continue
+            yield key, obj if isinstance(obj, dict) else bad_row(key, "a line that is not a JSON object")
+
+
+def parquet_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, row dict) of a parquet file, one record batch in memory at a time."""
+    return ((f"{path.name}:{n}", row) for n, row in enumerate(read_parquet(path, f"benchmarks.{name}.path")))

@@ -12,7 +12,7 @@ from typing import Any
 from dsvl.data.bad_samples import BadSample
 from dsvl.errors import DataError
 
-from .base import LETTERS, BenchSkip, Question, answer_index, bad_row, decode_base64, is_missing, with_images_first
+from .base import LETTERS, BenchSkip, Question, answer_index, bad_row, decode_base64, is_missing, questions, with_images_first
 
 REQUIRED = ("index", "question", "answer", "image")
 CIRCULAR_OFFSET = 1_000_000
@@ -56,12 +56,8 @@ def read_mmbench(path: Path, images: Path | None = None, name: str = "mmbench") 
             raise DataError(f"benchmarks.{name}.path: {path} has no column {missing[0]!r} (an MMBench TSV has {', '.join(REQUIRED)}, A-D, ...)")
         rows = [{k.lower(): v for k, v in row.items() if k is not None} for row in reader]
     by_index = {str(r.get("index", "")).strip(): r for r in rows}
-    for n, row in enumerate(rows):
-        key = f"{path.name}:{row.get('index') or n}"
-        try:
-            yield _question(row, by_index, key)
-        except BadSample as e:
-            yield e
+    yield from questions(((f"{path.name}:{row.get('index') or n}", row) for n, row in enumerate(rows)),
+                         lambda key, row: _question(row, by_index, key))
 
 
 def _question(row: dict[str, Any], by_index: dict[str, dict[str, Any]], key: str) -> Question:

@@ -11,8 +11,7 @@ from typing import Any
 from dsvl.data.bad_samples import BadSample
 from dsvl.data.chat import IMAGE_TOKEN
 
-from .base import BenchSkip, ImageRef, Question, answer_index, bad_row, is_missing
-from .files import benchmark_files, parquet_rows
+from .base import BenchSkip, ImageRef, Question, answer_index, bad_row, benchmark_files, is_missing, parquet_rows, questions
 
 TAG = re.compile(r"<image (\d+)>")
 
@@ -52,20 +51,17 @@ def place_images(question: str, options: list[str], row: dict[str, Any], key: st
 
 def read_mmmu(path: Path, images: Path | None = None, name: str = "mmmu") -> Iterator[Question | BadSample]:
     """Questions of MMMU parquet files (a file, or a directory of subject / split files)."""
-    del images
     for file in benchmark_files(path, (".parquet",), name):
-        for key, row in parquet_rows(file, name):
-            key = str(row.get("id") or key)
-            try:
-                if is_missing(row.get("question")) or is_missing(row.get("answer")):
-                    raise bad_row(key, "no question or answer")
-                options = _options(row.get("options"), key)
-                text, refs = place_images(str(row["question"]), options, row, key)
-                categories = {"subfield": str(row.get("subfield") or "default")}
-                if row.get("question_type", "multiple-choice") == "open" or not options:
-                    yield Question(key=key, text=text, kind="open", answer=str(row["answer"]), images=refs, categories=categories)
-                else:
-                    yield Question(key=key, text=text, options=options, answer=answer_index(row["answer"], len(options), key),
-                                   images=refs, categories=categories)
-            except BadSample as e:
-                yield e
+        yield from questions(((str(row.get("id") or key), row) for key, row in parquet_rows(file, name)), _question)
+
+
+def _question(key: str, row: dict[str, Any]) -> Question:
+    if is_missing(row.get("question")) or is_missing(row.get("answer")):
+        raise bad_row(key, "no question or answer")
+    options = _options(row.get("options"), key)
+    text, refs = place_images(str(row["question"]), options, row, key)
+    categories = {"subfield": str(row.get("subfield") or "default")}
+    if row.get("question_type", "multiple-choice") == "open" or not options:
+        return Question(key=key, text=text, kind="open", answer=str(row["answer"]), images=refs, categories=categories)
+    return Question(key=key, text=text, options=options, answer=answer_index(row["answer"], len(options), key), images=refs,
+                    categories=categories)

@@ -6,12 +6,13 @@ the category (unless rows carry their own `category`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from dsvl.data.bad_samples import BadSample
 
-from .base import Question, bad_row, image_root, is_missing, with_images_first
-from .files import benchmark_files, json_lines
+from .base import Question, bad_row, benchmark_files, image_root, is_missing, json_lines, questions, with_images_first
 
 YES_NO = ["yes", "no"]
 
@@ -21,14 +22,13 @@ def read_pope(path: Path, images: Path | None = None, name: str = "pope") -> Ite
     files = benchmark_files(path, (".json", ".jsonl"), name)
     root = image_root(images, files[0], name)
     for file in files:
-        for key, row in json_lines(file):
-            if isinstance(row, BadSample):
-                yield row
-                continue
-            text, label = row.get("text", row.get("question")), str(row.get("label", row.get("answer", ""))).strip().lower()
-            if is_missing(text) or is_missing(row.get("image")) or label not in YES_NO:
-                yield bad_row(key, "needs text (or question), image and label (or answer) yes/no")
-                continue
-            yield Question(key=f"{file.stem}:{row.get('question_id', key)}", text=with_images_first(str(text), 1),
-                           kind="yesno", options=list(YES_NO), answer=YES_NO.index(label), images=[root / str(row["image"])],
-                           categories={"category": str(row.get("category") or file.stem)})
+        yield from questions(json_lines(file), partial(_question, root, file.stem))
+
+
+def _question(root: Path, stem: str, key: str, row: dict[str, Any]) -> Question:
+    text, label = row.get("text", row.get("question")), str(row.get("label", row.get("answer", ""))).strip().lower()
+    if is_missing(text) or is_missing(row.get("image")) or label not in YES_NO:
+        raise bad_row(key, "needs text (or question), image and label (or answer) yes/no")
+    return Question(key=f"{stem}:{row.get('question_id', key)}", text=with_images_first(str(text), 1), kind="yesno",
+                    options=list(YES_NO), answer=YES_NO.index(label), images=[root / str(row["image"])],
+                    categories={"category": str(row.get("category") or stem)})

@@ -1,6 +1,6 @@
 """One benchmark on one rank: read the questions, take this rank's share, score them.
 
-Modes (SPEC.md §4, as the common toolkits do them):
+Modes (docs/benchmarks.md; as the common toolkits do them):
 - `ppl_text`: the option of lowest mean NLL, the options' texts scored as the answer;
 - `ppl_letter`: the prompt lists the options as "A. ..." lines (MMBench's hint above the
   question) and the letters are scored;
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from dsvl.data.bad_samples import BadSample, SkipCounter
-from dsvl.data.collate import collate
+from dsvl.data.collate import batched, collate
 from dsvl.data.multiple_choice import (
     EncodedMC,
     MultipleChoiceCollator,
@@ -121,11 +121,6 @@ def my_share(items: Sequence[Question | BadSample], rank: int, world_size: int) 
     return mine, skips
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 class BenchmarkScorer:
     """Scores questions of one benchmark with a model + tokenizer, in the benchmark's mode."""
 
@@ -170,7 +165,7 @@ class BenchmarkScorer:
             except BadSample as e:
                 self._skip(e)
         records = []
-        for chunk in _batches(encoded, self.spec.batch_size):
+        for chunk in batched(encoded, self.spec.batch_size):
             batch = to_model_device(collator([enc for _, enc in chunk]), self.model)
             predicted = score_options(self.model, batch).argmin(dim=1).tolist()
             records += [Record(q.group, q.kind, pred == q.answer, pred, q.answer, q.categories) for (q, _), pred in zip(chunk, predicted)]
@@ -185,7 +180,7 @@ class BenchmarkScorer:
         generator = ChatGenerator(self.model, self.tokenizer, self.system_prompt)
         settings = GenerationSettings(max_new_tokens=self.spec.max_new_tokens)
         records = []
-        for chunk in _batches(list(self._decoded(questions)), self.spec.batch_size):
+        for chunk in batched(list(self._decoded(questions)), self.spec.batch_size):
             replies = generator.generate([self._prompt(q) for q, _ in chunk], [images for _, images in chunk], settings)
             for (q, _), reply in zip(chunk, replies):
                 if q.kind == "open":
@@ -201,7 +196,7 @@ class BenchmarkScorer:
         text = TextEncoder(self.tokenizer, 0, supervise="all", system_prompt=None)
         limit = self.spec.max_length or TEXT_MAX_LENGTH
         records = []
-        for chunk in _batches(questions, self.spec.batch_size):
+        for chunk in batched(questions, self.spec.batch_size):
             rows = [text.encode_text(q.text) for q in chunk]
             rows = [Encoded(r.input_ids[:limit], r.labels[:limit]) for r in rows]
             batch = to_model_device(collate(rows, text.pad_id), self.model)

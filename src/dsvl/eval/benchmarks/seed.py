@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from dsvl.data.bad_samples import BadSample
 from dsvl.errors import DataError
 
-from .base import BenchSkip, Question, answer_index, bad_row, image_root, is_missing, with_images_first
+from .base import BenchSkip, Question, answer_index, bad_row, image_root, is_missing, questions, with_images_first
 
 CHOICES = ("choice_a", "choice_b", "choice_c", "choice_d")
 
@@ -29,22 +31,21 @@ def read_seed(path: Path, images: Path | None = None, name: str = "seed") -> Ite
         raise DataError(f"benchmarks.{name}.path: {path} has no 'questions' list (SEED-Bench layout)")
     root = image_root(images, path, name)
     types = {str(v): str(k) for k, v in (data.get("question_type") or {}).items()}
-    for n, item in enumerate(data["questions"]):
-        key = str(item.get("question_id", n)) if isinstance(item, dict) else str(n)
-        try:
-            if not isinstance(item, dict):
-                raise bad_row(key, "a question that is not a JSON object")
-            if item.get("data_type", "image") != "image":
-                raise bad_row(key, f"data_type {item.get('data_type')!r}", BenchSkip.VIDEO_QUESTION)
-            if is_missing(item.get("question")) or is_missing(item.get("data_id")):
-                raise bad_row(key, "no question or data_id")
-            options = [str(item[c]) for c in CHOICES if not is_missing(item.get(c))]
-            if len(options) < 2:
-                raise bad_row(key, "fewer than 2 choices")
-            type_id = str(item.get("question_type_id", ""))
-            yield Question(key=key, text=with_images_first(str(item["question"]), 1), options=options,
-                           answer=answer_index(item.get("answer"), len(options), key),
-                           images=[_image_path(root, str(item["data_id"]))],
-                           categories={"question_type": types.get(type_id, type_id or "default")})
-        except BadSample as e:
-            yield e
+    keyed = ((str(item.get("question_id", n)) if isinstance(item, dict) else str(n), item) for n, item in enumerate(data["questions"]))
+    yield from questions(keyed, partial(_question, root, types))
+
+
+def _question(root: Path, types: dict[str, str], key: str, item: Any) -> Question:
+    if not isinstance(item, dict):
+        raise bad_row(key, "a question that is not a JSON object")
+    if item.get("data_type", "image") != "image":
+        raise bad_row(key, f"data_type {item.get('data_type')!r}", BenchSkip.VIDEO_QUESTION)
+    if is_missing(item.get("question")) or is_missing(item.get("data_id")):
+        raise bad_row(key, "no question or data_id")
+    options = [str(item[c]) for c in CHOICES if not is_missing(item.get(c))]
+    if len(options) < 2:
+        raise bad_row(key, "fewer than 2 choices")
+    type_id = str(item.get("question_type_id", ""))
+    return Question(key=key, text=with_images_first(str(item["question"]), 1), options=options,
+                    answer=answer_index(item.get("answer"), len(options), key), images=[_image_path(root, str(item["data_id"]))],
+                    categories={"question_type": types.get(type_id, type_id or "default")})

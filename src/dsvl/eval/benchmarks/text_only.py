@@ -10,8 +10,7 @@ from typing import Any
 
 from dsvl.data.bad_samples import BadSample
 
-from .base import Question, answer_index, bad_row, is_missing
-from .files import benchmark_files, json_lines, parquet_rows
+from .base import Question, answer_index, bad_row, benchmark_files, is_missing, json_lines, parquet_rows, questions
 
 MMLU_SPLITS = re.compile(r"_(test|dev|val|validation|auxiliary_train)$")
 
@@ -26,22 +25,19 @@ def hellaswag_text(text: str) -> str:
     return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
 
 
+def _hellaswag(key: str, row: dict[str, Any]) -> Question:
+    ctx = row.get("ctx") if not is_missing(row.get("ctx")) else f"{row.get('ctx_a', '')} {row.get('ctx_b', '')}".strip()
+    endings, label = row.get("endings"), str(row.get("label", "")).strip()
+    if not ctx or not isinstance(endings, list) or len(endings) < 2 or not label.isdigit() or int(label) >= len(endings):
+        raise bad_row(key, "needs ctx, a list of endings and a label (unlabelled test rows cannot be scored)")
+    return Question(key=str(row.get("ind", key)), text=hellaswag_text(str(ctx)), options=[hellaswag_text(str(e)) for e in endings],
+                    answer=int(label), categories={"activity": str(row.get("activity_label") or "default")})
+
+
 def read_hellaswag(path: Path, images: Path | None = None, name: str = "hellaswag") -> Iterator[Question | BadSample]:
     """Context -> 4 endings; `label` int (rowanz jsonl) or string (HF Rowan/hellaswag)."""
-    del images
     for file in benchmark_files(path, (".jsonl", ".json", ".parquet"), name):
-        for key, row in _dict_rows(file, name):
-            if isinstance(row, BadSample):
-                yield row
-                continue
-            ctx = row.get("ctx") if not is_missing(row.get("ctx")) else f"{row.get('ctx_a', '')} {row.get('ctx_b', '')}".strip()
-            endings, label = row.get("endings"), str(row.get("label", "")).strip()
-            if not ctx or not isinstance(endings, list) or len(endings) < 2 or not label.isdigit() or int(label) >= len(endings):
-                yield bad_row(key, "needs ctx, a list of endings and a label (unlabelled test rows cannot be scored)")
-                continue
-            yield Question(key=str(row.get("ind", key)), text=hellaswag_text(str(ctx)),
-                           options=[hellaswag_text(str(e)) for e in endings], answer=int(label),
-                           categories={"activity": str(row.get("activity_label") or "default")})
+        yield from questions(_dict_rows(file, name), _hellaswag)
 
 
 def _mmlu_csv(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
@@ -56,36 +52,31 @@ def _mmlu_csv(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
             yield key, {"question": cells[0], "choices": cells[1:-1], "answer": cells[-1], "subject": subject}
 
 
+def _mmlu(key: str, row: dict[str, Any]) -> Question:
+    choices, answer = row.get("choices"), row.get("answer")
+    if is_missing(row.get("question")) or not isinstance(choices, list) or len(choices) < 2:
+        raise bad_row(key, "needs a question and a list of choices")
+    if not isinstance(answer, int):
+        answer = answer_index(answer, len(choices), key)
+    if not 0 <= answer < len(choices):
+        raise bad_row(key, f"answer {answer} is not one of {len(choices)} choices")
+    return Question(key=key, text=str(row["question"]), options=[str(c) for c in choices], answer=answer,
+                    categories={"subject": str(row.get("subject") or "default")})
+
+
 def read_mmlu(path: Path, images: Path | None = None, name: str = "mmlu") -> Iterator[Question | BadSample]:
     """MMLU questions: cais/mmlu parquet / JSONL (`choices`, `answer` 0-3, `subject`) or the CSV files."""
-    del images
     for file in benchmark_files(path, (".csv", ".parquet", ".jsonl"), name):
-        for key, row in (_mmlu_csv(file) if file.suffix == ".csv" else _dict_rows(file, name)):
-            if isinstance(row, BadSample):
-                yield row
-                continue
-            choices, answer = row.get("choices"), row.get("answer")
-            try:
-                if is_missing(row.get("question")) or not isinstance(choices, list) or len(choices) < 2:
-                    raise bad_row(key, "needs a question and a list of choices")
-                if not isinstance(answer, int):
-                    answer = answer_index(answer, len(choices), key)
-                if not 0 <= answer < len(choices):
-                    raise bad_row(key, f"answer {answer} is not one of {len(choices)} choices")
-                yield Question(key=key, text=str(row["question"]), options=[str(c) for c in choices], answer=answer,
-                               categories={"subject": str(row.get("subject") or "default")})
-            except BadSample as e:
-                yield e
+        yield from questions(_mmlu_csv(file) if file.suffix == ".csv" else _dict_rows(file, name), _mmlu)
+
+
+def _document(key: str, row: dict[str, Any]) -> Question:
+    if not isinstance(row.get("text"), str) or not row["text"].strip():
+        raise bad_row(key, "no text")
+    return Question(key=key, text=row["text"], kind="text")
 
 
 def read_text_ppl(path: Path, images: Path | None = None, name: str = "text_ppl") -> Iterator[Question | BadSample]:
     """Documents (`text`) of JSONL / parquet files, e.g. the Pile test set; scored by perplexity."""
-    del images
     for file in benchmark_files(path, (".jsonl", ".json", ".parquet"), name):
-        for key, row in _dict_rows(file, name):
-            if isinstance(row, BadSample):
-                yield row
-            elif not isinstance(row.get("text"), str) or not row["text"].strip():
-                yield bad_row(key, "no text")
-            else:
-                yield Question(key=key, text=row["text"], kind="text")
+        yield from questions(_dict_rows(file, name), _document)
