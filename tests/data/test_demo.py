@@ -153,9 +153,9 @@ def test_siglip_attribute_objective_learns():
     from dsvl.data.demo import part_scenes
     from dsvl.demo.parts import _pixels, pretrain_siglip, scene_labels
 
-    scenes, images = zip(*part_scenes(256, seed=0))
+    scenes, images = zip(*part_scenes(128, seed=0))
     torch.manual_seed(0)
-    tower, history = pretrain_siglip(_pixels("siglip", list(images)), scene_labels(list(scenes)), 3,
+    tower, history = pretrain_siglip(_pixels("siglip", list(images)), scene_labels(list(scenes)), 4,
                                      torch.Generator().manual_seed(0))
-    assert history[-1] < history[0] - 0.3, history
+    assert history[-1] < history[0] - 0.2, history
     assert not any(k.startswith("head") for k in tower.state_dict())
