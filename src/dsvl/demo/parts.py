@@ -151,8 +151,9 @@ def scene_labels(scenes: list[Scene]) -> torch.Tensor:
 
 def pretrain_siglip(pixels: torch.Tensor, labels: torch.Tensor, epochs: int,
                     gen: torch.Generator) -> tuple[SiglipVisionModel, list[float]]:
-    """Attribute classification (summed cross-entropy of colour, shape and count heads on the
-    mean-pooled tokens, the readout DeepSeek-VL's adaptor has); returns the tower without the heads."""
+    """Attribute classification: summed cross-entropy of colour, shape and count heads, linear on
+    the mean of the tokens (so the tokens themselves must carry each attribute, not a deep reader);
+    returns the tower without the heads."""
     tower = SiglipVisionModel(SiglipVisionConfig(**PART_CONFIGS["siglip"]))
     sizes = [len(a) for a in ATTRIBUTES]
     head = nn.Linear(PART_CONFIGS["siglip"]["hidden_size"], sum(sizes))
@@ -225,7 +226,7 @@ def _pixels(name: str, images: list[Any]) -> torch.Tensor:
     return ImagePreprocessor(VisionSpec((spec,)))(images)[spec.name]
 
 
-PART_ORDER = ("llm", "siglip", "sam")  # longest first: two workers finish together
+PART_ORDER = ("llm", "siglip", "sam")  # LLM and SigLIP (about equal) first, SAM after the first to finish
 SEED_OFFSET = {"siglip": 0, "sam": 1, "llm": 2}
 
 
