@@ -67,10 +67,10 @@ def random_scene(rng: random.Random) -> Scene:
     return Scene(rng.choice(list(COLORS)), rng.choice(SHAPES), rng.randint(1, 4), rng.randint(225, 250))
 
 
-def render(scene: Scene, rng: random.Random, size: int = 64) -> bytes:
-    """PNG bytes: `scene.count` shapes, one per quadrant (so they never overlap), jittered."""
+def draw(scene: Scene, rng: random.Random, size: int = 64) -> Image.Image:
+    """`scene.count` shapes, one per quadrant (so they never overlap), jittered."""
     img = Image.new("RGB", (size, size), (scene.background,) * 3)
-    draw = ImageDraw.Draw(img)
+    pen = ImageDraw.Draw(img)
     half = size // 2
     fill = COLORS[scene.color]
     for q in rng.sample(range(4), scene.count):
@@ -79,16 +79,30 @@ def render(scene: Scene, rng: random.Random, size: int = 64) -> bytes:
         cy = (q // 2) * half + rng.randint(r + 1, half - r - 1)
         box = (cx - r, cy - r, cx + r, cy + r)
         if scene.shape == "circle":
-            draw.ellipse(box, fill=fill)
+            pen.ellipse(box, fill=fill)
         elif scene.shape == "square":
-            draw.rectangle(box, fill=fill)
+            pen.rectangle(box, fill=fill)
         elif scene.shape == "triangle":
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+            pen.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
         else:
-            draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+            pen.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+    return img
+
+
+def render(scene: Scene, rng: random.Random, size: int = 64) -> bytes:
+    """The scene drawn as PNG bytes (how every data set stores it)."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    draw(scene, rng, size).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def part_scenes(n: int, seed: int) -> Iterator[tuple[Scene, Image.Image]]:
+    """`n` scenes and their images from the vision parts' own random stream: more images than
+    the stage data, never written to a set, so no stage or evaluation sample comes from it."""
+    rng = random.Random(f"{seed}/parts/images")
+    for _ in range(n):
+        scene = random_scene(rng)
+        yield scene, draw(scene, rng)
 
 
 def _caption(scene: Scene, rng: random.Random) -> str:

@@ -3,9 +3,10 @@ from a language model and vision encoders that already work; the demo must too).
 
 - `llm/`: transformers `LlamaForCausalLM` pretrained on the world's text only (the facts
   documents and the captions without their images): the role of DeepSeek-LLM.
-- `siglip/`: `SiglipVisionModel` pretrained with SigLIP's own objective, the pairwise sigmoid
-  image-text loss (transformers' `SiglipModel(return_loss=True)`), against a small text tower
-  that is then dropped, as is the pooling head DeepSeek-VL does not use.
+- `siglip/`: `SiglipVisionModel` pretrained to classify what a caption says about its image
+  (colour, shape, count: three softmax heads on the mean of its tokens, then dropped), on images of
+  the parts' own random stream, ten per stage-1 pair. SigLIP's sigmoid image-text loss on the
+  stage-1 pairs taught the tiny tower colour and little shape (docs/demo.md, measured).
 - `sam/`: `SamVisionModel` pretrained contrastively (CLIP's softmax InfoNCE, `image_text_contrastive_loss`) on the
   pooled neck output against its own small text tower, also dropped.
 
@@ -31,8 +32,6 @@ from transformers import (
     LlamaForCausalLM,
     SamVisionConfig,
     SamVisionModel,
-    SiglipConfig,
-    SiglipModel,
     SiglipTextConfig,
     SiglipTextModel,
     SiglipVisionConfig,
@@ -41,6 +40,7 @@ from transformers import (
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from dsvl.data import IMAGE_TOKEN, ImagePreprocessor, TextEncoder, load_tokenizer, parse_sample, read_tar
+from dsvl.data.demo import COLORS, NUMBERS, SHAPES, Scene, part_scenes
 from dsvl.model.spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ PART_CONFIGS: dict[str, dict[str, Any]] = {
 TEXT_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
               "max_position_embeddings": 24}
 CAPTION_TOKENS = 24
-EPOCHS = {"siglip": 4, "sam": 4, "llm": 6}
+EPOCHS = {"siglip": 2, "sam": 4, "llm": 6}
+SIGLIP_IMAGES_PER_PAIR = 10  # the parts' own images: a tiny ViT needs ~10^4 images to see shape (docs/demo.md)
+ATTRIBUTES = (tuple(COLORS), SHAPES, NUMBERS)  # what a caption says about its image
 BATCH = {"siglip": 64, "sam": 64, "llm": 8}
 LR = {"siglip": 3e-3, "sam": 3e-3, "llm": 3e-3}
 LLM_ROW = 128
@@ -142,20 +144,27 @@ def _text_config(tokenizer: Any) -> SiglipTextConfig:
                             bos_token_id=int(tokenizer.bos_token_id), eos_token_id=int(tokenizer.eos_token_id), **TEXT_TOWER)
 
 
-def pretrain_siglip(pixels: torch.Tensor, captions: torch.Tensor, tokenizer: Any, epochs: int,
+def scene_labels(scenes: list[Scene]) -> torch.Tensor:
+    """(n, 3) class indices of each scene's colour, shape and count (the words its captions use)."""
+    return torch.tensor([[ATTRIBUTES[0].index(sc.color), ATTRIBUTES[1].index(sc.shape), sc.count - 1] for sc in scenes])
+
+
+def pretrain_siglip(pixels: torch.Tensor, labels: torch.Tensor, epochs: int,
                     gen: torch.Generator) -> tuple[SiglipVisionModel, list[float]]:
-    """SigLIP's sigmoid loss over image-caption pairs; returns the vision tower without its pooling head."""
-    vision = SiglipVisionConfig(**{**PART_CONFIGS["siglip"], "vision_use_head": True})  # the head pools for the loss
-    model = SiglipModel(SiglipConfig(text_config=_text_config(tokenizer).to_dict(), vision_config=vision.to_dict()))
-    model.train()
+    """Attribute classification: summed cross-entropy of colour, shape and count heads, linear on
+    the mean of the tokens (so the tokens themselves must carry each attribute, not a deep reader);
+    returns the tower without the heads."""
+    tower = SiglipVisionModel(SiglipVisionConfig(**PART_CONFIGS["siglip"]))
+    sizes = [len(a) for a in ATTRIBUTES]
+    head = nn.Linear(PART_CONFIGS["siglip"]["hidden_size"], sum(sizes))
+    tower.train()
 
     def loss(idx: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=captions[idx], pixel_values=pixels[idx], return_loss=True).loss
+        logits = head(tower(pixel_values=pixels[idx]).last_hidden_state.mean(dim=1)).split(sizes, dim=1)
+        return sum(nn.functional.cross_entropy(z, labels[idx, j]) for j, z in enumerate(logits))
 
-    history = _fit(list(model.parameters()), loss, _chunks(len(pixels), BATCH["siglip"], gen), LR["siglip"], epochs, gen)
-    tower = SiglipVisionModel(SiglipVisionConfig(**PART_CONFIGS["siglip"]))
-    missing, unexpected = tower.load_state_dict(model.vision_model.state_dict(), strict=False)
-    assert not missing and all(k.startswith("head.") for k in unexpected), (missing, unexpected)
+    params = list(tower.parameters()) + list(head.parameters())
+    history = _fit(params, loss, _chunks(len(pixels), BATCH["siglip"], gen), LR["siglip"], epochs, gen)
     return tower.eval(), history
 
 
@@ -212,7 +221,12 @@ def tower_specs() -> dict[str, ImageInputSpec]:
             "sam": ImageInputSpec("high_res_pixel_values", PART_CONFIGS["sam"]["image_size"], CLIP_MEAN, CLIP_STD)}
 
 
-PART_ORDER = ("llm", "siglip", "sam")  # longest first: two workers finish together
+def _pixels(name: str, images: list[Any]) -> torch.Tensor:
+    spec = tower_specs()[name]
+    return ImagePreprocessor(VisionSpec((spec,)))(images)[spec.name]
+
+
+PART_ORDER = ("llm", "siglip", "sam")  # LLM and SigLIP (about equal) first, SAM after the first to finish
 SEED_OFFSET = {"siglip": 0, "sam": 1, "llm": 2}
 
 
@@ -226,19 +240,23 @@ def make_part(name: str, data_dir: str | Path, out_dir: str | Path, seed: int, e
         k = SEED_OFFSET[name]
         torch.manual_seed(seed * 1000 + k)  # weight init
         gen = torch.Generator().manual_seed(seed * 1000 + k)  # batch order
+        n_images = 0
         if name == "llm":
             texts = [s.text for s in _samples(data / "pretrain" / "text" / "train")] + [s.text for s in pairs]
             model, history = pretrain_llm(_token_rows(tokenizer, texts), epochs, gen)
+        elif name == "siglip":
+            scenes, images = zip(*part_scenes(SIGLIP_IMAGES_PER_PAIR * len(pairs), seed))
+            n_images = len(images)
+            model, history = pretrain_siglip(_pixels(name, list(images)), scene_labels(list(scenes)), epochs, gen)
         else:
-            spec = tower_specs()[name]
-            pixels = ImagePreprocessor(VisionSpec((spec,)))([s.images[0] for s in pairs])[spec.name]
-            train = pretrain_siglip if name == "siglip" else pretrain_sam
-            model, history = train(pixels, _captions(tokenizer, [s.text for s in pairs]), tokenizer, epochs, gen)
+            n_images = len(pairs)
+            model, history = pretrain_sam(_pixels(name, [s.images[0] for s in pairs]),
+                                          _captions(tokenizer, [s.text for s in pairs]), tokenizer, epochs, gen)
         model.save_pretrained(Path(out_dir) / name)
     seconds = time.perf_counter() - t0
     log.info("demo part %s: loss %.3f -> %.3f in %.1fs", name, history[0], history[-1], seconds)
     return {"loss_first_epoch": round(history[0], 4), "loss_last_epoch": round(history[-1], 4), "epochs": epochs,
-            "image_text_pairs": len(pairs), "seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu, 2)}
+            "images": n_images, "seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu, 2)}
 
 
 def make_demo_parts(data_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0, workers: int = 2,
