@@ -132,7 +132,8 @@ def test_demo_model_loads_every_part_weight(demo_dir, tmp_path):
 def test_part_scenes_stream_and_labels():
     """The vision parts' own images: deterministic per seed, their own stream (not a stage set's),
     labelled with the words a caption of the scene uses."""
-    from dsvl.data.demo import PLURAL, generate_samples, part_scenes
+    from dsvl.data.demo import generate_samples
+    from dsvl.data.demo_world import PLURAL, part_scenes
     from dsvl.demo.parts import ATTRIBUTES, scene_labels
 
     a, b = list(part_scenes(20, seed=3)), list(part_scenes(20, seed=3))
@@ -150,7 +151,7 @@ def test_part_scenes_stream_and_labels():
 def test_siglip_attribute_objective_learns():
     """The SigLIP part's objective on a few batches of part images: the loss falls, and the saved
     tower is a plain SiglipVisionModel (no heads)."""
-    from dsvl.data.demo import part_scenes
+    from dsvl.data.demo_world import part_scenes
     from dsvl.demo.parts import _pixels, pretrain_siglip, scene_labels
 
     scenes, images = zip(*part_scenes(128, seed=0))

@@ -40,7 +40,7 @@ from transformers import (
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from dsvl.data import IMAGE_TOKEN, ImagePreprocessor, TextEncoder, load_tokenizer, parse_sample, read_tar
-from dsvl.data.demo import COLORS, NUMBERS, SHAPES, Scene, part_scenes
+from dsvl.data.demo_world import COLORS, NUMBERS, SHAPES, Scene, part_scenes
 from dsvl.model.spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
 
 log = logging.getLogger(__name__)
