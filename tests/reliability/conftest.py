@@ -51,6 +51,7 @@ def run_train_forked(overrides: list[str], timeout: float = 240) -> subprocess.C
         pid = os.fork()
         if pid == 0:  # child: never returns into pytest
             code = 1
+            os.setpgid(0, 0)  # its DataLoader workers join its process group, so they can be reaped with it
             try:
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
@@ -78,6 +79,11 @@ def run_train_forked(overrides: list[str], timeout: float = 240) -> subprocess.C
         if done[0] == 0:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+        try:  # a run that SIGKILLed itself orphans its DataLoader workers, which can block forever on a pipe
+            os.killpg(pid, signal.SIGKILL)  # write at exit, holding this process's inherited file descriptors
+        except ProcessLookupError:
+            pass
+        if done[0] == 0:
             raise TimeoutError(f"dsvl-train {' '.join(overrides)} did not stop within {timeout}s")
         rc = os.waitstatus_to_exitcode(done[1])
         out.seek(0)
