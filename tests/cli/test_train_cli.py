@@ -16,14 +16,25 @@ from omegaconf import OmegaConf
 
 from train_fixtures import FAST
 
+from ..forked import run_forked
 
-def _train(args: list[str], cwd: Path, timeout: int = 300, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+
+def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`dsvl-train ARGS...` in a forked child of pytest (tests/forked.py: its own process, exit code and stderr, no
+    second import of torch / Lightning). Test-only callbacks named by `_target_` import from tests/stages, which
+    tests/cli/conftest.py put on sys.path."""
+    from dsvl.cli.train import main
+
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "WANDB_API_KEY": None}
+    return run_forked(main, ["dsvl-train", *args], env=env, cwd=cwd, timeout=300)
+
+
+def _train_subprocess(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m dsvl.cli.train ARGS...` in a fresh interpreter: the console script as users start it."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    if pythonpath is not None:  # a test-only callback the job imports by its _target_
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     env.pop("WANDB_API_KEY", None)
     return subprocess.run([sys.executable, "-m", "dsvl.cli.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=300)
 
 
 def _wandb_files(run_dir: Path) -> list[Path]:
@@ -42,7 +53,17 @@ def _wandb_files(run_dir: Path) -> list[Path]:
     ],
 )
 def test_bad_config_is_one_line_and_exit_code_2(override: str, message: str, demo_data: Path, tmp_path: Path) -> None:
-    proc = _train([f"paths.data_dir={demo_data}", *FAST, override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    _check_bad_config(_train, override, message, demo_data, tmp_path)
+
+
+def test_bad_config_from_a_fresh_interpreter(demo_data: Path, tmp_path: Path) -> None:
+    """The same check on one case through `python -m dsvl.cli.train` (the others run in forked children)."""
+    _check_bad_config(_train_subprocess, "stage.global_batch=30", "stage.global_batch=30 is not divisible by data.micro_batch_size=4",
+                      demo_data, tmp_path)
+
+
+def _check_bad_config(run, override: str, message: str, demo_data: Path, tmp_path: Path) -> None:
+    proc = run([f"paths.data_dir={demo_data}", *FAST, override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("dsvl-train: error:")]
@@ -76,7 +97,7 @@ def test_crashed_job_closes_its_wandb_run_and_the_multirun_goes_on(demo_data: Pa
     # job 0 crashes inside training (a callback raises at step 1, after W&B started); job 1 must still run
     proc = _train(["-m", "experiment=demo/align", f"paths.data_dir={demo_data}", *FAST, "logger=wandb",
                    "+callbacks.fail._target_=train_fixtures.FailAt", "+callbacks.fail.step=1,1000",
-                   f"hydra.sweep.dir={sweep}"], tmp_path, pythonpath=Path(__file__).parents[1] / "stages")
+                   f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode != 0  # the sweep reports the failure at the end
     assert "interrupted at step 1" in proc.stderr
     crashed, ok = sweep / "0", sweep / "1"

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ..forked import run_forked
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # reliability_hooks, named by `_target_` in forked runs
 EXIT_USER_ERROR = 2
@@ -40,55 +42,10 @@ def run_train(overrides: list[str], timeout: float = 240) -> subprocess.Complete
 def run_train_forked(overrides: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """`dsvl-train OVERRIDES...` in a forked child of this process: the same entry point (`dsvl.cli.train:main`)
     in a separate process (its own signals, exit code, SIGKILL), without paying the torch / Lightning /
-    transformers imports again. One torch thread in the child, as DataLoader workers do after a fork."""
-    import signal
-    import tempfile
-    import time
-
+    transformers imports again (tests/forked.py)."""
     from dsvl.cli.train import main
 
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        pid = os.fork()
-        if pid == 0:  # child: never returns into pytest
-            code = 1
-            os.setpgid(0, 0)  # its DataLoader workers join its process group, so they can be reaped with it
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
-                os.environ.pop("HYDRA_FULL_ERROR", None)
-                import torch
-
-                torch.set_num_threads(1)
-                sys.argv = ["dsvl-train", *overrides]
-                main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except BaseException:  # noqa: BLE001 - report like an uncaught error would
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        deadline = time.monotonic() + timeout
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if done[0] == 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        try:  # a run that SIGKILLed itself orphans its DataLoader workers, which can block forever on a pipe
-            os.killpg(pid, signal.SIGKILL)  # write at exit, holding this process's inherited file descriptors
-        except ProcessLookupError:
-            pass
-        if done[0] == 0:
-            raise TimeoutError(f"dsvl-train {' '.join(overrides)} did not stop within {timeout}s")
-        rc = os.waitstatus_to_exitcode(done[1])
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(["dsvl-train", *overrides], rc, out.read(), err.read())
+    return run_forked(main, ["dsvl-train", *overrides], env={"HYDRA_FULL_ERROR": None}, timeout=timeout)
 
 
 def png_bytes(size: int = 32, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
