@@ -37,6 +37,17 @@ def _restore_logger_levels():
     logging.root.setLevel(root_level)
 
 
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """The demo data set at 240 train / 40 eval samples, its pretrained parts included, made once per session and
+    shared read-only by the data, distributed and bench tests (tests/stages, tests/reliability use smaller ones)."""
+    from dsvl.data.demo import make_demo_data
+
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_data(out, seed=0, train_size=240, eval_size=40, shard_size=40)
+    return out
+
+
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
 
 

@@ -22,22 +22,13 @@ def bench():
     return module
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from dsvl.data.demo import make_demo_data
-
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(out, seed=0, train_size=240, eval_size=40, shard_size=40)
-    return out
-
-
 def finite_positive(x: float) -> bool:
     return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
-def test_quick_bench_prints_table_and_writes_json(bench, demo, tmp_path, capsys):
+def test_quick_bench_prints_table_and_writes_json(bench, demo_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    results = bench.main(["--quick", "--out", str(out), "--data-dir", str(demo)])
+    results = bench.main(["--quick", "--out", str(out), "--data-dir", str(demo_dir)])
     printed = capsys.readouterr().out
     for row in ("framework overhead", "grouping tiny", "packing: real-token fraction", "packing multimodal", "images/s per worker",
                 "demo loader / trainer", "peak RSS"):
@@ -68,13 +59,13 @@ def test_quick_bench_prints_table_and_writes_json(bench, demo, tmp_path, capsys)
     assert saved["rss"]["peak_rss_mb"] > 100
 
 
-def test_cuda_section_code_path_runs_on_cpu(bench, demo, tmp_path):
+def test_cuda_section_code_path_runs_on_cpu(bench, demo_dir, tmp_path):
     """The --device cuda section (tokens/s, MFU) on the CPU with a given peak, tiny model only."""
     import torch
 
     threads = torch.get_num_threads()
     try:
-        out = bench.bench_cuda(demo, tmp_path, ("tiny",), steps=2, device="cpu", peak_tflops=1.0, micro=2, seq=128)
+        out = bench.bench_cuda(demo_dir, tmp_path, ("tiny",), steps=2, device="cpu", peak_tflops=1.0, micro=2, seq=128)
     finally:
         torch.set_num_threads(threads)
     tiny = out["tiny"]

@@ -1,18 +1,9 @@
-"""Shared fixtures for the data tests: a small demo data set (made once) and tiny vision specs."""
+"""Shared fixtures for the data tests: the demo tokenizer (of tests/conftest.py's `demo_dir`) and tiny vision specs."""
 from __future__ import annotations
 
 import pytest
 
 from dsvl.model.spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
-
-
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory):
-    from dsvl.data.demo import make_demo_data
-
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(out, seed=0, train_size=240, eval_size=40, shard_size=40)
-    return out
 
 
 @pytest.fixture(scope="session")

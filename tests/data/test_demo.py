@@ -84,15 +84,18 @@ def test_iter_samples_reads_mc(demo_dir):
     assert samples[0].key == "mc_test_000000" and samples[0].images
 
 
-def test_parts_deterministic(demo_dir, tmp_path):
+def test_parts_deterministic(tmp_path):
     """Same data and seed: bit-identical weights, in one process or in parallel worker processes;
     the saved dirs load as transformers classes."""
     from transformers import LlamaForCausalLM, SamVisionModel, SiglipVisionModel
 
     from dsvl.demo.parts import make_demo_parts
 
+    # 40 pairs (400 SigLIP images, several batches per part): what is compared does not depend on the data's size
+    data = tmp_path / "data"
+    make_demo_data(data, seed=0, train_size=40, eval_size=8, shard_size=40, parts=False)
     few = {"siglip": 1, "sam": 1, "llm": 1}
-    reports = [make_demo_parts(demo_dir, tmp_path / name, epochs=few, workers=w) for name, w in (("a", 1), ("b", 2))]
+    reports = [make_demo_parts(data, tmp_path / name, epochs=few, workers=w) for name, w in (("a", 1), ("b", 2))]
     for part in ("siglip", "sam", "llm"):
         a, b = ((tmp_path / name / part / "model.safetensors").read_bytes() for name in ("a", "b"))
         assert a == b, part

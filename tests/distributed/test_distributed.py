@@ -1,5 +1,5 @@
-"""Two processes on CPU (gloo), launched by torchrun, train the stage-2 demo recipe through the real
-run path (`dsvl.cli.train.train`) with trainer=ddp and trainer=fsdp (FSDP2). Checked against the gathered records of both ranks:
+"""Two processes on CPU (gloo), forked with torchrun's worker environment by tests/forked.py, train the stage-2 demo
+recipe through the real run path (`dsvl.cli.train.train`) with trainer=ddp and trainer=fsdp (FSDP2). Checked against the gathered records of both ranks:
 every global step has one modality on all ranks, no sample is read by both ranks, and the loss of
 every micro-batch equals a single-process run on the same global batches (the two ranks' micro-batches
 accumulated), so the distributed gradient is the single-process gradient. Under FSDP2 the model is built on
@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,34 +19,25 @@ from torch.utils.data import IterableDataset
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+import dist_worker  # noqa: E402
 from dist_worker import compose_run  # noqa: E402
+
+from ..forked import run_ranks  # noqa: E402
 
 pytestmark = pytest.mark.slow
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from dsvl.data.demo import make_demo_data
-
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(out, seed=0, train_size=240, eval_size=40, shard_size=40)
-    return out
-
-
-def _free_port() -> int:
+def _free_port() -> int:  # test_meta_build's torchrun launch
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def torchrun(strategy: str, demo: Path, out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HERE / "dist_worker.py"), "--strategy", strategy,
-           "--data", str(demo), "--out", str(out), "--steps", str(STEPS)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
+    """dist_worker.py on 2 ranks, each a forked child with torchrun's worker environment (tests/forked.py)."""
+    proc = run_ranks(dist_worker.main, ["dist_worker.py", "--strategy", strategy, "--data", str(demo), "--out", str(out),
+                                        "--steps", str(STEPS)], 2)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     return json.loads((out / "record.json").read_text())
 
@@ -67,7 +56,7 @@ class RankInterleave(IterableDataset):
 
 
 @pytest.fixture(scope="module")
-def reference(demo, tmp_path_factory) -> list[dict[str, Any]]:
+def reference(demo_dir, tmp_path_factory) -> list[dict[str, Any]]:
     """Single process, same seed and global batch (4 = 2 micro-batches of 2, accumulated)."""
     from dsvl.data.datamodule import DSVLDataModule
     from dsvl.data.grouped import GlobalStepBatches
@@ -82,7 +71,7 @@ def reference(demo, tmp_path_factory) -> list[dict[str, Any]]:
     mp = pytest.MonkeyPatch()
     mp.setattr(DSVLDataModule, "train_dataset", two_rank_dataset)
     try:
-        train(compose_run("single", str(demo), str(out), STEPS, devices=1, global_batch=4, micro=2))
+        train(compose_run("single", str(demo_dir), str(out), STEPS, devices=1, global_batch=4, micro=2))
     finally:
         mp.undo()
     record = json.loads((out / "record.json").read_text())
@@ -113,18 +102,18 @@ def check_run(record: dict[str, Any], reference: list[dict[str, Any]], tol: floa
     assert abs(ranks[0][-2]["loss"] - ranks[0][0]["loss"]) > 10 * tol
 
 
-def test_ddp_matches_single_process(demo, reference, tmp_path):
-    record = torchrun("ddp", demo, tmp_path)
+def test_ddp_matches_single_process(demo_dir, reference, tmp_path):
+    record = torchrun("ddp", demo_dir, tmp_path)
     assert record["strategy"] == "DDPStrategy" and not record["checkpointing"]
     check_run(record, reference, tol=1e-5)
 
 
-def test_fsdp2_matches_single_process_and_frozen_towers_hold_no_state(demo, reference, tmp_path):
+def test_fsdp2_matches_single_process_and_frozen_towers_hold_no_state(demo_dir, reference, tmp_path):
     from dsvl.stages.strategies import FSDP2Strategy, builds_on_meta
 
     # built on meta, then its part checkpoints (the demo's per-part `pretrained`) and the seeded init per shard
     assert builds_on_meta(FSDP2Strategy())
-    record = torchrun("fsdp", demo, tmp_path)
+    record = torchrun("fsdp", demo_dir, tmp_path)
     assert record["strategy"] == "FSDP2Strategy" and record["checkpointing"]  # model.gradient_checkpointing
     check_run(record, reference, tol=1e-4)
     params = record["params"]

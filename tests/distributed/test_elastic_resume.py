@@ -19,9 +19,6 @@ tools/consolidate_checkpoint.py writes from that directory (its optimizer state 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,8 @@ HERE = Path(__file__).parent
 HOOKS = HERE.parent / "reliability"  # reliability_hooks.StepRecorder: one JSON line per micro-batch, per rank
 sys.path[:0] = [str(HERE), str(HOOKS)]
 from dist_worker import overrides  # noqa: E402
+
+from ..forked import run_ranks  # noqa: E402
 
 pytestmark = pytest.mark.slow
 STEPS, GLOBAL_BATCH, MICRO = 6, 4, 2
@@ -58,20 +57,13 @@ def _args(demo: Path, out: Path, devices: int, *extra: str) -> list[str]:
             *extra]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(args: list[str], out: Path, processes: int = 2) -> None:
-    """`dsvl-train` under torchrun (one process too: an in-process FSDP2 run would leave this pytest process
-    a default process group and the MASTER_* / RANK variables, which later tests and their subprocesses inherit)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "--module", "dsvl.cli.train", f"hydra.run.dir={out}", *args]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOOKS), str(HERE), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="offline")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
+    """`dsvl-train` on `processes` ranks, each a forked child with torchrun's worker environment (tests/forked.py;
+    one process too: an in-process FSDP2 run would leave this pytest process a default process group and the
+    MASTER_* / RANK variables, which later tests and their subprocesses inherit)."""
+    from dsvl.cli.train import main
+
+    proc = run_ranks(main, ["dsvl-train", f"hydra.run.dir={out}", *args], processes)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
 
 

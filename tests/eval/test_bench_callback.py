@@ -1,26 +1,17 @@
-"""`val_benchmarks` during a 2-process DDP run (gloo, torchrun): both ranks log the same
-val/bench/* numbers, each question counted once, and nothing hangs."""
+"""`val_benchmarks` during a 2-process DDP run (gloo; forked with torchrun's worker environment by tests/forked.py):
+both ranks log the same val/bench/* numbers, each question counted once, and nothing hangs."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from . import bench_ddp_worker
 from . import bench_files as bf
+from ..forked import run_ranks
 
 pytestmark = pytest.mark.slow
-HERE = Path(__file__).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_val_benchmarks_under_ddp(tmp_path: Path) -> None:
@@ -35,12 +26,8 @@ def test_val_benchmarks_under_ddp(tmp_path: Path) -> None:
                   "text_ppl": {"path": str(tmp_path / "pile.jsonl"), "max_length": 64}}
     out = tmp_path / "run"
     out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HERE / "bench_ddp_worker.py"), "--data", str(tmp_path / "demo"),
-           "--out", str(out), "--benchmarks", json.dumps(benchmarks)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = run_ranks(bench_ddp_worker.main, ["bench_ddp_worker.py", "--data", str(tmp_path / "demo"), "--out", str(out),
+                                             "--benchmarks", json.dumps(benchmarks)], 2, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]

@@ -1,23 +1,14 @@
-"""LoRA composes with DDP and FSDP2: 2 CPU processes (torchrun, gloo) fine-tune a tiny released-like
-checkpoint; the adapter is written once in peft's format, the checkpoint holds adapter weights only,
-and the merged export loads in transformers."""
+"""LoRA composes with DDP and FSDP2: 2 CPU processes (gloo; forked with torchrun's worker environment by
+tests/forked.py) fine-tune a tiny released-like checkpoint; the adapter is written once in peft's format, the
+checkpoint holds adapter weights only, and the merged export loads in transformers."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..forked import run_ranks
+from . import lora_dist_worker
 
 
 @pytest.mark.slow
@@ -29,13 +20,9 @@ def test_lora_trains_under_ddp_and_fsdp2(strategy: str, released, demo_data: Pat
     from dsvl.model.safe_load import safe_torch_load
 
     out = tmp_path / strategy
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HERE / "lora_dist_worker.py"), "--strategy", strategy,
-           "--pretrained", str(released["deepseek_vl"]), "--data", str(demo_data), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_ranks(lora_dist_worker.main, ["lora_dist_worker.py", "--strategy", strategy, "--pretrained",
+                                             str(released["deepseek_vl"]), "--data", str(demo_data), "--out", str(out)], 2,
+                     timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
