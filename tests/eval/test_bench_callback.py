@@ -3,13 +3,16 @@ both ranks log the same val/bench/* numbers, each question counted once, and not
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from . import bench_ddp_worker
 from . import bench_files as bf
 from ..forked import run_ranks
+
+sys.path.insert(0, str(Path(__file__).parent))  # the worker's callbacks are named `bench_ddp_worker.<class>`
+import bench_ddp_worker  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
