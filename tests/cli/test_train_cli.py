@@ -1,6 +1,7 @@
 """`dsvl-train` as users run it: one-line config errors (exit 2), multiruns with a dir per job,
 a crashed job that closes its W&B run and leaves the other jobs running, W&B offline files,
-`dsvl-pipeline` chaining init_from and resuming, `dsvl-demo`'s summary."""
+`dsvl-pipeline` chaining init_from and resuming, `dsvl-demo`'s summary. `dsvl-train` runs in forked children of
+pytest (its own process and exit code, no second import of torch); one bad-config case in a fresh interpreter."""
 from __future__ import annotations
 
 import csv
