@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("init_from"):
         (defer_weights if on_meta else load_init_weights)(model, cfg.init_from)
     stage = instantiate(cfg.stage, model=model, model_config=OmegaConf.to_container(cfg.model, resolve=True),
-                        tokenizer=getattr(data_tokenizer(datamodule), "name_or_path", None),
+                        tokenizer=tokenizer_dir(datamodule), system_prompt=getattr(datamodule, "system_prompt", None),
                         optimizer=instantiate(cfg.optim, _convert_="all") if cfg.get("optim") else None,
                         scheduler=instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None,
                         _convert_="all", _recursive_=False)  # model_config stays a plain dict
@@ -311,6 +311,12 @@ def data_tokenizer(datamodule: Any) -> Any | None:
     """The transformers tokenizer the datamodule encodes with (None when it has none)."""
     text = getattr(getattr(datamodule, "encoder", None), "text", None)
     return getattr(text, "tokenizer", None) or getattr(datamodule, "tokenizer", None)
+
+
+def tokenizer_dir(datamodule: Any) -> str | None:
+    """The absolute directory of the datamodule's tokenizer: the checkpoint names it for eval/chat run from anywhere."""
+    path = getattr(data_tokenizer(datamodule), "name_or_path", None)
+    return str(Path(path).resolve()) if path else None
 
 
 def align_model_to_data(cfg: DictConfig, datamodule: Any) -> None:

@@ -45,6 +45,7 @@ class VLMStage(LightningModule):
         model_config: the resolved model config as a plain dict (image token id included), saved
             as a hyperparameter so a `.ckpt` rebuilds its model alone (`load_stage_checkpoint`).
         tokenizer: the tokenizer directory the data encodes with (saved the same way, for eval/chat).
+        system_prompt: the system prompt the data renders conversations with (None: none; saved the same way).
     """
 
     stage_name: ClassVar[str] = "stage"
@@ -61,12 +62,14 @@ class VLMStage(LightningModule):
         global_batch: int | None = None,
         model_config: Mapping[str, Any] | None = None,
         tokenizer: str | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         super().__init__()
         # plain values only (no nn.Module, no partials): the checkpoint loads with weights_only=True
         self.save_hyperparameters({"stage_name": self.stage_name, "model_config": dict(model_config or {}),
-                                   "image_token_id": (model_config or {}).get("image_token_id"),
-                                   "tokenizer": tokenizer, "trainable": list(trainable) if trainable is not None else None,
+                                   "image_token_id": (model_config or {}).get("image_token_id"), "tokenizer": tokenizer,
+                                   "system_prompt": system_prompt or None,
+                                   "trainable": list(trainable) if trainable is not None else None,
                                    "global_batch": global_batch})
         self.model = model
         self.optimizer_factory = optimizer

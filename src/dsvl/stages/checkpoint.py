@@ -6,7 +6,7 @@
   deliberately not carried over: a new stage is a new run. (A model built on meta under FSDP2 reads
   `init_from` into its shards instead: `dsvl.stages.strategies.defer_weights`.)
 - `load_stage_checkpoint`: a `.ckpt` alone gives back its model, because the stage saved the
-  resolved model config, image token id and tokenizer directory as hyperparameters (eval, chat).
+  resolved model config, image token id, tokenizer directory and system prompt as hyperparameters (eval, chat).
 """
 from __future__ import annotations
 
@@ -128,7 +128,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 @dataclass
 class StageCheckpoint:
     """What a stage `.ckpt` holds for inference: the model (weights loaded) and the stage's hyperparameters
-    (`stage_name`, `model_config`, `image_token_id`, `tokenizer` directory, `trainable`, `global_batch`)."""
+    (`stage_name`, `model_config`, `image_token_id`, `tokenizer` directory, `system_prompt`, `trainable`,
+    `global_batch`)."""
 
     model: nn.Module
     hparams: dict[str, Any]
@@ -138,7 +139,7 @@ def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
     """Rebuild the model of a dsvl stage `.ckpt` from its saved hyperparameters and load its weights.
 
     Raises `InitFromError` (a `CheckpointError`, one line) for unsafe files or checkpoints without a
-    model config (written before stages saved their hyperparameters: pass the run's model config).
+    model config (written by a dsvl-train before stages saved their hyperparameters).
     """
     from dsvl.model import build_model
 
@@ -146,7 +147,8 @@ def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
     ckpt = read_checkpoint(p)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if not hparams.get("model_config"):
-        raise InitFromError(f"{path}: the checkpoint saves no model config (written by an older dsvl); pass the run's model config")
+        raise InitFromError(f"{path}: written by an older dsvl-train (no model_config among its hyperparameters); "
+                            "retrain it with this version")
     model = build_model(hparams["model_config"])
     _copy_weights(model, _model_state(ckpt, p), p, partial=bool(ckpt.get(ADAPTER_ONLY_KEY)))
     return StageCheckpoint(model=model, hparams=hparams)
