@@ -11,7 +11,6 @@ from .llm import causal_lm
 from .materialize import WeightSource, load_weights, materialize
 from .presets import available_presets, model_config
 from .spec import ImageInputSpec, VisionSpec
-from .summary import format_summary, parameter_summary
 from .vision import SamTower, SiglipTower, VisionEncoder
 from .vlm import VisionLanguageModel, VLMOutput, next_token_loss
 
@@ -35,9 +34,7 @@ __all__ = [
     "model_config",
     "to_hf_config",
     "causal_lm",
-    "format_summary",
     "next_token_loss",
-    "parameter_summary",
     "vision_spec",
     "WeightSource",
     "load_weights",
