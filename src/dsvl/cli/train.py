@@ -1,14 +1,8 @@
-"""`dsvl-train`: one training stage, read top to bottom in `train(cfg)`.
+"""`dsvl-train`: one training stage, read top to bottom in `train(cfg)` (docs/architecture.md, "The run path").
 
     dsvl-train experiment=demo/align
-    dsvl-train experiment=deepseek_vl_1.3b/stage2_pretrain trainer=ddp logger=wandb
-    dsvl-train experiment=demo/pretrain init_from=outputs/demo_align/.../checkpoints/last.ckpt
     dsvl-train experiment=demo/pretrain hydra.run.dir=outputs/my_run auto_resume=true
     dsvl-train -m experiment=demo/align optim.lr=1e-3,3e-3
-
-`train(cfg)`: check the config -> Trainer (world size, accumulation) -> datamodule -> model and
-stage -> fit (Lightning resumes from `ckpt_path`) -> validate -> export -> metrics. `dsvl-pipeline`
-and `dsvl-demo` call it once per stage.
 """
 from __future__ import annotations
 
