@@ -104,15 +104,3 @@ class BufferedPacker:
             if i in keep:
                 self.buffer.append(_Pending(i, sample, before))
         self._drawn = int(state.get("drawn", 0))
-
-
-def model_inputs_for_packed(batch: dict[str, Any]) -> dict[str, Any]:
-    """The kwargs for a transformers causal LM: for packed batches attention_mask is replaced by
-    None so the model isolates samples from `position_ids` (padding is only at the row's end, a
-    segment of its own, and carries label -100)."""
-    keys = ("input_ids", "attention_mask", "position_ids", "labels")
-    kwargs = {k: batch[k] for k in keys if k in batch}
-    if "position_ids" in batch:
-        kwargs["attention_mask"] = None
-        kwargs["use_cache"] = False  # with a KV cache transformers skips packed-sequence detection
-    return kwargs

@@ -6,7 +6,6 @@ from .adaptor import HybridSplitMLPGelu, LinearAdaptor, MLPGelu
 from .build import build_model, vision_spec, weight_sources
 from .errors import ConfigError
 from .hf_interop import config_from_hf, hf_image_processor, to_hf_config
-from .hf_keys import convert_state_dict
 from .llm import causal_lm
 from .materialize import WeightSource, load_weights, materialize
 from .presets import available_presets, model_config
@@ -29,7 +28,6 @@ __all__ = [
     "available_presets",
     "build_model",
     "config_from_hf",
-    "convert_state_dict",
     "hf_image_processor",
     "model_config",
     "to_hf_config",
