@@ -106,16 +106,15 @@ def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     log.info("initialised weights from %s (%d tensors)", path, len(state))
 
 
-def load_init_weights(model: nn.Module, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
-    """Copy weights from `path` (a `.ckpt` file or directory, or an exported directory) into `model`; `ckpt`: the
-    `.ckpt` file already read by `read_checkpoint` (a checkpoint is read once)."""
-    p = Path(path) if ckpt is not None else check_init_from(path)
+def load_init_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy weights from `path` (a `.ckpt` file or directory, or an exported directory) into `model`."""
+    p = check_init_from(path)
     if p.is_dir() and not is_sharded_checkpoint(p):
         from dsvl.model import VisionLanguageModel
 
         _copy_weights(model, VisionLanguageModel.from_pretrained(str(p)).state_dict(), p)
     else:
-        ckpt = ckpt if ckpt is not None else _load(p)
+        ckpt = _load(p)
         _copy_weights(model, _model_state(ckpt, p), p, partial=bool(ckpt.get(ADAPTER_ONLY_KEY)))
 
 
@@ -144,7 +143,7 @@ def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
     from dsvl.model import build_model
 
     p = check_init_from(path)
-    ckpt = read_checkpoint(p)
+    ckpt = _load(p)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if not hparams.get("model_config"):
         raise InitFromError(f"{path}: written by an older dsvl-train (no model_config among its hyperparameters); "
