@@ -31,21 +31,13 @@ BETAS = (0.9, 0.95)  # Table 4, all stages
 
 
 class VLMStage(LightningModule):
-    """One training stage over a `VisionLanguageModel`.
+    """One training stage over a `VisionLanguageModel` (or anything with its `parts()`, `parameter_summary()`
+    and `forward(..., labels=) -> .loss/.num_loss_tokens`).
 
-    Args:
-        model: the shared core (`dsvl.model.VisionLanguageModel` or anything with the same
-            `parts()`, `parameter_summary()` and `forward(..., labels=) -> .loss/.num_loss_tokens`).
-        optimizer: a partial optimizer taking parameter groups (Hydra `_partial_: true`); None
-            gives AdamW(lr=`default_lr`, betas 0.9/0.95, weight decay 0) as in Table 4.
-        scheduler: a partial LR scheduler taking the optimizer; stepped every optimizer step.
-        trainable: part names that train; None gives the stage's `default_trainable`.
-        global_batch: samples per optimizer step over all devices (the CLI derives gradient
-            accumulation from it; kept here so it is logged with the module).
-        model_config: the resolved model config as a plain dict (image token id included), saved
-            as a hyperparameter so a `.ckpt` rebuilds its model alone (`load_stage_checkpoint`).
-        tokenizer: the tokenizer directory the data encodes with (saved the same way, for eval/chat).
-        system_prompt: the system prompt the data renders conversations with (None: none; saved the same way).
+    `optimizer` / `scheduler` are partials (Hydra `_partial_: true`) taking the parameter groups / the
+    optimizer; None gives AdamW(lr=`default_lr`, betas 0.9/0.95, no decay) as in Table 4. `trainable`
+    (None: `default_trainable`) names the parts that train. `global_batch`, `model_config`, `tokenizer`
+    and `system_prompt` are saved as hyperparameters, so a `.ckpt` rebuilds its model and chat setup alone.
     """
 
     stage_name: ClassVar[str] = "stage"
