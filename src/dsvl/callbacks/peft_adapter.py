@@ -1,13 +1,6 @@
-"""LoRA runs in Lightning: small checkpoints, the adapter in peft's format, the trainable share per part.
-
-With `model.lora` set (a no-op otherwise):
-- checkpoints keep only what trains (adapters and fully trained parts); the frozen base comes from
-  `model.pretrained` when the run is rebuilt, so resume loads non-strictly (the optimizer state
-  already holds trainable parameters only);
-- at the end of training (rank 0) the adapter goes to `<dirpath>` as `adapter_config.json` +
-  `adapter_model.safetensors`, loadable with `PeftModel.from_pretrained(<base>, dirpath)`, with the
-  run's system prompt (`dsvl_chat.json`);
-- the trainable share of each part is logged as `params/share/<part>` hyperparameters.
+"""LoRA runs in Lightning (a no-op without `model.lora`): checkpoints keep only what trains (resume
+loads non-strictly; the frozen base comes from `model.pretrained`), the adapter is written in peft's
+format with the run's system prompt at the end, and `params/share/<part>` is logged (docs/finetune.md).
 """
 from __future__ import annotations
 
