@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from dsvl.model.export import write_system_prompt
-from dsvl.model.lora import ADAPTER_ONLY_KEY, adapter_state, has_lora, is_lora_param, save_adapter, trainable_share
+from dsvl.model.lora import ADAPTER_ONLY_KEY, adapter_state, has_lora, is_lora_param, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class PeftAdapter(Callback):
         model = self._core(pl_module)
         if model is None:
             return
-        share = trainable_share(model)
+        share = {r["part"]: int(r["trainable"]) / max(int(r["total"]), 1) for r in model.parameter_summary()}
         log.info("LoRA trainable share per part: %s", ", ".join(f"{k} {v:.2%}" for k, v in share.items()))
         for logger in pl_module.loggers:
             logger.log_hyperparams({f"params/share/{part}": value for part, value in share.items()})

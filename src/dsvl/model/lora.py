@@ -202,15 +202,6 @@ def _hf_name(dsvl_name: str, pairs: list[tuple[str, str]]) -> tuple[str, str | N
     raise ConfigError(f"{dsvl_name} has no transformers counterpart")
 
 
-def trainable_share(model: nn.Module) -> dict[str, float]:
-    """Trainable fraction of each part's parameters (what a LoRA run logs as `params/share/<part>`)."""
-    out = {}
-    for part, module in model.parts().items():
-        total = sum(p.numel() for p in module.parameters())
-        out[part] = sum(p.numel() for p in module.parameters() if p.requires_grad) / max(total, 1)
-    return out
-
-
 def adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     """`adapter_config.json` of a peft adapter directory; a ConfigError when there is none."""
     path = Path(adapter_dir) / "adapter_config.json"
