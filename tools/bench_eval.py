@@ -30,7 +30,7 @@ def mid_model(tokenizer: Any, device: str) -> torch.nn.Module:
     from dsvl.data.chat import IMAGE_TOKEN
     from dsvl.model import build_model
 
-    node = OmegaConf.to_container(compose(["model=tiny", "checkpoint=unused", *MID], config_name="eval").model, resolve=True)
+    node = OmegaConf.to_container(compose(["model=tiny", *MID]).model, resolve=True)
     node["image_token_id"] = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     node["llm"]["vocab_size"] = max(int(node["llm"]["vocab_size"]), len(tokenizer))
     torch.manual_seed(0)

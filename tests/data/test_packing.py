@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dsvl.data import Encoded, collate_rows, model_inputs_for_packed, pack_rows
+from dsvl.data import Encoded, collate_rows, pack_rows
 from dsvl.data.packing import BufferedPacker
 from dsvl.data.tokenize import IGNORE_INDEX
 
@@ -107,7 +107,8 @@ def test_packed_losses_equal_single_sample_losses():
     assert sum(len(r) for r in rows) == 5 and all(len(r) > 1 for r in rows)
     batch = collate_rows(rows, pad_id=0, pad_to=34)
     with torch.no_grad():
-        packed = model(**{k: v for k, v in model_inputs_for_packed(batch).items() if k != "labels"}).logits
+        # isolated: no 2D mask, no KV cache (transformers then finds the segments from position_ids)
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         nll = _per_token_nll(packed, batch["labels"])
         # the naive call (2D mask + position_ids) leaks across samples: proves the test can fail
         leaky = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from dsvl.cli import chat
@@ -21,6 +20,7 @@ from dsvl.data.shards import write_shards
 from dsvl.data.tokenize import TextEncoder
 from dsvl.errors import DataError
 from dsvl.model import build_model
+from dsvl.stages import VLMStage
 
 from .eval_helpers import model_config
 
@@ -33,8 +33,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any, tokenizer_
     """Tiny SigLIP model taught one answer (adaptor + LLM, no system prompt), saved both ways.
 
     - `export`: `save_pretrained` + tokenizer files (what training's export writes);
-    - `ckpt`: a Lightning-layout checkpoint (`state_dict` keys `model.*`) in a run dir whose
-      `.hydra/config.yaml` holds the model node and the data node (tokenizer, system prompt).
+    - `ckpt`: a Lightning-layout checkpoint of a `VLMStage` (`state_dict` keys `model.*`, the stage's
+      hyperparameters: model config, tokenizer, system prompt).
     """
     root = tmp_path_factory.mktemp("trained")
     cfg = model_config("tiny_siglip", tokenizer)
@@ -58,17 +58,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any, tokenizer_
     export = root / "export"
     model.save_pretrained(export)
     tokenizer.save_pretrained(str(export))
-    run = root / "run"
-    (run / ".hydra").mkdir(parents=True)
-    # like Hydra's unresolved config: the preset's placeholder image token id, not the tokenizer's
-    # (training aligns it at run time; loading must too)
-    run_model = {**cfg, "image_token_id": len(tokenizer) - 1}
-    OmegaConf.save(OmegaConf.create({"model": run_model, "data": {"tokenizer": str(tokenizer_dir), "system_prompt": None}}),
-                   run / ".hydra" / "config.yaml")
-    (run / "checkpoints").mkdir()
-    state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 25, "epoch": 0}
-    torch.save(state, run / "checkpoints" / "last.ckpt")
-    return {"export": export, "ckpt": run / "checkpoints" / "last.ckpt", "image": root / "red.png", "root": root}
+    # what Lightning writes for a stage: its state_dict and the hyperparameters the stage saved
+    stage = VLMStage(model, model_config=cfg, tokenizer=str(tokenizer_dir), system_prompt=None)
+    (root / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams), "global_step": 25, "epoch": 0},
+               root / "run" / "checkpoints" / "last.ckpt")
+    return {"export": export, "ckpt": root / "run" / "checkpoints" / "last.ckpt", "image": root / "red.png", "root": root}
 
 
 def test_chat_answers_from_export_and_checkpoint(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,7 +71,7 @@ def test_chat_answers_from_export_and_checkpoint(trained: dict[str, Path], capsy
     assert chat.main(["--model", str(trained["export"]), "--image", str(trained["image"]), "--system-prompt", "",
                       "--max-new-tokens", "8", QUESTION]) == 0
     assert capsys.readouterr().out.strip() == ANSWER
-    # the checkpoint's run config says "no system prompt": auto picks it up
+    # the checkpoint says "no system prompt": auto picks it up
     assert chat.main(["--model", str(trained["ckpt"]), "--image", str(trained["image"]), "--max-new-tokens", "8",
                       QUESTION]) == 0
     assert capsys.readouterr().out.strip() == ANSWER
@@ -147,12 +142,9 @@ class Payload:
 
 
 def test_checkpoint_with_code_is_refused(trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = tmp_path / "run"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text((trained["ckpt"].parents[1] / ".hydra" / "config.yaml").read_text())
-    torch.save({"state_dict": {}, "payload": Payload()}, run / "evil.ckpt")
+    torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "evil.ckpt")
     with pytest.raises(EvalError) as err:
-        load_for_inference(run / "evil.ckpt")
+        load_for_inference(tmp_path / "evil.ckpt")
     assert "\n" not in str(err.value) and "checkpoint" in str(err.value)
     assert "this must never run" not in capsys.readouterr().out
 
@@ -164,10 +156,15 @@ def test_eval_cli_errors(trained: dict[str, Path], tmp_path: Path) -> None:
     cfg = compose([f"checkpoint={trained['export']}", f"mc.shards={tmp_path}/missing"], config_name="eval", output_dir=tmp_path)
     with pytest.raises(DataError, match="no shards at"):
         run_eval(cfg)
-    lonely = tmp_path / "lonely.ckpt"
-    torch.save({"state_dict": {}}, lonely)
-    with pytest.raises(EvalError, match="no run config"):
-        load_for_inference(lonely)
+    old = tmp_path / "old.ckpt"  # no hyperparameters: written before stages saved them
+    torch.save({"state_dict": {}}, old)
+    with pytest.raises(EvalError, match="older dsvl-train .no model_config"):
+        load_for_inference(old)
+    saved = torch.load(trained["ckpt"], weights_only=True)
+    del saved["hyper_parameters"]["system_prompt"]
+    torch.save(saved, old)
+    with pytest.raises(EvalError, match="older dsvl-train .no system_prompt"):
+        load_for_inference(old)
 
 
 def test_dsvl_eval_console_entry(trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -132,6 +132,7 @@ def test_pretrain_run_logs_metrics_and_keeps_one_modality_per_global_step(compos
 
 
 def test_init_from_chains_stage_weights_and_resume_continues_exactly(compose_train, tmp_path: Path) -> None:
+    from dsvl.cli.evaluate import load_for_inference
     from dsvl.model import build_model
     from dsvl.stages import load_stage_checkpoint
     from dsvl.stages.checkpoint import InitFromError, load_init_weights, read_checkpoint
@@ -143,6 +144,8 @@ def test_init_from_chains_stage_weights_and_resume_continues_exactly(compose_tra
     loaded = load_stage_checkpoint(ckpt)  # the checkpoint alone: no run config needed
     assert loaded.hparams["stage_name"] == "align" and loaded.hparams["image_token_id"] == align_cfg.model.image_token_id
     assert Path(loaded.hparams["tokenizer"], "tokenizer_config.json").is_file()
+    inference = load_for_inference(ckpt)  # dsvl-eval / dsvl-chat: tokenizer and system prompt from the checkpoint too
+    assert inference.system_prompt is None and inference.tokenizer_path == loaded.hparams["tokenizer"]  # demo_align: none
     for name, tensor in loaded.model.state_dict().items():
         if name in state:
             assert torch.equal(tensor, state[name]), name

@@ -1,13 +1,15 @@
 """Modality accounting: the scheduled language ratio against the realised share of text steps.
 
 The schedule comes from the datamodule (`trainer.datamodule.schedule`, any object with
-`language_ratio(step)` and `modality(step)`); the realised modality from each batch's `modality`.
+`language_ratio(step)` and `modality(step)`); the realised share from its `accounting`
+(`dsvl.data.DataAccounting`, the one per-modality step counter, in the data's checkpoint state).
 A micro-batch whose modality differs from the schedule's choice for its global step is counted
 and logged as `train/modality_mismatch` (it must stay 0: modality is decided per global step).
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,15 +25,10 @@ def find_schedule(trainer: pl.Trainer) -> Any | None:
 
 
 class ModalityAccounting(Callback):
-    """Logs `train/language_ratio` (scheduled), `train/text_share` (realised) and mismatches.
-
-    Counts live in the checkpoint, so the realised share continues across a resume.
-    """
+    """Logs `train/language_ratio` (scheduled), `train/text_share` (realised) and mismatches (in the checkpoint)."""
 
     def __init__(self) -> None:
-        self.steps = {"text": 0, "multimodal": 0}
         self.mismatches = 0
-        self._step_modality: str | None = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         modality = str(batch.get("modality", "text")) if isinstance(batch, dict) else "text"
@@ -42,26 +39,23 @@ class ModalityAccounting(Callback):
             self.mismatches += 1
             if self.mismatches <= 3:
                 log.warning("step %d: batch modality %s, schedule says %s", trainer.global_step, modality, expected)
-        self._step_modality = modality
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         accumulate = max(int(trainer.accumulate_grad_batches), 1)
         if (batch_idx + 1) % accumulate:
             return
         step = trainer.global_step - 1  # the optimizer step that just finished
-        if self._step_modality in self.steps:
-            self.steps[self._step_modality] += 1
         schedule = find_schedule(trainer)
         if schedule is not None:
             pl_module.log("train/language_ratio", float(schedule.language_ratio(max(step, 0))), on_step=True, batch_size=1)
-        done = sum(self.steps.values())
-        if done:
-            pl_module.log("train/text_share", self.steps["text"] / done, on_step=True, batch_size=1)
+        accounting = getattr(getattr(trainer, "datamodule", None), "accounting", None)
+        share = accounting.text_share if accounting is not None else math.nan
+        if not math.isnan(share):
+            pl_module.log("train/text_share", share, on_step=True, batch_size=1)
         pl_module.log("train/modality_mismatch", float(self.mismatches), on_step=True, batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": dict(self.steps), "mismatches": self.mismatches}
+        return {"mismatches": self.mismatches}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.steps = {**self.steps, **state_dict.get("steps", {})}
         self.mismatches = int(state_dict.get("mismatches", 0))

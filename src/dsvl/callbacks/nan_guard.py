@@ -1,15 +1,9 @@
-"""Skip optimizer steps whose loss or gradients are not finite; stop after too many in a row.
+"""Skip optimizer steps whose loss or gradients are not finite; stop after too many in a row
+(docs/reliability.md, "Non-finite loss or gradients").
 
-One NaN batch in a multi-day run should cost one step, not the run: the step's update is
-dropped (every gradient set to None, so AdamW neither moves the weights nor touches its moments)
-and counted as `train/nonfinite_skipped`. A run that keeps producing non-finite values has
-diverged: after `max_consecutive` such steps it stops with `NonFiniteLossError` (one line from
-`dsvl-train`, exit 2). The weights and optimizer never took a bad update, so every checkpoint
-on disk, `last.ckpt` included, is the last good state.
-
-All ranks decide together (any rank non-finite -> all skip), so replicas never diverge. With a
-GradScaler (precision 16-mixed) the scaler already skips overflow steps, and DeepSpeed keeps the
-gradients in its engine: there the guard only counts non-finite losses (and stops the run).
+One NaN batch in a multi-day run should cost one step, not the run: every gradient is set to None,
+so AdamW moves neither the weights nor its moments, and every checkpoint on disk stays good. All
+ranks decide together (any rank non-finite -> all skip), so replicas never diverge.
 """
 from __future__ import annotations
 

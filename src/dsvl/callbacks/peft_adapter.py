@@ -1,13 +1,6 @@
-"""LoRA runs in Lightning: small checkpoints, the adapter in peft's format, the trainable share per part.
-
-With `model.lora` set (a no-op otherwise):
-- checkpoints keep only what trains (adapters and fully trained parts); the frozen base comes from
-  `model.pretrained` when the run is rebuilt, so resume loads non-strictly (the optimizer state
-  already holds trainable parameters only);
-- at the end of training (rank 0) the adapter goes to `<dirpath>` as `adapter_config.json` +
-  `adapter_model.safetensors`, loadable with `PeftModel.from_pretrained(<base>, dirpath)`, with the
-  run's system prompt (`dsvl_chat.json`);
-- the trainable share of each part is logged as `params/share/<part>` hyperparameters.
+"""LoRA runs in Lightning (a no-op without `model.lora`): checkpoints keep only what trains (resume
+loads non-strictly; the frozen base comes from `model.pretrained`), the adapter is written in peft's
+format with the run's system prompt at the end, and `params/share/<part>` is logged (docs/finetune.md).
 """
 from __future__ import annotations
 
@@ -20,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from dsvl.model.export import write_system_prompt
-from dsvl.model.lora import ADAPTER_ONLY_KEY, adapter_state, has_lora, is_lora_param, save_adapter, trainable_share
+from dsvl.model.lora import ADAPTER_ONLY_KEY, adapter_state, has_lora, is_lora_param, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +38,7 @@ class PeftAdapter(Callback):
         model = self._core(pl_module)
         if model is None:
             return
-        share = trainable_share(model)
+        share = {r["part"]: int(r["trainable"]) / max(int(r["total"]), 1) for r in model.parameter_summary()}
         log.info("LoRA trainable share per part: %s", ", ".join(f"{k} {v:.2%}" for k, v in share.items()))
         for logger in pl_module.loggers:
             logger.log_hyperparams({f"params/share/{part}": value for part, value in share.items()})

@@ -1,13 +1,9 @@
-"""Preemption: on SIGTERM (Kubernetes, SLURM preemption, spot reclaim) finish the current global
-step, stop, and let the process exit 0; `RunCheckpoint` writes `last.ckpt` as training ends.
+"""Preemption: on SIGTERM finish the current global step, stop, and let the process exit 0 (docs/reliability.md).
 
-Lightning's own SIGTERM handling stops after the current *micro*-batch (with gradient accumulation
-that is mid-step, which no checkpoint can resume exactly). This callback replaces that handler while
-training runs: the signal only raises a flag; at the next global-step boundary (all ranks agree via
-an all-reduce) it sets `trainer.should_stop`, so the fit ends there and the run's checkpoint
-callback saves `last.ckpt` (weights, optimizer, scheduler, data position, callback state). The same
-command with `auto_resume=true` (or `ckpt_path=last`) and the same run dir then continues exactly.
-SLURM's requeue signal (SIGUSR1 with `SLURMEnvironment(auto_requeue=True)`) is left to Lightning.
+Lightning's own SIGTERM handling stops after the current *micro*-batch, which with gradient
+accumulation is mid-step and cannot be resumed exactly; here the signal only raises a flag and the
+fit stops at the next global-step boundary (all ranks agree by an all-reduce), where `RunCheckpoint`
+saves `last.ckpt`. SLURM's requeue signal is left to Lightning's `SLURMEnvironment`.
 """
 from __future__ import annotations
 

@@ -1,13 +1,11 @@
-"""Shared by the console scripts: where the configs live, composing them without the `@hydra.main`
-decorator, and turning a user's mistake into one line and exit code 2:
+"""Shared by the console scripts: where the configs live, `compose` outside `@hydra.main`, and a user's
+mistake as one line and exit code 2 (docs/architecture.md, "The run path"):
 
     @hydra_app("dsvl-eval", config_name="eval")
     def main(cfg: DictConfig) -> None: ...
 
-`main()` (the console-script entry) first composes the command line the way Hydra will and prints a
-composition error (unknown option, key or override syntax) as `dsvl-eval: error: <one line>` with exit
-code 2 (`precheck_overrides`); then Hydra runs the task, and a `dsvl.errors.UserError` raised by it ends
-the same way (`guarded`). Bugs keep their traceback. Scripts without Hydra (argparse) call `guarded`.
+`precheck_overrides` reports Hydra's composition errors, `guarded` a `dsvl.errors.UserError` raised by
+the task; bugs keep their traceback. Scripts without Hydra (argparse) call `guarded`.
 """
 from __future__ import annotations
 

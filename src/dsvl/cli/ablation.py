@@ -49,7 +49,7 @@ def evaluate_model(model: Any, tokenizer: Any, data_dir: Path, system_prompt: st
 
 
 def evaluate_checkpoint(checkpoint: Path, data_dir: Path, mc: bool = True, limit: int | None = None) -> dict[str, Any]:
-    """`evaluate_model` of a stage's checkpoint (model rebuilt from its run config, as dsvl-eval does)."""
+    """`evaluate_model` of a stage's checkpoint (rebuilt from its saved hyperparameters, as dsvl-eval does)."""
     from dsvl.cli.evaluate import load_for_inference
 
     loaded = load_for_inference(checkpoint, device="cpu")

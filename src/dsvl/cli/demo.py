@@ -28,7 +28,7 @@ log = logging.getLogger("dsvl.demo")
 CHANCE = 0.25
 
 
-def evaluate_export(export_dir: Path, data_dir: Path, system_prompt: str | None) -> dict[str, Any]:
+def evaluate_export(export_dir: Path, data_dir: Path) -> dict[str, Any]:
     """Load the exported dir as users would (transformers + dsvl) and score held-out test data."""
     from transformers import AutoConfig
 
@@ -38,7 +38,7 @@ def evaluate_export(export_dir: Path, data_dir: Path, system_prompt: str | None)
     hf_config = AutoConfig.from_pretrained(str(export_dir))  # the directory is a transformers model dir
     loaded = load_for_inference(export_dir, device="cpu")
     mc = evaluate_mc(loaded.model, loaded.tokenizer, str(data_dir / "mc" / "test"), mode="text", batch_size=16,
-                     system_prompt=system_prompt)  # as the SFT data rendered conversations
+                     system_prompt=loaded.system_prompt)  # the export's: as the SFT data rendered conversations
     text = evaluate_text(loaded.model, loaded.tokenizer, str(data_dir / "pretrain" / "text" / "test"), batch_size=32)
     return {"model_type": hf_config.model_type, "mc": mc, "text": text}
 
@@ -102,13 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.progress:
             common.append("++trainer.enable_progress_bar=false")
         results = run_pipeline("demo", out, [*common, *args.overrides], last_overrides=[f"export_dir={export_dir}"])
-        sft_system_prompt = None
-        cfg_path = results[-1].output_dir / "config_resolved.yaml"
-        if cfg_path.is_file():
-            from omegaconf import OmegaConf
-
-            sft_system_prompt = OmegaConf.load(cfg_path).data.get("system_prompt")
-        evaluation = evaluate_export(export_dir, data_dir, sft_system_prompt)
+        evaluation = evaluate_export(export_dir, data_dir)
         plots = {}
         for r in results:
             try:

@@ -7,7 +7,7 @@ Loading lives here (it reuses the training side's checkpoint reader); the evalua
     dsvl-eval checkpoint=outputs/train/<run>/checkpoints/last.ckpt mc.shards=data/demo/mc/val
     dsvl-eval checkpoint=outputs/export/demo text.shards=data/demo/pretrain/text/val mc.modes=[text,letter]
 
-Accepts a Lightning `.ckpt` of `dsvl-train` (the model config comes from its run dir) and an
+Accepts a Lightning `.ckpt` of `dsvl-train` (it saves its model config, tokenizer and system prompt) and an
 exported `save_pretrained` directory alike (`load_for_inference`, shared with `dsvl-chat`).
 Prints a table and writes a JSON report.
 """
@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from dsvl.cli._config import hydra_app, one_line
@@ -33,7 +32,6 @@ from dsvl.eval.evaluate import EvalError, evaluate_benchmark, evaluate_mc, evalu
 log = logging.getLogger(__name__)
 
 PROG = "dsvl-eval"
-RUN_CONFIG_NAMES = ("config_resolved.yaml", ".hydra/config.yaml")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 SYSTEM_PROMPT_AUTO = "auto"
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -49,62 +47,15 @@ class LoadedModel:
     source: str  # "checkpoint" or "exported"
     path: Path
     tokenizer_path: str
-    system_prompt: str | None  # the training run's when known, else DeepSeek-VL's default
+    system_prompt: str | None  # the one the model trained with when known, else DeepSeek-VL's default
 
 
 # ---------------------------------------------------------------------------------------- loading
-def load_run_config(path: Path) -> DictConfig | None:
-    """The saved config of the training run above a checkpoint (run_dir/checkpoints/last.ckpt) or in/above an export dir."""
-    start = path.resolve()
-    for parent in ([start] if start.is_dir() else []) + list(start.parents)[:3]:
-        for found in (parent / name for name in RUN_CONFIG_NAMES if (parent / name).is_file()):
-            try:
-                cfg = OmegaConf.load(found)
-            except (OSError, OmegaConfBaseException) as e:
-                raise EvalError(f"{found}: unreadable run config ({one_line(e)})") from None
-            return cfg if isinstance(cfg, DictConfig) else None
-    return None
-
-
-def _model_node(checkpoint: Path, run_cfg: DictConfig | None, model_cfg: Any = None) -> dict[str, Any]:
-    """The model config to rebuild a checkpoint's model: the given node wins over the run's."""
-    node = model_cfg if model_cfg is not None else (run_cfg.get("model") if run_cfg is not None else None)
-    if node is None:
-        raise EvalError(f"{checkpoint}: no run config (.hydra/config.yaml) above it to rebuild the model; pass model=<preset>")
-    try:
-        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-    except OmegaConfBaseException as e:
-        raise EvalError(f"{checkpoint}: the run's model config does not resolve ({one_line(e)})") from None
-
-
-def _run_data(run_cfg: DictConfig | None, key: str, default: Any = None) -> Any:
-    """`data.<key>` of the training run's config; `default` when it is absent or does not resolve."""
-    try:
-        data = run_cfg.get("data") if run_cfg is not None else None
-        return data[key] if isinstance(data, DictConfig) and key in data else default
-    except OmegaConfBaseException:
-        return default
-
-
 def _check_tokenizer_dir(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir() or not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise EvalError(f"no tokenizer in {p} (expected tokenizer.json / tokenizer_config.json); pass --tokenizer / tokenizer=DIR")
     return p
-
-
-def _locate(path: str | None, anchor: Path) -> str | None:
-    """A run-config path as given if it exists from here, else relative to the run's ancestors.
-
-    Training configs hold paths relative to where training was launched (`data/demo/tokenizer`);
-    evaluating from elsewhere should still find them next to the run's outputs tree.
-    """
-    if path is None or Path(path).is_absolute() or Path(path).exists():
-        return path
-    for parent in anchor.resolve().parents:
-        if (parent / path).exists():
-            return str(parent / path)
-    return path
 
 
 def load_tokenizer(path: str | Path) -> Any:
@@ -145,27 +96,24 @@ def load_for_inference(
     tokenizer: str | Path | None = None,
     device: str | torch.device | None = "cpu",
     dtype: str | None = None,
-    model_cfg: Any = None,
     adapter: str | Path | None = None,
 ) -> LoadedModel:
     """Model + tokenizer from a dsvl `.ckpt`, an exported directory, or a base directory plus a peft
     `adapter` directory, in eval mode on `device`.
 
-    Checkpoints load with `torch.load(weights_only=True)` and rebuild their model from the hyperparameters
-    they saved (older ones: the run's `config_resolved.yaml` / `.hydra/config.yaml` above the file), unless
-    `model_cfg` is given. The system prompt is the one the model was trained with: the export's or
-    adapter's `dsvl_chat.json`, else the run config's, else DeepSeek-VL's default.
+    Checkpoints load with `torch.load(weights_only=True)` and rebuild their model, tokenizer and system prompt
+    from the stage's saved hyperparameters; exports and adapters give their system prompt in `dsvl_chat.json`
+    (else DeepSeek-VL's default).
     """
-    from dsvl.model import ConfigError, VisionLanguageModel, build_model
+    from dsvl.model import ConfigError, VisionLanguageModel
     from dsvl.model.export import exported_system_prompt
-    from dsvl.stages.checkpoint import InitFromError, load_init_weights, read_checkpoint
+    from dsvl.stages.checkpoint import InitFromError, load_stage_checkpoint
 
     p = Path(path).expanduser()
     if not p.exists():
         raise EvalError(f"model not found: {p}")
     tok_path: str | None = str(_check_tokenizer_dir(tokenizer)) if tokenizer else None
-    run_cfg = load_run_config(p)
-    system_prompt = _run_data(run_cfg, "system_prompt", DEFAULT_SYSTEM_PROMPT) or None  # null in the run: none
+    system_prompt = DEFAULT_SYSTEM_PROMPT
     try:
         if adapter or p.is_dir():
             if not (p / "config.json").is_file():
@@ -177,18 +125,15 @@ def load_for_inference(
                 system_prompt = exported_system_prompt(folder, system_prompt)
             source = "adapter" if adapter else "exported"
         elif p.suffix in (".ckpt", ".pt", ".pth"):
-            ckpt = read_checkpoint(p)
-            saved = dict(ckpt.get("hyper_parameters") or {}) if model_cfg is None else {}
-            node = dict(saved["model_config"]) if saved.get("model_config") else _model_node(p, run_cfg, model_cfg)
-            tok_path = tok_path or _locate(saved.get("tokenizer"), p) or _locate(_run_data(run_cfg, "tokenizer"), p)
+            saved = load_stage_checkpoint(p)
+            if "system_prompt" not in saved.hparams:
+                raise EvalError(f"{p}: written by an older dsvl-train (no system_prompt among its hyperparameters); "
+                                "retrain it with this version")
+            model, system_prompt = saved.model, saved.hparams["system_prompt"]
+            tok_path = tok_path or saved.hparams.get("tokenizer")
             if tok_path is None:
-                raise EvalError(f"{p}: the run config names no tokenizer; pass --tokenizer / tokenizer=DIR")
+                raise EvalError(f"{p}: the checkpoint names no tokenizer; pass --tokenizer / tokenizer=DIR")
             tok = load_tokenizer(tok_path)
-            # as training does (dsvl.cli.train.align_model_to_data): the image token is the tokenizer's
-            # (.hydra/config.yaml keeps the preset's placeholder id; config_resolved.yaml the aligned one)
-            node["image_token_id"] = int(tok.convert_tokens_to_ids(IMAGE_TOKEN))
-            model = build_model(node)
-            load_init_weights(model, p, ckpt)
             source = "checkpoint"
         else:
             raise EvalError(f"{p}: expected a Lightning .ckpt file or an exported model directory")
@@ -231,8 +176,8 @@ def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str,
     bad = [m for m in modes if m not in ("text", "letter")]
     if bad:
         raise EvalError(f"mc.modes: unknown mode {bad[0]!r}; accepted: text, letter")
-    loaded = load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), cfg.get("device"), cfg.get("dtype"), cfg.get("model"),
-                                cfg.get("adapter"))
+    loaded = load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), cfg.get("device"), cfg.get("dtype"),
+                                adapter=cfg.get("adapter"))
     system_prompt = pick_system_prompt(cfg.get("system_prompt"), loaded)
     report: dict[str, Any] = {"model": str(loaded.path), "source": loaded.source, "tokenizer": loaded.tokenizer_path,
                               "device": str(next(loaded.model.parameters()).device), "system_prompt": system_prompt}

@@ -1,14 +1,8 @@
-"""`dsvl-train`: one training stage, read top to bottom in `train(cfg)`.
+"""`dsvl-train`: one training stage, read top to bottom in `train(cfg)` (docs/architecture.md, "The run path").
 
     dsvl-train experiment=demo/align
-    dsvl-train experiment=deepseek_vl_1.3b/stage2_pretrain trainer=ddp logger=wandb
-    dsvl-train experiment=demo/pretrain init_from=outputs/demo_align/.../checkpoints/last.ckpt
     dsvl-train experiment=demo/pretrain hydra.run.dir=outputs/my_run auto_resume=true
     dsvl-train -m experiment=demo/align optim.lr=1e-3,3e-3
-
-`train(cfg)`: check the config -> Trainer (world size, accumulation) -> datamodule -> model and
-stage -> fit (Lightning resumes from `ckpt_path`) -> validate -> export -> metrics. `dsvl-pipeline`
-and `dsvl-demo` call it once per stage.
 """
 from __future__ import annotations
 
@@ -110,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("init_from"):
         (defer_weights if on_meta else load_init_weights)(model, cfg.init_from)
     stage = instantiate(cfg.stage, model=model, model_config=OmegaConf.to_container(cfg.model, resolve=True),
-                        tokenizer=getattr(data_tokenizer(datamodule), "name_or_path", None),
+                        tokenizer=tokenizer_dir(datamodule), system_prompt=getattr(datamodule, "system_prompt", None),
                         optimizer=instantiate(cfg.optim, _convert_="all") if cfg.get("optim") else None,
                         scheduler=instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None,
                         _convert_="all", _recursive_=False)  # model_config stays a plain dict
@@ -311,6 +305,12 @@ def data_tokenizer(datamodule: Any) -> Any | None:
     """The transformers tokenizer the datamodule encodes with (None when it has none)."""
     text = getattr(getattr(datamodule, "encoder", None), "text", None)
     return getattr(text, "tokenizer", None) or getattr(datamodule, "tokenizer", None)
+
+
+def tokenizer_dir(datamodule: Any) -> str | None:
+    """The absolute directory of the datamodule's tokenizer: the checkpoint names it for eval/chat run from anywhere."""
+    path = getattr(data_tokenizer(datamodule), "name_or_path", None)
+    return str(Path(path).resolve()) if path else None
 
 
 def align_model_to_data(cfg: DictConfig, datamodule: Any) -> None:

@@ -12,7 +12,7 @@ from dsvl.data.encode import SampleEncoder
 from dsvl.data.grouped import BatchingConfig, EvalBatches, GlobalStepBatches
 from dsvl.data.images import ImagePreprocessor
 from dsvl.data.mixture import Mixture, SourceConfig, parse_sources
-from dsvl.data.packing import model_inputs_for_packed, pack_rows
+from dsvl.data.packing import pack_rows
 from dsvl.data.schedule import ModalitySchedule
 from dsvl.data.schema import Sample, parse_sample
 from dsvl.data.streams import expand_urls, iter_samples, read_tar
@@ -24,6 +24,6 @@ __all__ = [
     "BadSample", "BatchingConfig", "DataAccounting", "DataError", "DSVLDataModule", "Encoded", "EvalBatches", "GlobalStepBatches",
     "ImagePreprocessor", "Mixture", "ModalitySchedule", "Sample", "SampleEncoder", "SkipCounter", "SkipReason",
     "SourceConfig", "TextEncoder", "collate", "collate_rows", "conversation_segments", "expand_urls",
-    "format_conversation", "iter_samples", "load_tokenizer", "model_inputs_for_packed", "pack_rows", "parse_sample",
+    "format_conversation", "iter_samples", "load_tokenizer", "pack_rows", "parse_sample",
     "parse_sources", "read_tar",
 ]

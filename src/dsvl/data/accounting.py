@@ -30,6 +30,12 @@ class DataAccounting:
         steps = sum(t["steps"] for t in self.totals.values())
         return self.totals["text"]["steps"] / steps if steps and "text" in self.totals else float("nan")
 
+    @property
+    def text_share(self) -> float:
+        """Share of text steps among the single-modality ones (mixed steps left out; nan before any)."""
+        text, multimodal = (self.totals[m]["steps"] if m in self.totals else 0 for m in ("text", "multimodal"))
+        return text / (text + multimodal) if text + multimodal else float("nan")
+
     def as_dict(self) -> dict[str, float]:
         """Flat metric names, e.g. ``text/tokens``, ``multimodal/pad_tokens``, ``language_ratio``."""
         out: dict[str, float] = {f"{m}/{k}": v for m, t in sorted(self.totals.items()) for k, v in t.items()}

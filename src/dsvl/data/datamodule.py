@@ -1,19 +1,8 @@
 """`DSVLDataModule`: the Lightning side of the data pipeline, built from Hydra config (conf/data/).
 
-Trainer wiring (see docs/data_format.md, "Training with DSVLDataModule"):
-- the train loader is endless: set ``max_steps`` and an integer ``val_check_interval`` with
-  ``check_val_every_n_epoch=None``; ``use_distributed_sampler`` is irrelevant (the dataset
-  shards itself by rank and worker and the DataLoader has batch_size=None);
-- ``accumulate_grad_batches`` is read from the trainer (one global step = that many
-  micro-batches, all of one modality);
-- the module's ``on_before_batch_transfer`` strips ``batch["state"]`` and records the position;
-  a LightningModule that overrides ``on_before_batch_transfer`` must call
-  ``trainer.datamodule.on_before_batch_transfer(batch, idx)`` first.
-
-Elastic resume: the checkpoint keeps the position of each logical data part (grouped.py), so a
-run resumes exactly on any world size and `num_workers` whose product max(num_workers, 1) *
-world_size divides `parts` (fixed at the first launch). Other layouts fail before training
-(one line) unless `elastic_restart=true`, which restarts the streams.
+Trainer wiring (endless train loader, accumulation from the trainer, `on_before_batch_transfer`
+recording the data position) is in docs/data_format.md, "Trainer wiring"; elastic resume over
+logical data parts in docs/scale.md.
 """
 from __future__ import annotations
 

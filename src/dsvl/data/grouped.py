@@ -1,22 +1,11 @@
 """Modality-grouped micro-batches (DeepSeek-VL paper): every global step draws all its micro-batches
 from the stream its modality names.
 
-The data is split into V logical *parts*, fixed for the life of a run whatever the layout (each
-part owns shards k::V of every source, its mixtures, shuffle buffers, packers and skip counter).
-Micro-batches have a global index g = i * R + r (rank r's local micro-batch i, R ranks); micro-batch
-g belongs to global step g // (accumulate_grad_batches * R), whose modality comes from the
-schedule, and is built by part g mod V from that part's state alone. `GlobalStepBatches` is one
-rank's IterableDataset: DataLoader worker k of W walks local indices i = i0 + k + tW (the
-DataLoader's in-order round robin hands them to the trainer in index order); when R * W divides V
-it meets V / (R * W) parts, cyclically, and keeps each one's streams. So the global sequence of
-micro-batches depends on V, the micro-batch size and the global batch, not on R or W: a run
-resumed on another world size or worker count continues it exactly. Each batch carries
-``batch["state"]`` (its indices and its part's position after it); `DSVLDataModule` strips it
-before the batch reaches the model and keeps the latest position per part for `state_dict`.
-
-Modes: ``grouped`` (the paper), ``mixed`` (both modalities inside every micro-batch, by the
-same scheduled ratio: the baseline the benchmark compares against), ``text_only``,
-``multimodal_only`` (stage 1).
+The data is split into logical *parts* fixed for the life of a run; micro-batch g (global index
+i * world_size + rank) is built by part g mod parts from that part's state alone, so a run resumed
+on another world size or worker count continues the same sequence (docs/scale.md). Each batch
+carries ``batch["state"]``, which `DSVLDataModule` strips and keeps for `state_dict`. Modes:
+``grouped``, ``mixed`` (both modalities in every micro-batch), ``text_only``, ``multimodal_only``.
 """
 from __future__ import annotations
 

@@ -1,21 +1,8 @@
 """Sequence packing: several samples (text, or multimodal with all their images) per row of `max_length`.
 
-`BufferedPacker` keeps a bounded look-ahead buffer of pending samples drawn from a stream and
-fills each micro-batch's rows by best-fit decreasing: every row is first seeded with one of the
-oldest pending samples (so no sample waits more than about buffer_size / rows micro-batches),
-then the remaining samples, longest first, each go to the row whose free space fits them most
-tightly. Everything is a function of the stream's order, so packing is deterministic; its state
-is the stream position just before the oldest pending sample plus which of the samples drawn
-since are still pending, so a resume replays the buffer exactly (nothing lost or duplicated).
-
-Isolation: `collate_rows` restarts `position_ids` at 0 for every sample. transformers (5.x)
-Llama-family models then keep attention inside each sample when called with
-``attention_mask=None``, ``use_cache=False`` and these `position_ids`
-(`masking_utils.find_packed_sequence_indices`; flash-attention-2 varlen on GPU); with a 2D
-attention_mask they would NOT isolate, so `model_inputs_for_packed` (and the core's forward)
-drop it. The images of a row are concatenated in sample order, i.e. in placeholder order, so the
-core scatters each sample's features at its own image tokens. tests/data/test_packing.py checks
-per-sample losses and gradients to 1e-5.
+`BufferedPacker` fills rows best-fit decreasing from a bounded, deterministic look-ahead buffer whose
+state resumes exactly; packed rows restart `position_ids` per sample and drop the 2D attention mask,
+which is how transformers isolates them (docs/packing.md; tests/data/test_packing.py checks it).
 """
 from __future__ import annotations
 
@@ -117,15 +104,3 @@ class BufferedPacker:
             if i in keep:
                 self.buffer.append(_Pending(i, sample, before))
         self._drawn = int(state.get("drawn", 0))
-
-
-def model_inputs_for_packed(batch: dict[str, Any]) -> dict[str, Any]:
-    """The kwargs for a transformers causal LM: for packed batches attention_mask is replaced by
-    None so the model isolates samples from `position_ids` (padding is only at the row's end, a
-    segment of its own, and carries label -100)."""
-    keys = ("input_ids", "attention_mask", "position_ids", "labels")
-    kwargs = {k: batch[k] for k in keys if k in batch}
-    if "position_ids" in batch:
-        kwargs["attention_mask"] = None
-        kwargs["use_cache"] = False  # with a KV cache transformers skips packed-sequence detection
-    return kwargs

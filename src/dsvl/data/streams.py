@@ -1,17 +1,9 @@
 """Webdataset shard streams: read tars, split across ranks and workers, shuffle, resume by position.
 
-A `SourceReader` is one part of one source (training: a logical data part, see grouped.py;
-evaluation: a (rank, worker) part). Each epoch it shuffles the shard list with (seed, source,
-epoch), takes its part (whole shards when there are at least as many shards as parts, else every
-n-th sample of all shards), shuffles samples through a seeded buffer and counts how many raw
-samples it consumed. Parts are disjoint within an epoch, so two parts never see the same sample
-of that epoch.
-
-Its position ``(epoch, offset, where)`` resumes in constant time: `where` holds the byte offset
-in the current shard of the next sample to read, the shuffle buffer's members as references
-(shard, byte offset) and the buffer's random state, so a resume re-reads at most the buffer,
-whatever the step. (Shards that cannot be seeked, e.g. compressed or remote, are re-read up to
-the sample instead; a position without `where` replays the epoch up to `offset`.)
+A `SourceReader` is one part of one source: per epoch a seeded shard shuffle, its disjoint share
+(whole shards, or every n-th sample when shards are fewer than parts), a seeded shuffle buffer. Its
+position ``(epoch, offset, where)`` resumes in constant time from byte offsets where the shard can
+be seeked, else by re-reading up to `offset` (docs/scale.md).
 """
 from __future__ import annotations
 

@@ -1,18 +1,8 @@
-"""The demo's pretrained parts, made locally from the demo world in seconds (DeepSeek-VL starts
-from a language model and vision encoders that already work; the demo must too).
-
-- `llm/`: transformers `LlamaForCausalLM` pretrained on the world's text only (the facts
-  documents and the captions without their images): the role of DeepSeek-LLM.
-- `siglip/`: `SiglipVisionModel` pretrained to classify what a caption says about its image
-  (colour, shape, count: three softmax heads on the mean of its tokens, then dropped), on images of
-  the parts' own random stream, ten per stage-1 pair. SigLIP's sigmoid image-text loss on the
-  stage-1 pairs taught the tiny tower colour and little shape (docs/demo.md, measured).
-- `sam/`: `SamVisionModel` pretrained contrastively (CLIP's softmax InfoNCE, `image_text_contrastive_loss`) on the
-  pooled neck output against its own small text tower, also dropped.
-
-Every tower reads images through `dsvl.data.ImagePreprocessor` with the same spec training uses.
-Sizes live in `PART_CONFIGS`; `conf/model/demo.yaml` must describe the same checkpoints (its
-per-part `pretrained` keys point here). Deterministic: fixed seeds, a fixed thread count.
+"""The demo's pretrained parts, made locally from the demo world in seconds (DeepSeek-VL starts from a
+language model and vision encoders that already work; the demo must too): `llm/` (next-token on the
+world's text), `siglip/` (attribute classification of its images), `sam/` (contrastive image-text),
+each saved in transformers' layout; objectives and data in docs/demo.md. Sizes live in
+`PART_CONFIGS`, which `conf/model/demo.yaml` must describe. Deterministic: fixed seeds and threads.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
 from dsvl.data.images import ImagePreprocessor
@@ -77,14 +78,10 @@ def user_turn(question: str, num_images: int) -> dict[str, str]:
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """(input_ids, attention_mask) with rows right-aligned, pads on the left."""
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, length - len(row):] = torch.tensor(list(row), dtype=torch.long)
-            mask[i, length - len(row):] = 1
-    return ids, mask
+    ids = [torch.tensor(list(row), dtype=torch.long) for row in rows]
+    mask = [torch.ones_like(row) for row in ids]
+    return (pad_sequence(ids, batch_first=True, padding_value=pad_id, padding_side="left"),
+            pad_sequence(mask, batch_first=True, padding_side="left"))
 
 
 class ChatGenerator:

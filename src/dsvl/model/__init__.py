@@ -6,12 +6,10 @@ from .adaptor import HybridSplitMLPGelu, LinearAdaptor, MLPGelu
 from .build import build_model, vision_spec, weight_sources
 from .errors import ConfigError
 from .hf_interop import config_from_hf, hf_image_processor, to_hf_config
-from .hf_keys import convert_state_dict
 from .llm import causal_lm
 from .materialize import WeightSource, load_weights, materialize
 from .presets import available_presets, model_config
 from .spec import ImageInputSpec, VisionSpec
-from .summary import format_summary, parameter_summary
 from .vision import SamTower, SiglipTower, VisionEncoder
 from .vlm import VisionLanguageModel, VLMOutput, next_token_loss
 
@@ -30,14 +28,11 @@ __all__ = [
     "available_presets",
     "build_model",
     "config_from_hf",
-    "convert_state_dict",
     "hf_image_processor",
     "model_config",
     "to_hf_config",
     "causal_lm",
-    "format_summary",
     "next_token_loss",
-    "parameter_summary",
     "vision_spec",
     "WeightSource",
     "load_weights",

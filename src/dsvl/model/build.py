@@ -18,6 +18,7 @@ import torch
 
 from .assemble import assemble, build_vision
 from .cfgutil import to_plain
+from .checked_load import weights_source
 from .errors import ConfigError
 from .hf_keys import key_map
 from .lora import lora_settings
@@ -47,14 +48,7 @@ def _without_weights(node: Any) -> Any:
 
 def _pretrained(config: Mapping[str, Any]) -> str | None:
     """The whole-model checkpoint (`pretrained`: True = `hub_id`, or a path / hub id), or None."""
-    pretrained = config.get("pretrained")
-    if pretrained in (None, False):
-        return None
-    if pretrained is True:
-        if not config.get("hub_id"):
-            raise ConfigError("model.pretrained=true needs model.hub_id; accepted: a hub id or local directory")
-        return str(config["hub_id"])
-    return str(pretrained)
+    return weights_source(config.get("pretrained"), config.get("hub_id"), "model.")
 
 
 def _local_dir(source: str) -> str:
@@ -85,7 +79,7 @@ def _part_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     parts = (("vision.low.model.", config["vision"].get("low")), ("vision.high.model.", config["vision"].get("high")),
              ("llm.", config["llm"]))
     return [(prefix, src) for prefix, node in parts if isinstance(node, Mapping)
-            and (src := _pretrained({"pretrained": node.get("pretrained"), "hub_id": node.get("hub_id")})) is not None]
+            and (src := weights_source(node.get("pretrained"), node.get("hub_id"))) is not None]
 
 
 def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:

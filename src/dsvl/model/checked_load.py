@@ -14,6 +14,15 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def weights_source(pretrained: Any, hub_id: str | None, key: str = "") -> str | None:
+    """Where a part's weights come from: None (random init), `hub_id` (pretrained=true) or the path / hub id given."""
+    if pretrained in (None, False):
+        return None
+    if pretrained is True and not hub_id:
+        raise ConfigError(f"{key}pretrained=true needs {key}hub_id; accepted: a hub id or a local directory")
+    return hub_id if pretrained is True else str(pretrained)
+
+
 def from_pretrained_checked(cls: Any, source: str, key: str, **kwargs: Any) -> Any:
     """`cls.from_pretrained(source, **kwargs)`; ConfigError (one line) when any of its weights was not in `source`."""
     try:

@@ -25,7 +25,7 @@ SEP = "\\n\\n"  # a jinja string escape: the template's "\n\n"
 
 
 def deepseek_chat_template(system_prompt: str | None, eos_token: str, image_token: str = IMAGE_TOKEN) -> str:
-    """A jinja chat template rendering DeepSeek-VL's "deepseek" format (SPEC.md §2), as `dsvl.data.chat` does.
+    """A jinja chat template rendering DeepSeek-VL's "deepseek" format, as `dsvl.data.chat` does.
 
     `{system}\\n\\nUser: {content}\\n\\nAssistant: {answer}<eos>...Assistant:`; a leading system
     message replaces the default `system_prompt` (None or "" = no system block). Content is a

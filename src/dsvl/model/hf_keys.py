@@ -3,8 +3,6 @@ prefix holds which dsvl part. Kept apart from loading and saving (`hf_interop`) 
 sharded loads and exports all need the names without the loaders."""
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from .adaptor import HybridSplitMLPGelu, MLPGelu
@@ -40,32 +38,6 @@ def key_map(arch: str, llm_prefix: str = "model") -> list[tuple[str, str]]:
             ("model.aligner.proj.", "adaptor.proj."),
         ]
     raise ConfigError(f"unknown transformers architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
-
-
-def _rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
-    for src, dst in pairs:
-        if key == src or (src.endswith(".") and key.startswith(src)):
-            return dst + key[len(src) :]
-    return None
-
-
-def convert_state_dict(state_dict: dict[str, Any], arch: str, to: str, llm_prefix: str = "model") -> dict[str, Any]:
-    """Rename keys `to="dsvl"` (from a transformers checkpoint) or `to="hf"`; an unmapped key is an error, never dropped."""
-    pairs = key_map(arch, llm_prefix)
-    if to == "hf":
-        pairs = [(d, h) for h, d in pairs]
-    elif to != "dsvl":
-        raise ValueError(f"to={to!r}; accepted: 'dsvl' or 'hf'")
-    out, unmapped = {}, []
-    for key, value in state_dict.items():
-        new = _rename(key, pairs)
-        if new is None:
-            unmapped.append(key)
-        else:
-            out[new] = value
-    if unmapped:
-        raise ValueError(f"{len(unmapped)} keys have no {arch} counterpart, e.g. {unmapped[:3]}")
-    return out
 
 
 def architecture_of(model: nn.Module) -> str:

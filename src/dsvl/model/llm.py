@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .cfgutil import make_hf_config
-from .checked_load import from_pretrained_checked
+from .checked_load import from_pretrained_checked, weights_source
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,8 @@ def causal_lm(
     **hf_config: Any,
 ) -> PreTrainedModel:
     """`AutoModelForCausalLM` from config keys (random init), or from `pretrained` (True = `hub_id`, or a path / hub id)."""
-    if pretrained not in (None, False):
-        src = hub_id if pretrained is True else str(pretrained)
-        if not src:
-            raise ConfigError("pretrained=true needs hub_id; accepted: a hub id or a local directory")
+    src = weights_source(pretrained, hub_id)
+    if src is not None:
         log.info("LLM: loading weights from %s", src)
         return from_pretrained_checked(AutoModelForCausalLM, src, "llm", **hf_config)
     if config is None:

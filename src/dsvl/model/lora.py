@@ -1,16 +1,6 @@
-"""LoRA / QLoRA with peft on a `VisionLanguageModel`, and adapters in peft's own format.
-
-`model.lora` (Hydra node, conf/model/lora/):
-
-    r: 16, alpha: 32, dropout: 0.05
-    targets: {llm: [q_proj, ..., down_proj], vision.low: [q_proj, k_proj, v_proj, out_proj]}
-    load_in_4bit: false   # QLoRA: the LLM's linear layers in 4-bit NF4 (bitsandbytes, CUDA only)
-
-Adapters go into the dsvl model's parts with `peft.inject_adapter_in_model` (same LoRA layers as
-`get_peft_model`). `save_adapter` writes `adapter_config.json` + `adapter_model.safetensors` under
-transformers' DeepSeek-VL names, so `PeftModel.from_pretrained(<the base checkpoint>, dir)` loads
-it; fully trained parts (the adaptor by default) travel as peft `modules_to_save`.
-`merged_lora(model)` folds the adapters into the weights for a merged export and restores them.
+"""LoRA / QLoRA with peft on a `VisionLanguageModel` (`model.lora`, conf/model/lora/), and adapters in
+peft's own format under transformers' DeepSeek-VL names, so `PeftModel.from_pretrained(<base>, dir)`
+loads them (docs/finetune.md). `merged_lora(model)` folds the adapters in for a merged export.
 """
 from __future__ import annotations
 
@@ -210,15 +200,6 @@ def _hf_name(dsvl_name: str, pairs: list[tuple[str, str]]) -> tuple[str, str | N
         if dsvl_name == dsvl:
             return hf, None
     raise ConfigError(f"{dsvl_name} has no transformers counterpart")
-
-
-def trainable_share(model: nn.Module) -> dict[str, float]:
-    """Trainable fraction of each part's parameters (what a LoRA run logs as `params/share/<part>`)."""
-    out = {}
-    for part, module in model.parts().items():
-        total = sum(p.numel() for p in module.parameters())
-        out[part] = sum(p.numel() for p in module.parameters() if p.requires_grad) / max(total, 1)
-    return out
 
 
 def adapter_config(adapter_dir: str | Path) -> dict[str, Any]:

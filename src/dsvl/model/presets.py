@@ -1,6 +1,6 @@
 """Model presets by name without a Hydra app: `model_config("tiny", ["model/adaptor=mlp_gelu"])` -> plain dict.
 
-Hydra is imported inside the function only (DESIGN.md: `dsvl.model` never needs Hydra to import).
+Hydra is imported inside the function only: `dsvl.model` never needs Hydra to import.
 The configs are the package's `conf/` (a copy travels in the wheel), so this works outside the repo.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loading checkpoints without running code from them (DESIGN.md principle 6; a checkpoint is never a way in).
+"""Loading checkpoints without running code from them (a checkpoint is never a way in).
 
 Every checkpoint dsvl reads goes through here: `.safetensors` files with safetensors, everything
 else (Lightning `.ckpt`, `.pt`, `.bin`) with `torch.load(weights_only=True)`, whose unpickler

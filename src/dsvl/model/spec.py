@@ -1,6 +1,6 @@
 """What the data pipeline needs to know about a model's vision side, without building weights.
 
-This is the only thing `dsvl.data` imports from `dsvl.model` (DESIGN.md): image sizes,
+This is the only thing `dsvl.data` imports from `dsvl.model`: image sizes,
 normalisation per tower, the tensor name each tower reads, and visual tokens per image.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
     DeepseekVLSamVisionProj,
 )
 
-from .checked_load import from_pretrained_checked
+from .checked_load import from_pretrained_checked, weights_source
 from .cfgutil import instantiate, make_hf_config
 from .errors import ConfigError
 from .spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
@@ -82,17 +82,6 @@ def _grid(cfg: Any) -> int:
     return size // patch
 
 
-def _source(pretrained: Any, hub_id: str | None) -> str | None:
-    """Where to load weights from: None (random init), True (the preset's hub_id) or a path / hub id."""
-    if pretrained in (None, False):
-        return None
-    if pretrained is True:
-        if not hub_id:
-            raise ConfigError("pretrained=true needs hub_id; accepted: a hub id or a local directory")
-        return hub_id
-    return str(pretrained)
-
-
 class SiglipTower(nn.Module):
     """Low-res semantic branch: transformers' `SiglipVisionModel`, its last hidden state as features.
 
@@ -114,7 +103,7 @@ class SiglipTower(nn.Module):
     ) -> None:
         super().__init__()
         hf_config.setdefault("vision_use_head", False)
-        src = _source(pretrained, hub_id)
+        src = weights_source(pretrained, hub_id)
         if src is not None:
             log.info("SigLIP tower: loading weights from %s", src)
             self.model = from_pretrained_checked(SiglipVisionModel, src, "vision.low", **hf_config)
@@ -153,7 +142,7 @@ class SamTower(nn.Module):
         **hf_config: Any,
     ) -> None:
         super().__init__()
-        src = _source(pretrained, hub_id)
+        src = weights_source(pretrained, hub_id)
         if src is not None:
             log.info("SAM tower: loading weights from %s", src)
             self.model = from_pretrained_checked(SamVisionModel, src, "vision.high", **hf_config)

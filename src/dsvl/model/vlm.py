@@ -15,7 +15,6 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .fused_loss import fused_linear_cross_entropy
 from .spec import VisionSpec
-from .summary import parameter_summary
 from .vision import VisionEncoder
 
 log = logging.getLogger(__name__)
@@ -106,8 +105,15 @@ class VisionLanguageModel(nn.Module):
         return {name: module for name, module in parts.items() if module is not None}
 
     def parameter_summary(self) -> list[dict[str, int | str]]:
-        """Rows `{part, total, trainable}`, one per part of `parts()`."""
-        return parameter_summary(self.parts())
+        """Rows `{part, total, trainable}`, one per part of `parts()`; a parameter shared by two parts counts in the first."""
+        seen: set[int] = set()
+        rows: list[dict[str, int | str]] = []
+        for name, module in self.parts().items():
+            params = [p for p in module.parameters() if id(p) not in seen]
+            seen.update(id(p) for p in params)
+            rows.append({"part": name, "total": sum(p.numel() for p in params),
+                         "trainable": sum(p.numel() for p in params if p.requires_grad)})
+        return rows
 
     @property
     def vision_spec(self) -> VisionSpec:

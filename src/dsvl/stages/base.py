@@ -31,20 +31,13 @@ BETAS = (0.9, 0.95)  # Table 4, all stages
 
 
 class VLMStage(LightningModule):
-    """One training stage over a `VisionLanguageModel`.
+    """One training stage over a `VisionLanguageModel` (or anything with its `parts()`, `parameter_summary()`
+    and `forward(..., labels=) -> .loss/.num_loss_tokens`).
 
-    Args:
-        model: the shared core (`dsvl.model.VisionLanguageModel` or anything with the same
-            `parts()`, `parameter_summary()` and `forward(..., labels=) -> .loss/.num_loss_tokens`).
-        optimizer: a partial optimizer taking parameter groups (Hydra `_partial_: true`); None
-            gives AdamW(lr=`default_lr`, betas 0.9/0.95, weight decay 0) as in Table 4.
-        scheduler: a partial LR scheduler taking the optimizer; stepped every optimizer step.
-        trainable: part names that train; None gives the stage's `default_trainable`.
-        global_batch: samples per optimizer step over all devices (the CLI derives gradient
-            accumulation from it; kept here so it is logged with the module).
-        model_config: the resolved model config as a plain dict (image token id included), saved
-            as a hyperparameter so a `.ckpt` rebuilds its model alone (`load_stage_checkpoint`).
-        tokenizer: the tokenizer directory the data encodes with (saved the same way, for eval/chat).
+    `optimizer` / `scheduler` are partials (Hydra `_partial_: true`) taking the parameter groups / the
+    optimizer; None gives AdamW(lr=`default_lr`, betas 0.9/0.95, no decay) as in Table 4. `trainable`
+    (None: `default_trainable`) names the parts that train. `global_batch`, `model_config`, `tokenizer`
+    and `system_prompt` are saved as hyperparameters, so a `.ckpt` rebuilds its model and chat setup alone.
     """
 
     stage_name: ClassVar[str] = "stage"
@@ -61,12 +54,14 @@ class VLMStage(LightningModule):
         global_batch: int | None = None,
         model_config: Mapping[str, Any] | None = None,
         tokenizer: str | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         super().__init__()
         # plain values only (no nn.Module, no partials): the checkpoint loads with weights_only=True
         self.save_hyperparameters({"stage_name": self.stage_name, "model_config": dict(model_config or {}),
-                                   "image_token_id": (model_config or {}).get("image_token_id"),
-                                   "tokenizer": tokenizer, "trainable": list(trainable) if trainable is not None else None,
+                                   "image_token_id": (model_config or {}).get("image_token_id"), "tokenizer": tokenizer,
+                                   "system_prompt": system_prompt or None,
+                                   "trainable": list(trainable) if trainable is not None else None,
                                    "global_batch": global_batch})
         self.model = model
         self.optimizer_factory = optimizer

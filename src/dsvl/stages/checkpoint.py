@@ -6,7 +6,7 @@
   deliberately not carried over: a new stage is a new run. (A model built on meta under FSDP2 reads
   `init_from` into its shards instead: `dsvl.stages.strategies.defer_weights`.)
 - `load_stage_checkpoint`: a `.ckpt` alone gives back its model, because the stage saved the
-  resolved model config, image token id and tokenizer directory as hyperparameters (eval, chat).
+  resolved model config, image token id, tokenizer directory and system prompt as hyperparameters (eval, chat).
 """
 from __future__ import annotations
 
@@ -106,16 +106,15 @@ def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     log.info("initialised weights from %s (%d tensors)", path, len(state))
 
 
-def load_init_weights(model: nn.Module, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
-    """Copy weights from `path` (a `.ckpt` file or directory, or an exported directory) into `model`; `ckpt`: the
-    `.ckpt` file already read by `read_checkpoint` (a checkpoint is read once)."""
-    p = Path(path) if ckpt is not None else check_init_from(path)
+def load_init_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy weights from `path` (a `.ckpt` file or directory, or an exported directory) into `model`."""
+    p = check_init_from(path)
     if p.is_dir() and not is_sharded_checkpoint(p):
         from dsvl.model import VisionLanguageModel
 
         _copy_weights(model, VisionLanguageModel.from_pretrained(str(p)).state_dict(), p)
     else:
-        ckpt = ckpt if ckpt is not None else _load(p)
+        ckpt = _load(p)
         _copy_weights(model, _model_state(ckpt, p), p, partial=bool(ckpt.get(ADAPTER_ONLY_KEY)))
 
 
@@ -128,7 +127,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 @dataclass
 class StageCheckpoint:
     """What a stage `.ckpt` holds for inference: the model (weights loaded) and the stage's hyperparameters
-    (`stage_name`, `model_config`, `image_token_id`, `tokenizer` directory, `trainable`, `global_batch`)."""
+    (`stage_name`, `model_config`, `image_token_id`, `tokenizer` directory, `system_prompt`, `trainable`,
+    `global_batch`)."""
 
     model: nn.Module
     hparams: dict[str, Any]
@@ -138,15 +138,16 @@ def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
     """Rebuild the model of a dsvl stage `.ckpt` from its saved hyperparameters and load its weights.
 
     Raises `InitFromError` (a `CheckpointError`, one line) for unsafe files or checkpoints without a
-    model config (written before stages saved their hyperparameters: pass the run's model config).
+    model config (written by a dsvl-train before stages saved their hyperparameters).
     """
     from dsvl.model import build_model
 
     p = check_init_from(path)
-    ckpt = read_checkpoint(p)
+    ckpt = _load(p)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if not hparams.get("model_config"):
-        raise InitFromError(f"{path}: the checkpoint saves no model config (written by an older dsvl); pass the run's model config")
+        raise InitFromError(f"{path}: written by an older dsvl-train (no model_config among its hyperparameters); "
+                            "retrain it with this version")
     model = build_model(hparams["model_config"])
     _copy_weights(model, _model_state(ckpt, p), p, partial=bool(ckpt.get(ADAPTER_ONLY_KEY)))
     return StageCheckpoint(model=model, hparams=hparams)

@@ -1,20 +1,9 @@
 """Token-exact loss of a global step: every supervised token of every micro-batch on every rank weighs the same.
 
-The optimised loss of a global step is (sum of token NLLs over all its micro-batches and ranks) /
-(supervised tokens in the whole global batch), so the gradient is that of one big batch, however
-unevenly the tokens fall over micro-batches (packing, SFT answers-only, modality-grouped steps).
-
-How (torchtune's recipe, on Lightning's automatic optimization):
-- each micro-batch's returned loss keeps its value (the micro-batch's token mean: what Lightning
-  reports and what the NaN guard checks) but carries the gradient of its NLL *sum* times
-  ``accumulate_grad_batches x world_size``, which undoes Lightning's division by the accumulation
-  and DDP's / FSDP's averaging over ranks, so the accumulated gradient is the sum over the global batch;
-- each micro-batch adds its NLL sum and token count to two torchmetrics `SumMetric`s; `on_before_optimizer_step`
-  (after the last backward, before clipping; after the callbacks, so the NaN guard has already dropped
-  a bad step's gradients) syncs them over ranks (once per step) and divides every gradient by the global token
-  count; ``train/loss`` (NLL sum / count) is logged as a token-weighted `MeanMetric` object.
-
-DeepSpeed keeps gradients inside its engine: there the per-micro-batch mean is optimised as before.
+Each micro-batch returns its token mean but carries the gradient of its NLL sum times accumulation x
+world size (undoing Lightning's and DDP's averaging); `finish_step` divides the gradients by the global
+token count once per step, before clipping (docs/packing.md, "Token-exact loss"). DeepSpeed keeps
+gradients inside its engine: there the per-micro-batch mean is optimised as before.
 """
 from __future__ import annotations
 

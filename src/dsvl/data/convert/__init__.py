@@ -1,12 +1,9 @@
-"""`dsvl-data convert`: the formats users already have -> dsvl shards (docs/data_format.md).
+"""`dsvl-data convert`: the formats users already have -> dsvl shards (docs/data_format.md, "Converting").
 
-One small module per input format maps a record to a `Draft` (dsvl text or conversation plus
-image references); this module reads the inputs as a stream, finishes drafts (images read,
-normalised and checked; the sample validated against the shard schema) in `workers` processes in
-input order, and writes ``OUT/multimodal/`` and ``OUT/text/`` (each only when such samples
-occur). Keys are the record's position, shards are written with fixed tar metadata: the same
-input gives byte-identical shards with any number of workers. Every record that cannot become
-a sample is a counted skip with its reason; nothing stops a conversion.
+One small module per input format maps a record to a `Draft`; this module streams the inputs,
+finishes drafts (images read and checked, the sample validated) in `workers` processes in input
+order and writes ``OUT/multimodal/`` and ``OUT/text/``, byte-identical with any number of workers.
+A record that cannot become a sample is a counted skip with its reason; nothing stops a conversion.
 """
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""Input files -> records, streamed in bounded memory.
-
-JSONL is read line by line; a JSON list (LLaVA's files are one list of up to millions of
-records) is decoded record by record from 1 MiB chunks with `json.JSONDecoder.raw_decode`, so
-its size never matters, only the largest single record's. Parquet is read in row batches.
-`.gz`, `.zip` (first member) and `.zst` (with the `zstandard` package) are decompressed on the
-fly; text that is not UTF-8 is decoded with replacement characters. A line or record that does
-not parse is an `Unreadable` item (counted as ``bad_json`` by the converter, never fatal).
+"""Input files -> records, streamed in bounded memory (docs/data_format.md, "Converting"): JSONL by line,
+a JSON list record by record from 1 MiB chunks (`json.JSONDecoder.raw_decode`), parquet in row
+batches, `.gz` / `.zip` / `.zst` on the fly. A line or record that does not parse is an `Unreadable`
+item (counted as ``bad_json`` by the converter, never fatal).
 """
 from __future__ import annotations
 

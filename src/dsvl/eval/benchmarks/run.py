@@ -1,16 +1,9 @@
 """One benchmark on one rank: read the questions, take this rank's share, score them.
 
-Modes (docs/benchmarks.md; as the common toolkits do them):
-- `ppl_text`: the option of lowest mean NLL, the options' texts scored as the answer;
-- `ppl_letter`: the prompt lists the options as "A. ..." lines (MMBench's hint above the
-  question) and the letters are scored;
-- `generate`: greedy decoding from the lettered prompt (yes/no questions: the question alone),
-  and the letter, yes/no or open answer parsed from the reply.
-A `text_ppl` corpus is scored by perplexity whatever the mode.
-
-Every rank reads the whole file (so all agree on the order) and scores questions whose group
-(a circular MMBench question and its copies) falls to it; the caller merges the records of all
-ranks with `results.summarize`.
+Modes `ppl_text`, `ppl_letter`, `generate` as docs/benchmarks.md describes; a `text_ppl` corpus is
+scored by perplexity whatever the mode. Every rank reads the whole file (so all agree on the order)
+and scores the question groups (a circular MMBench question and its copies) that fall to it; the
+caller merges all ranks' records with `results.summarize`.
 """
 from __future__ import annotations
 
