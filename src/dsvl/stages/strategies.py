@@ -30,7 +30,7 @@ import importlib.util
 import json
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +41,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from dsvl.model import WeightSource, materialize, weight_sources
-from dsvl.model.materialize import has_meta_parameters
+from dsvl.model.materialize import has_meta_parameters, materialize_in_units
 from dsvl.model.safe_load import SHARDED_MODEL, is_sharded_checkpoint
 
 log = logging.getLogger(__name__)
@@ -152,9 +152,34 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def builds_on_meta(strategy: Any) -> bool:
-    """True when the run path builds the model on meta and materialises it per shard: FSDP2 (`ModelParallelStrategy`).
-    DDP, DeepSpeed and single-device runs build it whole (so does a `model.lora` config, see `build_model`)."""
-    return isinstance(strategy, ModelParallelStrategy)
+    """True when the run path builds the model on meta and materialises it per shard: FSDP2 (`ModelParallelStrategy`)
+    and DeepSpeed ZeRO-3. DDP, ZeRO-1/2 and single-device runs build it whole (so does a `model.lora` config, see
+    `build_model`)."""
+    return isinstance(strategy, ModelParallelStrategy) or is_zero3(strategy)
+
+
+def is_zero3(strategy: Any) -> bool:
+    """True for Lightning's `DeepSpeedStrategy` at ZeRO stage 3 (parameters partitioned over the ranks)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
+
+
+def zero3_partitioner(config: Mapping[str, Any]) -> Callable[[list[nn.Parameter]], None]:
+    """A function that hands whole parameters to DeepSpeed ZeRO-3 (`config`: the strategy's DeepSpeed config), which
+    keeps this rank's partition of each (in the dtype its config trains in) and frees the rest: what
+    `deepspeed.zero.Init` does to each module built inside it, here for one unit of `materialize_in_units` at a time."""
+    import deepspeed
+
+    init = deepspeed.zero.Init(config_dict_or_path=dict(config))  # not entered: patches nothing, only partitions
+
+    def partition(params: list[nn.Parameter]) -> None:
+        for p in params:
+            if p.is_floating_point():
+                p.data = p.data.to(init.dtype)
+        init._convert_to_zero_parameters(params)  # what DeepSpeed's own `param.convert_to_zero_parameters` calls
+
+    return partition
 
 
 def checkpoint_source(path: str | Path) -> WeightSource:
@@ -187,18 +212,25 @@ def defer_weights(model: nn.Module, init_from: str | Path) -> None:
 def configure_model(stage: Any) -> None:
     """Apply the strategy's parallelism to `stage.model` (the `configure_model` hook of `VLMStage`).
 
-    Only `ModelParallelStrategy` (FSDP2) needs it; DDP and DeepSpeed wrap the module themselves.
-    A meta-built model is sharded, then materialised per shard on the strategy's device.
+    `ModelParallelStrategy` (FSDP2): the model is sharded, then, if built on meta, materialised per shard on the
+    strategy's device. DeepSpeed ZeRO-3 (Lightning calls this inside `deepspeed.zero.Init`): a meta-built model is
+    materialised unit by unit, each unit partitioned as soon as it is filled. Otherwise a no-op (DDP and DeepSpeed
+    wrap the module themselves); idempotent (Lightning calls it again for `validate`).
     """
     trainer = getattr(stage, "_trainer", None)
     strategy = getattr(trainer, "strategy", None)
-    if not isinstance(strategy, ModelParallelStrategy) or is_sharded(stage.model):
-        return
     model = stage.model
-    template = copy.deepcopy(model) if has_meta_parameters(model) else None  # unsharded, still on meta: cheap
+    on_meta = has_meta_parameters(model)
+    sources = [*weight_sources(model), *getattr(model, "deferred_weights", [])] if on_meta else []
+    if is_zero3(strategy) and on_meta:
+        materialize_in_units(model, zero3_partitioner(strategy.config), device=strategy.root_device, sources=sources)
+        log.info("DeepSpeed ZeRO-3 over %d ranks: built on meta, materialised and partitioned unit by unit", strategy.world_size)
+        return
+    if not isinstance(strategy, ModelParallelStrategy) or is_sharded(model):
+        return
+    template = copy.deepcopy(model) if on_meta else None  # unsharded, still on meta: cheap
     counts = shard_model(model, **_fully_shard_kwargs(strategy))
     if template is not None:
-        sources = [*weight_sources(model), *getattr(model, "deferred_weights", [])]
         materialize(model, template, device=strategy.root_device, sources=sources)
     frozen = set(getattr(stage, "frozen_parts", ()))
     log.info("FSDP2 over %d ranks%s: %s", strategy.world_size, " (built on meta, materialised per shard)" if template else "",
