@@ -1,7 +1,7 @@
 """Test helper: Lightning's `DeepSpeedStrategy` on CPU processes (gloo). DeepSpeed runs ZeRO-3 on its CPU accelerator;
 only Lightning refuses it, in three places overridden here: `setup_environment` (CUDA only), `setup_distributed`
 (device indices) and the device index it hands `deepspeed.initialize` (`root_device.index`, None on CPU). For tests
-only: `check_strategy` keeps refusing `trainer=deepspeed*` on CPU for users (this class is not named as one)."""
+only: `check_strategy` keeps refusing `trainer=deepspeed*` on CPU for users (this class is not in a config)."""
 from __future__ import annotations
 
 import torch
@@ -17,7 +17,7 @@ def skip_jit_ops() -> None:
     deepspeed.ops.__compatible_ops__ = {}
 
 
-class CPUZeRO(DeepSpeedStrategy):
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     def setup_environment(self) -> None:
         DDPStrategy.setup_environment(self)
 

@@ -3,8 +3,9 @@ unit by unit under DeepSpeed ZeRO-3 (`materialize_in_units` with `zero3_partitio
 Lightning calls `configure_model`), against the same model built whole in this process with the same seed: each
 rank's partition of every parameter (`ds_tensor`) is the right slice of the whole model's, gathered they are the
 whole model, buffers equal. The same for loading saved checkpoints (`model.pretrained` export, `init_from` `.ckpt`,
-`init_from` a sharded DCP directory). The most parameter elements held whole during a build are recorded. Writes
-`<out>/rank<r>.json`."""
+`init_from` a sharded DCP directory). The most parameter elements held whole during a build are recorded. Then a
+stage fits 2 steps under Lightning's `DeepSpeedStrategy` (stage 3, made to run on CPU by `zero3_cpu`): the model
+comes to `configure_model` on meta. Writes `<out>/rank<r>.json`."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 from meta_worker import tensors, whole_tensors  # noqa: E402
 from sharded_ckpt import save_sharded  # noqa: E402
-from zero3_cpu import skip_jit_ops  # noqa: E402
+from zero3_cpu import CPUDeepSpeedStrategy, skip_jit_ops  # noqa: E402
 
 CONFIG = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1}
 
@@ -69,6 +70,34 @@ def mismatches(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> di
             "tied": model.llm.lm_head.weight is model.llm.get_input_embeddings().weight}
 
 
+def fit(cfg: dict) -> dict:
+    """Two optimizer steps of the language-model part on random text; what changed."""
+    import deepspeed
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    from dsvl.model import build_model
+    from dsvl.stages.pretrain import PretrainStage
+
+    torch.manual_seed(7)
+    initial = whole_tensors(build_model(cfg))
+    stage = PretrainStage(model=build_model(cfg, device="meta"), model_config=cfg, trainable=["llm"])
+    ids = torch.randint(0, 1000, (8, 16), generator=torch.Generator().manual_seed(1))
+    loader = DataLoader([{"input_ids": row, "labels": row} for row in ids], batch_size=2)
+    strategy = CPUDeepSpeedStrategy(stage=3)
+    strategy.config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # the tiny model's too: partitioned
+    trainer = Trainer(strategy=strategy, accelerator="cpu", devices=2, max_steps=2, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(stage, train_dataloaders=loader)
+    model = stage.model
+    whole = sum(p.numel() for p in model.parameters())  # the partitioned ones hold 0 elements
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        changed = sorted({n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, initial[n])})
+    return {"global_step": trainer.global_step, "loss": float(trainer.callback_metrics["train/loss"]),
+            "zero_params": all(hasattr(p, "ds_tensor") for p in model.parameters()), "whole_elements": whole,
+            "total": sum(t.numel() for n, t in initial.items() if n in dict(model.named_parameters())), "changed_parts": changed}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -107,6 +136,7 @@ def main() -> None:
                              ("dcp", cfg, [checkpoint_source(out / "dcp.ckpt")])):
         model, peak = zero3_build(c, seed=0, sources=sources)
         report[f"load_{name}"] = {**mismatches(model, reference), "peak": peak}
+    report["fit"] = fit(cfg)
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 
