@@ -230,6 +230,17 @@ def _open_tensors(path: Path) -> Iterator[Mapping[str, Any]]:
     yield state
 
 
+@contextmanager
+def _blamed(source: WeightSource) -> Iterator[None]:
+    """A `CheckpointError` reading `source` starts with the config key that asked for it (`init_from=<path>: ...`)."""
+    try:
+        yield
+    except CheckpointError as err:
+        if not source.origin or str(err).startswith(source.label):
+            raise
+        raise type(err)(f"{source.label}: {err}") from None
+
+
 def _picked(source: WeightSource, tensors: Mapping[str, Any], model: nn.Module) -> dict[str, str]:
     """Checkpoint key -> state-dict name of what `source` fills in `model` (on meta or not); every parameter under
     `source.prefix` must be among them."""
@@ -267,7 +278,7 @@ def load_weights(model: nn.Module, source: WeightSource) -> int:
     """Read `source` into `model`'s (local parts of) parameters and persistent buffers under `source.prefix`;
     every such parameter must be in the checkpoint. Returns the number of tensors read."""
     targets = dict(model.state_dict(keep_vars=True))
-    with _open_tensors(Path(source.path).expanduser()) as tensors:
+    with _blamed(source), _open_tensors(Path(source.path).expanduser()) as tensors:
         picked = _picked(source, tensors, model)
         _read(source, tensors, picked, targets)
     log.info("loaded %d tensors from %s%s", len(picked), source.path, f" into {source.prefix}" if source.prefix else "")
@@ -279,7 +290,7 @@ def _filled_by(sources: Any, names: set[str]) -> set[str]:
     (from their keys only: no tensor is read)."""
     filled: set[str] = set()
     for source in sources:
-        with _open_tensors(Path(source.path).expanduser()) as tensors:
+        with _blamed(source), _open_tensors(Path(source.path).expanduser()) as tensors:
             filled |= {n for n in map(source.rename, tensors) if n in names}
     return filled
 
@@ -377,8 +388,9 @@ def materialize_in_units(
     with ExitStack() as stack:
         opened = []
         for source in sources:
-            tensors = stack.enter_context(_open_tensors(Path(source.path).expanduser()))
-            opened.append((source, tensors, _picked(source, tensors, model)))
+            with _blamed(source):
+                tensors = stack.enter_context(_open_tensors(Path(source.path).expanduser()))
+                opened.append((source, tensors, _picked(source, tensors, model)))
         for i, ((name, unit, whole), unit_names) in enumerate(zip(units, names)):
             for n in unit_names:
                 t = meta[n]
@@ -392,7 +404,8 @@ def materialize_in_units(
             for source, tensors, picked in opened:
                 mine = {key: n for key, n in picked.items() if n in targets}
                 if mine:  # the same on every rank: a sharded (DCP) source reads collectively
-                    _read(source, tensors, mine, targets)
+                    with _blamed(source):
+                        _read(source, tensors, mine, targets)
             done = {id(meta[n]): real[id(meta[n])] for n in unit_names
                     if isinstance(meta[n], nn.Parameter) and last[id(meta[n])] == i}
             if done:

@@ -190,11 +190,12 @@ def checkpoint_source(path: str | Path) -> WeightSource:
 
     p = Path(path).expanduser()
     if is_sharded_checkpoint(p):
-        return WeightSource(str(p), strip=f"{SHARDED_MODEL}model.", exact=True)
+        return WeightSource(str(p), strip=f"{SHARDED_MODEL}model.", exact=True, origin="init_from")
     if p.is_dir():
         arch = json.loads((p / "config.json").read_text())["model_type"]
-        return WeightSource(str(p), key_map=tuple(key_map(arch)))
-    return WeightSource(str(p), strip="model." if p.suffix != ".safetensors" else "", exact=p.suffix != ".safetensors")
+        return WeightSource(str(p), key_map=tuple(key_map(arch)), origin="init_from")
+    return WeightSource(str(p), strip="model." if p.suffix != ".safetensors" else "", exact=p.suffix != ".safetensors",
+                        origin="init_from")
 
 
 def defer_weights(model: nn.Module, init_from: str | Path) -> None:
