@@ -12,6 +12,9 @@ or sharded (FSDP2 DTensor) parameters, so that no process ever holds the full mo
   same seed. Then each weight source (`WeightSource`) is read the same way: each rank reads only the
   slices it holds (safetensors row ranges, a memory-mapped torch checkpoint, or a sharded
   `torch.distributed.checkpoint` directory written by any world size, which DCP re-shards).
+- `materialize_in_units(model, partition, ...)`: the same values for a model partitioned as it is filled
+  (DeepSpeed ZeRO-3): one init unit at a time is allocated whole, initialised, read from the sources and handed to
+  `partition`, so a rank holds about one unit whole at a time.
 """
 from __future__ import annotations
 

@@ -13,12 +13,14 @@ says *how the VLM is cut*:
   towers are sharded (1/N of their weights per rank), get no gradients and, since the stage hands
   only trainable parameters to the optimizer, no optimizer state.
 - `configure_model(stage)` is what `VLMStage.configure_model` calls: a no-op for every strategy
-  but `ModelParallelStrategy`, and idempotent (Lightning calls it again for `validate`). A model
-  built on the meta device (`build_model(cfg.model, device="meta")`, see `builds_on_meta`) is
-  sharded first and then materialised shard by shard: random init directly into the local shards
+  but `ModelParallelStrategy` and DeepSpeed ZeRO-3, and idempotent (Lightning calls it again for `validate`).
+  A model built on the meta device (`build_model(cfg.model, device="meta")`, see `builds_on_meta`) is, under
+  FSDP2, sharded first and then materialised shard by shard: random init directly into the local shards
   (the weights a 1-process run with the same seed starts from), then the pretrained weights it asks
-  for and those `defer_weights` recorded (`init_from`), each rank reading only its slices.
-- `check_strategy(trainer_cfg)` turns "DeepSpeed is not installed" or "FSDP on one CPU" into
+  for and those `defer_weights` recorded (`init_from`), each rank reading only its slices. Under ZeRO-3
+  it is materialised one init unit at a time with the same init and weights, each unit partitioned by
+  DeepSpeed as soon as it is filled (`materialize_in_units`, `zero3_partitioner`).
+- `check_strategy(trainer_cfg)` turns "DeepSpeed is not installed", "DeepSpeed on CPU" or "FSDP on one CPU" into
   one line before any weights are built.
 - `slurm_environment()` is `SLURMEnvironment(auto_requeue=True)` with the signal given by name,
   for `trainer.plugins` in YAML.
