@@ -7,31 +7,20 @@ rank holds more than a fraction of the model's parameters whole at once (a whole
 fits 2 steps through Lightning's `DeepSpeedStrategy` at stage 3 (run on CPU by the test-only `zero3_cpu`)."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .test_distributed import _free_port
+from .test_meta_build import run_two_ranks
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
-pytest.importorskip("deepspeed", reason="the `test` extra installs deepspeed")
 
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("zero3")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HERE / "zero3_worker.py"), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_two_ranks(HERE / "zero3_worker.py", tmp_path_factory.mktemp("zero3"))
 
 
 @pytest.mark.parametrize("tie", [False, True])

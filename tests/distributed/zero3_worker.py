@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from meta_worker import tensors, whole_tensors  # noqa: E402
+from meta_worker import save_checkpoints, tensors, whole_tensors  # noqa: E402
 from sharded_ckpt import save_sharded  # noqa: E402
 from zero3_cpu import CPUDeepSpeedStrategy, skip_jit_ops  # noqa: E402
 
@@ -122,12 +122,8 @@ def main() -> None:
 
     # loading: rank 0 writes checkpoints of a model with seed 11, every rank then loads them unit by unit
     cfg = model_config("tiny")
-    torch.manual_seed(11)
-    saved = build_model(cfg)
-    reference = whole_tensors(saved)
+    saved, reference = save_checkpoints(cfg, out)
     if rank == 0:
-        saved.save_pretrained(out / "export")
-        torch.save({"state_dict": {f"model.{k}": v for k, v in saved.state_dict().items()}, "global_step": 3}, out / "last.ckpt")
         save_sharded(out / "dcp.ckpt", saved.state_dict())
     dist.barrier()
     pretrained = {**cfg, "pretrained": str(out / "export")}
