@@ -37,14 +37,13 @@ elif mode == "whole-load":
 elif mode.startswith("zero3"):  # DeepSpeed ZeRO-3: unit by unit, each partitioned as soon as it is filled
     import deepspeed
     import torch.distributed as dist
-    from dsvl.model.materialize import materialize_in_units
-    from dsvl.stages.strategies import zero3_partitioner
+    from dsvl.stages.strategies import materialize_zero3
     deepspeed.init_distributed("gloo")
     if mode == "zero3-load":
         cfg = {**cfg, "pretrained": export}
     model, config = build_model(cfg, device="meta"), {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1}
     with deepspeed.zero.Init(config_dict_or_path=config):
-        materialize_in_units(model, zero3_partitioner(config), seed=0, sources=weight_sources(model))
+        materialize_zero3(model, config, seed=0, sources=weight_sources(model))
     dist.barrier()
     dist.destroy_process_group()
 else:

@@ -1,6 +1,6 @@
 """Test helper run under `torchrun --nproc_per_node 2` (gloo, CPU): the tiny model built on meta and materialised
-unit by unit under DeepSpeed ZeRO-3 (`materialize_in_units` with `zero3_partitioner`, inside `deepspeed.zero.Init` as
-Lightning calls `configure_model`), against the same model built whole in this process with the same seed: each
+unit by unit under DeepSpeed ZeRO-3 (`materialize_zero3`, inside `deepspeed.zero.Init` as Lightning calls
+`configure_model`), against the same model built whole in this process with the same seed: each
 rank's partition of every parameter (`ds_tensor`) is the right slice of the whole model's, gathered they are the
 whole model, buffers equal. The same for loading saved checkpoints (`model.pretrained` export, `init_from` `.ckpt`,
 `init_from` a sharded DCP directory). The most parameter elements held whole during a build are recorded. Then a
@@ -24,23 +24,31 @@ from zero3_cpu import CPUDeepSpeedStrategy, skip_jit_ops  # noqa: E402
 CONFIG = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1}
 
 
-def zero3_build(cfg: dict, seed: int, sources=()) -> tuple[torch.nn.Module, int]:
-    """The model partitioned unit by unit; and the most parameter elements it held whole at once."""
+def zero3_build(cfg: dict, seed: int, sources=(), config: dict = CONFIG) -> tuple[torch.nn.Module, int]:
+    """The model partitioned unit by unit as `configure_model` does it (inside `deepspeed.zero.Init`, as Lightning
+    calls it); and the most parameter elements it held whole at once (counted before each unit is partitioned)."""
     import deepspeed
 
     from dsvl.model import build_model
-    from dsvl.model.materialize import materialize_in_units
-    from dsvl.stages.strategies import zero3_partitioner
+    from dsvl.stages import strategies
 
-    model, peak = build_model(cfg, device="meta"), [0]
-    partition = zero3_partitioner(CONFIG)
+    model, peak, partitioner = build_model(cfg, device="meta"), [0], strategies.zero3_partitioner
 
-    def counted(params: list[torch.nn.Parameter]) -> None:
-        peak[0] = max(peak[0], sum(p.numel() for p in model.parameters() if not p.is_meta and not hasattr(p, "ds_id")))
-        partition(params)
+    def counting(config: dict):
+        partition = partitioner(config)
 
-    with deepspeed.zero.Init(config_dict_or_path=CONFIG):  # as Lightning's model_sharded_context
-        materialize_in_units(model, counted, seed=seed, sources=list(sources))
+        def counted(params: list[torch.nn.Parameter]) -> None:
+            peak[0] = max(peak[0], sum(p.numel() for p in model.parameters() if not p.is_meta and not hasattr(p, "ds_id")))
+            partition(params)
+
+        return counted
+
+    strategies.zero3_partitioner = counting
+    try:
+        with deepspeed.zero.Init(config_dict_or_path=config):
+            strategies.materialize_zero3(model, config, seed=seed, sources=list(sources))
+    finally:
+        strategies.zero3_partitioner = partitioner
     return model, peak[0]
 
 
@@ -57,15 +65,16 @@ def mismatches(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> di
         if hasattr(t, "ds_tensor"):  # this rank's flat slice (the last one zero-padded)
             partitioned += int(t.numel() == 0 and t.ds_tensor.numel() * world >= t.ds_numel)
             size = t.ds_tensor.numel()
-            expected = reference[name].flatten()[rank * size:(rank + 1) * size]
+            expected = reference[name].flatten()[rank * size:(rank + 1) * size].to(t.ds_tensor.dtype)  # bf16 config: cast
             ok = torch.equal(t.ds_tensor.flatten()[:expected.numel()], expected) and tuple(t.ds_shape) == reference[name].shape
         else:
             ok = torch.equal(t, reference[name])
         if not ok:
             bad.append(name)
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
-        gathered = sorted(n for n, t in tensors(model).items() if n in reference and not torch.equal(t, reference[n]))
+        gathered = sorted(n for n, t in tensors(model).items() if n in reference and not torch.equal(t, reference[n].to(t.dtype)))
     return {"mismatches": bad, "gathered_mismatches": gathered, "partitioned": partitioned,
+            "dtypes": sorted({str(p.ds_tensor.dtype) for p in model.parameters() if hasattr(p, "ds_tensor")}),
             "parameters": sum(1 for _ in model.parameters()),
             "tied": model.llm.lm_head.weight is model.llm.get_input_embeddings().weight}
 
@@ -119,6 +128,9 @@ def main() -> None:
         model, peak = zero3_build(cfg, seed=7)
         report[f"init_tie{tie}"] = {**mismatches(model, whole_tensors(whole)), "peak": peak,
                                     "total": sum(p.numel() for p in whole.parameters())}
+    # a bf16 config trains bf16 partitions (as DeepSpeed casts modules built inside zero.Init): the same values, cast
+    model, _ = zero3_build(cfg, seed=7, config={**CONFIG, "bf16": {"enabled": True}})
+    report["init_bf16"] = mismatches(model, whole_tensors(whole))
 
     # loading: rank 0 writes checkpoints of a model with seed 11, every rank then loads them unit by unit
     cfg = model_config("tiny")

@@ -19,7 +19,7 @@ says *how the VLM is cut*:
   (the weights a 1-process run with the same seed starts from), then the pretrained weights it asks
   for and those `defer_weights` recorded (`init_from`), each rank reading only its slices. Under ZeRO-3
   it is materialised one init unit at a time with the same init and weights, each unit partitioned by
-  DeepSpeed as soon as it is filled (`materialize_in_units`, `zero3_partitioner`).
+  DeepSpeed as soon as it is filled (`materialize_zero3`).
 - `check_strategy(trainer_cfg)` turns "DeepSpeed is not installed", "DeepSpeed on CPU" or "FSDP on one CPU" into
   one line before any weights are built.
 - `slurm_environment()` is `SLURMEnvironment(auto_requeue=True)` with the signal given by name,
@@ -184,6 +184,22 @@ def zero3_partitioner(config: Mapping[str, Any]) -> Callable[[list[nn.Parameter]
     return partition
 
 
+def materialize_zero3(model: nn.Module, config: Mapping[str, Any], device: torch.device | str | None = None,
+                      sources: list[WeightSource] | tuple[WeightSource, ...] = (), seed: int | None = None) -> nn.Module:
+    """Fill a meta-built model unit by unit, each unit partitioned by DeepSpeed ZeRO-3 (`config`: the strategy's
+    DeepSpeed config) as soon as it is filled (`materialize_in_units`). Lightning calls `configure_model` inside
+    `deepspeed.zero.Init`, whose tensor constructors make every floating tensor in the training dtype on the device
+    (a rotary `inv_freq` computed in bf16): they are lifted meanwhile, as `deepspeed.initialize` does, so the init is
+    the whole build's (fp32, on the host) and only the partitions are cast."""
+    from deepspeed.runtime.zero.partition_parameters import restore_init_context, shutdown_init_context
+
+    shutdown_init_context()
+    try:
+        return materialize_in_units(model, zero3_partitioner(config), device=device, seed=seed, sources=sources)
+    finally:
+        restore_init_context()
+
+
 def checkpoint_source(path: str | Path) -> WeightSource:
     """A `WeightSource` for `init_from`: a Lightning `.ckpt` / weights-only torch file (keys under `model.`), a sharded
     `.ckpt` directory of `trainer=fsdp` (DCP, keys under `state_dict.model.`), a `.safetensors` file of dsvl keys, or
@@ -226,7 +242,7 @@ def configure_model(stage: Any) -> None:
     on_meta = has_meta_parameters(model)
     sources = [*weight_sources(model), *getattr(model, "deferred_weights", [])] if on_meta else []
     if is_zero3(strategy) and on_meta:
-        materialize_in_units(model, zero3_partitioner(strategy.config), device=strategy.root_device, sources=sources)
+        materialize_zero3(model, strategy.config, device=strategy.root_device, sources=sources)
         log.info("DeepSpeed ZeRO-3 over %d ranks: built on meta, materialised and partitioned unit by unit", strategy.world_size)
         return
     if not isinstance(strategy, ModelParallelStrategy) or is_sharded(model):
