@@ -317,7 +317,8 @@ def init_random(
     seed, units, owners = _init_plan(template, seed, blocks)
     targets = dict(_tensors(model, True))
     for name, unit, whole in units:
-        _init_unit(targets, name, unit, whole, owners, seed, skip)
+        for pname, value in _unit_values(name, unit, whole, owners, seed, skip).items():
+            _assign(targets[pname], value, pname)
 
 
 def _init_plan(template: nn.Module, seed: int | None, blocks: tuple[type, ...] | None
@@ -329,13 +330,12 @@ def _init_plan(template: nn.Module, seed: int | None, blocks: tuple[type, ...] |
     return seed, list(_units(template, "", blocks)), _owners(template)
 
 
-def _init_unit(targets: Mapping[str, torch.Tensor], name: str, unit: nn.Module, whole: bool,
-               owners: dict[str, nn.Module | None], seed: int, skip: set[str] | frozenset[str]) -> None:
+def _unit_values(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int,
+                 skip: set[str] | frozenset[str]) -> dict[str, torch.Tensor]:
+    """The random init of a unit's tensors not in `skip` (nothing is built for a unit wholly in `skip`)."""
     if {f"{name}{n}" for n, _ in _tensors(unit, whole)} <= skip:
-        return
-    for pname, value in _full_unit(name, unit, whole, owners, seed).items():
-        if pname not in skip:
-            _assign(targets[pname], value, pname)
+        return {}
+    return {n: v for n, v in _full_unit(name, unit, whole, owners, seed).items() if n not in skip}
 
 
 def materialize(
@@ -395,15 +395,17 @@ def materialize_in_units(
                 tensors = stack.enter_context(_open_tensors(Path(source.path).expanduser()))
                 opened.append((source, tensors, _picked(source, tensors, model)))
         for i, ((name, unit, whole), unit_names) in enumerate(zip(units, names)):
+            values = _unit_values(name, unit, whole, owners, seed, skip)
             for n in unit_names:
                 t = meta[n]
-                if id(t) not in real:
-                    empty = torch.empty_like(t, device=device or "cpu")
-                    real[id(t)] = nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+                if id(t) not in real:  # the init's own tensor where there is one: no second copy of the unit
+                    data = values.pop(n).to(device or "cpu") if n in values else torch.empty_like(t, device=device or "cpu")
+                    real[id(t)] = nn.Parameter(data, t.requires_grad) if isinstance(t, nn.Parameter) else data
                 parent, _, attr = n.rpartition(".")
                 setattr(model.get_submodule(parent), attr, real[id(t)])
             targets = {n: real[id(meta[n])] for n in unit_names}
-            _init_unit(targets, name, unit, whole, owners, seed, skip)
+            for n, value in values.items():  # tied to an earlier unit's tensor: the last unit's init wins, as in `materialize`
+                _assign(targets[n], value, n)
             for source, tensors, picked in opened:
                 mine = {key: n for key, n in picked.items() if n in targets}
                 if mine:  # the same on every rank: a sharded (DCP) source reads collectively
