@@ -19,6 +19,8 @@ or sharded (FSDP2 DTensor) parameters, so that no process ever holds the full mo
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import json
 import logging
 import zlib
@@ -415,4 +417,22 @@ def materialize_in_units(
                     if isinstance(meta[n], nn.Parameter) and last[id(meta[n])] == i}
             if done:
                 partition(list(done.values()))
+            _trim_heap()
     return model
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+def _trim_heap() -> None:
+    """Give the memory the last unit freed back to the OS. glibc keeps freed blocks under its mmap threshold in the
+    heap and raises that threshold each time a big tensor is freed, so without this a rank's RSS grew to about the
+    whole model's (measured: 1.3B fp32 load on 2 ranks, 7.7 GB per rank, 5.3 GB with a fixed threshold)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
