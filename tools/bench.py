@@ -19,7 +19,7 @@ Sections (each a ratio of two things measured here, now, on the same machine):
 - convert: `dsvl-data convert --format llava` records/s on 384-px JPEGs per worker count (tools/bench_convert.py);
 - rss: peak RSS of a demo stage-2 run (`dsvl-train experiment=demo/pretrain`) in a subprocess;
 - memory: peak RSS per rank of a 2-process FSDP2 build / load of the 1.3B preset over one process
-  holding it whole (goal <= 0.65; tools/bench_scale.py);
+  holding it whole (goal <= 0.65; tools/bench_scale.py), then the same under DeepSpeed ZeRO-3;
 - resume: seconds to resume a data stream after 10x the consumed samples over 1x (goal <= 1.5);
 - trainer: SFT samples/s and peak RSS, dsvl vs TRL's SFTTrainer on the same tiny hybrid checkpoint and
   samples (goal >= 1.2; tools/bench_trainer.py, needs the `bench` extra);
@@ -407,6 +407,7 @@ def table(results: dict[str, Any]) -> str:
         rows.append((f"convert llava, 384-px JPEGs, {w} worker(s) (records/s)", f"{c['records_per_s']:.1f}", "-",
                      f"{c['records_per_s_per_worker']:.1f}/worker, same bytes: {results['convert']['identical_output']}"))
     rows += bench_scale.rows(results["memory"]) if results.get("memory") else []
+    rows += bench_scale.rows(results["memory_zero3"]) if results.get("memory_zero3") else []
     rows += bench_scale.resume_rows(results["resume"]) if results.get("resume") else []
     m = results.get("rss")
     if m:
@@ -482,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["rss"] = bench_memory(data_dir, tmp, 3 if quick else 20)
         if "memory" not in args.skip and (not quick or args.only):  # minutes and ~10 GB: asked for, not smoke-tested
             results["memory"] = bench_scale.bench_memory("tiny" if quick else "deepseek_vl_1.3b")
+            results["memory_zero3"] = bench_scale.bench_memory("tiny" if quick else "deepseek_vl_1.3b", sharded="zero3")
         if "resume" not in args.skip:
             results["resume"] = bench_scale.bench_resume(4000 if quick else 20000, 300 if quick else 1500)
         if "eval" not in args.skip:

@@ -34,6 +34,18 @@ if mode == "whole-init":
 elif mode == "whole-load":
     model = build_model({**cfg, "pretrained": export})
     total = sum(float(p.detach().sum()) for p in model.parameters())  # read every weight (transformers maps the file lazily)
+elif mode.startswith("zero3"):  # DeepSpeed ZeRO-3: unit by unit, each partitioned as soon as it is filled
+    import deepspeed
+    import torch.distributed as dist
+    from dsvl.stages.strategies import materialize_zero3
+    deepspeed.init_distributed("gloo")
+    if mode == "zero3-load":
+        cfg = {**cfg, "pretrained": export}
+    model, config = build_model(cfg, device="meta"), {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1}
+    with deepspeed.zero.Init(config_dict_or_path=config):
+        materialize_zero3(model, config, seed=0, sources=weight_sources(model))
+    dist.barrier()
+    dist.destroy_process_group()
 else:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -47,7 +59,7 @@ else:
     materialize(model, template, seed=0, sources=weight_sources(model))
     dist.barrier()
     dist.destroy_process_group()
-print("DSVL_PEAK_RSS_KB=%d" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+os.write(2, b"\nDSVL_PEAK_RSS_KB=%d\n" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # one write: ranks share stderr
 """
 
 
@@ -68,24 +80,26 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def bench_memory(preset: str = "deepseek_vl_1.3b", ranks: int = 2, parts: tuple[str, ...] = ("init", "load")) -> dict[str, Any]:
-    """Peak RSS per rank of a sharded build / load over `ranks` CPU processes vs one process holding the model whole."""
+def bench_memory(preset: str = "deepseek_vl_1.3b", ranks: int = 2, parts: tuple[str, ...] = ("init", "load"),
+                 sharded: str = "sharded") -> dict[str, Any]:
+    """Peak RSS per rank of a sharded build / load over `ranks` CPU processes vs one process holding the model whole.
+    `sharded`: "sharded" (FSDP2) or "zero3" (DeepSpeed ZeRO-3, needs deepspeed)."""
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    out: dict[str, Any] = {"preset": preset, "ranks": ranks, "dtype": "float32"}
+    out: dict[str, Any] = {"preset": preset, "ranks": ranks, "dtype": "float32", "strategy": sharded}
     with tempfile.TemporaryDirectory(prefix="dsvl-bench-scale-") as tmp:
         export = str(Path(tmp) / "export")
         if "init" not in parts:  # the load rows read the export the whole-init process writes
             _peaks([sys.executable, "-c", CHILD, "whole-init", preset, export], env)
         for what in parts:
             whole, whole_s = _peaks([sys.executable, "-c", CHILD, f"whole-{what}", preset, export], env)
-            sharded, sharded_s = _peaks([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                                         "--master_addr", "127.0.0.1", "--master_port", str(_port()),
-                                         "--no-python", sys.executable, "-c", CHILD,
-                                         f"sharded-{what}", preset, export], env)
-            out[what] = {"whole_peak_gb": whole[0], "sharded_peak_gb_per_rank": max(sharded),
-                         "ratio": max(sharded) / whole[0], "whole_s": whole_s, "sharded_s": sharded_s}
+            peaks, sharded_s = _peaks([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                                       "--master_addr", "127.0.0.1", "--master_port", str(_port()),
+                                       "--no-python", sys.executable, "-c", CHILD,
+                                       f"{sharded}-{what}", preset, export], env)
+            out[what] = {"whole_peak_gb": whole[0], "sharded_peak_gb_per_rank": max(peaks),
+                         "ratio": max(peaks) / whole[0], "whole_s": whole_s, "sharded_s": sharded_s}
     return out
 
 
@@ -97,7 +111,8 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if what not in result:
             continue
         r = result[what]
-        out.append((f"fsdp2 {label} peak RSS per rank / full model", f"{r['ratio']:.3f}", goal,
+        name = {"sharded": "fsdp2", "zero3": "deepspeed zero-3"}[result.get("strategy", "sharded")]
+        out.append((f"{name} {label} peak RSS per rank / full model", f"{r['ratio']:.3f}", goal,
                     f"{preset} fp32, {n} CPU ranks: {r['sharded_peak_gb_per_rank']:.2f} vs {r['whole_peak_gb']:.2f} GB"))
     return out
 

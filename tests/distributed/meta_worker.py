@@ -54,6 +54,20 @@ def sharded_build(cfg: dict, mesh, seed: int, sources=()) -> torch.nn.Module:
     return materialize(model, template, seed=seed, sources=list(sources))
 
 
+def save_checkpoints(cfg: dict, out: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The model of `cfg` with seed 11, saved by rank 0 as a transformers export (`<out>/export`) and a Lightning-style
+    `<out>/last.ckpt`; and its tensors. Every rank returns once both are written."""
+    from dsvl.model import build_model
+
+    torch.manual_seed(11)
+    saved = build_model(cfg)
+    if dist.get_rank() == 0:
+        saved.save_pretrained(out / "export")
+        torch.save({"state_dict": {f"model.{k}": v for k, v in saved.state_dict().items()}, "global_step": 3}, out / "last.ckpt")
+    dist.barrier()
+    return saved, whole_tensors(saved)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -103,13 +117,7 @@ def main() -> None:
 
     # loading: rank 0 writes checkpoints of a model with seed 11, every rank then loads them into shards
     cfg = model_config("tiny")
-    torch.manual_seed(11)
-    saved = build_model(cfg)
-    reference = whole_tensors(saved)
-    if rank == 0:
-        saved.save_pretrained(out / "export")
-        torch.save({"state_dict": {f"model.{k}": v for k, v in saved.state_dict().items()}, "global_step": 3}, out / "last.ckpt")
-    dist.barrier()
+    saved, reference = save_checkpoints(cfg, out)
     for name, path in (("export", out / "export"), ("ckpt", out / "last.ckpt")):
         model = sharded_build(cfg, mesh, seed=0, sources=[checkpoint_source(path)])
         report[f"load_{name}"] = {"mismatches": local_mismatches(model, reference)[0]}

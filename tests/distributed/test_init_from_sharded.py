@@ -3,7 +3,8 @@ directory) in one process: a model built whole (single device, DDP, LoRA) and on
 (the FSDP2 path, here unsharded) start from exactly the saved weights, read through the same DCP reader; the
 optimizer state in the directory is not read; eval / chat rebuild the stage's model from it. Whatever does not fit is a one-line `CheckpointError` (exit 2 in the
 CLI, see tests/reliability/test_safe_loading.py): a plain directory, a missing, an extra or a resized weight, an
-unreadable index or shard, a DCP directory without model weights. (2-rank FSDP2: tests/distributed/test_meta_build.py.)"""
+unreadable index or shard, a DCP directory without model weights; the meta paths' readers (FSDP2's `materialize`,
+ZeRO-3's `materialize_in_units`) start theirs with `init_from=<path>` too. (2-rank FSDP2: tests/distributed/test_meta_build.py.)"""
 from __future__ import annotations
 
 import shutil
@@ -14,6 +15,7 @@ import torch
 
 from dsvl.errors import CheckpointError
 from dsvl.model import build_model, materialize, model_config
+from dsvl.model.materialize import materialize_in_units
 from dsvl.stages.checkpoint import load_init_weights, load_stage_checkpoint, read_checkpoint
 from dsvl.stages.strategies import checkpoint_source, defer_weights
 
@@ -109,7 +111,8 @@ def test_unusable_sharded_checkpoints_are_one_line_errors(case, saved, target, t
     with pytest.raises(CheckpointError, match=message) as whole:
         load_init_weights(target, path)
     assert "\n" not in str(whole.value) and str(whole.value).startswith(f"init_from={path}")
-    if case in ("missing weight", "extra weight", "resized weight", "missing shard"):  # the FSDP2 path's reader
-        with pytest.raises(CheckpointError, match=message) as sharded:
-            materialize(build_model(saved[0], device="meta"), sources=[checkpoint_source(path)])
-        assert "\n" not in str(sharded.value)
+    if case in ("missing weight", "extra weight", "resized weight", "missing shard"):  # the FSDP2 and ZeRO-3 paths' readers
+        for build in (materialize, lambda m, sources: materialize_in_units(m, lambda params: None, sources=sources)):
+            with pytest.raises(CheckpointError, match=message) as sharded:
+                build(build_model(saved[0], device="meta"), sources=[checkpoint_source(path)])
+            assert "\n" not in str(sharded.value) and str(sharded.value).startswith(f"init_from={path}: ")

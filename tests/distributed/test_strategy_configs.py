@@ -60,13 +60,19 @@ def test_deepspeed_configs_compose_without_deepspeed(name, stage):
     get_class(s._target_)  # Lightning's DeepSpeedStrategy imports without the deepspeed package
 
 
-@pytest.mark.skipif(HAS_DEEPSPEED, reason="checks the message for a missing deepspeed package")
-def test_deepspeed_without_the_package_is_one_line_before_weights():
+def test_deepspeed_without_the_package_or_on_cpu_is_one_line_before_weights(monkeypatch):
     from dsvl.errors import ConfigError
     from dsvl.stages.strategies import check_strategy
 
+    cfg = compose(["experiment=deepseek_vl_7b/stage2_pretrain", "trainer=deepspeed_zero3"]).trainer
+    with pytest.raises(ConfigError, match="GPUs only; on CPU use trainer=ddp or trainer=fsdp") as cpu:
+        check_strategy(compose(["experiment=deepseek_vl_7b/stage2_pretrain", "trainer=deepspeed_zero3",
+                                "trainer.accelerator=cpu"]).trainer)
+    assert "\n" not in str(cpu.value)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a))
     with pytest.raises(ConfigError, match="pip install deepspeed"):
-        check_strategy(compose(["experiment=deepseek_vl_7b/stage2_pretrain", "trainer=deepspeed_zero3"]).trainer)
+        check_strategy(cfg)
 
 
 def test_paper_recipes_exist():
@@ -97,6 +103,10 @@ def test_paper_recipes_compose_with_gpu_strategies(recipe, trainer):
     if trainer in ("fsdp", "slurm"):
         strategy = instantiate(cfg.trainer.strategy)
         assert type(strategy).__name__ == "FSDP2Strategy"
+    if trainer.startswith("deepspeed"):  # ZeRO-3 builds on meta and partitions unit by unit; ZeRO-2 builds whole
+        from dsvl.stages.strategies import builds_on_meta
+
+        assert builds_on_meta(instantiate(cfg.trainer.strategy)) is (trainer == "deepspeed_zero3")
 
 
 SLURM_ENV = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "dsvl", "SLURM_JOB_ID": "42",

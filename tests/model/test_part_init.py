@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, SamConfig, SamModel, SiglipConfig, SiglipModel
 
-from dsvl.model import ConfigError, build_model
+from dsvl.errors import CheckpointError
+from dsvl.model import ConfigError, build_model, materialize, weight_sources
 
 from ._tiny import HF_LLAMA, HF_SAM, HF_SIGLIP
 
@@ -58,3 +59,8 @@ def test_a_checkpoint_without_the_part_is_a_one_line_error(tiny_cfg, hub_layouts
     with pytest.raises(ConfigError, match=r"pretrained=.*(weights are not in that checkpoint|cannot load it as)") as err:
         build_model(cfg)
     assert "\n" not in str(err.value)
+    meta = build_model(cfg, device="meta")  # the sharded builds' reader (FSDP2, ZeRO-3) names the key too
+    with pytest.raises(CheckpointError, match="weights of this model are not in the checkpoint") as err:
+        materialize(meta, sources=weight_sources(meta))
+    key = "model.llm" if part == "llm" else f"model.vision.{part}"
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{key}.pretrained={node['pretrained']}: ")

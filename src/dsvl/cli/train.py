@@ -99,7 +99,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)  # with the tokenizer's image token id
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    on_meta = builds_on_meta(trainer.strategy)  # FSDP2: built on meta, materialised per shard in configure_model
+    on_meta = builds_on_meta(trainer.strategy)  # FSDP2, ZeRO-3: built on meta, materialised per shard / unit in configure_model
     model = build_model(cfg.model, device="meta" if on_meta else None)
     if cfg.get("init_from"):
         (defer_weights if on_meta else load_init_weights)(model, cfg.init_from)

@@ -70,8 +70,9 @@ def weight_sources(model: VisionLanguageModel) -> list[WeightSource]:
 
         path = _local_dir(whole)
         arch = json.loads((Path(path) / "config.json").read_text())["model_type"]
-        return [WeightSource(path, key_map=tuple(key_map(arch, model.llm.base_model_prefix)))]
-    return [WeightSource(_local_dir(src), prefix=prefix) for prefix, src in _part_sources(config)]
+        return [WeightSource(path, key_map=tuple(key_map(arch, model.llm.base_model_prefix)), origin="model.pretrained")]
+    return [WeightSource(_local_dir(src), prefix=prefix, origin=f"model.{prefix.removesuffix('model.')}pretrained")
+            for prefix, src in _part_sources(config)]
 
 
 def _part_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -94,7 +94,8 @@ class VLMStage(LightningModule):
         self._report_freezing()
 
     def configure_model(self) -> None:
-        """Shard the parts under FSDP2 (`trainer=fsdp`); a no-op for other strategies (dsvl.stages.strategies)."""
+        """Shard the parts under FSDP2 (`trainer=fsdp`), materialise a meta-built model per shard (FSDP2) or per
+        partitioned unit (`trainer=deepspeed_zero3`); a no-op for other strategies (dsvl.stages.strategies)."""
         from dsvl.stages.strategies import configure_model
 
         configure_model(self)

@@ -13,12 +13,14 @@ says *how the VLM is cut*:
   towers are sharded (1/N of their weights per rank), get no gradients and, since the stage hands
   only trainable parameters to the optimizer, no optimizer state.
 - `configure_model(stage)` is what `VLMStage.configure_model` calls: a no-op for every strategy
-  but `ModelParallelStrategy`, and idempotent (Lightning calls it again for `validate`). A model
-  built on the meta device (`build_model(cfg.model, device="meta")`, see `builds_on_meta`) is
-  sharded first and then materialised shard by shard: random init directly into the local shards
+  but `ModelParallelStrategy` and DeepSpeed ZeRO-3, and idempotent (Lightning calls it again for `validate`).
+  A model built on the meta device (`build_model(cfg.model, device="meta")`, see `builds_on_meta`) is, under
+  FSDP2, sharded first and then materialised shard by shard: random init directly into the local shards
   (the weights a 1-process run with the same seed starts from), then the pretrained weights it asks
-  for and those `defer_weights` recorded (`init_from`), each rank reading only its slices.
-- `check_strategy(trainer_cfg)` turns "DeepSpeed is not installed" or "FSDP on one CPU" into
+  for and those `defer_weights` recorded (`init_from`), each rank reading only its slices. Under ZeRO-3
+  it is materialised one init unit at a time with the same init and weights, each unit partitioned by
+  DeepSpeed as soon as it is filled (`materialize_zero3`).
+- `check_strategy(trainer_cfg)` turns "DeepSpeed is not installed", "DeepSpeed on CPU" or "FSDP on one CPU" into
   one line before any weights are built.
 - `slurm_environment()` is `SLURMEnvironment(auto_requeue=True)` with the signal given by name,
   for `trainer.plugins` in YAML.
@@ -30,7 +32,7 @@ import importlib.util
 import json
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +43,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from dsvl.model import WeightSource, materialize, weight_sources
-from dsvl.model.materialize import has_meta_parameters
+from dsvl.model.materialize import has_meta_parameters, materialize_in_units
 from dsvl.model.safe_load import SHARDED_MODEL, is_sharded_checkpoint
 
 log = logging.getLogger(__name__)
@@ -152,9 +154,50 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def builds_on_meta(strategy: Any) -> bool:
-    """True when the run path builds the model on meta and materialises it per shard: FSDP2 (`ModelParallelStrategy`).
-    DDP, DeepSpeed and single-device runs build it whole (so does a `model.lora` config, see `build_model`)."""
-    return isinstance(strategy, ModelParallelStrategy)
+    """True when the run path builds the model on meta and materialises it per shard: FSDP2 (`ModelParallelStrategy`)
+    and DeepSpeed ZeRO-3. DDP, ZeRO-1/2 and single-device runs build it whole (so does a `model.lora` config, see
+    `build_model`)."""
+    return isinstance(strategy, ModelParallelStrategy) or is_zero3(strategy)
+
+
+def is_zero3(strategy: Any) -> bool:
+    """True for Lightning's `DeepSpeedStrategy` at ZeRO stage 3 (parameters partitioned over the ranks)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
+
+
+def zero3_partitioner(config: Mapping[str, Any]) -> Callable[[list[nn.Parameter]], None]:
+    """A function that hands whole parameters to DeepSpeed ZeRO-3 (`config`: the strategy's DeepSpeed config), which
+    keeps this rank's partition of each (in the dtype its config trains in) and frees the rest: what
+    `deepspeed.zero.Init` does to each module built inside it, here for one unit of `materialize_in_units` at a time."""
+    import deepspeed
+
+    init = deepspeed.zero.Init(config_dict_or_path=dict(config))  # not entered: patches nothing, only partitions
+
+    def partition(params: list[nn.Parameter]) -> None:
+        for p in params:
+            if p.is_floating_point():
+                p.data = p.data.to(init.dtype)
+        init._convert_to_zero_parameters(params)  # what DeepSpeed's own `param.convert_to_zero_parameters` calls
+
+    return partition
+
+
+def materialize_zero3(model: nn.Module, config: Mapping[str, Any], device: torch.device | str | None = None,
+                      sources: list[WeightSource] | tuple[WeightSource, ...] = (), seed: int | None = None) -> nn.Module:
+    """Fill a meta-built model unit by unit, each unit partitioned by DeepSpeed ZeRO-3 (`config`: the strategy's
+    DeepSpeed config) as soon as it is filled (`materialize_in_units`). Lightning calls `configure_model` inside
+    `deepspeed.zero.Init`, whose tensor constructors make every floating tensor in the training dtype on the device
+    (a rotary `inv_freq` computed in bf16): they are lifted meanwhile, as `deepspeed.initialize` does, so the init is
+    the whole build's (fp32, on the host) and only the partitions are cast."""
+    from deepspeed.runtime.zero.partition_parameters import restore_init_context, shutdown_init_context
+
+    shutdown_init_context()
+    try:
+        return materialize_in_units(model, zero3_partitioner(config), device=device, seed=seed, sources=sources)
+    finally:
+        restore_init_context()
 
 
 def checkpoint_source(path: str | Path) -> WeightSource:
@@ -165,11 +208,12 @@ def checkpoint_source(path: str | Path) -> WeightSource:
 
     p = Path(path).expanduser()
     if is_sharded_checkpoint(p):
-        return WeightSource(str(p), strip=f"{SHARDED_MODEL}model.", exact=True)
+        return WeightSource(str(p), strip=f"{SHARDED_MODEL}model.", exact=True, origin="init_from")
     if p.is_dir():
         arch = json.loads((p / "config.json").read_text())["model_type"]
-        return WeightSource(str(p), key_map=tuple(key_map(arch)))
-    return WeightSource(str(p), strip="model." if p.suffix != ".safetensors" else "", exact=p.suffix != ".safetensors")
+        return WeightSource(str(p), key_map=tuple(key_map(arch)), origin="init_from")
+    return WeightSource(str(p), strip="model." if p.suffix != ".safetensors" else "", exact=p.suffix != ".safetensors",
+                        origin="init_from")
 
 
 def defer_weights(model: nn.Module, init_from: str | Path) -> None:
@@ -187,18 +231,25 @@ def defer_weights(model: nn.Module, init_from: str | Path) -> None:
 def configure_model(stage: Any) -> None:
     """Apply the strategy's parallelism to `stage.model` (the `configure_model` hook of `VLMStage`).
 
-    Only `ModelParallelStrategy` (FSDP2) needs it; DDP and DeepSpeed wrap the module themselves.
-    A meta-built model is sharded, then materialised per shard on the strategy's device.
+    `ModelParallelStrategy` (FSDP2): the model is sharded, then, if built on meta, materialised per shard on the
+    strategy's device. DeepSpeed ZeRO-3 (Lightning calls this inside `deepspeed.zero.Init`): a meta-built model is
+    materialised unit by unit, each unit partitioned as soon as it is filled. Otherwise a no-op (DDP and DeepSpeed
+    wrap the module themselves); idempotent (Lightning calls it again for `validate`).
     """
     trainer = getattr(stage, "_trainer", None)
     strategy = getattr(trainer, "strategy", None)
-    if not isinstance(strategy, ModelParallelStrategy) or is_sharded(stage.model):
-        return
     model = stage.model
-    template = copy.deepcopy(model) if has_meta_parameters(model) else None  # unsharded, still on meta: cheap
+    on_meta = has_meta_parameters(model)
+    sources = [*weight_sources(model), *getattr(model, "deferred_weights", [])] if on_meta else []
+    if is_zero3(strategy) and on_meta:
+        materialize_zero3(model, strategy.config, device=strategy.root_device, sources=sources)
+        log.info("DeepSpeed ZeRO-3 over %d ranks: built on meta, materialised and partitioned unit by unit", strategy.world_size)
+        return
+    if not isinstance(strategy, ModelParallelStrategy) or is_sharded(model):
+        return
+    template = copy.deepcopy(model) if on_meta else None  # unsharded, still on meta: cheap
     counts = shard_model(model, **_fully_shard_kwargs(strategy))
     if template is not None:
-        sources = [*weight_sources(model), *getattr(model, "deferred_weights", [])]
         materialize(model, template, device=strategy.root_device, sources=sources)
     frozen = set(getattr(stage, "frozen_parts", ()))
     log.info("FSDP2 over %d ranks%s: %s", strategy.world_size, " (built on meta, materialised per shard)" if template else "",
