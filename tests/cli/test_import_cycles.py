@@ -1,4 +1,5 @@
-"""No import cycles in `src/dsvl` (imports inside functions count: they only postpone the cycle)."""
+"""No import cycles in `src/dsvl`, and Hydra / OmegaConf imported only in `dsvl.cli` (imports inside functions count:
+they only postpone the cycle or the dependency)."""
 from __future__ import annotations
 
 import ast
@@ -87,3 +88,24 @@ def test_the_scan_finds_a_cycle(tmp_path, monkeypatch) -> None:
     (pkg / "b.py").write_text("from . import a\ndef g():\n    pass\n")
     monkeypatch.setitem(globals(), "SRC", pkg)
     assert import_cycles() == {frozenset({"dsvl.a", "dsvl.b"})}
+
+
+def config_library_imports(src: Path) -> list[str]:
+    """`module: name` for every import of hydra or omegaconf outside `dsvl.cli` (inside functions too)."""
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        module = ".".join(path.relative_to(src.parent).with_suffix("").parts)
+        if module == "dsvl.cli" or module.startswith("dsvl.cli."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{module}: {n}" for n in names if n.split(".")[0] in ("hydra", "omegaconf")]
+    return found
+
+
+def test_only_cli_imports_hydra_and_omegaconf(tmp_path) -> None:
+    assert config_library_imports(SRC) == []
+    (tmp_path / "dsvl" / "model").mkdir(parents=True)  # the scan itself finds an import inside a function
+    (tmp_path / "dsvl" / "model" / "x.py").write_text("def f():\n    from omegaconf import OmegaConf\n")
+    assert config_library_imports(tmp_path / "dsvl") == ["dsvl.model.x: omegaconf"]

@@ -76,7 +76,8 @@ def main() -> None:
     dist.init_process_group("gloo")
     from torch.distributed.device_mesh import init_device_mesh
 
-    from dsvl.model import build_model, model_config, weight_sources
+    from dsvl.model import build_model, weight_sources
+    from dsvl.cli.presets import model_config
     from dsvl.stages.strategies import checkpoint_source
 
     rank, out = dist.get_rank(), Path(args.out)

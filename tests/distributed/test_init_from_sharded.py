@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dsvl.errors import CheckpointError
-from dsvl.model import build_model, materialize, model_config
+from dsvl.model import build_model, materialize
+from dsvl.cli.presets import model_config
 from dsvl.model.materialize import materialize_in_units
 from dsvl.stages.checkpoint import load_init_weights, load_stage_checkpoint, read_checkpoint
 from dsvl.stages.strategies import checkpoint_source, defer_weights

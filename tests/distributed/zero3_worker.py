@@ -114,7 +114,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import deepspeed
 
-    from dsvl.model import build_model, model_config, weight_sources
+    from dsvl.model import build_model, weight_sources
+    from dsvl.cli.presets import model_config
     from dsvl.stages.strategies import checkpoint_source
 
     skip_jit_ops()

@@ -71,6 +71,6 @@ def test_dsvl_chat_with_a_bad_adapter_exits_2(args, released, tmp_path, capsys) 
 
 @pytest.fixture(scope="module")
 def tiny_cfg_plain() -> dict:
-    from dsvl.model import model_config
+    from dsvl.cli.presets import model_config
 
     return model_config("tiny")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsvl.model import build_model, model_config
+from dsvl.model import build_model
+from dsvl.cli.presets import model_config
 from dsvl.model.lora import LoraSettings
 from dsvl.stages.freezing import apply_freezing
 

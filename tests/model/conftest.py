@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsvl.model import model_config
+from dsvl.cli.presets import model_config
 
 
 @pytest.fixture(scope="session")

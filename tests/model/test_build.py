@@ -14,15 +14,8 @@ from transformers import (
     DeepseekVLHybridForConditionalGeneration,
 )
 
-from dsvl.model import (
-    ConfigError,
-    HybridSplitMLPGelu,
-    MLPGelu,
-    available_presets,
-    build_model,
-    model_config,
-    vision_spec,
-)
+from dsvl.model import ConfigError, HybridSplitMLPGelu, MLPGelu, build_model, vision_spec
+from dsvl.cli.presets import available_presets, model_config
 
 from ._tiny import make_batch
 

@@ -13,14 +13,8 @@ from transformers import (
     DeepseekVLHybridForConditionalGeneration,
 )
 
-from dsvl.model import (
-    ConfigError,
-    VisionLanguageModel,
-    build_model,
-    config_from_hf,
-    hf_image_processor,
-    model_config,
-)
+from dsvl.model import ConfigError, VisionLanguageModel, build_model, config_from_hf, hf_image_processor
+from dsvl.cli.presets import model_config
 
 from dsvl.model.hf_keys import key_map
 

@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from dsvl.model import build_model
     from dsvl.model.export import export_pretrained
     from dsvl.stages.checkpoint import load_init_weights
-    from dsvl.stages.strategies import builds_on_meta, check_strategy, defer_weights, is_sharded
+    from dsvl.stages.strategies import builds_on_meta, check_strategy, defer_weights, is_sharded, is_zero3
 
     # 1. check: every value before any weights exist; a bad config costs a second and one line
     validate_config(cfg)
@@ -127,6 +127,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("export_dir") and not preempted and is_sharded(stage.model):
         log.warning("export_dir=%s: the model is sharded (FSDP2); write the export from the sharded checkpoint with "
                     "python tools/consolidate_checkpoint.py %s %s", cfg.export_dir, ckpt_dir(cfg) / "last.ckpt", cfg.export_dir)
+    elif cfg.get("export_dir") and not preempted and is_zero3(trainer.strategy):  # no rank holds whole parameters
+        log.warning("export_dir=%s: the parameters are partitioned (DeepSpeed ZeRO-3); gather the weights of %s with "
+                    "lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict", cfg.export_dir,
+                    ckpt_dir(cfg) / "last.ckpt")
     elif cfg.get("export_dir") and not preempted and trainer.is_global_zero:  # transformers' directory, tokenizer, chat template
         path = export_pretrained(stage.model, cfg.export_dir, tokenizer=data_tokenizer(datamodule),
                                  system_prompt=getattr(datamodule, "system_prompt", None))

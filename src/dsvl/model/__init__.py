@@ -8,7 +8,6 @@ from .errors import ConfigError
 from .hf_interop import config_from_hf, hf_image_processor, to_hf_config
 from .llm import causal_lm
 from .materialize import WeightSource, load_weights, materialize
-from .presets import available_presets, model_config
 from .spec import ImageInputSpec, VisionSpec
 from .vision import SamTower, SiglipTower, VisionEncoder
 from .vlm import VisionLanguageModel, VLMOutput, next_token_loss
@@ -25,11 +24,9 @@ __all__ = [
     "VisionEncoder",
     "VisionLanguageModel",
     "VisionSpec",
-    "available_presets",
     "build_model",
     "config_from_hf",
     "hf_image_processor",
-    "model_config",
     "to_hf_config",
     "causal_lm",
     "next_token_loss",

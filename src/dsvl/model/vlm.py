@@ -80,6 +80,11 @@ def chunked_next_token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch
     return total / count.clamp(min=1), count
 
 
+def full_numel(param: torch.Tensor) -> int:
+    """Elements of the whole parameter, also when DeepSpeed ZeRO-3 has partitioned it (its local data is then empty)."""
+    return int(getattr(param, "ds_numel", param.numel()))
+
+
 class VisionLanguageModel(nn.Module):
     """DeepSeek-VL-style model: `vision` (low/high towers) -> `adaptor` -> image-token positions of `llm`'s input embeddings."""
 
@@ -111,8 +116,8 @@ class VisionLanguageModel(nn.Module):
         for name, module in self.parts().items():
             params = [p for p in module.parameters() if id(p) not in seen]
             seen.update(id(p) for p in params)
-            rows.append({"part": name, "total": sum(p.numel() for p in params),
-                         "trainable": sum(p.numel() for p in params if p.requires_grad)})
+            rows.append({"part": name, "total": sum(map(full_numel, params)),
+                         "trainable": sum(full_numel(p) for p in params if p.requires_grad)})
         return rows
 
     @property

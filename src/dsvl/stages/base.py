@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 
 from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
 from dsvl.eval.scoring import forward_inputs, score_options
+from dsvl.model.vlm import full_numel
 from dsvl.stages.freezing import apply_freezing, freeze_table
 from dsvl.stages.token_loss import TokenExactLoss, owns_gradients
 
@@ -141,7 +142,7 @@ class VLMStage(LightningModule):
     def flops_per_batch(self) -> int:
         """Training FLOPs of the last micro-batch, 6 x parameters x tokens (forward 2, backward 4), for
         Lightning's ThroughputMonitor (`train/flops_per_sec`, `train/mfu` on known accelerators)."""
-        return 6 * sum(p.numel() for p in self.model.parameters()) * self._tokens_per_batch
+        return 6 * sum(map(full_numel, self.model.parameters())) * self._tokens_per_batch
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         """Token-exact gradients and the step's `train/loss` (the global token mean, all ranks and

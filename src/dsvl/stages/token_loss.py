@@ -33,7 +33,9 @@ class _ScaleGrad(torch.autograd.Function):
 
 def owns_gradients(trainer: Any) -> bool:
     """False under DeepSpeed, whose engine holds (and scales) the gradients itself."""
-    return "DeepSpeed" not in type(getattr(trainer, "strategy", None)).__name__
+    from lightning.pytorch.strategies import DeepSpeedStrategy  # importable without deepspeed installed
+
+    return not isinstance(getattr(trainer, "strategy", None), DeepSpeedStrategy)
 
 
 class TokenExactLoss(nn.Module):

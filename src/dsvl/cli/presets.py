@@ -1,6 +1,5 @@
-"""Model presets by name without a Hydra app: `model_config("tiny", ["model/adaptor=mlp_gelu"])` -> plain dict.
-
-Hydra is imported inside the function only: `dsvl.model` never needs Hydra to import.
+"""Model presets by name without a Hydra app: `model_config("tiny", ["model/adaptor=mlp_gelu"])` -> plain dict for
+`dsvl.model.build_model`. It composes `conf/` with Hydra, so it lives in `cli/` (only `cli/` imports Hydra).
 The configs are the package's `conf/` (a copy travels in the wheel), so this works outside the repo.
 """
 from __future__ import annotations
@@ -9,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cfgutil import to_plain
-from .errors import ConfigError
+from dsvl.model.cfgutil import to_plain
+from dsvl.model.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
