@@ -79,8 +79,10 @@ def mismatches(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> di
             "tied": model.llm.lm_head.weight is model.llm.get_input_embeddings().weight}
 
 
-def fit(cfg: dict) -> dict:
-    """Two optimizer steps of the language-model part on random text; what changed."""
+def fit(cfg: dict, out: Path) -> dict:
+    """Two optimizer steps of the language-model part on random text; what changed. Then the DeepSpeed checkpoint it
+    saves (`out/ds.ckpt`, checked by dsvl as a resume source) resumes for 2 more steps; the trained weights, gathered,
+    are `out/trained.pt` (rank 0)."""
     import deepspeed
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader
@@ -93,18 +95,28 @@ def fit(cfg: dict) -> dict:
     stage = PretrainStage(model=build_model(cfg, device="meta"), model_config=cfg, trainable=["llm"])
     ids = torch.randint(0, 1000, (8, 16), generator=torch.Generator().manual_seed(1))
     loader = DataLoader([{"input_ids": row, "labels": row} for row in ids], batch_size=2)
-    strategy = CPUDeepSpeedStrategy(stage=3)
-    strategy.config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # the tiny model's too: partitioned
-    trainer = Trainer(strategy=strategy, accelerator="cpu", devices=2, max_steps=2, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(stage, train_dataloaders=loader)
+    def trainer(max_steps: int) -> Trainer:
+        strategy = CPUDeepSpeedStrategy(stage=3)
+        strategy.config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # the tiny model's too: partitioned
+        return Trainer(strategy=strategy, accelerator="cpu", devices=2, max_steps=max_steps, logger=False,
+                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+    first = trainer(2)
+    first.fit(stage, train_dataloaders=loader)
+    first.save_checkpoint(out / "ds.ckpt")
     model = stage.model
     whole = sum(p.numel() for p in model.parameters())  # the partitioned ones hold 0 elements
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         changed = sorted({n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, initial[n])})
-    return {"global_step": trainer.global_step, "loss": float(trainer.callback_metrics["train/loss"]),
+        if dist.get_rank() == 0:
+            torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, out / "trained.pt")
+    resumed = trainer(4)  # the checkpoint dsvl's resume path accepts (tests: check_checkpoint) continues the run
+    resumed.fit(PretrainStage(model=build_model(cfg, device="meta"), model_config=cfg, trainable=["llm"]),
+                train_dataloaders=loader, ckpt_path=str(out / "ds.ckpt"))
+    return {"global_step": first.global_step, "loss": float(first.callback_metrics["train/loss"]),
             "zero_params": all(hasattr(p, "ds_tensor") for p in model.parameters()), "whole_elements": whole,
-            "total": sum(t.numel() for n, t in initial.items() if n in dict(model.named_parameters())), "changed_parts": changed}
+            "total": sum(t.numel() for n, t in initial.items() if n in dict(model.named_parameters())), "changed_parts": changed,
+            "resumed_step": resumed.global_step}
 
 
 def main() -> None:
@@ -145,7 +157,7 @@ def main() -> None:
                              ("dcp", cfg, [checkpoint_source(out / "dcp.ckpt")])):
         model, peak = zero3_build(c, seed=0, sources=sources)
         report[f"load_{name}"] = {**mismatches(model, reference), "peak": peak}
-    report["fit"] = fit(cfg)
+    report["fit"] = fit(cfg, out)
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 

@@ -195,8 +195,8 @@ def resume_from(cfg: DictConfig) -> str | None:
     elif requested:
         candidates = [Path(str(requested)).expanduser()]
         if not is_checkpoint(candidates[0]):
-            raise CheckpointError(f"ckpt_path={requested}: no such checkpoint (accepted: a .ckpt file, a sharded .ckpt "
-                                  "directory, 'last' or 'hpc')")
+            raise CheckpointError(f"ckpt_path={requested}: no such checkpoint (accepted: a .ckpt file, a sharded or "
+                                  "DeepSpeed .ckpt directory, 'last' or 'hpc')")
         requested = str(candidates[0])
     else:
         return None

@@ -116,13 +116,14 @@ def check_steps(cfg: dict[str, Any]) -> None:
 
 def check_checkpoints(cfg: dict[str, Any]) -> None:
     """`init_from` / `ckpt_path` name loadable checkpoints, opened the safe way (weights-only, memory-mapped)."""
-    from dsvl.model.safe_load import check_checkpoint, is_checkpoint, is_sharded_checkpoint
+    from dsvl.model.safe_load import check_checkpoint, deepspeed_files, is_checkpoint, is_sharded_checkpoint
+    from dsvl.stages.checkpoint import deepspeed_init_from_error
 
     init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
     if init_from and ckpt_path:
         raise ConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
     accepted = {"init_from": "accepted: a .ckpt file (a directory under trainer=fsdp) or an exported model directory",
-                "ckpt_path": "accepted: a .ckpt file (a directory under trainer=fsdp), or 'last'"}
+                "ckpt_path": "accepted: a .ckpt file (a directory under trainer=fsdp or deepspeed), or 'last'"}
     ckpt_dir = (cfg.get("paths") or {}).get("ckpt_dir")
     if cfg.get("auto_resume") and ckpt_dir and is_checkpoint(Path(str(ckpt_dir)) / "last.ckpt"):
         init_from = None  # a restarted job resumes its own progress; the previous stage's weights are not read
@@ -132,7 +133,9 @@ def check_checkpoints(cfg: dict[str, Any]) -> None:
         path = Path(str(value)).expanduser()
         if not path.exists():
             raise CheckpointError(f"{key}={value}: no such file or directory ({accepted[key]})")
-        if path.is_dir() and not is_sharded_checkpoint(path):
+        if key == "init_from" and deepspeed_files(path):
+            raise deepspeed_init_from_error(value)
+        if path.is_dir() and not is_sharded_checkpoint(path) and not deepspeed_files(path):
             if key == "init_from" and (path / "config.json").is_file():
                 continue  # an exported (save_pretrained) model: transformers reads it
             raise CheckpointError(f"{key}={value}: a directory without config.json is not a model ({accepted[key]})")

@@ -89,18 +89,45 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / SHARDED_INDEX).is_file()
 
 
+def deepspeed_files(path: str | Path) -> list[Path]:
+    """The per-rank files of a DeepSpeed checkpoint directory (what Lightning's `DeepSpeedStrategy` writes as a `.ckpt`:
+    `latest` names the folder of `*model_states.pt` and `*optim_states.pt`), model states first; [] for anything else."""
+    p = Path(path)
+    if not (p / "latest").is_file():
+        return []
+    tag = p / (p / "latest").read_text().strip()
+    models = sorted(tag.glob("*model_states.pt"))
+    return [*models, *sorted(tag.glob("*optim_states.pt"))] if models else []
+
+
 def is_checkpoint(path: str | Path) -> bool:
-    """A checkpoint file or a sharded checkpoint directory."""
-    return Path(path).is_file() or is_sharded_checkpoint(path)
+    """A checkpoint file, a sharded (DCP) or a DeepSpeed checkpoint directory."""
+    return Path(path).is_file() or is_sharded_checkpoint(path) or bool(deepspeed_files(path))
+
+
+def _check_deepspeed(files: list[Path]) -> dict[str, Any]:
+    """Every per-rank file of a DeepSpeed checkpoint opened weights-only (DeepSpeed's resume unpickles them
+    unrestricted); returns the first model-states file, which holds Lightning's state (loops, callbacks, data)."""
+    try:  # data-only classes its optimizer states name: an IntEnum and the loss scalers (numbers in __dict__)
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+    except ImportError:
+        raise UnsafeCheckpointError(f"{files[0].parent.parent} is a DeepSpeed checkpoint: reading it needs deepspeed "
+                                    "(pip install deepspeed)") from None
+    with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
+        states = [safe_torch_load(f, mmap=True) for f in files]
+    return states[0]
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
     """Open a checkpoint the safe way (tensors memory-mapped, not read) before a run commits to it; of a
     sharded checkpoint, its non-tensor state (`meta.pt`: loop, data and callback states), the part
-    Lightning unpickles (the tensors are read by torch.distributed.checkpoint).
+    Lightning unpickles (the tensors are read by torch.distributed.checkpoint); of a DeepSpeed checkpoint, every file.
 
     Returns the top-level dict without its tensor payloads being read; raises `UnsafeCheckpointError`.
     """
+    if deepspeed_files(path):
+        return _check_deepspeed(deepspeed_files(path))
     if is_sharded_checkpoint(path):
         read_sharded_metadata(path)  # Lightning's resume would unpickle it without restrictions
         path = Path(path) / SHARDED_META

@@ -20,8 +20,8 @@ from torch import nn
 
 from dsvl.errors import CheckpointError
 from dsvl.model.lora import ADAPTER_ONLY_KEY
-from dsvl.model.safe_load import (SHARDED_MODEL, UnsafeCheckpointError, check_checkpoint, is_sharded_checkpoint,
-                                  load_sharded, safe_torch_load, sharded_tensors)
+from dsvl.model.safe_load import (SHARDED_MODEL, UnsafeCheckpointError, check_checkpoint, deepspeed_files,
+                                  is_sharded_checkpoint, load_sharded, safe_torch_load, sharded_tensors)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ def check_init_from(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise InitFromError(f"init_from={path}: no such file or directory")
+    if deepspeed_files(p):
+        raise deepspeed_init_from_error(path)
     if (p.is_file() and p.suffix not in (".ckpt", ".pt", ".pth")) or (p.is_dir() and not is_sharded_checkpoint(p)
                                                                         and not (p / "config.json").is_file()):
         raise InitFromError(f"init_from={path}: expected a Lightning .ckpt file (a directory under trainer=fsdp) "
@@ -48,6 +50,13 @@ def check_init_from(path: str | Path) -> Path:
     if is_sharded_checkpoint(p) and not _sharded_weights(p):
         raise InitFromError(f"init_from={path}: a sharded checkpoint without model weights (no keys under {SHARDED_MODEL}model.)")
     return p
+
+
+def deepspeed_init_from_error(path: str | Path) -> InitFromError:
+    """A DeepSpeed checkpoint directory holds its weights as flat per-rank optimizer partitions: not a weight source."""
+    return InitFromError(f"init_from={path}: a DeepSpeed checkpoint directory; gather its weights into one file first "
+                         "with lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict("
+                         f"'{path}', 'weights.ckpt') and use init_from=weights.ckpt")
 
 
 def _sharded_weights(path: Path) -> dict[str, Any]:
