@@ -396,20 +396,32 @@ def materialize_in_units(
             with _blamed(source):
                 tensors = stack.enter_context(_open_tensors(Path(source.path).expanduser()))
                 opened.append((source, tensors, _picked(source, tensors, model)))
+        # a safetensors tensor (the last source holding it) is read into its own memory and kept, not read then copied
+        direct = {n: (j, key) for j, (_, tensors, picked) in enumerate(opened) for key, n in picked.items()
+                  if isinstance(tensors[key], _SafetensorsRows)}
+        adopted: set[tuple[int, str]] = set()
         for i, ((name, unit, whole), unit_names) in enumerate(zip(units, names)):
             values = _unit_values(name, unit, whole, owners, seed, skip)
             for n in unit_names:
                 t = meta[n]
-                if id(t) not in real:  # the init's own tensor where there is one: no second copy of the unit
-                    data = values.pop(n).to(device or "cpu") if n in values else torch.empty_like(t, device=device or "cpu")
+                if id(t) not in real:  # the init's or the file's own tensor where there is one: no second copy
+                    if n in values:
+                        data = values.pop(n).to(device or "cpu")
+                    elif n in direct:
+                        j, key = direct[n]
+                        with _blamed(opened[j][0]):
+                            data = _read_whole(opened[j][1][key], t, f"{opened[j][0].label}: {key}").to(device or "cpu")
+                        adopted.add((j, key))
+                    else:
+                        data = torch.empty_like(t, device=device or "cpu")
                     real[id(t)] = nn.Parameter(data, t.requires_grad) if isinstance(t, nn.Parameter) else data
                 parent, _, attr = n.rpartition(".")
                 setattr(model.get_submodule(parent), attr, real[id(t)])
             targets = {n: real[id(meta[n])] for n in unit_names}
             for n, value in values.items():  # tied to an earlier unit's tensor: the last unit's init wins, as in `materialize`
                 _assign(targets[n], value, n)
-            for source, tensors, picked in opened:
-                mine = {key: n for key, n in picked.items() if n in targets}
+            for j, (source, tensors, picked) in enumerate(opened):
+                mine = {key: n for key, n in picked.items() if n in targets and (j, key) not in adopted}
                 if mine:  # the same on every rank: a sharded (DCP) source reads collectively
                     with _blamed(source):
                         _read(source, tensors, mine, targets)
@@ -419,6 +431,14 @@ def materialize_in_units(
                 partition(list(done.values()))
             _trim_heap()
     return model
+
+
+def _read_whole(rows: _SafetensorsRows, like: torch.Tensor, what: str) -> torch.Tensor:
+    """All of a safetensors tensor in `like`'s dtype, shape-checked against it."""
+    if rows.shape != tuple(like.shape):
+        raise CheckpointError(f"{what}: shape {rows.shape} where the model holds {tuple(like.shape)} "
+                              "(the checkpoint was not saved from this model config)")
+    return rows[:].to(like.dtype)
 
 
 @functools.cache
