@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,12 +25,6 @@ from ..forked import run_ranks  # noqa: E402
 
 pytestmark = pytest.mark.slow
 STEPS = 4
-
-
-def _free_port() -> int:  # test_meta_build's torchrun launch
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(strategy: str, demo: Path, out: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_distributed import _free_port
+from ..forked import free_port
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def reports(out) -> list[dict]:
 def run_two_ranks(worker: Path, out: Path) -> list[dict]:
     """`worker --out <out>` under torchrun on 2 CPU processes; the `<out>/rank<r>.json` reports it wrote."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(worker), "--out", str(out)]
+           "--master_port", str(free_port()), str(worker), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]

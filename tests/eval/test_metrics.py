@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 
 from dsvl.eval.metrics import MultimodalLoss, MultipleChoiceAccuracy, TextPerplexity
 from dsvl.eval.scoring import sequence_nll
+from ..forked import free_port
 
 INF = float("inf")
 
@@ -102,18 +102,12 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_sync_two_processes_no_double_counting() -> None:
     # fork, not spawn: a spawned child re-imports torch and torchmetrics (~10 s on a busy 2-core box);
     # the children only run tiny single-threaded ops and gloo collectives, which are fork-safe
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()

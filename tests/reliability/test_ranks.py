@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 from .conftest import HERE, bad_prefixed_shards, read_records, recorder
+from ..forked import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _source(urls: list[str], modality: str) -> str:
@@ -40,7 +34,7 @@ def test_two_ranks_sum_skips_and_agree_on_nan_steps(tmp_path, demo_data):
         "+callbacks.poison._target_=reliability_hooks.PoisonLoss", "+callbacks.poison.steps=[1]", "+callbacks.poison.rank=1",
     ]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "--module", "dsvl.cli.train", *overrides]
+           "--master_port", str(free_port()), "--module", "dsvl.cli.train", *overrides]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="offline")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
