@@ -62,23 +62,28 @@ def fail(prog: str, err: BaseException | str) -> NoReturn:
     sys.exit(EXIT_USER_ERROR)
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None,
+def compose(overrides: Sequence[str] = (), config_name: str | None = "train", output_dir: str | Path | None = None,
             return_hydra_config: bool = False) -> DictConfig:
     """Compose the training config as `dsvl-train` would, outside `@hydra.main` (demo, pipeline, tests).
 
     `output_dir` replaces Hydra's run dir (there is none outside `@hydra.main`). Hydra's global state is
-    left as it was found (cleared), so `@hydra.main` can run afterwards.
+    left as it was found (a surrounding Hydra app's included).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    outer = GlobalHydra.instance().hydra
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        overrides = list(overrides)
-        if output_dir is not None:
-            overrides.append(f"paths.output_dir={Path(output_dir).resolve()}")
-        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            overrides = list(overrides)
+            if output_dir is not None:
+                overrides.append(f"paths.output_dir={Path(output_dir).resolve()}")
+            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
 
 
 def is_multirun() -> bool:

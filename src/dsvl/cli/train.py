@@ -193,10 +193,7 @@ def resume_from(cfg: DictConfig) -> str | None:
             log.info("resuming %s, so init_from=%s is ignored (the run continues)", last, cfg.init_from)
             cfg.init_from = None
     elif requested:
-        candidates = [Path(str(requested)).expanduser()]
-        if not is_checkpoint(candidates[0]):
-            raise CheckpointError(f"ckpt_path={requested}: no such checkpoint (accepted: a .ckpt file, a sharded or "
-                                  "DeepSpeed .ckpt directory, 'last' or 'hpc')")
+        candidates = [Path(str(requested)).expanduser()]  # checked by validate_config
         requested = str(candidates[0])
     else:
         return None

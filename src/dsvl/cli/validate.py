@@ -21,8 +21,6 @@ from dsvl.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
-
 
 def plain(node: Any) -> Any:
     """The config as plain dicts / lists with interpolations resolved, for the schemas.
@@ -116,35 +114,24 @@ def check_steps(cfg: dict[str, Any]) -> None:
 
 def check_checkpoints(cfg: dict[str, Any]) -> None:
     """`init_from` / `ckpt_path` name loadable checkpoints, opened the safe way (weights-only, memory-mapped)."""
-    from dsvl.model.safe_load import check_checkpoint, deepspeed_files, is_checkpoint, is_sharded_checkpoint
-    from dsvl.stages.checkpoint import deepspeed_init_from_error
+    from dsvl.model.safe_load import check_checkpoint, is_checkpoint
+    from dsvl.stages.checkpoint import check_init_from
 
     init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
     if init_from and ckpt_path:
         raise ConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
-    accepted = {"init_from": "accepted: a .ckpt file (a directory under trainer=fsdp) or an exported model directory",
-                "ckpt_path": "accepted: a .ckpt file (a directory under trainer=fsdp or deepspeed), or 'last'"}
     ckpt_dir = (cfg.get("paths") or {}).get("ckpt_dir")
-    if cfg.get("auto_resume") and ckpt_dir and is_checkpoint(Path(str(ckpt_dir)) / "last.ckpt"):
-        init_from = None  # a restarted job resumes its own progress; the previous stage's weights are not read
-    for key, value in (("init_from", init_from), ("ckpt_path", ckpt_path)):
-        if not value or (key == "ckpt_path" and value in ("last", "hpc")):  # found in the run dir, after Hydra made it
-            continue
-        path = Path(str(value)).expanduser()
-        if not path.exists():
-            raise CheckpointError(f"{key}={value}: no such file or directory ({accepted[key]})")
-        if key == "init_from" and deepspeed_files(path):
-            raise deepspeed_init_from_error(value)
-        if path.is_dir() and not is_sharded_checkpoint(path) and not deepspeed_files(path):
-            if key == "init_from" and (path / "config.json").is_file():
-                continue  # an exported (save_pretrained) model: transformers reads it
-            raise CheckpointError(f"{key}={value}: a directory without config.json is not a model ({accepted[key]})")
-        if path.suffix not in CHECKPOINT_SUFFIXES and not path.is_dir():
-            raise CheckpointError(f"{key}={value}: not a checkpoint (expected {', '.join(CHECKPOINT_SUFFIXES)}; {accepted[key]})")
+    if init_from and not (cfg.get("auto_resume") and ckpt_dir and is_checkpoint(Path(str(ckpt_dir)) / "last.ckpt")):
+        check_init_from(init_from)  # (a restarted job resumes its own progress: the previous stage's weights are not read)
+    if ckpt_path and ckpt_path not in ("last", "hpc"):  # those two are found in the run dir, after Hydra made it
+        path = Path(str(ckpt_path)).expanduser()
+        if not is_checkpoint(path):
+            raise CheckpointError(f"ckpt_path={ckpt_path}: no such file or checkpoint directory (accepted: a .ckpt file, "
+                                  "a sharded or DeepSpeed .ckpt directory, 'last' or 'hpc')")
         try:
             check_checkpoint(path)
         except CheckpointError as err:
-            raise CheckpointError(f"{key}={value}: {err}") from None
+            raise CheckpointError(f"ckpt_path={ckpt_path}: {err}") from None
 
 
 def validate_config(cfg: DictConfig) -> None:

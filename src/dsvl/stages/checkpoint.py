@@ -30,23 +30,27 @@ class InitFromError(CheckpointError):
     """`init_from` points at something that cannot give this model its weights (one-line message)."""
 
 
+INIT_FROM_ACCEPTED = "accepted: a .ckpt file (a directory under trainer=fsdp) or an exported model directory"
+
+
 def check_init_from(path: str | Path) -> Path:
     """The path, checked to exist and to be a `.ckpt` file or a sharded `.ckpt` directory holding model weights
     (opened the safe way, tensors not read) or an exported model directory, before any weights are built."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise InitFromError(f"init_from={path}: no such file or directory")
+        raise InitFromError(f"init_from={path}: no such file or directory ({INIT_FROM_ACCEPTED})")
     if deepspeed_files(p):
         raise deepspeed_init_from_error(path)
-    if (p.is_file() and p.suffix not in (".ckpt", ".pt", ".pth")) or (p.is_dir() and not is_sharded_checkpoint(p)
-                                                                        and not (p / "config.json").is_file()):
-        raise InitFromError(f"init_from={path}: expected a Lightning .ckpt file (a directory under trainer=fsdp) "
-                            "or an exported model directory (with config.json)")
-    if p.is_file() or is_sharded_checkpoint(p):
-        try:
-            check_checkpoint(p)
-        except UnsafeCheckpointError as err:
-            raise InitFromError(f"init_from={path}: {err}") from None
+    if p.is_dir() and not is_sharded_checkpoint(p):
+        if (p / "config.json").is_file():
+            return p  # an exported (save_pretrained) model: transformers reads it
+        raise InitFromError(f"init_from={path}: a directory without config.json is not a model ({INIT_FROM_ACCEPTED})")
+    if p.is_file() and p.suffix not in (".ckpt", ".pt", ".pth"):
+        raise InitFromError(f"init_from={path}: not a checkpoint (expected .ckpt, .pt or .pth; {INIT_FROM_ACCEPTED})")
+    try:
+        check_checkpoint(p)
+    except CheckpointError as err:
+        raise InitFromError(f"init_from={path}: {err}") from None
     if is_sharded_checkpoint(p) and not _sharded_weights(p):
         raise InitFromError(f"init_from={path}: a sharded checkpoint without model weights (no keys under {SHARDED_MODEL}model.)")
     return p
