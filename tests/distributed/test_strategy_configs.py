@@ -49,8 +49,6 @@ def test_fsdp_is_fsdp2_through_model_parallel_strategy_with_options():
     assert strategy.param_dtype is bfloat16 and not strategy.reshard_after_forward
     with pytest.raises(ValueError, match="dtype"):
         FSDP2Strategy(param_dtype="bf17")
-    with pytest.raises(ValueError, match="tensor_parallel_size"):
-        FSDP2Strategy(tensor_parallel_size=2)
 
 
 @pytest.mark.parametrize("name,stage", [("deepspeed", 2), ("deepspeed_zero3", 3)])

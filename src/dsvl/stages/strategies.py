@@ -1,29 +1,6 @@
-"""Lightning strategies for dsvl: FSDP2 sharding per component, strategy checks, SLURM requeue.
-
-dsvl runs on Lightning's own strategies and launchers (DESIGN.md principle 7); this module only
-says *how the VLM is cut*:
-
-- `FSDP2Strategy` is Lightning's `ModelParallelStrategy` (FSDP2, `fully_shard`) with dsvl's
-  defaults: a 1-D data-parallel mesh over all ranks and the sharding options as constructor
-  arguments, so `conf/trainer/fsdp.yaml` can set them.
-- `shard_model` applies `fully_shard` bottom-up, each component by its own blocks
-  (`VisionLanguageModel.block_classes()`: LLM decoder layers, SigLIP / SAM blocks), then each
-  part (`vision.low`, `vision.high`, `adaptor`, `llm`) as one unit, then the root. A part is
-  either wholly frozen or wholly trained, so every FSDP parameter group is homogeneous: frozen
-  towers are sharded (1/N of their weights per rank), get no gradients and, since the stage hands
-  only trainable parameters to the optimizer, no optimizer state.
-- `configure_model(stage)` is what `VLMStage.configure_model` calls: a no-op for every strategy
-  but `ModelParallelStrategy` and DeepSpeed ZeRO-3, and idempotent (Lightning calls it again for `validate`).
-  A model built on the meta device (`build_model(cfg.model, device="meta")`, see `builds_on_meta`) is, under
-  FSDP2, sharded first and then materialised shard by shard: random init directly into the local shards
-  (the weights a 1-process run with the same seed starts from), then the pretrained weights it asks
-  for and those `defer_weights` recorded (`init_from`), each rank reading only its slices. Under ZeRO-3
-  it is materialised one init unit at a time with the same init and weights, each unit partitioned by
-  DeepSpeed as soon as it is filled (`materialize_zero3`).
-- `check_strategy(trainer_cfg)` turns "DeepSpeed is not installed", "DeepSpeed on CPU" or "FSDP on one CPU" into
-  one line before any weights are built.
-- `slurm_environment()` is `SLURMEnvironment(auto_requeue=True)` with the signal given by name,
-  for `trainer.plugins` in YAML.
+"""How the VLM is cut under Lightning's own strategies (docs/scale.md): FSDP2 sharding per component, the
+meta build materialised per shard (FSDP2) or per partitioned unit (DeepSpeed ZeRO-3), strategy checks before any
+weights, SLURM requeue. `configure_model(stage)` is what `VLMStage.configure_model` calls.
 """
 from __future__ import annotations
 
@@ -71,7 +48,7 @@ class FSDP2Strategy(ModelParallelStrategy):
             until backward (ZeRO-2 like: more memory, fewer all-gathers).
         param_dtype / reduce_dtype: FSDP2 `MixedPrecisionPolicy` ("bf16", "fp32", ...); None keeps
             the parameters' dtype (then `trainer.precision=bf16-mixed` autocasts instead).
-        Other arguments are `ModelParallelStrategy`'s.
+        Other arguments are `ModelParallelStrategy`'s (tensor parallel is 1: use it directly for 2-D parallelism).
     """
 
     def __init__(
@@ -80,18 +57,14 @@ class FSDP2Strategy(ModelParallelStrategy):
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
         data_parallel_size: Literal["auto"] | int = "auto",
-        tensor_parallel_size: int = 1,
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
         timeout: timedelta | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=tensor_parallel_size,
+        super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=1,
                          save_distributed_checkpoint=save_distributed_checkpoint,
                          process_group_backend=process_group_backend, **kwargs)
-        if int(tensor_parallel_size) != 1:
-            raise ValueError("FSDP2Strategy shards data-parallel only (tensor_parallel_size=1); "
-                             "use lightning's ModelParallelStrategy with your own configure_model for 2-D parallelism")
         self.reshard_after_forward = bool(reshard_after_forward)
         self.param_dtype, self.reduce_dtype = _dtype(param_dtype), _dtype(reduce_dtype)
 
@@ -257,29 +230,20 @@ def configure_model(stage: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------- checks
-def strategy_name(trainer_cfg: Mapping[str, Any]) -> str:
-    """'ddp', 'fsdp', 'deepspeed', 'model_parallel' or the strategy string as configured ('auto', ...)."""
-    strategy = trainer_cfg.get("strategy", "auto")
-    target = str(strategy.get("_target_", "")) if isinstance(strategy, Mapping) else str(strategy)
-    low = target.lower()
-    for key, name in (("deepspeed", "deepspeed"), ("fsdp2", "fsdp"), ("modelparallel", "fsdp"), ("fsdp", "fsdp"), ("ddp", "ddp")):
-        if key in low.replace("_", ""):
-            return name
-    return low or "auto"
-
-
 def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
     """One-line errors for strategies that cannot run here (before any weights are built)."""
     from dsvl.errors import ConfigError
 
-    name = strategy_name(trainer_cfg)
+    strategy = trainer_cfg.get("strategy", "auto")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, Mapping) else str(strategy)
+    if "deepspeed" not in target.lower():
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("trainer=deepspeed needs the deepspeed package (pip install deepspeed, on a CUDA machine); "
+                          "or use trainer=fsdp, Lightning's FSDP2, which needs nothing extra")
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    if name == "deepspeed":
-        if importlib.util.find_spec("deepspeed") is None:
-            raise ConfigError("trainer=deepspeed needs the deepspeed package (pip install deepspeed, on a CUDA machine); "
-                                   "or use trainer=fsdp, Lightning's FSDP2, which needs nothing extra")
-        if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
-            raise ConfigError("trainer=deepspeed runs on GPUs only; on CPU use trainer=ddp or trainer=fsdp with trainer.accelerator=cpu")
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        raise ConfigError("trainer=deepspeed runs on GPUs only; on CPU use trainer=ddp or trainer=fsdp with trainer.accelerator=cpu")
 
 
 def slurm_environment(auto_requeue: bool = True, requeue_signal: str = "SIGUSR1") -> SLURMEnvironment:
