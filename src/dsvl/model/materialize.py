@@ -1,26 +1,17 @@
-"""Weights for a model built without them: random init and checkpoint loading, one piece at a time, into whole
-or sharded (FSDP2 DTensor) parameters, so that no process ever holds the full model unless it runs it whole.
+"""Weights for a meta-built model, one piece at a time, into whole or sharded (FSDP2 DTensor) parameters, so no
+process holds the full model unless it runs it whole (docs/scale.md, docs/architecture.md).
 
-- The model is built under `torch.device("meta")` (no memory), as transformers does itself.
-- `materialize(model, ...)`: gives every parameter and buffer its value. Random init (`init_random`) goes per
-  *init unit* (a transformer block, a subtree without blocks, or a block container's own parameters): a full-size
-  CPU copy of the unit is initialised by its owner's init (transformers' `_init_weights` of the
-  nearest `PreTrainedModel`, a module's own `_init_weights`, else `reset_parameters`, children before
-  parents as transformers does) under a generator seeded by (seed, unit name), and each parameter
-  keeps its local part: all of it unsharded, its shard under `fully_shard`. A model sharded over any
-  number of ranks therefore starts from exactly the weights of the same model built whole with the
-  same seed. Then each weight source (`WeightSource`) is read the same way: each rank reads only the
-  slices it holds (safetensors row ranges, a memory-mapped torch checkpoint, or a sharded
-  `torch.distributed.checkpoint` directory written by any world size, which DCP re-shards).
-- `materialize_in_units(model, partition, ...)`: the same values for a model partitioned as it is filled
-  (DeepSpeed ZeRO-3): one init unit at a time is allocated whole, initialised, read from the sources and handed to
-  `partition`, so a rank holds about one unit whole at a time.
+Random init goes per *init unit* (a transformer block, a block-free subtree, a block container's own tensors): a
+full-size CPU copy of the unit is initialised by its owner's init (the nearest `_init_weights`, else
+`reset_parameters`, children before parents as transformers does) under a generator seeded by (seed, unit name),
+and each parameter keeps its local part. So a model sharded over any number of ranks starts from exactly the
+weights of the same model built whole with the same seed. `materialize` fills a (sharded) model; `materialize_in_units`
+fills one partitioned as it is filled (DeepSpeed ZeRO-3), a unit at a time.
 """
 from __future__ import annotations
 
 import copy
 import ctypes
-import functools
 import json
 import logging
 import zlib
@@ -117,20 +108,18 @@ def _local_index(target: torch.Tensor) -> tuple[slice, ...] | None:
     return tuple(slice(o, o + s) for o, s in zip(offset, shape))
 
 
-def _local(target: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return target.to_local() if isinstance(target, DTensor) else target
+def _check_shape(what: str, got: Any, want: Any) -> None:
+    if tuple(got) != tuple(want):
+        raise CheckpointError(f"{what}: shape {tuple(got)} where the model holds {tuple(want)} "
+                              "(the checkpoint was not saved from this model config)")
 
 
 def _assign(target: torch.Tensor, value: Any, what: str) -> None:
     """Copy `value` (a full tensor or anything indexable like one) into the local part of `target`."""
     index = _local_index(target)
-    local = _local(target)
+    local = target if index is None else target.to_local()
     part = value[index] if index is not None else value[:] if not isinstance(value, torch.Tensor) else value
-    if tuple(part.shape) != tuple(local.shape):
-        raise CheckpointError(f"{what}: shape {tuple(part.shape)} where the model holds {tuple(local.shape)} "
-                              "(the checkpoint was not saved from this model config)")
+    _check_shape(what, part.shape, local.shape)
     with torch.no_grad():
         local.copy_(part)
 
@@ -270,9 +259,7 @@ def _read(source: WeightSource, tensors: Mapping[str, Any], picked: Mapping[str,
     path = Path(source.path).expanduser()
     if is_sharded_checkpoint(path):  # DCP reads every rank's slices in one collective call
         for key, name in picked.items():
-            if tuple(tensors[key].size) != tuple(targets[name].shape):
-                raise CheckpointError(f"{source.label}: {key}: shape {tuple(tensors[key].size)} where the model holds "
-                                      f"{tuple(targets[name].shape)} (the checkpoint was not saved from this model config)")
+            _check_shape(f"{source.label}: {key}", tensors[key].size, targets[name].shape)
         load_sharded(path, {key: targets[name] for key, name in picked.items()})
         return
     for key, name in picked.items():
@@ -409,8 +396,9 @@ def materialize_in_units(
                         data = values.pop(n).to(device or "cpu")
                     elif n in direct:
                         j, key = direct[n]
-                        with _blamed(opened[j][0]):
-                            data = _read_whole(opened[j][1][key], t, f"{opened[j][0].label}: {key}").to(device or "cpu")
+                        rows = opened[j][1][key]
+                        _check_shape(f"{opened[j][0].label}: {key}", rows.shape, t.shape)
+                        data = rows[:].to(t.dtype).to(device or "cpu")
                         adopted.add((j, key))
                     else:
                         data = torch.empty_like(t, device=device or "cpu")
@@ -433,26 +421,11 @@ def materialize_in_units(
     return model
 
 
-def _read_whole(rows: _SafetensorsRows, like: torch.Tensor, what: str) -> torch.Tensor:
-    """All of a safetensors tensor in `like`'s dtype, shape-checked against it."""
-    if rows.shape != tuple(like.shape):
-        raise CheckpointError(f"{what}: shape {rows.shape} where the model holds {tuple(like.shape)} "
-                              "(the checkpoint was not saved from this model config)")
-    return rows[:].to(like.dtype)
-
-
-@functools.cache
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
 def _trim_heap() -> None:
     """Give the memory the last unit freed back to the OS. glibc keeps freed blocks under its mmap threshold in the
     heap and raises that threshold each time a big tensor is freed, so without this a rank's RSS grew to about the
     whole model's (measured: 1.3B fp32 load on 2 ranks, 7.7 GB per rank, 5.3 GB with a fixed threshold)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        pass
