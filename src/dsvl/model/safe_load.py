@@ -1,20 +1,11 @@
-"""Loading checkpoints without running code from them (a checkpoint is never a way in).
-
-Every checkpoint dsvl reads goes through here: `.safetensors` files with safetensors, everything
-else (Lightning `.ckpt`, `.pt`, `.bin`) with `torch.load(weights_only=True)`, whose unpickler
-only rebuilds tensors and plain containers. A file whose pickle names any other global (a class
-to construct, `os.system`, ...) is refused with `UnsafeCheckpointError` before that global is
-ever imported or called. There is deliberately no switch to turn this off.
-
-A sharded checkpoint (a `torch.distributed.checkpoint` directory, as `trainer=fsdp` writes every `.ckpt`)
-is read the same way: `meta.pt` with `torch.load(weights_only=True)`, the tensors by DCP (itself
-`weights_only`), and its `.metadata` index, which DCP's own reader unpickles unrestricted, by an
-unpickler that knows only DCP's metadata classes (`read_sharded_metadata`; `load_sharded` reads with it).
+"""Loading checkpoints without running code from them (docs/reliability.md, "Safe loading"): safetensors, or
+`torch.load(weights_only=True)`; a pickle naming any other global is refused with `UnsafeCheckpointError` before
+that global is imported. There is deliberately no switch to turn this off. A sharded (DCP) checkpoint's `.metadata`
+index, which DCP's own reader unpickles unrestricted, is read by an unpickler that knows only DCP's metadata classes.
 """
 from __future__ import annotations
 
 import io
-import logging
 import pickle
 import re
 import warnings
@@ -26,9 +17,6 @@ import torch
 
 from dsvl.errors import CheckpointError
 
-log = logging.getLogger(__name__)
-
-SAFETENSORS_SUFFIXES = (".safetensors",)
 _GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
 _OPERAND = re.compile(r"Unsupported operand")
 
@@ -43,10 +31,7 @@ def _offending_global(err: BaseException) -> str | None:
 
 
 def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
-    """`torch.load(path, weights_only=True)`; a pickle that needs code execution raises `UnsafeCheckpointError`.
-
-    `mmap=True` maps tensor storages instead of reading them (cheap checks of big checkpoints).
-    """
+    """`torch.load(path, weights_only=True)`; a pickle that needs code execution raises `UnsafeCheckpointError`."""
     p = Path(path)
     try:
         return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
@@ -69,7 +54,7 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
 def load_weights(path: str | Path, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
     """A flat tensor dict from a `.safetensors` file or a weights-only torch file."""
     p = Path(path)
-    if p.suffix in SAFETENSORS_SUFFIXES:
+    if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(p), device=str(map_location))
@@ -120,12 +105,8 @@ def _check_deepspeed(files: list[Path]) -> dict[str, Any]:
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Open a checkpoint the safe way (tensors memory-mapped, not read) before a run commits to it; of a
-    sharded checkpoint, its non-tensor state (`meta.pt`: loop, data and callback states), the part
-    Lightning unpickles (the tensors are read by torch.distributed.checkpoint); of a DeepSpeed checkpoint, every file.
-
-    Returns the top-level dict without its tensor payloads being read; raises `UnsafeCheckpointError`.
-    """
+    """The top-level dict of a checkpoint opened the safe way (tensors memory-mapped, not read) before a run commits
+    to it: of a sharded checkpoint its index and `meta.pt` (what Lightning unpickles), of a DeepSpeed one every file."""
     if deepspeed_files(path):
         return _check_deepspeed(deepspeed_files(path))
     if is_sharded_checkpoint(path):

@@ -1,7 +1,6 @@
 """`VisionLanguageModel`: vision encoder + adaptor + causal LM, with images entering by an image-token mask."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -16,8 +16,6 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from .fused_loss import fused_linear_cross_entropy
 from .spec import VisionSpec
 from .vision import VisionEncoder
-
-log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -60,11 +58,9 @@ def fusable_head(head: nn.Module) -> bool:
 
 def chunked_next_token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
                             chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`next_token_loss(head(hidden), labels)` without materialising the logits; only supervised
-    positions go through the output head. A plain linear head takes the fused head + cross-entropy
-    (`fused_loss`: gradients made chunk by chunk in the forward, no logits kept; `chunk` positions, by
-    default a 64 MB bound); any other head runs `chunk` (default `LOSS_CHUNK`) positions at a time
-    under activation checkpointing, holding one chunk's fp32 logits and their gradient at once."""
+    """`next_token_loss(head(hidden), labels)` without materialising the logits, over supervised positions only:
+    a plain linear head by `fused_loss`, any other `chunk` (default `LOSS_CHUNK`) positions at a time under
+    activation checkpointing (one chunk's fp32 logits and their gradient at once; docs/packing.md)."""
     shift_labels = labels[:, 1:].to(hidden.device)
     keep = shift_labels != IGNORE_INDEX
     count = keep.sum()
@@ -210,13 +206,10 @@ class VisionLanguageModel(nn.Module):
         return_logits: bool | None = None,
         **llm_kwargs: Any,
     ) -> VLMOutput:
-        """The logits of every position and, with `labels` (unshifted, -100 = no loss), the mean
-        next-token NLL. Training (train mode, gradients on; or ``return_logits=False``) computes the
-        loss in chunks without the full logits (`chunked_next_token_loss`) and returns logits=None;
-        ``return_logits=True`` always takes the full-logits path.
+        """The logits and, with `labels` (unshifted, -100 = no loss), the mean next-token NLL. Training (train mode,
+        gradients on; or ``return_logits=False``) computes the loss without the full logits (logits=None).
 
         `position_ids` mark packed rows: each restart at 0 begins a sample that attends only to itself.
-        `image_embeds` replaces the pixels with precomputed image features (see `embed_inputs`).
         """
         embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values, image_embeds)
         if position_ids is not None and not use_cache:
@@ -228,7 +221,8 @@ class VisionLanguageModel(nn.Module):
                       use_cache=use_cache, **llm_kwargs)
         if return_logits is None:
             return_logits = not (self.training and torch.is_grad_enabled())
-        if labels is not None and not return_logits and not use_cache and self._head_outside_llm_forward_ok():
+        # an LLM that is its own FSDP2 unit gathers its head and final norm only inside its own forward: full logits there
+        if labels is not None and not return_logits and not use_cache and not isinstance(self.llm, FSDPModule):
             hidden = self.llm.get_decoder()(**inputs).last_hidden_state
             loss, count = chunked_next_token_loss(hidden, self.llm.get_output_embeddings(), labels)
             return VLMOutput(loss=loss, logits=None, num_loss_tokens=count)
@@ -237,15 +231,6 @@ class VisionLanguageModel(nn.Module):
         if labels is not None:
             loss, count = next_token_loss(out.logits, labels)
         return VLMOutput(loss=loss, logits=out.logits, num_loss_tokens=count, past_key_values=out.get("past_key_values"))
-
-    def _head_outside_llm_forward_ok(self) -> bool:
-        """False when the LLM is its own FSDP2 unit: its head and final norm are only gathered inside
-        the LLM's own forward, so the loss takes the full-logits path there."""
-        try:
-            from torch.distributed.fsdp import FSDPModule
-        except ImportError:  # torch without distributed
-            return True
-        return not isinstance(self.llm, FSDPModule)
 
     @torch.no_grad()
     def generate(
