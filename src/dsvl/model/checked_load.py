@@ -23,8 +23,13 @@ def weights_source(pretrained: Any, hub_id: str | None, key: str = "") -> str | 
     return hub_id if pretrained is True else str(pretrained)
 
 
-def from_pretrained_checked(cls: Any, source: str, key: str, **kwargs: Any) -> Any:
-    """`cls.from_pretrained(source, **kwargs)`; ConfigError (one line) when any of its weights was not in `source`."""
+def from_pretrained_checked(cls: Any, key: str, pretrained: Any, hub_id: str | None, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(<weights_source>, **kwargs)`, None without a source; ConfigError (one line) when any of
+    its weights was not in the checkpoint."""
+    source = weights_source(pretrained, hub_id)
+    if source is None:
+        return None
+    log.info("%s: loading weights from %s", key, source)
     try:
         model, info = cls.from_pretrained(source, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:

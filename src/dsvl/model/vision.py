@@ -1,13 +1,10 @@
 """Vision towers: transformers' SigLIP and SAM models plus DeepSeek-VL's SAM downsampling path.
 
-Each tower works out its sizes (`info`: width, token grid, image input) in its constructor, so
-`dsvl.model.build` learns them by building the towers on the meta device, before any weights.
-`VisionEncoder` holds the low-res (SigLIP) and/or high-res (SAM) tower and joins their features
-along the embedding dimension as [high, low], the order DeepSeek-VL's hybrid adaptor splits.
+Each tower works out its sizes (`info`) in its constructor, so building the towers on meta learns them.
+`VisionEncoder` joins the features as [high, low], the order DeepSeek-VL's hybrid adaptor splits.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +16,10 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
     DeepseekVLSamVisionProj,
 )
 
-from .checked_load import from_pretrained_checked, weights_source
+from .checked_load import from_pretrained_checked
 from .cfgutil import instantiate, make_hf_config
 from .errors import ConfigError
 from .spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
-
-log = logging.getLogger(__name__)
-
-LOW_RES_INPUT = "pixel_values"
-HIGH_RES_INPUT = "high_res_pixel_values"
 
 
 @dataclass(frozen=True)
@@ -89,7 +81,7 @@ class SiglipTower(nn.Module):
     trip DDP's unused-parameter check).
     """
 
-    input_name = LOW_RES_INPUT
+    input_name = "pixel_values"
 
     def __init__(
         self,
@@ -103,12 +95,10 @@ class SiglipTower(nn.Module):
     ) -> None:
         super().__init__()
         hf_config.setdefault("vision_use_head", False)
-        src = weights_source(pretrained, hub_id)
-        if src is not None:
-            log.info("SigLIP tower: loading weights from %s", src)
-            self.model = from_pretrained_checked(SiglipVisionModel, src, "vision.low", **hf_config)
-        else:
-            self.model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, **hf_config))
+        model = from_pretrained_checked(SiglipVisionModel, "vision.low", pretrained, hub_id, **hf_config)
+        if model is None:
+            model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, **hf_config))
+        self.model = model
         cfg = self.model.config
         self.mean, self.std = tuple(mean), tuple(std)
         size = _side(cfg.image_size, "image_size")
@@ -128,7 +118,7 @@ class SamTower(nn.Module):
     and is added, scaled by `alpha` (learnable, initialised to 0).
     """
 
-    input_name = HIGH_RES_INPUT
+    input_name = "high_res_pixel_values"
 
     def __init__(
         self,
@@ -142,12 +132,10 @@ class SamTower(nn.Module):
         **hf_config: Any,
     ) -> None:
         super().__init__()
-        src = weights_source(pretrained, hub_id)
-        if src is not None:
-            log.info("SAM tower: loading weights from %s", src)
-            self.model = from_pretrained_checked(SamVisionModel, src, "vision.high", **hf_config)
-        else:
-            self.model = SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, **hf_config))
+        model = from_pretrained_checked(SamVisionModel, "vision.high", pretrained, hub_id, **hf_config)
+        if model is None:
+            model = SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, **hf_config))
+        self.model = model
         cfg = self.model.config
         if not cfg.global_attn_indexes:
             raise ConfigError("global_attn_indexes must name at least one block (DeepSeek-VL taps the first)")
