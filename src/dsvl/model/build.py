@@ -1,11 +1,7 @@
 """`build_model(cfg)` and `vision_spec(cfg)`: from the Hydra `model` node to a model, checked before any weights exist.
 
-The node has sub-nodes `vision`, `adaptor`, `llm` (each with a `_target_`, imported here, no Hydra
-needed) and top-level keys `image_token_id`, `pretrained`, `hub_id`, `gradient_checkpointing`.
-Sizes are learned by building the parts on the meta device (parameters without memory): the
-towers' widths and token grids, the LLM's width and vocabulary; unset adaptor widths are filled
-from them, and a meta forward of the adaptor checks that it feeds the LLM. Every misfit is a
-one-line `ConfigError` before any real weight exists.
+The parts are built on the meta device first (`assemble`: their `_target_`s imported here, no Hydra), which learns
+their sizes and fills unset adaptor widths; every misfit is a one-line `ConfigError` before any real weight exists.
 """
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ from .cfgutil import to_plain
 from .checked_load import weights_source
 from .errors import ConfigError
 from .hf_keys import key_map
-from .lora import lora_settings
+from .lora import apply_lora, lora_settings
 from .materialize import WeightSource, init_random, materialize
 from .spec import VisionSpec
 from .vlm import VisionLanguageModel
@@ -92,18 +88,16 @@ def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
 def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None) -> VisionLanguageModel:
     """A `VisionLanguageModel` from the Hydra `model` node (DictConfig or dict), checked on meta first.
 
-    `device="meta"` returns the checked model without weights or buffers: shard it, then
-    `materialize(model, template, device, sources=weight_sources(model))` fills it per shard
-    (a `model.lora` config is built whole instead: peft makes its adapters on real tensors).
-    Otherwise (default: the current default device) the weights are made here: random init by
-    `materialize` (the same values it gives a sharded copy of the model with the same seed), or
-    each part's `pretrained` (the other modules get that same random init), or a top-level `pretrained`
-    (True = `hub_id`, or a path / hub id): a whole transformers DeepSeek-VL checkpoint, checked to have
-    exactly the configured shapes.
+    `device="meta"` returns it without weights or buffers: shard it, then `materialize(model, template, device,
+    sources=weight_sources(model))` fills it per shard (LoRA builds whole: peft makes its adapters on real tensors).
+    Otherwise the weights are made here (default: the current default device): `materialize`'s random init, each
+    part's `pretrained` (the rest gets that same init), or a whole transformers DeepSeek-VL `pretrained`, checked
+    to have exactly the configured shapes.
     """
     config = _model_config(cfg)
+    lora = lora_settings(config.get("lora"))
     device = torch.device(device) if device is not None else torch.get_default_device()
-    if device.type == "meta" and lora_settings(config.get("lora")) is not None:
+    if device.type == "meta" and lora is not None:
         # peft makes its adapters (and bitsandbytes its 4-bit layers) on real tensors with its own init: LoRA builds whole
         log.info("model.lora: built whole, not on meta (peft initialises its adapters on real tensors)")
         device = torch.get_default_device()
@@ -116,7 +110,6 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
     elif whole is not None:
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         tie = bool(model.llm.config.tie_word_embeddings)
-        lora = lora_settings(config.get("lora"))
         model = VisionLanguageModel.from_pretrained(whole, image_token_id=config["image_token_id"], lora=lora)
         got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if got != expected and not (lora and lora.load_in_4bit):  # 4-bit weights are packed: other shapes
@@ -139,7 +132,8 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
         materialize(model, device=device)
     if config.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
-    model = _with_lora(model, config.get("lora"))
+    if lora is not None:
+        model = apply_lora(model, lora)
     log.info("built %s", {r["part"]: r["total"] for r in model.parameter_summary()})
     return model
 
@@ -165,11 +159,3 @@ def with_checkpoint_architecture(config: dict[str, Any]) -> dict[str, Any]:
         arch["image_token_id"] = config["image_token_id"]
     return {**config, **arch}
 
-
-def _with_lora(model: VisionLanguageModel, node: Any) -> VisionLanguageModel:
-    settings = lora_settings(node)
-    if settings is None:
-        return model
-    from .lora import apply_lora
-
-    return apply_lora(model, settings)
