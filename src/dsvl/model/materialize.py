@@ -63,18 +63,6 @@ def _owners(model: nn.Module) -> dict[str, nn.Module | None]:
     return owners
 
 
-def _init_module(module: nn.Module, owner: nn.Module | None) -> None:
-    if owner is not None:
-        owner._init_weights(module)
-    elif hasattr(module, "reset_parameters"):
-        module.reset_parameters()
-
-
-def unit_seed(seed: int, name: str) -> int:
-    """The generator seed of one init unit: a function of the run seed and the unit's name only."""
-    return zlib.crc32(f"{int(seed)}:{name}".encode())
-
-
 def _full_unit(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int) -> dict[str, torch.Tensor]:
     """Full-size CPU values of a unit's parameters and buffers, from its owners' init under the unit's own seed."""
     work = copy.deepcopy(unit).to_empty(device="cpu", recurse=whole)
@@ -84,9 +72,13 @@ def _full_unit(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Mod
             t.fill_(float("nan") if t.is_floating_point() else torch.iinfo(t.dtype).min)  # "not written", checked below
     modules = list(work.named_modules(remove_duplicate=False)) if whole else [("", work)]
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(unit_seed(seed, name))
+        torch.manual_seed(zlib.crc32(f"{int(seed)}:{name}".encode()))  # a function of the run seed and unit name only
         for rel, module in reversed(modules):  # children before parents, as transformers' smart_apply
-            _init_module(module, owners[f"{name}{rel}".rstrip(".")])
+            owner = owners[f"{name}{rel}".rstrip(".")]
+            if owner is not None:
+                owner._init_weights(module)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     values = {f"{name}{n}": t.detach() for n, t in _tensors(work, whole)}
     unset = [n for n, v in values.items()
              if bool((v.isnan() if v.is_floating_point() else v == torch.iinfo(v.dtype).min).any())]
@@ -96,18 +88,6 @@ def _full_unit(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Mod
 
 
 # ---------------------------------------------------------------------------------------- local parts
-def _local_index(target: torch.Tensor) -> tuple[slice, ...] | None:
-    """The slice of the full tensor that `target` holds locally (None: all of it)."""
-    from torch.distributed.tensor import DTensor
-
-    if not isinstance(target, DTensor):
-        return None
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
-    return tuple(slice(o, o + s) for o, s in zip(offset, shape))
-
-
 def _check_shape(what: str, got: Any, want: Any) -> None:
     if tuple(got) != tuple(want):
         raise CheckpointError(f"{what}: shape {tuple(got)} where the model holds {tuple(want)} "
@@ -116,8 +96,13 @@ def _check_shape(what: str, got: Any, want: Any) -> None:
 
 def _assign(target: torch.Tensor, value: Any, what: str) -> None:
     """Copy `value` (a full tensor or anything indexable like one) into the local part of `target`."""
-    index = _local_index(target)
-    local = target if index is None else target.to_local()
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    local, index = target, None
+    if isinstance(target, DTensor):  # only its slice of the full tensor is read
+        shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
+        local, index = target.to_local(), tuple(slice(o, o + s) for o, s in zip(offset, shape))
     part = value[index] if index is not None else value[:] if not isinstance(value, torch.Tensor) else value
     _check_shape(what, part.shape, local.shape)
     with torch.no_grad():
@@ -208,7 +193,7 @@ def _safetensors_index(path: Path) -> dict[str, _SafetensorsRows]:
 @contextmanager
 def _open_tensors(path: Path) -> Iterator[Mapping[str, Any]]:
     """Checkpoint key -> something sliceable like a tensor that reads only the slice asked for; of a sharded
-    checkpoint, its index entries (`load_weights` reads those through DCP, all at once)."""
+    checkpoint, its index entries (`_read` reads those through DCP, all at once)."""
     if is_sharded_checkpoint(path):
         yield sharded_tensors(path)
         return
@@ -266,19 +251,8 @@ def _read(source: WeightSource, tensors: Mapping[str, Any], picked: Mapping[str,
         _assign(targets[name], tensors[key], f"{source.label}: {key}")
 
 
-def load_weights(model: nn.Module, source: WeightSource) -> int:
-    """Read `source` into `model`'s (local parts of) parameters and persistent buffers under `source.prefix`;
-    every such parameter must be in the checkpoint. Returns the number of tensors read."""
-    targets = dict(model.state_dict(keep_vars=True))
-    with _blamed(source), _open_tensors(Path(source.path).expanduser()) as tensors:
-        picked = _picked(source, tensors, model)
-        _read(source, tensors, picked, targets)
-    log.info("loaded %d tensors from %s%s", len(picked), source.path, f" into {source.prefix}" if source.prefix else "")
-    return len(picked)
-
-
 def _filled_by(sources: Any, names: set[str]) -> set[str]:
-    """Those of `names` (state-dict keys: `load_weights` reads no non-persistent buffer) that `sources` will fill
+    """Those of `names` (state-dict keys: no source fills a non-persistent buffer) that `sources` will fill
     (from their keys only: no tensor is read)."""
     filled: set[str] = set()
     for source in sources:
@@ -295,13 +269,9 @@ def init_random(
     blocks: tuple[type, ...] | None = None,
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """Random init per unit (see the module docstring) into `model`'s allocated (local parts of) parameters and
-    buffers, except those named in `skip` (filled otherwise: a checkpoint). A unit wholly in `skip` is never built.
-
-    `template`: the same model unsharded (on meta or not); by default `model` itself. `seed` defaults to
-    `torch.initial_seed()` (Lightning's `seed_everything` sets it), so every rank of a run and a 1-process run agree.
-    `blocks`: the repeated block classes (one init unit each); default `template.block_classes()` if it has one.
-    """
+    """Random init per unit into `model`'s allocated (local parts of) tensors except those in `skip` (a unit wholly
+    in `skip` is never built). `template`: the same model unsharded (default `model`); `seed`: default
+    `torch.initial_seed()` (`seed_everything` sets it); `blocks`: default `template.block_classes()`."""
     template = model if template is None else template
     seed, units, owners = _init_plan(template, seed, blocks)
     targets = dict(_tensors(model, True))
@@ -336,11 +306,8 @@ def materialize(
     blocks: tuple[type, ...] | None = None,
 ) -> nn.Module:
     """Allocate `model`'s parameters on `device` (its local shards once `fully_shard` was applied) and fill them:
-    random init per unit (`init_random`) of every tensor that `sources` do not hold, then each of `sources` in order.
-
-    `template`: the same model unsharded, still on meta (a `copy.deepcopy` taken before `fully_shard`);
-    by default a copy of `model` itself (unsharded). `seed`, `blocks`: as `init_random`.
-    """
+    random init (`init_random`) of every tensor that `sources` do not hold, then each of `sources` in order (every
+    parameter under a source's `prefix` must be in it). `template`: the model unsharded on meta (default: a copy)."""
     if template is None:
         template = copy.deepcopy(model)
     first: dict[int, str] = {}
@@ -351,8 +318,12 @@ def materialize(
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, model.get_parameter(same))
     init_random(model, template, seed, blocks, skip=_filled_by(sources, set(model.state_dict(keep_vars=True))))
+    targets = model.state_dict(keep_vars=True)
     for source in sources:
-        load_weights(model, source)
+        with _blamed(source), _open_tensors(Path(source.path).expanduser()) as tensors:
+            picked = _picked(source, tensors, model)
+            _read(source, tensors, picked, targets)
+        log.info("loaded %d tensors from %s%s", len(picked), source.path, f" into {source.prefix}" if source.prefix else "")
     return model
 
 
