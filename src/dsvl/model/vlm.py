@@ -22,8 +22,7 @@ IGNORE_INDEX = -100
 
 @dataclass
 class VLMOutput:
-    """Mean next-token loss over supervised positions, the logits (None on the training path: `forward`
-    with labels and ``return_logits=False``), how many positions the loss averaged, the KV cache."""
+    """Mean next-token loss, the logits (None on the training path), positions the loss averaged, the KV cache."""
 
     loss: torch.Tensor | None
     logits: torch.Tensor | None
@@ -48,9 +47,8 @@ def _chunk_nll_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
 
 
 def fusable_head(head: nn.Module) -> bool:
-    """True for a plain `nn.Linear` whose weight is an ordinary tensor and that has no hooks: the fused
-    loss calls its weight directly. A peft LoRA wrapper, an FSDP2-sharded (DTensor) or hooked head runs
-    its own forward instead (the checkpointed chunks)."""
+    """True for a plain, hook-free `nn.Linear` with ordinary tensors (the fused loss calls its weight directly); a
+    LoRA-wrapped, FSDP2-sharded (DTensor) or hooked head runs its own forward in checkpointed chunks instead."""
     if type(head) is not nn.Linear or head._forward_hooks or head._forward_pre_hooks:
         return False
     return all(type(p) in (torch.Tensor, nn.Parameter) for p in (head.weight, head.bias) if p is not None)
@@ -133,9 +131,8 @@ class VisionLanguageModel(nn.Module):
         """Activation checkpointing in the LLM and every transformers tower (memory for compute)."""
         kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
         for module in self._checkpointable():
-            enable = getattr(module, "activation_checkpointing_enable", None)  # transformers >= 5.x name
-            if enable is not None:
-                enable(activation_checkpointing_kwargs=kwargs)
+            if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
@@ -168,19 +165,14 @@ class VisionLanguageModel(nn.Module):
         high_res_pixel_values: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with image features scattered, in order, over the positions holding `image_token_id`.
-
-        `image_embeds` (num_images, num_image_tokens, hidden) are features `encode_images` already
-        computed: rows that share an image (the options of one question) reuse them instead of
-        running the towers again.
-        """
+        """Token embeddings with image features scattered, in order, over the positions holding `image_token_id`;
+        `image_embeds`: features `encode_images` already computed (rows sharing an image reuse them)."""
         embeds = self.llm.get_input_embeddings()(input_ids)
         image_mask = input_ids == self.image_token_id
         if image_embeds is None and pixel_values is None and high_res_pixel_values is None:
             if bool(image_mask.any()):
-                raise ValueError(
-                    f"input_ids hold {int(image_mask.sum())} image tokens (id {self.image_token_id}) but no pixel_values were given"
-                )
+                raise ValueError(f"input_ids hold {int(image_mask.sum())} image tokens (id {self.image_token_id}) "
+                                 "but no pixel_values were given")
             return embeds
         features = image_embeds if image_embeds is not None else self.encode_images(pixel_values, high_res_pixel_values)
         num_images, per_image = features.shape[0], features.shape[1]
@@ -207,10 +199,7 @@ class VisionLanguageModel(nn.Module):
         **llm_kwargs: Any,
     ) -> VLMOutput:
         """The logits and, with `labels` (unshifted, -100 = no loss), the mean next-token NLL. Training (train mode,
-        gradients on; or ``return_logits=False``) computes the loss without the full logits (logits=None).
-
-        `position_ids` mark packed rows: each restart at 0 begins a sample that attends only to itself.
-        """
+        gradients on; or ``return_logits=False``) computes the loss without the full logits (logits=None)."""
         embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values, image_embeds)
         if position_ids is not None and not use_cache:
             # Packed rows (positions restart at 0 for each sample): transformers keeps attention inside
