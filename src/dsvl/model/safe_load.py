@@ -90,25 +90,18 @@ def is_checkpoint(path: str | Path) -> bool:
     return Path(path).is_file() or is_sharded_checkpoint(path) or bool(deepspeed_files(path))
 
 
-def _check_deepspeed(files: list[Path]) -> dict[str, Any]:
-    """Every per-rank file of a DeepSpeed checkpoint opened weights-only (DeepSpeed's resume unpickles them
-    unrestricted); returns the first model-states file, which holds Lightning's state (loops, callbacks, data)."""
-    try:  # data-only classes its optimizer states name: an IntEnum and the loss scalers (numbers in __dict__)
-        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-    except ImportError:
-        raise UnsafeCheckpointError(f"{files[0].parent.parent} is a DeepSpeed checkpoint: reading it needs deepspeed "
-                                    "(pip install deepspeed)") from None
-    with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
-        states = [safe_torch_load(f, mmap=True) for f in files]
-    return states[0]
-
-
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
     """The top-level dict of a checkpoint opened the safe way (tensors memory-mapped, not read) before a run commits
-    to it: of a sharded checkpoint its index and `meta.pt` (what Lightning unpickles), of a DeepSpeed one every file."""
-    if deepspeed_files(path):
-        return _check_deepspeed(deepspeed_files(path))
+    to it: of a sharded checkpoint its index and `meta.pt` (what Lightning unpickles); of a DeepSpeed one every
+    per-rank file (DeepSpeed's resume unpickles them unrestricted), returning the first: Lightning's state."""
+    if files := deepspeed_files(path):
+        try:  # data-only classes its optimizer states name: an IntEnum and the loss scalers (numbers in __dict__)
+            from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+            from deepspeed.runtime.zero.config import ZeroStageEnum
+        except ImportError:
+            raise UnsafeCheckpointError(f"{path} is a DeepSpeed checkpoint: reading it needs deepspeed (pip install deepspeed)") from None
+        with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
+            return [safe_torch_load(f, mmap=True) for f in files][0]
     if is_sharded_checkpoint(path):
         read_sharded_metadata(path)  # Lightning's resume would unpickle it without restrictions
         path = Path(path) / SHARDED_META

@@ -30,10 +30,6 @@ class TowerInfo:
     grid: int
     input: ImageInputSpec
 
-    @property
-    def num_tokens(self) -> int:
-        return self.grid * self.grid
-
 
 @dataclass(frozen=True)
 class VisionInfo:
@@ -48,7 +44,7 @@ class VisionInfo:
 
     @property
     def num_tokens(self) -> int:
-        return (self.low or self.high).num_tokens  # type: ignore[union-attr]
+        return (self.low or self.high).grid ** 2  # type: ignore[union-attr]
 
     @property
     def spec(self) -> VisionSpec:
@@ -75,11 +71,8 @@ def _grid(cfg: Any) -> int:
 
 
 class SiglipTower(nn.Module):
-    """Low-res semantic branch: transformers' `SiglipVisionModel`, its last hidden state as features.
-
-    The pooling head is off by default (DeepSeek-VL does not use it; unused weights would also
-    trip DDP's unused-parameter check).
-    """
+    """Low-res semantic branch: transformers' `SiglipVisionModel`, its last hidden state as features. The pooling head
+    is off by default (DeepSeek-VL does not use it; unused weights would also trip DDP's unused-parameter check)."""
 
     input_name = "pixel_values"
 
@@ -110,13 +103,9 @@ class SiglipTower(nn.Module):
 
 
 class SamTower(nn.Module):
-    """High-res detail branch: transformers' `SamVisionModel` plus DeepSeek-VL's downsampling.
-
-    As `DeepseekVLHybridModel.get_high_res_image_features`: the SAM neck output is interpolated to
-    4*grid and brought down by two stride-2 convs (C -> 2C -> 4C channels, grid x grid); a second
-    neck over the hidden state of the first global-attention block goes through the same convs
-    and is added, scaled by `alpha` (learnable, initialised to 0).
-    """
+    """High-res detail branch: transformers' `SamVisionModel` plus DeepSeek-VL's downsampling, as
+    `DeepseekVLHybridModel.get_high_res_image_features`: the neck output goes through two stride-2 convs (to 4C
+    channels, grid x grid), plus a second neck over the first global-attention block's output, scaled by `alpha`."""
 
     input_name = "high_res_pixel_values"
 
