@@ -1,12 +1,8 @@
 """Weights for a meta-built model, one piece at a time, into whole or sharded (FSDP2 DTensor) parameters, so no
-process holds the full model unless it runs it whole (docs/scale.md, docs/architecture.md).
-
-Random init goes per *init unit* (a transformer block, a block-free subtree, a block container's own tensors): a
-full-size CPU copy of the unit is initialised by its owner's init (the nearest `_init_weights`, else
-`reset_parameters`, children before parents as transformers does) under a generator seeded by (seed, unit name),
-and each parameter keeps its local part. So a model sharded over any number of ranks starts from exactly the
-weights of the same model built whole with the same seed. `materialize` fills a (sharded) model; `materialize_in_units`
-fills one partitioned as it is filled (DeepSpeed ZeRO-3), a unit at a time.
+process holds the full model unless it runs it whole (docs/scale.md, docs/architecture.md). Random init goes per
+*init unit* (a transformer block, a block-free subtree, a block container's own tensors): a full CPU copy of the unit
+gets its owner's init under a generator seeded by (seed, unit name) and each parameter keeps its local part, so any
+number of ranks starts from exactly the weights of the same model built whole with the same seed.
 """
 from __future__ import annotations
 
@@ -35,7 +31,6 @@ def has_meta_parameters(model: nn.Module) -> bool:
     return any(p.is_meta for p in model.parameters())
 
 
-# ---------------------------------------------------------------------------------------- init units
 def _tensors(module: nn.Module, recurse: bool) -> Iterator[tuple[str, torch.Tensor]]:
     yield from module.named_parameters(recurse=recurse, remove_duplicate=False)
     yield from module.named_buffers(recurse=recurse, remove_duplicate=False)
@@ -87,7 +82,6 @@ def _full_unit(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Mod
     return values
 
 
-# ---------------------------------------------------------------------------------------- local parts
 def _check_shape(what: str, got: Any, want: Any) -> None:
     if tuple(got) != tuple(want):
         raise CheckpointError(f"{what}: shape {tuple(got)} where the model holds {tuple(want)} "
@@ -109,16 +103,12 @@ def _assign(target: torch.Tensor, value: Any, what: str) -> None:
         local.copy_(part)
 
 
-# ---------------------------------------------------------------------------------------- weight sources
 @dataclass(frozen=True)
 class WeightSource:
-    """Pretrained weights to load after random init: `path` (a safetensors file or directory, a transformers
-    DeepSeek-VL directory, or a weights-only torch / Lightning checkpoint) into the parameters under `prefix`.
-
-    `key_map` renames checkpoint keys by prefix (checkpoint prefix -> model prefix, relative to `prefix`);
-    `strip` is a prefix dropped from checkpoint keys first (Lightning's "model."). `exact`: every checkpoint key
-    under `strip` must be a tensor of the model (a stage checkpoint of the same model config, `init_from`).
-    `origin`: the config key that asked for it (`init_from`, `model.pretrained`, ...), which starts its errors.
+    """Weights to load after random init: `path` (safetensors file or directory, a weights-only torch / Lightning
+    checkpoint, a sharded one) into the parameters under `prefix`. `key_map`: (checkpoint prefix, model prefix under
+    `prefix`) renames; `strip`: a key prefix dropped first (Lightning's "model."); `exact`: every checkpoint key under
+    `strip` must be in the model (`init_from`); `origin`: the config key that asked for it, which starts its errors.
     """
 
     path: str
@@ -251,17 +241,16 @@ def _read(source: WeightSource, tensors: Mapping[str, Any], picked: Mapping[str,
         _assign(targets[name], tensors[key], f"{source.label}: {key}")
 
 
-def _filled_by(sources: Any, names: set[str]) -> set[str]:
-    """Those of `names` (state-dict keys: no source fills a non-persistent buffer) that `sources` will fill
-    (from their keys only: no tensor is read)."""
-    filled: set[str] = set()
+def _open_sources(stack: ExitStack, sources: Any, model: nn.Module) -> list[tuple[WeightSource, Mapping[str, Any], dict[str, str]]]:
+    """Each source opened in `stack` (no tensor read yet), with what it fills in `model` (`_picked`)."""
+    opened = []
     for source in sources:
-        with _blamed(source), _open_tensors(Path(source.path).expanduser()) as tensors:
-            filled |= {n for n in map(source.rename, tensors) if n in names}
-    return filled
+        with _blamed(source):
+            tensors = stack.enter_context(_open_tensors(Path(source.path).expanduser()))
+            opened.append((source, tensors, _picked(source, tensors, model)))
+    return opened
 
 
-# ---------------------------------------------------------------------------------------- materialize
 def init_random(
     model: nn.Module,
     template: nn.Module | None = None,
@@ -317,13 +306,14 @@ def materialize(
         if name != same:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, model.get_parameter(same))
-    init_random(model, template, seed, blocks, skip=_filled_by(sources, set(model.state_dict(keep_vars=True))))
-    targets = model.state_dict(keep_vars=True)
-    for source in sources:
-        with _blamed(source), _open_tensors(Path(source.path).expanduser()) as tensors:
-            picked = _picked(source, tensors, model)
-            _read(source, tensors, picked, targets)
-        log.info("loaded %d tensors from %s%s", len(picked), source.path, f" into {source.prefix}" if source.prefix else "")
+    with ExitStack() as stack:
+        opened = _open_sources(stack, sources, model)
+        init_random(model, template, seed, blocks, skip={n for *_, picked in opened for n in picked.values()})
+        targets = model.state_dict(keep_vars=True)
+        for source, tensors, picked in opened:
+            with _blamed(source):
+                _read(source, tensors, picked, targets)
+            log.info("loaded %d tensors from %s%s", len(picked), source.path, f" into {source.prefix}" if source.prefix else "")
     return model
 
 
@@ -335,25 +325,19 @@ def materialize_in_units(
     sources: tuple[WeightSource, ...] | list[WeightSource] = (),
     blocks: tuple[type, ...] | None = None,
 ) -> nn.Module:
-    """`materialize` for a meta-built model that is partitioned as it is filled (DeepSpeed ZeRO-3): one init unit at a
-    time, the unit's parameters and buffers are allocated whole on `device`, given the same random init as under
-    `materialize` and then what `sources` hold for them, and its parameters are handed to `partition`, which keeps only
-    this rank's part. A parameter shared with a later unit (tied embeddings) is handed over with that unit. So a
-    rank holds about one unit whole at a time (and a tied embedding until its head), never the whole model."""
+    """`materialize` for a model partitioned as it is filled (DeepSpeed ZeRO-3): one init unit at a time is allocated
+    whole on `device`, filled as `materialize` would, and its parameters handed to `partition` (which keeps this rank's
+    part); a parameter tied to a later unit (tied embeddings) goes with that unit. A rank holds about one unit."""
     template = copy.deepcopy(model)  # on meta: cheap
     seed, units, owners = _init_plan(template, seed, blocks)
     meta = dict(_tensors(model, True))
     names = [[f"{name}{n}" for n, _ in _tensors(unit, whole)] for name, unit, whole in units]
     last = {id(meta[n]): i for i, unit_names in enumerate(names) for n in unit_names}
-    filled = {id(meta[n]) for n in _filled_by(sources, set(model.state_dict(keep_vars=True)))}
-    skip = {n for n, t in meta.items() if id(t) in filled}  # a tied tensor a source fills is filled under every name
     real: dict[int, torch.Tensor] = {}  # meta tensor -> the allocated one
     with ExitStack() as stack:
-        opened = []
-        for source in sources:
-            with _blamed(source):
-                tensors = stack.enter_context(_open_tensors(Path(source.path).expanduser()))
-                opened.append((source, tensors, _picked(source, tensors, model)))
+        opened = _open_sources(stack, sources, model)
+        filled = {id(meta[n]) for *_, picked in opened for n in picked.values()}
+        skip = {n for n, t in meta.items() if id(t) in filled}  # a tied tensor a source fills is filled under every name
         # a safetensors tensor (the last source holding it) is read into its own memory and kept, not read then copied
         direct = {n: (j, key) for j, (_, tensors, picked) in enumerate(opened) for key, n in picked.items()
                   if isinstance(tensors[key], _SafetensorsRows)}
