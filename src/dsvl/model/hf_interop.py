@@ -10,13 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForImageTextToText,
-    DeepseekVLConfig,
-    DeepseekVLHybridConfig,
-    PretrainedConfig,
-)
+from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
 from transformers.utils import is_torchvision_available
 
 from .assemble import M, assemble
@@ -38,16 +32,15 @@ def to_hf_config(model: nn.Module) -> PretrainedConfig:
     """The transformers config of a dsvl model (DeepseekVLConfig or DeepseekVLHybridConfig)."""
     arch = architecture_of(model)
     text = model.llm.config
-    common = dict(
+    high = {} if arch == DEEPSEEK_VL else {"high_res_vision_config": model.vision.high.model.config.to_dict()}
+    config = AutoConfig.for_model(
+        arch,
         text_config=text.to_dict(),
         vision_config=model.vision.low.model.config.to_dict(),
         image_token_id=model.image_token_id,
         tie_word_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
+        **high,
     )
-    if arch == DEEPSEEK_VL:
-        config: PretrainedConfig = DeepseekVLConfig(**common)
-    else:
-        config = DeepseekVLHybridConfig(**common, high_res_vision_config=model.vision.high.model.config.to_dict())
     config.architectures = [f"{type(config).__name__.removesuffix('Config')}ForConditionalGeneration"]
     return config
 
@@ -134,10 +127,8 @@ def load_hf_pretrained(
 
 
 def hf_image_processor(spec: VisionSpec) -> Any:
-    """transformers' DeepSeek-VL image processor set to a model's sizes and normalisation (resize longest side, pad square).
-
-    The torchvision backend when torchvision is installed, else the PIL one (same outputs).
-    """
+    """transformers' DeepSeek-VL image processor set to a model's sizes and normalisation (resize longest side, pad
+    square): the torchvision backend when torchvision is installed, else the PIL one (same outputs)."""
     import transformers
 
     suffix = "" if is_torchvision_available() else "Pil"  # importing the class without its backend only warns
@@ -158,10 +149,8 @@ def hf_image_processor(spec: VisionSpec) -> Any:
 
 
 def save_hf_pretrained(model: nn.Module, save_directory: str | Path, **hf_kwargs: Any) -> None:
-    """Write `model` as a transformers DeepSeek-VL directory (config, safetensors, generation and image-processor configs).
-
-    The transformers model is built on the meta device and borrows the dsvl modules, so nothing is copied.
-    """
+    """Write `model` as a transformers DeepSeek-VL directory (config, safetensors, generation and image-processor
+    configs); the transformers model is built on meta and borrows the dsvl modules, so nothing is copied."""
     config = to_hf_config(model)  # ConfigError before anything is written
     arch = config.model_type
     with merged_lora(model):  # LoRA adapters folded into the weights for the export, restored after
