@@ -1,8 +1,6 @@
-"""Fused output head + cross-entropy: the next-token NLL sum and its gradients without keeping any logits.
-
-Liger-Kernel's and Apple's cut-cross-entropy idea in plain PyTorch (docs/packing.md): the forward computes a chunk
-of logits at a time, its NLL and at once its gradients, then drops the logits; the backward only scales them.
-"""
+"""Fused output head + cross-entropy without keeping any logits: Liger-Kernel's and Apple's cut-cross-entropy idea in
+plain PyTorch (docs/packing.md). The forward computes a chunk of logits at a time, its NLL and at once its gradients,
+then drops the logits; the backward only scales the gradients."""
 from __future__ import annotations
 
 from typing import Any
@@ -65,9 +63,3 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             if g is not None:
                 g.mul_(grad_output.to(g.dtype))
         return (*grads, None, None)
-
-
-def fused_linear_cross_entropy(states: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-                               chunk: int | None = None) -> Tensor:
-    """Sum over rows of the NLL of `targets` under ``states @ weight.T + bias`` (see `FusedLinearCrossEntropy`)."""
-    return FusedLinearCrossEntropy.apply(states, weight, bias, targets, chunk or chunk_positions(weight.shape[0]))

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .fused_loss import fused_linear_cross_entropy
+from .fused_loss import FusedLinearCrossEntropy, chunk_positions
 from .spec import VisionSpec
 from .vision import VisionEncoder
 
@@ -56,15 +56,15 @@ def fusable_head(head: nn.Module) -> bool:
 
 def chunked_next_token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
                             chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`next_token_loss(head(hidden), labels)` without materialising the logits, over supervised positions only:
-    a plain linear head by `fused_loss`, any other `chunk` (default `LOSS_CHUNK`) positions at a time under
-    activation checkpointing (one chunk's fp32 logits and their gradient at once; docs/packing.md)."""
+    """`next_token_loss(head(hidden), labels)` without materialising the logits, over supervised positions only, `chunk`
+    positions at a time: a plain linear head by `fused_loss` (default: 64 MB of logits), any other head under
+    activation checkpointing (default `LOSS_CHUNK`; one chunk's fp32 logits and their gradient at once)."""
     shift_labels = labels[:, 1:].to(hidden.device)
     keep = shift_labels != IGNORE_INDEX
     count = keep.sum()
     states, targets = hidden[:, :-1][keep], shift_labels[keep]
     if fusable_head(head):
-        total = fused_linear_cross_entropy(states, head.weight, head.bias, targets, chunk)
+        total = FusedLinearCrossEntropy.apply(states, head.weight, head.bias, targets, chunk or chunk_positions(head.weight.shape[0]))
         return total / count.clamp(min=1), count
     total = states.float().sum() * 0.0  # a zero with a graph, also when nothing is supervised
     step = chunk or LOSS_CHUNK
@@ -138,8 +138,7 @@ class VisionLanguageModel(nn.Module):
 
     def gradient_checkpointing_disable(self) -> None:
         for module in self._checkpointable():
-            disable = getattr(module, "activation_checkpointing_disable", None) or module.gradient_checkpointing_disable
-            disable()
+            (getattr(module, "activation_checkpointing_disable", None) or module.gradient_checkpointing_disable)()
 
     def block_classes(self) -> set[type[nn.Module]]:
         """The repeated transformer block classes of every part (e.g. SiglipEncoderLayer, SamVisionLayer,
