@@ -1,7 +1,5 @@
-"""dsvl.model: the shared core (vision towers, adaptors, the VL model, transformers import/export).
-
-Plain PyTorch + transformers; never imports Lightning or Hydra.
-"""
+"""dsvl.model: the shared core (vision towers, adaptors, the VL model, transformers import/export). Plain PyTorch +
+transformers; never imports Lightning or Hydra."""
 from .adaptor import HybridSplitMLPGelu, LinearAdaptor, MLPGelu
 from .build import build_model, vision_spec, weight_sources
 from .errors import ConfigError

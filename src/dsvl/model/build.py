@@ -1,10 +1,8 @@
-"""`build_model(cfg)` and `vision_spec(cfg)`: from the Hydra `model` node to a model, checked before any weights exist.
-
-The parts are built on the meta device first (`assemble`: their `_target_`s imported here, no Hydra), which learns
-their sizes and fills unset adaptor widths; every misfit is a one-line `ConfigError` before any real weight exists.
-"""
+"""`build_model(cfg)` and `vision_spec(cfg)`: from the Hydra `model` node to a model, built on meta first (`assemble`,
+no Hydra) so that every misfit is a one-line `ConfigError` before any real weight exists."""
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,8 +60,6 @@ def weight_sources(model: VisionLanguageModel) -> list[WeightSource]:
     config = model.config
     whole = _pretrained(config)
     if whole is not None:
-        import json
-
         path = _local_dir(whole)
         arch = json.loads((Path(path) / "config.json").read_text())["model_type"]
         return [WeightSource(path, key_map=tuple(key_map(arch, model.llm.base_model_prefix)), origin="model.pretrained")]
@@ -86,19 +82,14 @@ def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
 
 
 def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None) -> VisionLanguageModel:
-    """A `VisionLanguageModel` from the Hydra `model` node (DictConfig or dict), checked on meta first.
-
-    `device="meta"` returns it without weights or buffers: shard it, then `materialize(model, template, device,
-    sources=weight_sources(model))` fills it per shard (LoRA builds whole: peft makes its adapters on real tensors).
-    Otherwise the weights are made here (default: the current default device): `materialize`'s random init, each
-    part's `pretrained` (the rest gets that same init), or a whole transformers DeepSeek-VL `pretrained`, checked
-    to have exactly the configured shapes.
-    """
+    """A `VisionLanguageModel` from the Hydra `model` node (DictConfig or dict). `device="meta"`: without weights, for
+    `materialize(model, template, device, sources=weight_sources(model))` after sharding (LoRA builds whole: peft
+    makes its adapters on real tensors). Otherwise (default: the current default device) `materialize`'s random init,
+    each part's `pretrained` (the rest gets that same init), or a whole DeepSeek-VL `pretrained` of the same shapes."""
     config = _model_config(cfg)
     lora = lora_settings(config.get("lora"))
     device = torch.device(device) if device is not None else torch.get_default_device()
-    if device.type == "meta" and lora is not None:
-        # peft makes its adapters (and bitsandbytes its 4-bit layers) on real tensors with its own init: LoRA builds whole
+    if device.type == "meta" and lora is not None:  # peft (and bitsandbytes) make their layers on real tensors
         log.info("model.lora: built whole, not on meta (peft initialises its adapters on real tensors)")
         device = torch.get_default_device()
     with torch.device("meta"):
@@ -120,16 +111,16 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
                         whole, not tie)
         # the checkpoint's own part configs (what was really loaded) plus this node's top-level keys
         model.config = {**model.config, **{k: v for k, v in config.items() if k not in ("vision", "adaptor", "llm")}}
-        model.to(device).train()  # from_pretrained returns eval mode; a built model is in train mode on every path
+        model.to(device)
     elif parts := _part_sources(config):  # parts load their own weights (transformers' from_pretrained) ...
         with torch.device(device), torch.random.fork_rng(devices=[]):  # the global RNG untouched, as by materialize
             model = assemble(config, VisionLanguageModel)
         # ... and the rest (adaptor, SAM's extra neck and convs) gets materialize's init, the one a meta build gives it
         prefixes = tuple(prefix for prefix, _ in parts)
         init_random(model, skip={n for n, _ in (*model.named_parameters(), *model.named_buffers()) if n.startswith(prefixes)})
-        model.train()  # from_pretrained leaves its parts in eval mode; a built model is in train mode on every path
     else:
         materialize(model, device=device)
+    model.train()  # from_pretrained returns eval mode; a built model is in train mode on every path
     if config.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     if lora is not None:

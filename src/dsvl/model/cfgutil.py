@@ -42,12 +42,9 @@ def split_target(node: Any, key: str) -> tuple[Callable[..., Any], dict[str, Any
 
 
 def instantiate(node: Any, key: str, derived: Mapping[str, tuple[Any, str]] | None = None) -> Any:
-    """Call a node's `_target_` with its keys; errors become one-line ConfigErrors naming `key`.
-
-    `derived` maps argument names to (value, what it is) worked out from the parts built before
-    (e.g. an adaptor's widths from the towers): filled in where the node leaves them unset, and a
-    value set in the node must agree. A None value means the built parts cannot provide it.
-    """
+    """Call a node's `_target_` with its keys; errors become one-line ConfigErrors naming `key`. `derived`: argument
+    -> (value, what it is) from the parts built before (an adaptor's widths), filled in where the node leaves it
+    unset, else it must agree; a None value means the built parts cannot provide it."""
     target, kwargs = split_target(node, key)
     params = inspect.signature(target).parameters
     open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())

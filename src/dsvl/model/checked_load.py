@@ -1,9 +1,5 @@
-"""Per-part weights from hub layouts, checked: a tower or LLM whose weights were not all in the checkpoint is an
-error, never a silently random part.
-
-transformers loads a part from a bigger checkpoint by its prefix (`SiglipVisionModel` from a full `SiglipModel`,
-`SamVisionModel` from a `SamModel`) and merely logs the keys it did not find; dsvl refuses them.
-"""
+"""Per-part weights, checked: transformers loads a part from a bigger checkpoint by its prefix (`SiglipVisionModel`
+from a `SiglipModel`) and merely logs the keys it did not find; dsvl refuses them (never a silently random part)."""
 from __future__ import annotations
 
 import logging

@@ -62,8 +62,7 @@ def hf_processor(model: VisionLanguageModel, tokenizer: Any, system_prompt: str 
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if image_id != model.image_token_id:
         raise ConfigError(f"the tokenizer's {IMAGE_TOKEN} is id {image_id} but the model's image_token_id is {model.image_token_id}")
-    hybrid = model.vision_spec.input("high_res_pixel_values") is not None
-    cls = DeepseekVLHybridProcessor if hybrid else DeepseekVLProcessor
+    cls = DeepseekVLHybridProcessor if model.vision_spec.input("high_res_pixel_values") else DeepseekVLProcessor
     return cls(
         image_processor=hf_image_processor(model.vision_spec),
         tokenizer=tokenizer,

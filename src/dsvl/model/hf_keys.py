@@ -1,6 +1,5 @@
-"""The checkpoint key tables of transformers' `deepseek_vl` and `deepseek_vl_hybrid`: which transformers
-prefix holds which dsvl part. Kept apart from loading and saving (`hf_interop`) because LoRA adapters,
-sharded loads and exports all need the names without the loaders."""
+"""Which transformers `deepseek_vl` / `deepseek_vl_hybrid` prefix holds which dsvl part; apart from `hf_interop`
+because LoRA adapters, sharded loads and exports need the names without the loaders."""
 from __future__ import annotations
 
 from torch import nn
@@ -16,10 +15,7 @@ ARCHITECTURES = (DEEPSEEK_VL, DEEPSEEK_VL_HYBRID)
 
 def key_map(arch: str, llm_prefix: str = "model") -> list[tuple[str, str]]:
     """(transformers prefix, dsvl prefix) pairs; a prefix ending in '.' is a module, otherwise a single parameter.
-
-    `llm_prefix` is the LLM's `base_model_prefix` ("model" for Llama): the transformers VLM's
-    `language_model` is that inner model, its `lm_head` is the causal LM's head.
-    """
+    `llm_prefix`: the LLM's `base_model_prefix` (the inner model that is transformers' `language_model`)."""
     common = [
         ("model.vision_model.", "vision.low.model."),
         ("model.language_model.", f"llm.{llm_prefix}."),

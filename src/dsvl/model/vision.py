@@ -1,8 +1,5 @@
-"""Vision towers: transformers' SigLIP and SAM models plus DeepSeek-VL's SAM downsampling path.
-
-Each tower works out its sizes (`info`) in its constructor, so building the towers on meta learns them.
-`VisionEncoder` joins the features as [high, low], the order DeepSeek-VL's hybrid adaptor splits.
-"""
+"""Vision towers: transformers' SigLIP and SAM models plus DeepSeek-VL's SAM downsampling path. Each tower works out
+its sizes (`info`) in its constructor, so a meta build learns them; `VisionEncoder` joins features as [high, low]."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -93,9 +90,8 @@ class SiglipTower(nn.Module):
             model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, **hf_config))
         self.model = model
         cfg = self.model.config
-        self.mean, self.std = tuple(mean), tuple(std)
         size = _side(cfg.image_size, "image_size")
-        self.info = TowerInfo(cfg.hidden_size, _grid(cfg), ImageInputSpec(self.input_name, size, self.mean, self.std))
+        self.info = TowerInfo(cfg.hidden_size, _grid(cfg), ImageInputSpec(self.input_name, size, tuple(mean), tuple(std)))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, grid**2, hidden)."""
@@ -129,9 +125,8 @@ class SamTower(nn.Module):
         if not cfg.global_attn_indexes:
             raise ConfigError("global_attn_indexes must name at least one block (DeepSeek-VL taps the first)")
         grid = int(grid) if grid is not None else max(1, _grid(cfg) // 4)
-        self.mean, self.std = tuple(mean), tuple(std)
         size = _side(cfg.image_size, "image_size")
-        self.info = TowerInfo(cfg.output_channels * 4, grid, ImageInputSpec(self.input_name, size, self.mean, self.std))
+        self.info = TowerInfo(cfg.output_channels * 4, grid, ImageInputSpec(self.input_name, size, tuple(mean), tuple(std)))
         self.global_attn_index = int(cfg.global_attn_indexes[0])
         self.global_neck = DeepseekVLSamVisionNeck(cfg)
         self.proj = DeepseekVLSamVisionProj(cfg, output_size=grid)
