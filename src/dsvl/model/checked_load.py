@@ -32,9 +32,7 @@ def from_pretrained_checked(cls: Any, key: str, pretrained: Any, hub_id: str | N
         raise ConfigError(f"{key}.pretrained={source!r}: cannot load it as {cls.__name__} ({str(exc).strip().splitlines()[0]})") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise ConfigError(
-            f"{key}.pretrained={source!r}: {len(missing)} {cls.__name__} weights are not in that checkpoint "
-            f"(e.g. {', '.join(missing[:3])}); it is not a checkpoint of this part"
-        )
+        raise ConfigError(f"{key}.pretrained={source!r}: {len(missing)} {cls.__name__} weights are not in that checkpoint "
+                          f"(e.g. {', '.join(missing[:3])}); it is not a checkpoint of this part")
     log.info("%s: all %s weights loaded from %s (%d checkpoint keys unused)", key, cls.__name__, source, len(info.get("unexpected_keys") or []))
     return model

@@ -1,6 +1,5 @@
 """Complete transformers exports: weights and config plus everything `AutoProcessor` needs, so that transformers
-reproduces `dsvl-chat` (docs/finetune.md); `dsvl_chat.json` records the training system prompt for dsvl's tools.
-"""
+reproduces `dsvl-chat` (docs/finetune.md); `dsvl_chat.json` records the training system prompt for dsvl's tools."""
 from __future__ import annotations
 
 import json
@@ -55,10 +54,8 @@ def hf_processor(model: VisionLanguageModel, tokenizer: Any, system_prompt: str 
     from .hf_interop import hf_image_processor
 
     if getattr(tokenizer, "image_token", None) != IMAGE_TOKEN:
-        raise ConfigError(
-            f"the tokenizer has no image_token {IMAGE_TOKEN!r} (extra_special_tokens) as DeepseekVLProcessor needs; "
-            "save it with extra_special_tokens={'image_token': '<image_placeholder>'}"
-        )
+        raise ConfigError(f"the tokenizer has no image_token {IMAGE_TOKEN!r} (extra_special_tokens) as DeepseekVLProcessor "
+                          "needs; save it with extra_special_tokens={'image_token': '<image_placeholder>'}")
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if image_id != model.image_token_id:
         raise ConfigError(f"the tokenizer's {IMAGE_TOKEN} is id {image_id} but the model's image_token_id is {model.image_token_id}")

@@ -19,8 +19,7 @@ def chunk_positions(vocab: int, chunk_bytes: int = FUSED_CHUNK_BYTES) -> int:
 class FusedLinearCrossEntropy(torch.autograd.Function):
     """``F.cross_entropy(F.linear(states, weight, bias).float(), targets, reduction="sum")`` with the gradients
     computed in the forward, chunk by chunk; `states` (N, H) are the supervised positions only. Matmuls run in the
-    autocast dtype as `nn.Linear` would, softmax and NLL in fp32. Not twice differentiable.
-    """
+    autocast dtype as `nn.Linear` would, softmax and NLL in fp32. Not twice differentiable."""
 
     @staticmethod
     def forward(ctx: Any, states: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,  # type: ignore[override]

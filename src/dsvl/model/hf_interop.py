@@ -1,6 +1,5 @@
 """Interoperability with transformers' `deepseek_vl` and `deepseek_vl_hybrid` checkpoints, both ways: whole modules
-move between a transformers model and a dsvl one by `hf_keys.key_map`, so neither way holds two copies of the weights.
-"""
+move between a transformers model and a dsvl one by `hf_keys.key_map`, so neither way holds two copies of the weights."""
 from __future__ import annotations
 
 import copy
@@ -93,8 +92,7 @@ def load_hf_pretrained(
     """A `model_cls` (dsvl's VisionLanguageModel) from a transformers DeepSeek-VL directory or hub id (safetensors,
     no remote code), with `adapter` (a peft directory) merged onto it. transformers loads it (`hf_kwargs` go to its
     `from_pretrained`, default dtype float32; `lora.load_in_4bit` loads the LLM's linear layers in 4-bit); its
-    modules are then moved into a dsvl model built on meta.
-    """
+    modules are then moved into a dsvl model built on meta."""
     if hf_kwargs.pop("trust_remote_code", False):
         raise ValueError("trust_remote_code is never used: DeepSeek-VL is native in transformers")
     if adapter is not None:

@@ -44,13 +44,10 @@ def architecture_of(model: nn.Module) -> str:
     if high is None:
         if isinstance(adaptor, MLPGelu) and adaptor.depth == 2:
             return DEEPSEEK_VL
-        raise ConfigError(
-            f"no transformers counterpart for adaptor {type(adaptor).__name__}"
-            f"{' depth ' + str(adaptor.depth) if isinstance(adaptor, MLPGelu) else ''} with a SigLIP-only tower; accepted: mlp_gelu depth 2"
-        )
+        depth = f" depth {adaptor.depth}" if isinstance(adaptor, MLPGelu) else ""
+        raise ConfigError(f"no transformers counterpart for adaptor {type(adaptor).__name__}{depth} with a SigLIP-only tower; "
+                          "accepted: mlp_gelu depth 2")
     if isinstance(high, SamTower) and isinstance(adaptor, HybridSplitMLPGelu):
         return DEEPSEEK_VL_HYBRID
-    raise ConfigError(
-        f"no transformers counterpart for vision.high={type(high).__name__} with adaptor {type(adaptor).__name__}; "
-        "accepted: SamTower + hybrid_split_mlp_gelu"
-    )
+    raise ConfigError(f"no transformers counterpart for vision.high={type(high).__name__} with adaptor "
+                      f"{type(adaptor).__name__}; accepted: SamTower + hybrid_split_mlp_gelu")

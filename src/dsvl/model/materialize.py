@@ -2,8 +2,7 @@
 process holds the full model unless it runs it whole (docs/scale.md, docs/architecture.md). Random init goes per
 *init unit* (a transformer block, a block-free subtree, a block container's own tensors): a full CPU copy of the unit
 gets its owner's init under a generator seeded by (seed, unit name) and each parameter keeps its local part, so any
-number of ranks starts from exactly the weights of the same model built whole with the same seed.
-"""
+number of ranks starts from exactly the weights of the same model built whole with the same seed."""
 from __future__ import annotations
 
 import copy
@@ -58,8 +57,12 @@ def _owners(model: nn.Module) -> dict[str, nn.Module | None]:
     return owners
 
 
-def _full_unit(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int) -> dict[str, torch.Tensor]:
-    """Full-size CPU values of a unit's parameters and buffers, from its owners' init under the unit's own seed."""
+def _unit_values(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int,
+                 skip: set[str] | frozenset[str]) -> dict[str, torch.Tensor]:
+    """Full-size CPU values of a unit's tensors not in `skip`, from its owners' init under the unit's own seed
+    (nothing is built for a unit wholly in `skip`)."""
+    if {f"{name}{n}" for n, _ in _tensors(unit, whole)} <= skip:
+        return {}
     work = copy.deepcopy(unit).to_empty(device="cpu", recurse=whole)
     with torch.no_grad():
         for _, t in _tensors(work, whole):
@@ -79,7 +82,7 @@ def _full_unit(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Mod
              if bool((v.isnan() if v.is_floating_point() else v == torch.iinfo(v.dtype).min).any())]
     if unset:
         raise RuntimeError(f"no init rule reaches {unset[:3]} (give its module reset_parameters or an owner with _init_weights)")
-    return values
+    return {n: v for n, v in values.items() if n not in skip}
 
 
 def _check_shape(what: str, got: Any, want: Any) -> None:
@@ -108,8 +111,7 @@ class WeightSource:
     """Weights to load after random init: `path` (safetensors file or directory, a weights-only torch / Lightning
     checkpoint, a sharded one) into the parameters under `prefix`. `key_map`: (checkpoint prefix, model prefix under
     `prefix`) renames; `strip`: a key prefix dropped first (Lightning's "model."); `exact`: every checkpoint key under
-    `strip` must be in the model (`init_from`); `origin`: the config key that asked for it, which starts its errors.
-    """
+    `strip` must be in the model (`init_from`); `origin`: the config key that asked for it, which starts its errors."""
 
     path: str
     prefix: str = ""
@@ -276,14 +278,6 @@ def _init_plan(template: nn.Module, seed: int | None, blocks: tuple[type, ...] |
     if blocks is None:
         blocks = tuple(template.block_classes()) if hasattr(template, "block_classes") else ()
     return seed, list(_units(template, "", blocks)), _owners(template)
-
-
-def _unit_values(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int,
-                 skip: set[str] | frozenset[str]) -> dict[str, torch.Tensor]:
-    """The random init of a unit's tensors not in `skip` (nothing is built for a unit wholly in `skip`)."""
-    if {f"{name}{n}" for n, _ in _tensors(unit, whole)} <= skip:
-        return {}
-    return {n: v for n, v in _full_unit(name, unit, whole, owners, seed).items() if n not in skip}
 
 
 def materialize(

@@ -1,8 +1,7 @@
 """Loading checkpoints without running code from them (docs/reliability.md, "Safe loading"): safetensors, or
 `torch.load(weights_only=True)`; a pickle naming any other global is refused with `UnsafeCheckpointError` before
 that global is imported. There is deliberately no switch to turn this off. A sharded (DCP) checkpoint's `.metadata`
-index, which DCP's own reader unpickles unrestricted, is read by an unpickler that knows only DCP's metadata classes.
-"""
+index, which DCP's own reader unpickles unrestricted, is read by an unpickler that knows only DCP's metadata classes."""
 from __future__ import annotations
 
 import io
@@ -39,10 +38,8 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
         if name is None and "Unsupported operand" in str(err):
             raise UnsafeCheckpointError(f"cannot load {p}: not a torch checkpoint (unsupported pickle data)") from None
         what = f"it calls {name}, which only pickle code execution could run" if name else "it needs pickle code execution"
-        raise UnsafeCheckpointError(
-            f"refusing to load {p}: {what}; dsvl loads checkpoints with torch.load(weights_only=True) only "
-            "(re-save it as a plain state dict or safetensors from a trusted environment)"
-        ) from None
+        raise UnsafeCheckpointError(f"refusing to load {p}: {what}; dsvl loads checkpoints with torch.load(weights_only=True) "
+                                    "only (re-save it as a plain state dict or safetensors from a trusted environment)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         if mmap and "mmap" in str(err):  # legacy (non-zip) format cannot be mapped: read it instead
             return safe_torch_load(p, map_location=map_location, mmap=False)
@@ -98,7 +95,8 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
             from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
             from deepspeed.runtime.zero.config import ZeroStageEnum
         except ImportError:
-            raise UnsafeCheckpointError(f"{path} is a DeepSpeed checkpoint: reading it needs deepspeed (pip install deepspeed)") from None
+            raise UnsafeCheckpointError(f"{path} is a DeepSpeed checkpoint: reading it needs deepspeed "
+                                        "(pip install deepspeed)") from None
         with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
             return [safe_torch_load(f, mmap=True) for f in files][0]
     if is_sharded_checkpoint(path):

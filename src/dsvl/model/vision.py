@@ -166,10 +166,8 @@ class VisionEncoder(nn.Module):
         self.low, self.high = low, high
         self.info = VisionInfo(low=getattr(low, "info", None), high=getattr(high, "info", None))
         if self.info.low and self.info.high and self.info.low.grid != self.info.high.grid:
-            raise ConfigError(
-                f"vision.high grid {self.info.high.grid} != vision.low grid {self.info.low.grid}; "
-                "build with VisionEncoder.from_config (derives it) or set vision.high.grid"
-            )
+            raise ConfigError(f"vision.high grid {self.info.high.grid} != vision.low grid {self.info.low.grid}; "
+                              "build with VisionEncoder.from_config (derives it) or set vision.high.grid")
 
     @classmethod
     def from_config(cls, *, key: str = "vision", low: Any = None, high: Any = None) -> "VisionEncoder":

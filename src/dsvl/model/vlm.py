@@ -136,10 +136,6 @@ class VisionLanguageModel(nn.Module):
             else:
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
-    def gradient_checkpointing_disable(self) -> None:
-        for module in self._checkpointable():
-            (getattr(module, "activation_checkpointing_disable", None) or module.gradient_checkpointing_disable)()
-
     def block_classes(self) -> set[type[nn.Module]]:
         """The repeated transformer block classes of every part (e.g. SiglipEncoderLayer, SamVisionLayer,
         LlamaDecoderLayer): the units for FSDP's `auto_wrap_policy` and activation-checkpointing policies."""
@@ -177,10 +173,9 @@ class VisionLanguageModel(nn.Module):
         num_images, per_image = features.shape[0], features.shape[1]
         num_tokens = int(image_mask.sum())
         if num_tokens != num_images * per_image:
-            raise ValueError(
-                f"input_ids hold {num_tokens} image tokens (id {self.image_token_id}) but {num_images} images x "
-                f"{per_image} tokens per image = {num_images * per_image}; each image needs exactly {per_image} consecutive image tokens"
-            )
+            raise ValueError(f"input_ids hold {num_tokens} image tokens (id {self.image_token_id}) but {num_images} images x "
+                             f"{per_image} tokens per image = {num_images * per_image}; each image needs exactly {per_image} "
+                             "consecutive image tokens")
         return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
 
     # ---- forward / generate ----------------------------------------------------------------
