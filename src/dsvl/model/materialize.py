@@ -243,7 +243,8 @@ def _read(source: WeightSource, tensors: Mapping[str, Any], picked: Mapping[str,
         _assign(targets[name], tensors[key], f"{source.label}: {key}")
 
 
-def _open_sources(stack: ExitStack, sources: Any, model: nn.Module) -> list[tuple[WeightSource, Mapping[str, Any], dict[str, str]]]:
+def _open_sources(stack: ExitStack, sources: Any, model: nn.Module
+                  ) -> list[tuple[WeightSource, Mapping[str, Any], dict[str, str]]]:
     """Each source opened in `stack` (no tensor read yet), with what it fills in `model` (`_picked`)."""
     opened = []
     for source in sources:

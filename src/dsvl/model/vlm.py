@@ -64,7 +64,8 @@ def chunked_next_token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch
     count = keep.sum()
     states, targets = hidden[:, :-1][keep], shift_labels[keep]
     if fusable_head(head):
-        total = FusedLinearCrossEntropy.apply(states, head.weight, head.bias, targets, chunk or chunk_positions(head.weight.shape[0]))
+        chunk = chunk or chunk_positions(head.weight.shape[0])
+        total = FusedLinearCrossEntropy.apply(states, head.weight, head.bias, targets, chunk)
         return total / count.clamp(min=1), count
     total = states.float().sum() * 0.0  # a zero with a graph, also when nothing is supervised
     step = chunk or LOSS_CHUNK
