@@ -1,13 +1,11 @@
-"""dsvl.model: the shared core (vision towers, adaptors, the VL model, transformers import/export).
-
-Plain PyTorch + transformers; never imports Lightning or Hydra.
-"""
+"""dsvl.model: the shared core (vision towers, adaptors, the VL model, transformers import/export). Plain PyTorch +
+transformers; never imports Lightning or Hydra."""
 from .adaptor import HybridSplitMLPGelu, LinearAdaptor, MLPGelu
 from .build import build_model, vision_spec, weight_sources
 from .errors import ConfigError
 from .hf_interop import config_from_hf, hf_image_processor, to_hf_config
 from .llm import causal_lm
-from .materialize import WeightSource, load_weights, materialize
+from .materialize import WeightSource, materialize
 from .spec import ImageInputSpec, VisionSpec
 from .vision import SamTower, SiglipTower, VisionEncoder
 from .vlm import VisionLanguageModel, VLMOutput, next_token_loss
@@ -32,7 +30,6 @@ __all__ = [
     "next_token_loss",
     "vision_spec",
     "WeightSource",
-    "load_weights",
     "materialize",
     "weight_sources",
 ]

@@ -1,9 +1,5 @@
-"""Vision-language adaptors: map vision features (N, T, in) to LLM embeddings (N, T, d).
-
-Plain constructors taking widths. `dsvl.model.build` fills the widths a config leaves unset from
-the towers and the LLM it built on the meta device (so presets do not hand-copy them), and checks
-the output width with a meta forward.
-"""
+"""Vision-language adaptors: map vision features (N, T, in) to LLM embeddings (N, T, d). Plain constructors taking
+widths: `dsvl.model.assemble` fills those a config leaves unset from the parts it built on meta."""
 from __future__ import annotations
 
 import torch
@@ -41,10 +37,8 @@ class MLPGelu(nn.Module):
 
 
 class HybridSplitMLPGelu(nn.Module):
-    """DeepSeek-VL-7B's `low_high_hybrid_split_mlp_gelu`: per-encoder Linear to d/2, concat [high, low], GELU, Linear(d, d).
-
-    Reads the hybrid tower's joined features: the first `high_in_dim` channels are SAM's, the rest SigLIP's.
-    """
+    """DeepSeek-VL-7B's `low_high_hybrid_split_mlp_gelu`: per-encoder Linear to d/2, concat [high, low], GELU, Linear(d, d),
+    on the hybrid tower's joined features (the first `high_in_dim` channels are SAM's, the rest SigLIP's)."""
 
     def __init__(self, low_in_dim: int, high_in_dim: int, out_dim: int) -> None:
         super().__init__()

@@ -1,14 +1,8 @@
-"""`build_model(cfg)` and `vision_spec(cfg)`: from the Hydra `model` node to a model, checked before any weights exist.
-
-The node has sub-nodes `vision`, `adaptor`, `llm` (each with a `_target_`, imported here, no Hydra
-needed) and top-level keys `image_token_id`, `pretrained`, `hub_id`, `gradient_checkpointing`.
-Sizes are learned by building the parts on the meta device (parameters without memory): the
-towers' widths and token grids, the LLM's width and vocabulary; unset adaptor widths are filled
-from them, and a meta forward of the adaptor checks that it feeds the LLM. Every misfit is a
-one-line `ConfigError` before any real weight exists.
-"""
+"""`build_model(cfg)` and `vision_spec(cfg)`: from the Hydra `model` node to a model, built on meta first (`assemble`,
+no Hydra) so that every misfit is a one-line `ConfigError` before any real weight exists."""
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +15,7 @@ from .cfgutil import to_plain
 from .checked_load import weights_source
 from .errors import ConfigError
 from .hf_keys import key_map
-from .lora import lora_settings
+from .lora import apply_lora, lora_settings
 from .materialize import WeightSource, init_random, materialize
 from .spec import VisionSpec
 from .vlm import VisionLanguageModel
@@ -66,8 +60,6 @@ def weight_sources(model: VisionLanguageModel) -> list[WeightSource]:
     config = model.config
     whole = _pretrained(config)
     if whole is not None:
-        import json
-
         path = _local_dir(whole)
         arch = json.loads((Path(path) / "config.json").read_text())["model_type"]
         return [WeightSource(path, key_map=tuple(key_map(arch, model.llm.base_model_prefix)), origin="model.pretrained")]
@@ -90,21 +82,14 @@ def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
 
 
 def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None) -> VisionLanguageModel:
-    """A `VisionLanguageModel` from the Hydra `model` node (DictConfig or dict), checked on meta first.
-
-    `device="meta"` returns the checked model without weights or buffers: shard it, then
-    `materialize(model, template, device, sources=weight_sources(model))` fills it per shard
-    (a `model.lora` config is built whole instead: peft makes its adapters on real tensors).
-    Otherwise (default: the current default device) the weights are made here: random init by
-    `materialize` (the same values it gives a sharded copy of the model with the same seed), or
-    each part's `pretrained` (the other modules get that same random init), or a top-level `pretrained`
-    (True = `hub_id`, or a path / hub id): a whole transformers DeepSeek-VL checkpoint, checked to have
-    exactly the configured shapes.
-    """
+    """A `VisionLanguageModel` from the Hydra `model` node (DictConfig or dict). `device="meta"`: without weights, for
+    `materialize(model, template, device, sources=weight_sources(model))` after sharding (LoRA builds whole: peft
+    makes its adapters on real tensors). Otherwise (default: the current default device) `materialize`'s random init,
+    each part's `pretrained` (the rest gets that same init), or a whole DeepSeek-VL `pretrained` of the same shapes."""
     config = _model_config(cfg)
+    lora = lora_settings(config.get("lora"))
     device = torch.device(device) if device is not None else torch.get_default_device()
-    if device.type == "meta" and lora_settings(config.get("lora")) is not None:
-        # peft makes its adapters (and bitsandbytes its 4-bit layers) on real tensors with its own init: LoRA builds whole
+    if device.type == "meta" and lora is not None:  # peft (and bitsandbytes) make their layers on real tensors
         log.info("model.lora: built whole, not on meta (peft initialises its adapters on real tensors)")
         device = torch.get_default_device()
     with torch.device("meta"):
@@ -116,7 +101,6 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
     elif whole is not None:
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         tie = bool(model.llm.config.tie_word_embeddings)
-        lora = lora_settings(config.get("lora"))
         model = VisionLanguageModel.from_pretrained(whole, image_token_id=config["image_token_id"], lora=lora)
         got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if got != expected and not (lora and lora.load_in_4bit):  # 4-bit weights are packed: other shapes
@@ -127,19 +111,20 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
                         whole, not tie)
         # the checkpoint's own part configs (what was really loaded) plus this node's top-level keys
         model.config = {**model.config, **{k: v for k, v in config.items() if k not in ("vision", "adaptor", "llm")}}
-        model.to(device).train()  # from_pretrained returns eval mode; a built model is in train mode on every path
+        model.to(device)
     elif parts := _part_sources(config):  # parts load their own weights (transformers' from_pretrained) ...
         with torch.device(device), torch.random.fork_rng(devices=[]):  # the global RNG untouched, as by materialize
             model = assemble(config, VisionLanguageModel)
         # ... and the rest (adaptor, SAM's extra neck and convs) gets materialize's init, the one a meta build gives it
         prefixes = tuple(prefix for prefix, _ in parts)
         init_random(model, skip={n for n, _ in (*model.named_parameters(), *model.named_buffers()) if n.startswith(prefixes)})
-        model.train()  # from_pretrained leaves its parts in eval mode; a built model is in train mode on every path
     else:
         materialize(model, device=device)
+    model.train()  # from_pretrained returns eval mode; a built model is in train mode on every path
     if config.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
-    model = _with_lora(model, config.get("lora"))
+    if lora is not None:
+        model = apply_lora(model, lora)
     log.info("built %s", {r["part"]: r["total"] for r in model.parameter_summary()})
     return model
 
@@ -165,11 +150,3 @@ def with_checkpoint_architecture(config: dict[str, Any]) -> dict[str, Any]:
         arch["image_token_id"] = config["image_token_id"]
     return {**config, **arch}
 
-
-def _with_lora(model: VisionLanguageModel, node: Any) -> VisionLanguageModel:
-    settings = lora_settings(node)
-    if settings is None:
-        return model
-    from .lora import apply_lora
-
-    return apply_lora(model, settings)

@@ -22,37 +22,29 @@ def to_plain(node: Any) -> Any:
     return node
 
 
-def resolve_target(path: Any, key: str) -> Callable[..., Any]:
-    """Import the object a `_target_` string names (`pydoc.locate`); `key` is the config key, for the error message."""
-    if not isinstance(path, str) or "." not in path:
-        raise ConfigError(f"{key}._target_ must be a dotted import path like 'dsvl.model.vision.SiglipTower', got {path!r}")
-    try:
-        obj = pydoc.locate(path)
-    except pydoc.ErrorDuringImport as exc:
-        raise ConfigError(f"{key}._target_={path!r} cannot be imported ({type(exc.value).__name__}: {exc.value})") from None
-    if obj is None:
-        raise ConfigError(f"{key}._target_={path!r} cannot be imported (no such module or attribute)")
-    return obj
-
-
 def split_target(node: Any, key: str) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """(callable, kwargs) of a config node with a `_target_`."""
+    """(the object its `_target_` names, imported by `pydoc.locate`; the other keys) of a config node."""
     if not isinstance(node, Mapping):
         raise ConfigError(f"{key} must be a config node with a _target_, got {type(node).__name__}")
     kwargs = to_plain(node)
     if "_target_" not in kwargs:
         raise ConfigError(f"{key} has no _target_; accepted: a node like {{_target_: dsvl.model.adaptor.MLPGelu, ...}}")
-    target = resolve_target(kwargs.pop("_target_"), key)
+    path = kwargs.pop("_target_")
+    if not isinstance(path, str) or "." not in path:
+        raise ConfigError(f"{key}._target_ must be a dotted import path like 'dsvl.model.vision.SiglipTower', got {path!r}")
+    try:
+        target = pydoc.locate(path)
+    except pydoc.ErrorDuringImport as exc:
+        raise ConfigError(f"{key}._target_={path!r} cannot be imported ({type(exc.value).__name__}: {exc.value})") from None
+    if target is None:
+        raise ConfigError(f"{key}._target_={path!r} cannot be imported (no such module or attribute)")
     return target, kwargs
 
 
 def instantiate(node: Any, key: str, derived: Mapping[str, tuple[Any, str]] | None = None) -> Any:
-    """Call a node's `_target_` with its keys; errors become one-line ConfigErrors naming `key`.
-
-    `derived` maps argument names to (value, what it is) worked out from the parts built before
-    (e.g. an adaptor's widths from the towers): filled in where the node leaves them unset, and a
-    value set in the node must agree. A None value means the built parts cannot provide it.
-    """
+    """Call a node's `_target_` with its keys; errors become one-line ConfigErrors naming `key`. `derived`: argument
+    -> (value, what it is) from the parts built before (an adaptor's widths), filled in where the node leaves it
+    unset, else it must agree; a None value means the built parts cannot provide it."""
     target, kwargs = split_target(node, key)
     params = inspect.signature(target).parameters
     open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())

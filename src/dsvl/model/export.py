@@ -1,12 +1,5 @@
-"""Complete transformers exports: weights and config plus everything `AutoProcessor` needs.
-
-`export_pretrained(model, out, tokenizer, system_prompt)` writes a directory where
-`AutoModelForImageTextToText` + `AutoProcessor` + `processor.apply_chat_template` + `model.generate`
-reproduce `dsvl-chat`: the processor config carries the model's real `num_image_tokens`, the chat
-template renders DeepSeek-VL's "deepseek" format with the system prompt the model was trained
-with as its default, and `dsvl_chat.json` records that prompt for dsvl's own tools. LoRA-wrapped
-models are exported merged (`VisionLanguageModel.save_pretrained` merges temporarily).
-"""
+"""Complete transformers exports: weights and config plus everything `AutoProcessor` needs, so that transformers
+reproduces `dsvl-chat` (docs/finetune.md); `dsvl_chat.json` records the training system prompt for dsvl's tools."""
 from __future__ import annotations
 
 import json
@@ -25,12 +18,9 @@ SEP = "\\n\\n"  # a jinja string escape: the template's "\n\n"
 
 
 def deepseek_chat_template(system_prompt: str | None, eos_token: str, image_token: str = IMAGE_TOKEN) -> str:
-    """A jinja chat template rendering DeepSeek-VL's "deepseek" format, as `dsvl.data.chat` does.
-
-    `{system}\\n\\nUser: {content}\\n\\nAssistant: {answer}<eos>...Assistant:`; a leading system
-    message replaces the default `system_prompt` (None or "" = no system block). Content is a
-    string or a list of parts: `{"type": "image"}` renders `image_token`, `{"type": "text"}` its text.
-    """
+    """A jinja chat template rendering DeepSeek-VL's "deepseek" format, as `dsvl.data.chat` does:
+    `{system}\\n\\nUser: {content}\\n\\nAssistant: {answer}<eos>...Assistant:`; a leading system message replaces
+    `system_prompt` (None or "" = no system block); content parts `{"type": "image"}` render `image_token`."""
     default = json.dumps(system_prompt or "")
     return (
         "{%- macro render(content) -%}"
@@ -64,15 +54,12 @@ def hf_processor(model: VisionLanguageModel, tokenizer: Any, system_prompt: str 
     from .hf_interop import hf_image_processor
 
     if getattr(tokenizer, "image_token", None) != IMAGE_TOKEN:
-        raise ConfigError(
-            f"the tokenizer has no image_token {IMAGE_TOKEN!r} (extra_special_tokens) as DeepseekVLProcessor needs; "
-            "save it with extra_special_tokens={'image_token': '<image_placeholder>'}"
-        )
+        raise ConfigError(f"the tokenizer has no image_token {IMAGE_TOKEN!r} (extra_special_tokens) as DeepseekVLProcessor "
+                          "needs; save it with extra_special_tokens={'image_token': '<image_placeholder>'}")
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if image_id != model.image_token_id:
         raise ConfigError(f"the tokenizer's {IMAGE_TOKEN} is id {image_id} but the model's image_token_id is {model.image_token_id}")
-    hybrid = model.vision_spec.input("high_res_pixel_values") is not None
-    cls = DeepseekVLHybridProcessor if hybrid else DeepseekVLProcessor
+    cls = DeepseekVLHybridProcessor if model.vision_spec.input("high_res_pixel_values") else DeepseekVLProcessor
     return cls(
         image_processor=hf_image_processor(model.vision_spec),
         tokenizer=tokenizer,
@@ -113,10 +100,8 @@ def exported_system_prompt(export_dir: str | Path, default: str | None) -> str |
 
 
 def merge_adapter(base: str | Path, adapter_dir: str | Path, out: str | Path, system_prompt: str | None = None) -> Path:
-    """A complete export of `base` with a peft LoRA adapter merged (QLoRA runs: their adapter onto the bf16 base).
-
-    The tokenizer comes from `base`; the system prompt from the adapter's `dsvl_chat.json`, else `system_prompt`.
-    """
+    """A complete export of `base` (and its tokenizer) with a peft LoRA adapter merged (QLoRA runs: onto the bf16
+    base); the system prompt is the adapter's `dsvl_chat.json`, else `system_prompt`."""
     from transformers import AutoTokenizer
 
     model = VisionLanguageModel.from_pretrained(base, adapter=adapter_dir)

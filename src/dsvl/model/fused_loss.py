@@ -1,13 +1,6 @@
-"""Fused output head + cross-entropy: the next-token NLL sum and its gradients without keeping any logits.
-
-The idea of Liger-Kernel's `LigerFusedLinearCrossEntropyFunction` and Apple's cut-cross-entropy, in
-plain PyTorch (no Triton, so it runs on CPU and any GPU): the forward walks the supervised positions
-a chunk at a time, computes the chunk's logits (fp32), its NLL and at once the gradient of that NLL
-with respect to the hidden states and the head's weight (and bias), then drops the logits. Only
-those gradients are kept -- the size of the inputs, never positions x vocabulary -- and the backward
-just multiplies them by the incoming gradient. Peak extra memory is one chunk of logits (bounded in
-bytes by `FUSED_CHUNK_BYTES`) plus the weight gradient that any backward through the head produces anyway.
-"""
+"""Fused output head + cross-entropy without keeping any logits: Liger-Kernel's and Apple's cut-cross-entropy idea in
+plain PyTorch (docs/packing.md). The forward computes a chunk of logits at a time, its NLL and at once its gradients,
+then drops the logits; the backward only scales the gradients."""
 from __future__ import annotations
 
 from typing import Any
@@ -24,13 +17,9 @@ def chunk_positions(vocab: int, chunk_bytes: int = FUSED_CHUNK_BYTES) -> int:
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
-    """``F.cross_entropy(F.linear(states, weight, bias).float(), targets, reduction="sum")`` with the
-    gradients computed in the forward, chunk by chunk (see the module docstring).
-
-    `states` (N, H) are the supervised positions only; `targets` (N,) their labels. Under autocast the
-    matmuls run in the autocast dtype, as `nn.Linear` would; softmax and NLL are fp32. The weight
-    gradient accumulates in the weight's dtype. Not twice differentiable.
-    """
+    """``F.cross_entropy(F.linear(states, weight, bias).float(), targets, reduction="sum")`` with the gradients
+    computed in the forward, chunk by chunk; `states` (N, H) are the supervised positions only. Matmuls run in the
+    autocast dtype as `nn.Linear` would, softmax and NLL in fp32. Not twice differentiable."""
 
     @staticmethod
     def forward(ctx: Any, states: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,  # type: ignore[override]
@@ -73,9 +62,3 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             if g is not None:
                 g.mul_(grad_output.to(g.dtype))
         return (*grads, None, None)
-
-
-def fused_linear_cross_entropy(states: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-                               chunk: int | None = None) -> Tensor:
-    """Sum over rows of the NLL of `targets` under ``states @ weight.T + bias`` (see `FusedLinearCrossEntropy`)."""
-    return FusedLinearCrossEntropy.apply(states, weight, bias, targets, chunk or chunk_positions(weight.shape[0]))

@@ -1,10 +1,5 @@
-"""Interoperability with transformers' `deepseek_vl` and `deepseek_vl_hybrid` checkpoints, both ways.
-
-One table of (transformers prefix, dsvl prefix) pairs per architecture drives everything: state-dict
-key conversion, and moving whole modules between a loaded transformers model and a dsvl model
-(so loading and saving never hold two copies of the weights). Config conversion goes through the
-parts' own transformers configs.
-"""
+"""Interoperability with transformers' `deepseek_vl` and `deepseek_vl_hybrid` checkpoints, both ways: whole modules
+move between a transformers model and a dsvl one by `hf_keys.key_map`, so neither way holds two copies of the weights."""
 from __future__ import annotations
 
 import copy
@@ -14,14 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForImageTextToText,
-    DeepseekVLConfig,
-    DeepseekVLHybridConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
 from transformers.utils import is_torchvision_available
 
 from .assemble import M, assemble
@@ -43,16 +31,15 @@ def to_hf_config(model: nn.Module) -> PretrainedConfig:
     """The transformers config of a dsvl model (DeepseekVLConfig or DeepseekVLHybridConfig)."""
     arch = architecture_of(model)
     text = model.llm.config
-    common = dict(
+    high = {} if arch == DEEPSEEK_VL else {"high_res_vision_config": model.vision.high.model.config.to_dict()}
+    config = AutoConfig.for_model(
+        arch,
         text_config=text.to_dict(),
         vision_config=model.vision.low.model.config.to_dict(),
         image_token_id=model.image_token_id,
         tie_word_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
+        **high,
     )
-    if arch == DEEPSEEK_VL:
-        config: PretrainedConfig = DeepseekVLConfig(**common)
-    else:
-        config = DeepseekVLHybridConfig(**common, high_res_vision_config=model.vision.high.model.config.to_dict())
     config.architectures = [f"{type(config).__name__.removesuffix('Config')}ForConditionalGeneration"]
     return config
 
@@ -102,15 +89,10 @@ def load_hf_pretrained(
     model_cls: type[M], dir_or_hub_id: str | Path, image_token_id: int | None = None, lora: LoraSettings | None = None,
     adapter: str | Path | None = None, **hf_kwargs: Any
 ) -> M:
-    """A `model_cls` (dsvl's VisionLanguageModel) from a transformers DeepSeek-VL directory or hub id
-    (safetensors, no remote code); with `adapter`, a peft adapter directory merged onto it
-    (`PeftModel.from_pretrained(base, adapter).merge_and_unload()`).
-
-    transformers loads the checkpoint (sharding, dtype, device_map all work as usual); its modules
-    are then moved into a dsvl model built on the meta device, so no weights are copied.
-    `hf_kwargs` go to `from_pretrained` (default dtype float32). `lora` with `load_in_4bit` (QLoRA)
-    loads the LLM's linear layers in 4-bit; the towers, aligner and lm_head stay in full precision.
-    """
+    """A `model_cls` (dsvl's VisionLanguageModel) from a transformers DeepSeek-VL directory or hub id (safetensors,
+    no remote code), with `adapter` (a peft directory) merged onto it. transformers loads it (`hf_kwargs` go to its
+    `from_pretrained`, default dtype float32; `lora.load_in_4bit` loads the LLM's linear layers in 4-bit); its
+    modules are then moved into a dsvl model built on meta."""
     if hf_kwargs.pop("trust_remote_code", False):
         raise ValueError("trust_remote_code is never used: DeepSeek-VL is native in transformers")
     if adapter is not None:
@@ -128,18 +110,12 @@ def load_hf_pretrained(
 
         hf = PeftModel.from_pretrained(hf, str(adapter)).merge_and_unload()
         source = f"{dir_or_hub_id} + {adapter}"
-    return from_hf_model(model_cls, hf, source, image_token_id)
-
-
-def from_hf_model(model_cls: type[M], hf: PreTrainedModel, source: str, image_token_id: int | None = None) -> M:
-    """Move a loaded transformers DeepSeek-VL model's modules into a dsvl `model_cls` built on meta (no copies)."""
-    config = hf.config
-    cfg = config_from_hf(config)
+    cfg = config_from_hf(hf.config)
     if image_token_id is not None:
         cfg["image_token_id"] = int(image_token_id)
     with torch.device("meta"):
         model = assemble(cfg, model_cls)
-    for hf_name, dsvl_name in key_map(config.model_type, model.llm.base_model_prefix):
+    for hf_name, dsvl_name in key_map(hf.config.model_type, model.llm.base_model_prefix):
         _move(model, dsvl_name, hf, hf_name)
     _assert_materialised(model, f"loading {source}")
     model.llm.generation_config = copy.deepcopy(hf.generation_config)
@@ -149,10 +125,8 @@ def from_hf_model(model_cls: type[M], hf: PreTrainedModel, source: str, image_to
 
 
 def hf_image_processor(spec: VisionSpec) -> Any:
-    """transformers' DeepSeek-VL image processor set to a model's sizes and normalisation (resize longest side, pad square).
-
-    The torchvision backend when torchvision is installed, else the PIL one (same outputs).
-    """
+    """transformers' DeepSeek-VL image processor set to a model's sizes and normalisation (resize longest side, pad
+    square): the torchvision backend when torchvision is installed, else the PIL one (same outputs)."""
     import transformers
 
     suffix = "" if is_torchvision_available() else "Pil"  # importing the class without its backend only warns
@@ -173,10 +147,8 @@ def hf_image_processor(spec: VisionSpec) -> Any:
 
 
 def save_hf_pretrained(model: nn.Module, save_directory: str | Path, **hf_kwargs: Any) -> None:
-    """Write `model` as a transformers DeepSeek-VL directory (config, safetensors, generation and image-processor configs).
-
-    The transformers model is built on the meta device and borrows the dsvl modules, so nothing is copied.
-    """
+    """Write `model` as a transformers DeepSeek-VL directory (config, safetensors, generation and image-processor
+    configs); the transformers model is built on meta and borrows the dsvl modules, so nothing is copied."""
     config = to_hf_config(model)  # ConfigError before anything is written
     arch = config.model_type
     with merged_lora(model):  # LoRA adapters folded into the weights for the export, restored after

@@ -1,6 +1,5 @@
-"""The checkpoint key tables of transformers' `deepseek_vl` and `deepseek_vl_hybrid`: which transformers
-prefix holds which dsvl part. Kept apart from loading and saving (`hf_interop`) because LoRA adapters,
-sharded loads and exports all need the names without the loaders."""
+"""Which transformers `deepseek_vl` / `deepseek_vl_hybrid` prefix holds which dsvl part; apart from `hf_interop`
+because LoRA adapters, sharded loads and exports need the names without the loaders."""
 from __future__ import annotations
 
 from torch import nn
@@ -16,10 +15,7 @@ ARCHITECTURES = (DEEPSEEK_VL, DEEPSEEK_VL_HYBRID)
 
 def key_map(arch: str, llm_prefix: str = "model") -> list[tuple[str, str]]:
     """(transformers prefix, dsvl prefix) pairs; a prefix ending in '.' is a module, otherwise a single parameter.
-
-    `llm_prefix` is the LLM's `base_model_prefix` ("model" for Llama): the transformers VLM's
-    `language_model` is that inner model, its `lm_head` is the causal LM's head.
-    """
+    `llm_prefix`: the LLM's `base_model_prefix` (the inner model that is transformers' `language_model`)."""
     common = [
         ("model.vision_model.", "vision.low.model."),
         ("model.language_model.", f"llm.{llm_prefix}."),
@@ -48,13 +44,10 @@ def architecture_of(model: nn.Module) -> str:
     if high is None:
         if isinstance(adaptor, MLPGelu) and adaptor.depth == 2:
             return DEEPSEEK_VL
-        raise ConfigError(
-            f"no transformers counterpart for adaptor {type(adaptor).__name__}"
-            f"{' depth ' + str(adaptor.depth) if isinstance(adaptor, MLPGelu) else ''} with a SigLIP-only tower; accepted: mlp_gelu depth 2"
-        )
+        depth = f" depth {adaptor.depth}" if isinstance(adaptor, MLPGelu) else ""
+        raise ConfigError(f"no transformers counterpart for adaptor {type(adaptor).__name__}{depth} with a SigLIP-only tower; "
+                          "accepted: mlp_gelu depth 2")
     if isinstance(high, SamTower) and isinstance(adaptor, HybridSplitMLPGelu):
         return DEEPSEEK_VL_HYBRID
-    raise ConfigError(
-        f"no transformers counterpart for vision.high={type(high).__name__} with adaptor {type(adaptor).__name__}; "
-        "accepted: SamTower + hybrid_split_mlp_gelu"
-    )
+    raise ConfigError(f"no transformers counterpart for vision.high={type(high).__name__} with adaptor "
+                      f"{type(adaptor).__name__}; accepted: SamTower + hybrid_split_mlp_gelu")

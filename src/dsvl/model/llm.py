@@ -1,17 +1,14 @@
 """The language model: any transformers `AutoModelForCausalLM` (DeepSeek-LLM is Llama), built from config keys."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .cfgutil import make_hf_config
-from .checked_load import from_pretrained_checked, weights_source
+from .checked_load import from_pretrained_checked
 from .errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def causal_lm(
@@ -23,10 +20,9 @@ def causal_lm(
     **hf_config: Any,
 ) -> PreTrainedModel:
     """`AutoModelForCausalLM` from config keys (random init), or from `pretrained` (True = `hub_id`, or a path / hub id)."""
-    src = weights_source(pretrained, hub_id)
-    if src is not None:
-        log.info("LLM: loading weights from %s", src)
-        return from_pretrained_checked(AutoModelForCausalLM, src, "llm", **hf_config)
+    model = from_pretrained_checked(AutoModelForCausalLM, "llm", pretrained, hub_id, **hf_config)
+    if model is not None:
+        return model
     if config is None:
         if model_type not in CONFIG_MAPPING:
             raise ConfigError(f"model_type={model_type!r} is not a transformers model type; accepted e.g. 'llama', 'qwen2'")

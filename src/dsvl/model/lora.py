@@ -1,7 +1,5 @@
-"""LoRA / QLoRA with peft on a `VisionLanguageModel` (`model.lora`, conf/model/lora/), and adapters in
-peft's own format under transformers' DeepSeek-VL names, so `PeftModel.from_pretrained(<base>, dir)`
-loads them (docs/finetune.md). `merged_lora(model)` folds the adapters in for a merged export.
-"""
+"""LoRA / QLoRA with peft on a `VisionLanguageModel` (`model.lora`), and adapters in peft's own format under
+transformers' DeepSeek-VL names, so `PeftModel.from_pretrained(<base>, dir)` loads them (docs/finetune.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -74,10 +72,8 @@ def lora_settings(node: Any) -> LoraSettings | None:
 
 
 def quantization_config(settings: LoraSettings | None, skip_modules: list[str]) -> Any:
-    """transformers' BitsAndBytesConfig for QLoRA (NF4, double quantization, bf16 compute), None otherwise.
-
-    `skip_modules` stay in full precision (vision towers, aligner, lm_head: only the LLM is quantized).
-    """
+    """transformers' BitsAndBytesConfig for QLoRA (NF4, double quantization, bf16 compute; `skip_modules` stay in
+    full precision), None otherwise."""
     if settings is None or not settings.load_in_4bit:
         return None
     from transformers import BitsAndBytesConfig
@@ -96,30 +92,24 @@ def _peft_config(settings: LoraSettings, prefixes: Mapping[str, str], **extra: A
 def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     """Put LoRA adapters into `model`'s parts (in place); `model.lora_settings` remembers them for saving."""
     from peft import inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.error import NoMatchingPeftModuleError
 
     parts = model.parts()
     missing = [p for p, names in settings.targets.items() if names and p not in parts]
     if missing:
         raise ConfigError(f"model.lora.targets names {missing} but this model has only {list(parts)}")
-    from peft.utils.error import NoMatchingPeftModuleError
-
     try:
         inject_adapter_in_model(_peft_config(settings, {p: p for p in LORA_PARTS}), model, adapter_name=ADAPTER_NAME)
     except NoMatchingPeftModuleError:
         raise ConfigError(f"model.lora.targets={settings.targets} matches no module of the model") from None
-    wrapped = {p for p, m in parts.items() if any(isinstance(x, _lora_layer_cls()) for x in m.modules())}
+    wrapped = {p for p, m in parts.items() if any(isinstance(x, LoraLayer) for x in m.modules())}
     empty = [p for p, names in settings.targets.items() if names and p not in wrapped]
     if empty:
         raise ConfigError(f"model.lora.targets[{empty[0]}]={settings.targets[empty[0]]} matches no module of that part")
     model.lora_settings = settings
     log.info("LoRA r=%d alpha=%g on %s", settings.r, settings.alpha, ", ".join(sorted(wrapped)))
     return model
-
-
-def _lora_layer_cls() -> type:
-    from peft.tuners.lora import LoraLayer
-
-    return LoraLayer
 
 
 def is_lora_param(name: str) -> bool:
@@ -134,8 +124,9 @@ def has_lora(module: nn.Module) -> bool:
 def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
     """Inside: every LoRA layer merged into its base weight and replaced by that base layer (a plain
     module tree, as an export needs). On exit the LoRA layers come back, unmerged."""
-    lora_cls = _lora_layer_cls()
-    swapped = [(name, module) for name, module in model.named_modules() if isinstance(module, lora_cls)]
+    from peft.tuners.lora import LoraLayer
+
+    swapped = [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
     if any(getattr(m.get_base_layer(), "quant_state", None) is not None or "4bit" in type(m).__name__ for _, m in swapped):
         raise ConfigError("a QLoRA model (4-bit base) cannot be exported merged in place; merge its adapter onto a bf16 base "
                           "with dsvl.model.export.merge_adapter(base, adapter_dir, out)")
@@ -151,11 +142,8 @@ def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def adapter_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """(tensors under peft's transformers names on CPU, `modules_to_save`) of a LoRA model.
-
-    Sharded (FSDP2 DTensor) parameters are gathered: every rank must call this, one rank writes.
-    Trainable parameters outside LoRA layers become peft `modules_to_save` of their transformers module.
-    """
+    """(tensors under peft's transformers names on CPU, `modules_to_save`: the transformers modules of trainable
+    parameters outside LoRA layers) of a LoRA model. FSDP2 shards are gathered: every rank calls this."""
     from .hf_keys import architecture_of, key_map
 
     if getattr(model, "lora_settings", None) is None:

@@ -1,26 +1,12 @@
-"""Weights for a model built without them: random init and checkpoint loading, one piece at a time, into whole
-or sharded (FSDP2 DTensor) parameters, so that no process ever holds the full model unless it runs it whole.
-
-- The model is built under `torch.device("meta")` (no memory), as transformers does itself.
-- `materialize(model, ...)`: gives every parameter and buffer its value. Random init (`init_random`) goes per
-  *init unit* (a transformer block, a subtree without blocks, or a block container's own parameters): a full-size
-  CPU copy of the unit is initialised by its owner's init (transformers' `_init_weights` of the
-  nearest `PreTrainedModel`, a module's own `_init_weights`, else `reset_parameters`, children before
-  parents as transformers does) under a generator seeded by (seed, unit name), and each parameter
-  keeps its local part: all of it unsharded, its shard under `fully_shard`. A model sharded over any
-  number of ranks therefore starts from exactly the weights of the same model built whole with the
-  same seed. Then each weight source (`WeightSource`) is read the same way: each rank reads only the
-  slices it holds (safetensors row ranges, a memory-mapped torch checkpoint, or a sharded
-  `torch.distributed.checkpoint` directory written by any world size, which DCP re-shards).
-- `materialize_in_units(model, partition, ...)`: the same values for a model partitioned as it is filled
-  (DeepSpeed ZeRO-3): one init unit at a time is allocated whole, initialised, read from the sources and handed to
-  `partition`, so a rank holds about one unit whole at a time.
-"""
+"""Weights for a meta-built model, one piece at a time, into whole or sharded (FSDP2 DTensor) parameters, so no
+process holds the full model unless it runs it whole (docs/scale.md, docs/architecture.md). Random init goes per
+*init unit* (a transformer block, a block-free subtree, a block container's own tensors): a full CPU copy of the unit
+gets its owner's init under a generator seeded by (seed, unit name) and each parameter keeps its local part, so any
+number of ranks starts from exactly the weights of the same model built whole with the same seed."""
 from __future__ import annotations
 
 import copy
 import ctypes
-import functools
 import json
 import logging
 import zlib
@@ -44,7 +30,6 @@ def has_meta_parameters(model: nn.Module) -> bool:
     return any(p.is_meta for p in model.parameters())
 
 
-# ---------------------------------------------------------------------------------------- init units
 def _tensors(module: nn.Module, recurse: bool) -> Iterator[tuple[str, torch.Tensor]]:
     yield from module.named_parameters(recurse=recurse, remove_duplicate=False)
     yield from module.named_buffers(recurse=recurse, remove_duplicate=False)
@@ -72,20 +57,12 @@ def _owners(model: nn.Module) -> dict[str, nn.Module | None]:
     return owners
 
 
-def _init_module(module: nn.Module, owner: nn.Module | None) -> None:
-    if owner is not None:
-        owner._init_weights(module)
-    elif hasattr(module, "reset_parameters"):
-        module.reset_parameters()
-
-
-def unit_seed(seed: int, name: str) -> int:
-    """The generator seed of one init unit: a function of the run seed and the unit's name only."""
-    return zlib.crc32(f"{int(seed)}:{name}".encode())
-
-
-def _full_unit(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int) -> dict[str, torch.Tensor]:
-    """Full-size CPU values of a unit's parameters and buffers, from its owners' init under the unit's own seed."""
+def _unit_values(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int,
+                 skip: set[str] | frozenset[str]) -> dict[str, torch.Tensor]:
+    """Full-size CPU values of a unit's tensors not in `skip`, from its owners' init under the unit's own seed
+    (nothing is built for a unit wholly in `skip`)."""
+    if {f"{name}{n}" for n, _ in _tensors(unit, whole)} <= skip:
+        return {}
     work = copy.deepcopy(unit).to_empty(device="cpu", recurse=whole)
     with torch.no_grad():
         for _, t in _tensors(work, whole):
@@ -93,59 +70,48 @@ def _full_unit(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Mod
             t.fill_(float("nan") if t.is_floating_point() else torch.iinfo(t.dtype).min)  # "not written", checked below
     modules = list(work.named_modules(remove_duplicate=False)) if whole else [("", work)]
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(unit_seed(seed, name))
+        torch.manual_seed(zlib.crc32(f"{int(seed)}:{name}".encode()))  # a function of the run seed and unit name only
         for rel, module in reversed(modules):  # children before parents, as transformers' smart_apply
-            _init_module(module, owners[f"{name}{rel}".rstrip(".")])
+            owner = owners[f"{name}{rel}".rstrip(".")]
+            if owner is not None:
+                owner._init_weights(module)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     values = {f"{name}{n}": t.detach() for n, t in _tensors(work, whole)}
     unset = [n for n, v in values.items()
              if bool((v.isnan() if v.is_floating_point() else v == torch.iinfo(v.dtype).min).any())]
     if unset:
         raise RuntimeError(f"no init rule reaches {unset[:3]} (give its module reset_parameters or an owner with _init_weights)")
-    return values
+    return {n: v for n, v in values.items() if n not in skip}
 
 
-# ---------------------------------------------------------------------------------------- local parts
-def _local_index(target: torch.Tensor) -> tuple[slice, ...] | None:
-    """The slice of the full tensor that `target` holds locally (None: all of it)."""
-    from torch.distributed.tensor import DTensor
-
-    if not isinstance(target, DTensor):
-        return None
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
-    return tuple(slice(o, o + s) for o, s in zip(offset, shape))
-
-
-def _local(target: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return target.to_local() if isinstance(target, DTensor) else target
+def _check_shape(what: str, got: Any, want: Any) -> None:
+    if tuple(got) != tuple(want):
+        raise CheckpointError(f"{what}: shape {tuple(got)} where the model holds {tuple(want)} "
+                              "(the checkpoint was not saved from this model config)")
 
 
 def _assign(target: torch.Tensor, value: Any, what: str) -> None:
     """Copy `value` (a full tensor or anything indexable like one) into the local part of `target`."""
-    index = _local_index(target)
-    local = _local(target)
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    local, index = target, None
+    if isinstance(target, DTensor):  # only its slice of the full tensor is read
+        shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
+        local, index = target.to_local(), tuple(slice(o, o + s) for o, s in zip(offset, shape))
     part = value[index] if index is not None else value[:] if not isinstance(value, torch.Tensor) else value
-    if tuple(part.shape) != tuple(local.shape):
-        raise CheckpointError(f"{what}: shape {tuple(part.shape)} where the model holds {tuple(local.shape)} "
-                              "(the checkpoint was not saved from this model config)")
+    _check_shape(what, part.shape, local.shape)
     with torch.no_grad():
         local.copy_(part)
 
 
-# ---------------------------------------------------------------------------------------- weight sources
 @dataclass(frozen=True)
 class WeightSource:
-    """Pretrained weights to load after random init: `path` (a safetensors file or directory, a transformers
-    DeepSeek-VL directory, or a weights-only torch / Lightning checkpoint) into the parameters under `prefix`.
-
-    `key_map` renames checkpoint keys by prefix (checkpoint prefix -> model prefix, relative to `prefix`);
-    `strip` is a prefix dropped from checkpoint keys first (Lightning's "model."). `exact`: every checkpoint key
-    under `strip` must be a tensor of the model (a stage checkpoint of the same model config, `init_from`).
-    `origin`: the config key that asked for it (`init_from`, `model.pretrained`, ...), which starts its errors.
-    """
+    """Weights to load after random init: `path` (safetensors file or directory, a weights-only torch / Lightning
+    checkpoint, a sharded one) into the parameters under `prefix`. `key_map`: (checkpoint prefix, model prefix under
+    `prefix`) renames; `strip`: a key prefix dropped first (Lightning's "model."); `exact`: every checkpoint key under
+    `strip` must be in the model (`init_from`); `origin`: the config key that asked for it, which starts its errors."""
 
     path: str
     prefix: str = ""
@@ -219,7 +185,7 @@ def _safetensors_index(path: Path) -> dict[str, _SafetensorsRows]:
 @contextmanager
 def _open_tensors(path: Path) -> Iterator[Mapping[str, Any]]:
     """Checkpoint key -> something sliceable like a tensor that reads only the slice asked for; of a sharded
-    checkpoint, its index entries (`load_weights` reads those through DCP, all at once)."""
+    checkpoint, its index entries (`_read` reads those through DCP, all at once)."""
     if is_sharded_checkpoint(path):
         yield sharded_tensors(path)
         return
@@ -270,37 +236,24 @@ def _read(source: WeightSource, tensors: Mapping[str, Any], picked: Mapping[str,
     path = Path(source.path).expanduser()
     if is_sharded_checkpoint(path):  # DCP reads every rank's slices in one collective call
         for key, name in picked.items():
-            if tuple(tensors[key].size) != tuple(targets[name].shape):
-                raise CheckpointError(f"{source.label}: {key}: shape {tuple(tensors[key].size)} where the model holds "
-                                      f"{tuple(targets[name].shape)} (the checkpoint was not saved from this model config)")
+            _check_shape(f"{source.label}: {key}", tensors[key].size, targets[name].shape)
         load_sharded(path, {key: targets[name] for key, name in picked.items()})
         return
     for key, name in picked.items():
         _assign(targets[name], tensors[key], f"{source.label}: {key}")
 
 
-def load_weights(model: nn.Module, source: WeightSource) -> int:
-    """Read `source` into `model`'s (local parts of) parameters and persistent buffers under `source.prefix`;
-    every such parameter must be in the checkpoint. Returns the number of tensors read."""
-    targets = dict(model.state_dict(keep_vars=True))
-    with _blamed(source), _open_tensors(Path(source.path).expanduser()) as tensors:
-        picked = _picked(source, tensors, model)
-        _read(source, tensors, picked, targets)
-    log.info("loaded %d tensors from %s%s", len(picked), source.path, f" into {source.prefix}" if source.prefix else "")
-    return len(picked)
-
-
-def _filled_by(sources: Any, names: set[str]) -> set[str]:
-    """Those of `names` (state-dict keys: `load_weights` reads no non-persistent buffer) that `sources` will fill
-    (from their keys only: no tensor is read)."""
-    filled: set[str] = set()
+def _open_sources(stack: ExitStack, sources: Any, model: nn.Module
+                  ) -> list[tuple[WeightSource, Mapping[str, Any], dict[str, str]]]:
+    """Each source opened in `stack` (no tensor read yet), with what it fills in `model` (`_picked`)."""
+    opened = []
     for source in sources:
-        with _blamed(source), _open_tensors(Path(source.path).expanduser()) as tensors:
-            filled |= {n for n in map(source.rename, tensors) if n in names}
-    return filled
+        with _blamed(source):
+            tensors = stack.enter_context(_open_tensors(Path(source.path).expanduser()))
+            opened.append((source, tensors, _picked(source, tensors, model)))
+    return opened
 
 
-# ---------------------------------------------------------------------------------------- materialize
 def init_random(
     model: nn.Module,
     template: nn.Module | None = None,
@@ -308,13 +261,9 @@ def init_random(
     blocks: tuple[type, ...] | None = None,
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """Random init per unit (see the module docstring) into `model`'s allocated (local parts of) parameters and
-    buffers, except those named in `skip` (filled otherwise: a checkpoint). A unit wholly in `skip` is never built.
-
-    `template`: the same model unsharded (on meta or not); by default `model` itself. `seed` defaults to
-    `torch.initial_seed()` (Lightning's `seed_everything` sets it), so every rank of a run and a 1-process run agree.
-    `blocks`: the repeated block classes (one init unit each); default `template.block_classes()` if it has one.
-    """
+    """Random init per unit into `model`'s allocated (local parts of) tensors except those in `skip` (a unit wholly
+    in `skip` is never built). `template`: the same model unsharded (default `model`); `seed`: default
+    `torch.initial_seed()` (`seed_everything` sets it); `blocks`: default `template.block_classes()`."""
     template = model if template is None else template
     seed, units, owners = _init_plan(template, seed, blocks)
     targets = dict(_tensors(model, True))
@@ -332,14 +281,6 @@ def _init_plan(template: nn.Module, seed: int | None, blocks: tuple[type, ...] |
     return seed, list(_units(template, "", blocks)), _owners(template)
 
 
-def _unit_values(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int,
-                 skip: set[str] | frozenset[str]) -> dict[str, torch.Tensor]:
-    """The random init of a unit's tensors not in `skip` (nothing is built for a unit wholly in `skip`)."""
-    if {f"{name}{n}" for n, _ in _tensors(unit, whole)} <= skip:
-        return {}
-    return {n: v for n, v in _full_unit(name, unit, whole, owners, seed).items() if n not in skip}
-
-
 def materialize(
     model: nn.Module,
     template: nn.Module | None = None,
@@ -349,11 +290,8 @@ def materialize(
     blocks: tuple[type, ...] | None = None,
 ) -> nn.Module:
     """Allocate `model`'s parameters on `device` (its local shards once `fully_shard` was applied) and fill them:
-    random init per unit (`init_random`) of every tensor that `sources` do not hold, then each of `sources` in order.
-
-    `template`: the same model unsharded, still on meta (a `copy.deepcopy` taken before `fully_shard`);
-    by default a copy of `model` itself (unsharded). `seed`, `blocks`: as `init_random`.
-    """
+    random init (`init_random`) of every tensor that `sources` do not hold, then each of `sources` in order (every
+    parameter under a source's `prefix` must be in it). `template`: the model unsharded on meta (default: a copy)."""
     if template is None:
         template = copy.deepcopy(model)
     first: dict[int, str] = {}
@@ -363,9 +301,14 @@ def materialize(
         if name != same:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, model.get_parameter(same))
-    init_random(model, template, seed, blocks, skip=_filled_by(sources, set(model.state_dict(keep_vars=True))))
-    for source in sources:
-        load_weights(model, source)
+    with ExitStack() as stack:
+        opened = _open_sources(stack, sources, model)
+        init_random(model, template, seed, blocks, skip={n for *_, picked in opened for n in picked.values()})
+        targets = model.state_dict(keep_vars=True)
+        for source, tensors, picked in opened:
+            with _blamed(source):
+                _read(source, tensors, picked, targets)
+            log.info("loaded %d tensors from %s%s", len(picked), source.path, f" into {source.prefix}" if source.prefix else "")
     return model
 
 
@@ -377,25 +320,19 @@ def materialize_in_units(
     sources: tuple[WeightSource, ...] | list[WeightSource] = (),
     blocks: tuple[type, ...] | None = None,
 ) -> nn.Module:
-    """`materialize` for a meta-built model that is partitioned as it is filled (DeepSpeed ZeRO-3): one init unit at a
-    time, the unit's parameters and buffers are allocated whole on `device`, given the same random init as under
-    `materialize` and then what `sources` hold for them, and its parameters are handed to `partition`, which keeps only
-    this rank's part. A parameter shared with a later unit (tied embeddings) is handed over with that unit. So a
-    rank holds about one unit whole at a time (and a tied embedding until its head), never the whole model."""
+    """`materialize` for a model partitioned as it is filled (DeepSpeed ZeRO-3): one init unit at a time is allocated
+    whole on `device`, filled as `materialize` would, and its parameters handed to `partition` (which keeps this rank's
+    part); a parameter tied to a later unit (tied embeddings) goes with that unit. A rank holds about one unit."""
     template = copy.deepcopy(model)  # on meta: cheap
     seed, units, owners = _init_plan(template, seed, blocks)
     meta = dict(_tensors(model, True))
     names = [[f"{name}{n}" for n, _ in _tensors(unit, whole)] for name, unit, whole in units]
     last = {id(meta[n]): i for i, unit_names in enumerate(names) for n in unit_names}
-    filled = {id(meta[n]) for n in _filled_by(sources, set(model.state_dict(keep_vars=True)))}
-    skip = {n for n, t in meta.items() if id(t) in filled}  # a tied tensor a source fills is filled under every name
     real: dict[int, torch.Tensor] = {}  # meta tensor -> the allocated one
     with ExitStack() as stack:
-        opened = []
-        for source in sources:
-            with _blamed(source):
-                tensors = stack.enter_context(_open_tensors(Path(source.path).expanduser()))
-                opened.append((source, tensors, _picked(source, tensors, model)))
+        opened = _open_sources(stack, sources, model)
+        filled = {id(meta[n]) for *_, picked in opened for n in picked.values()}
+        skip = {n for n, t in meta.items() if id(t) in filled}  # a tied tensor a source fills is filled under every name
         # a safetensors tensor (the last source holding it) is read into its own memory and kept, not read then copied
         direct = {n: (j, key) for j, (_, tensors, picked) in enumerate(opened) for key, n in picked.items()
                   if isinstance(tensors[key], _SafetensorsRows)}
@@ -409,8 +346,9 @@ def materialize_in_units(
                         data = values.pop(n).to(device or "cpu")
                     elif n in direct:
                         j, key = direct[n]
-                        with _blamed(opened[j][0]):
-                            data = _read_whole(opened[j][1][key], t, f"{opened[j][0].label}: {key}").to(device or "cpu")
+                        rows = opened[j][1][key]
+                        _check_shape(f"{opened[j][0].label}: {key}", rows.shape, t.shape)
+                        data = rows[:].to(t.dtype).to(device or "cpu")
                         adopted.add((j, key))
                     else:
                         data = torch.empty_like(t, device=device or "cpu")
@@ -433,26 +371,11 @@ def materialize_in_units(
     return model
 
 
-def _read_whole(rows: _SafetensorsRows, like: torch.Tensor, what: str) -> torch.Tensor:
-    """All of a safetensors tensor in `like`'s dtype, shape-checked against it."""
-    if rows.shape != tuple(like.shape):
-        raise CheckpointError(f"{what}: shape {rows.shape} where the model holds {tuple(like.shape)} "
-                              "(the checkpoint was not saved from this model config)")
-    return rows[:].to(like.dtype)
-
-
-@functools.cache
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
 def _trim_heap() -> None:
     """Give the memory the last unit freed back to the OS. glibc keeps freed blocks under its mmap threshold in the
     heap and raises that threshold each time a big tensor is freed, so without this a rank's RSS grew to about the
     whole model's (measured: 1.3B fp32 load on 2 ranks, 7.7 GB per rank, 5.3 GB with a fixed threshold)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        pass

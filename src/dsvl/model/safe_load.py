@@ -1,20 +1,10 @@
-"""Loading checkpoints without running code from them (a checkpoint is never a way in).
-
-Every checkpoint dsvl reads goes through here: `.safetensors` files with safetensors, everything
-else (Lightning `.ckpt`, `.pt`, `.bin`) with `torch.load(weights_only=True)`, whose unpickler
-only rebuilds tensors and plain containers. A file whose pickle names any other global (a class
-to construct, `os.system`, ...) is refused with `UnsafeCheckpointError` before that global is
-ever imported or called. There is deliberately no switch to turn this off.
-
-A sharded checkpoint (a `torch.distributed.checkpoint` directory, as `trainer=fsdp` writes every `.ckpt`)
-is read the same way: `meta.pt` with `torch.load(weights_only=True)`, the tensors by DCP (itself
-`weights_only`), and its `.metadata` index, which DCP's own reader unpickles unrestricted, by an
-unpickler that knows only DCP's metadata classes (`read_sharded_metadata`; `load_sharded` reads with it).
-"""
+"""Loading checkpoints without running code from them (docs/reliability.md, "Safe loading"): safetensors, or
+`torch.load(weights_only=True)`; a pickle naming any other global is refused with `UnsafeCheckpointError` before
+that global is imported. There is deliberately no switch to turn this off. A sharded (DCP) checkpoint's `.metadata`
+index, which DCP's own reader unpickles unrestricted, is read by an unpickler that knows only DCP's metadata classes."""
 from __future__ import annotations
 
 import io
-import logging
 import pickle
 import re
 import warnings
@@ -26,11 +16,7 @@ import torch
 
 from dsvl.errors import CheckpointError
 
-log = logging.getLogger(__name__)
-
-SAFETENSORS_SUFFIXES = (".safetensors",)
 _GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
-_OPERAND = re.compile(r"Unsupported operand")
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -43,22 +29,17 @@ def _offending_global(err: BaseException) -> str | None:
 
 
 def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
-    """`torch.load(path, weights_only=True)`; a pickle that needs code execution raises `UnsafeCheckpointError`.
-
-    `mmap=True` maps tensor storages instead of reading them (cheap checks of big checkpoints).
-    """
+    """`torch.load(path, weights_only=True)`; a pickle that needs code execution raises `UnsafeCheckpointError`."""
     p = Path(path)
     try:
         return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         name = _offending_global(err)
-        if name is None and _OPERAND.search(str(err)):
+        if name is None and "Unsupported operand" in str(err):
             raise UnsafeCheckpointError(f"cannot load {p}: not a torch checkpoint (unsupported pickle data)") from None
         what = f"it calls {name}, which only pickle code execution could run" if name else "it needs pickle code execution"
-        raise UnsafeCheckpointError(
-            f"refusing to load {p}: {what}; dsvl loads checkpoints with torch.load(weights_only=True) only "
-            "(re-save it as a plain state dict or safetensors from a trusted environment)"
-        ) from None
+        raise UnsafeCheckpointError(f"refusing to load {p}: {what}; dsvl loads checkpoints with torch.load(weights_only=True) "
+                                    "only (re-save it as a plain state dict or safetensors from a trusted environment)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         if mmap and "mmap" in str(err):  # legacy (non-zip) format cannot be mapped: read it instead
             return safe_torch_load(p, map_location=map_location, mmap=False)
@@ -69,7 +50,7 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
 def load_weights(path: str | Path, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
     """A flat tensor dict from a `.safetensors` file or a weights-only torch file."""
     p = Path(path)
-    if p.suffix in SAFETENSORS_SUFFIXES:
+    if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(p), device=str(map_location))
@@ -105,29 +86,19 @@ def is_checkpoint(path: str | Path) -> bool:
     return Path(path).is_file() or is_sharded_checkpoint(path) or bool(deepspeed_files(path))
 
 
-def _check_deepspeed(files: list[Path]) -> dict[str, Any]:
-    """Every per-rank file of a DeepSpeed checkpoint opened weights-only (DeepSpeed's resume unpickles them
-    unrestricted); returns the first model-states file, which holds Lightning's state (loops, callbacks, data)."""
-    try:  # data-only classes its optimizer states name: an IntEnum and the loss scalers (numbers in __dict__)
-        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-    except ImportError:
-        raise UnsafeCheckpointError(f"{files[0].parent.parent} is a DeepSpeed checkpoint: reading it needs deepspeed "
-                                    "(pip install deepspeed)") from None
-    with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
-        states = [safe_torch_load(f, mmap=True) for f in files]
-    return states[0]
-
-
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Open a checkpoint the safe way (tensors memory-mapped, not read) before a run commits to it; of a
-    sharded checkpoint, its non-tensor state (`meta.pt`: loop, data and callback states), the part
-    Lightning unpickles (the tensors are read by torch.distributed.checkpoint); of a DeepSpeed checkpoint, every file.
-
-    Returns the top-level dict without its tensor payloads being read; raises `UnsafeCheckpointError`.
-    """
-    if deepspeed_files(path):
-        return _check_deepspeed(deepspeed_files(path))
+    """The top-level dict of a checkpoint opened the safe way (tensors memory-mapped, not read) before a run commits
+    to it: of a sharded checkpoint its index and `meta.pt` (what Lightning unpickles); of a DeepSpeed one every
+    per-rank file (DeepSpeed's resume unpickles them unrestricted), returning the first: Lightning's state."""
+    if files := deepspeed_files(path):
+        try:  # data-only classes its optimizer states name: an IntEnum and the loss scalers (numbers in __dict__)
+            from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+            from deepspeed.runtime.zero.config import ZeroStageEnum
+        except ImportError:
+            raise UnsafeCheckpointError(f"{path} is a DeepSpeed checkpoint: reading it needs deepspeed "
+                                        "(pip install deepspeed)") from None
+        with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
+            return [safe_torch_load(f, mmap=True) for f in files][0]
     if is_sharded_checkpoint(path):
         read_sharded_metadata(path)  # Lightning's resume would unpickle it without restrictions
         path = Path(path) / SHARDED_META
@@ -137,7 +108,6 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-# ---------------------------------------------------------------------------------------- sharded (DCP) checkpoints
 _DCP_METADATA = "torch.distributed.checkpoint.metadata"
 # everything a DCP index pickles: its metadata dataclasses, torch.Size / dtypes / layouts, the checkpoint's path
 _INDEX_GLOBALS = {

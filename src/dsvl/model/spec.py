@@ -1,8 +1,5 @@
-"""What the data pipeline needs to know about a model's vision side, without building weights.
-
-This is the only thing `dsvl.data` imports from `dsvl.model`: image sizes,
-normalisation per tower, the tensor name each tower reads, and visual tokens per image.
-"""
+"""What the data pipeline needs to know about a model's vision side (the only thing `dsvl.data` imports from
+`dsvl.model`): each tower's input name, image size and normalisation, and visual tokens per image."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,13 +1,7 @@
-"""Vision towers: transformers' SigLIP and SAM models plus DeepSeek-VL's SAM downsampling path.
-
-Each tower works out its sizes (`info`: width, token grid, image input) in its constructor, so
-`dsvl.model.build` learns them by building the towers on the meta device, before any weights.
-`VisionEncoder` holds the low-res (SigLIP) and/or high-res (SAM) tower and joins their features
-along the embedding dimension as [high, low], the order DeepSeek-VL's hybrid adaptor splits.
-"""
+"""Vision towers: transformers' SigLIP and SAM models plus DeepSeek-VL's SAM downsampling path. Each tower works out
+its sizes (`info`) in its constructor, so a meta build learns them; `VisionEncoder` joins features as [high, low]."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +13,10 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
     DeepseekVLSamVisionProj,
 )
 
-from .checked_load import from_pretrained_checked, weights_source
+from .checked_load import from_pretrained_checked
 from .cfgutil import instantiate, make_hf_config
 from .errors import ConfigError
 from .spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
-
-log = logging.getLogger(__name__)
-
-LOW_RES_INPUT = "pixel_values"
-HIGH_RES_INPUT = "high_res_pixel_values"
 
 
 @dataclass(frozen=True)
@@ -37,10 +26,6 @@ class TowerInfo:
     embed_dim: int
     grid: int
     input: ImageInputSpec
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid * self.grid
 
 
 @dataclass(frozen=True)
@@ -56,7 +41,7 @@ class VisionInfo:
 
     @property
     def num_tokens(self) -> int:
-        return (self.low or self.high).num_tokens  # type: ignore[union-attr]
+        return (self.low or self.high).grid ** 2  # type: ignore[union-attr]
 
     @property
     def spec(self) -> VisionSpec:
@@ -83,13 +68,10 @@ def _grid(cfg: Any) -> int:
 
 
 class SiglipTower(nn.Module):
-    """Low-res semantic branch: transformers' `SiglipVisionModel`, its last hidden state as features.
+    """Low-res semantic branch: transformers' `SiglipVisionModel`, its last hidden state as features. The pooling head
+    is off by default (DeepSeek-VL does not use it; unused weights would also trip DDP's unused-parameter check)."""
 
-    The pooling head is off by default (DeepSeek-VL does not use it; unused weights would also
-    trip DDP's unused-parameter check).
-    """
-
-    input_name = LOW_RES_INPUT
+    input_name = "pixel_values"
 
     def __init__(
         self,
@@ -103,16 +85,13 @@ class SiglipTower(nn.Module):
     ) -> None:
         super().__init__()
         hf_config.setdefault("vision_use_head", False)
-        src = weights_source(pretrained, hub_id)
-        if src is not None:
-            log.info("SigLIP tower: loading weights from %s", src)
-            self.model = from_pretrained_checked(SiglipVisionModel, src, "vision.low", **hf_config)
-        else:
-            self.model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, **hf_config))
+        model = from_pretrained_checked(SiglipVisionModel, "vision.low", pretrained, hub_id, **hf_config)
+        if model is None:
+            model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, **hf_config))
+        self.model = model
         cfg = self.model.config
-        self.mean, self.std = tuple(mean), tuple(std)
         size = _side(cfg.image_size, "image_size")
-        self.info = TowerInfo(cfg.hidden_size, _grid(cfg), ImageInputSpec(self.input_name, size, self.mean, self.std))
+        self.info = TowerInfo(cfg.hidden_size, _grid(cfg), ImageInputSpec(self.input_name, size, tuple(mean), tuple(std)))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, grid**2, hidden)."""
@@ -120,15 +99,11 @@ class SiglipTower(nn.Module):
 
 
 class SamTower(nn.Module):
-    """High-res detail branch: transformers' `SamVisionModel` plus DeepSeek-VL's downsampling.
+    """High-res detail branch: transformers' `SamVisionModel` plus DeepSeek-VL's downsampling, as
+    `DeepseekVLHybridModel.get_high_res_image_features`: the neck output goes through two stride-2 convs (to 4C
+    channels, grid x grid), plus a second neck over the first global-attention block's output, scaled by `alpha`."""
 
-    As `DeepseekVLHybridModel.get_high_res_image_features`: the SAM neck output is interpolated to
-    4*grid and brought down by two stride-2 convs (C -> 2C -> 4C channels, grid x grid); a second
-    neck over the hidden state of the first global-attention block goes through the same convs
-    and is added, scaled by `alpha` (learnable, initialised to 0).
-    """
-
-    input_name = HIGH_RES_INPUT
+    input_name = "high_res_pixel_values"
 
     def __init__(
         self,
@@ -142,19 +117,16 @@ class SamTower(nn.Module):
         **hf_config: Any,
     ) -> None:
         super().__init__()
-        src = weights_source(pretrained, hub_id)
-        if src is not None:
-            log.info("SAM tower: loading weights from %s", src)
-            self.model = from_pretrained_checked(SamVisionModel, src, "vision.high", **hf_config)
-        else:
-            self.model = SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, **hf_config))
+        model = from_pretrained_checked(SamVisionModel, "vision.high", pretrained, hub_id, **hf_config)
+        if model is None:
+            model = SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, **hf_config))
+        self.model = model
         cfg = self.model.config
         if not cfg.global_attn_indexes:
             raise ConfigError("global_attn_indexes must name at least one block (DeepSeek-VL taps the first)")
         grid = int(grid) if grid is not None else max(1, _grid(cfg) // 4)
-        self.mean, self.std = tuple(mean), tuple(std)
         size = _side(cfg.image_size, "image_size")
-        self.info = TowerInfo(cfg.output_channels * 4, grid, ImageInputSpec(self.input_name, size, self.mean, self.std))
+        self.info = TowerInfo(cfg.output_channels * 4, grid, ImageInputSpec(self.input_name, size, tuple(mean), tuple(std)))
         self.global_attn_index = int(cfg.global_attn_indexes[0])
         self.global_neck = DeepseekVLSamVisionNeck(cfg)
         self.proj = DeepseekVLSamVisionProj(cfg, output_size=grid)
@@ -194,10 +166,8 @@ class VisionEncoder(nn.Module):
         self.low, self.high = low, high
         self.info = VisionInfo(low=getattr(low, "info", None), high=getattr(high, "info", None))
         if self.info.low and self.info.high and self.info.low.grid != self.info.high.grid:
-            raise ConfigError(
-                f"vision.high grid {self.info.high.grid} != vision.low grid {self.info.low.grid}; "
-                "build with VisionEncoder.from_config (derives it) or set vision.high.grid"
-            )
+            raise ConfigError(f"vision.high grid {self.info.high.grid} != vision.low grid {self.info.low.grid}; "
+                              "build with VisionEncoder.from_config (derives it) or set vision.high.grid")
 
     @classmethod
     def from_config(cls, *, key: str = "vision", low: Any = None, high: Any = None) -> "VisionEncoder":

@@ -1,7 +1,6 @@
 """`VisionLanguageModel`: vision encoder + adaptor + causal LM, with images entering by an image-token mask."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,23 +8,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .fused_loss import fused_linear_cross_entropy
+from .fused_loss import FusedLinearCrossEntropy, chunk_positions
 from .spec import VisionSpec
 from .vision import VisionEncoder
-
-log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
 
 @dataclass
 class VLMOutput:
-    """Mean next-token loss over supervised positions, the logits (None on the training path: `forward`
-    with labels and ``return_logits=False``), how many positions the loss averaged, the KV cache."""
+    """Mean next-token loss, the logits (None on the training path), positions the loss averaged, the KV cache."""
 
     loss: torch.Tensor | None
     logits: torch.Tensor | None
@@ -50,9 +47,8 @@ def _chunk_nll_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
 
 
 def fusable_head(head: nn.Module) -> bool:
-    """True for a plain `nn.Linear` whose weight is an ordinary tensor and that has no hooks: the fused
-    loss calls its weight directly. A peft LoRA wrapper, an FSDP2-sharded (DTensor) or hooked head runs
-    its own forward instead (the checkpointed chunks)."""
+    """True for a plain, hook-free `nn.Linear` with ordinary tensors (the fused loss calls its weight directly); a
+    LoRA-wrapped, FSDP2-sharded (DTensor) or hooked head runs its own forward in checkpointed chunks instead."""
     if type(head) is not nn.Linear or head._forward_hooks or head._forward_pre_hooks:
         return False
     return all(type(p) in (torch.Tensor, nn.Parameter) for p in (head.weight, head.bias) if p is not None)
@@ -60,17 +56,16 @@ def fusable_head(head: nn.Module) -> bool:
 
 def chunked_next_token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
                             chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`next_token_loss(head(hidden), labels)` without materialising the logits; only supervised
-    positions go through the output head. A plain linear head takes the fused head + cross-entropy
-    (`fused_loss`: gradients made chunk by chunk in the forward, no logits kept; `chunk` positions, by
-    default a 64 MB bound); any other head runs `chunk` (default `LOSS_CHUNK`) positions at a time
-    under activation checkpointing, holding one chunk's fp32 logits and their gradient at once."""
+    """`next_token_loss(head(hidden), labels)` without materialising the logits, over supervised positions only, `chunk`
+    positions at a time: a plain linear head by `fused_loss` (default: 64 MB of logits), any other head under
+    activation checkpointing (default `LOSS_CHUNK`; one chunk's fp32 logits and their gradient at once)."""
     shift_labels = labels[:, 1:].to(hidden.device)
     keep = shift_labels != IGNORE_INDEX
     count = keep.sum()
     states, targets = hidden[:, :-1][keep], shift_labels[keep]
     if fusable_head(head):
-        total = fused_linear_cross_entropy(states, head.weight, head.bias, targets, chunk)
+        chunk = chunk or chunk_positions(head.weight.shape[0])
+        total = FusedLinearCrossEntropy.apply(states, head.weight, head.bias, targets, chunk)
         return total / count.clamp(min=1), count
     total = states.float().sum() * 0.0  # a zero with a graph, also when nothing is supervised
     step = chunk or LOSS_CHUNK
@@ -137,16 +132,10 @@ class VisionLanguageModel(nn.Module):
         """Activation checkpointing in the LLM and every transformers tower (memory for compute)."""
         kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
         for module in self._checkpointable():
-            enable = getattr(module, "activation_checkpointing_enable", None)  # transformers >= 5.x name
-            if enable is not None:
-                enable(activation_checkpointing_kwargs=kwargs)
+            if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        for module in self._checkpointable():
-            disable = getattr(module, "activation_checkpointing_disable", None) or module.gradient_checkpointing_disable
-            disable()
 
     def block_classes(self) -> set[type[nn.Module]]:
         """The repeated transformer block classes of every part (e.g. SiglipEncoderLayer, SamVisionLayer,
@@ -172,28 +161,22 @@ class VisionLanguageModel(nn.Module):
         high_res_pixel_values: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with image features scattered, in order, over the positions holding `image_token_id`.
-
-        `image_embeds` (num_images, num_image_tokens, hidden) are features `encode_images` already
-        computed: rows that share an image (the options of one question) reuse them instead of
-        running the towers again.
-        """
+        """Token embeddings with image features scattered, in order, over the positions holding `image_token_id`;
+        `image_embeds`: features `encode_images` already computed (rows sharing an image reuse them)."""
         embeds = self.llm.get_input_embeddings()(input_ids)
         image_mask = input_ids == self.image_token_id
         if image_embeds is None and pixel_values is None and high_res_pixel_values is None:
             if bool(image_mask.any()):
-                raise ValueError(
-                    f"input_ids hold {int(image_mask.sum())} image tokens (id {self.image_token_id}) but no pixel_values were given"
-                )
+                raise ValueError(f"input_ids hold {int(image_mask.sum())} image tokens (id {self.image_token_id}) "
+                                 "but no pixel_values were given")
             return embeds
         features = image_embeds if image_embeds is not None else self.encode_images(pixel_values, high_res_pixel_values)
         num_images, per_image = features.shape[0], features.shape[1]
         num_tokens = int(image_mask.sum())
         if num_tokens != num_images * per_image:
-            raise ValueError(
-                f"input_ids hold {num_tokens} image tokens (id {self.image_token_id}) but {num_images} images x "
-                f"{per_image} tokens per image = {num_images * per_image}; each image needs exactly {per_image} consecutive image tokens"
-            )
+            raise ValueError(f"input_ids hold {num_tokens} image tokens (id {self.image_token_id}) but {num_images} images x "
+                             f"{per_image} tokens per image = {num_images * per_image}; each image needs exactly {per_image} "
+                             "consecutive image tokens")
         return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
 
     # ---- forward / generate ----------------------------------------------------------------
@@ -210,14 +193,8 @@ class VisionLanguageModel(nn.Module):
         return_logits: bool | None = None,
         **llm_kwargs: Any,
     ) -> VLMOutput:
-        """The logits of every position and, with `labels` (unshifted, -100 = no loss), the mean
-        next-token NLL. Training (train mode, gradients on; or ``return_logits=False``) computes the
-        loss in chunks without the full logits (`chunked_next_token_loss`) and returns logits=None;
-        ``return_logits=True`` always takes the full-logits path.
-
-        `position_ids` mark packed rows: each restart at 0 begins a sample that attends only to itself.
-        `image_embeds` replaces the pixels with precomputed image features (see `embed_inputs`).
-        """
+        """The logits and, with `labels` (unshifted, -100 = no loss), the mean next-token NLL. Training (train mode,
+        gradients on; or ``return_logits=False``) computes the loss without the full logits (logits=None)."""
         embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values, image_embeds)
         if position_ids is not None and not use_cache:
             # Packed rows (positions restart at 0 for each sample): transformers keeps attention inside
@@ -228,7 +205,8 @@ class VisionLanguageModel(nn.Module):
                       use_cache=use_cache, **llm_kwargs)
         if return_logits is None:
             return_logits = not (self.training and torch.is_grad_enabled())
-        if labels is not None and not return_logits and not use_cache and self._head_outside_llm_forward_ok():
+        # an LLM that is its own FSDP2 unit gathers its head and final norm only inside its own forward: full logits there
+        if labels is not None and not return_logits and not use_cache and not isinstance(self.llm, FSDPModule):
             hidden = self.llm.get_decoder()(**inputs).last_hidden_state
             loss, count = chunked_next_token_loss(hidden, self.llm.get_output_embeddings(), labels)
             return VLMOutput(loss=loss, logits=None, num_loss_tokens=count)
@@ -237,15 +215,6 @@ class VisionLanguageModel(nn.Module):
         if labels is not None:
             loss, count = next_token_loss(out.logits, labels)
         return VLMOutput(loss=loss, logits=out.logits, num_loss_tokens=count, past_key_values=out.get("past_key_values"))
-
-    def _head_outside_llm_forward_ok(self) -> bool:
-        """False when the LLM is its own FSDP2 unit: its head and final norm are only gathered inside
-        the LLM's own forward, so the loss takes the full-logits path there."""
-        try:
-            from torch.distributed.fsdp import FSDPModule
-        except ImportError:  # torch without distributed
-            return True
-        return not isinstance(self.llm, FSDPModule)
 
     @torch.no_grad()
     def generate(
