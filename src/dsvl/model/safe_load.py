@@ -47,19 +47,6 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
         raise UnsafeCheckpointError(f"cannot load {p}: not a readable checkpoint ({first})") from None
 
 
-def load_weights(path: str | Path, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
-    """A flat tensor dict from a `.safetensors` file or a weights-only torch file."""
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p), device=str(map_location))
-    state = safe_torch_load(p, map_location=map_location)
-    if not isinstance(state, dict):
-        raise UnsafeCheckpointError(f"cannot load {p}: expected a dict of tensors, found {type(state).__name__}")
-    return state
-
-
 SHARDED_META = "meta.pt"  # what Lightning's FSDP2 strategy keeps outside the tensors of a sharded checkpoint
 SHARDED_INDEX = ".metadata"  # DCP's index of a sharded checkpoint: every key's shape, dtype and chunks
 SHARDED_MODEL = "state_dict."  # the model weights' keys (Lightning saves `{"state_dict": ..., "optimizer_0": ...}`)
