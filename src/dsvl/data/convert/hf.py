@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from dsvl.data.bad_samples import BadSample, SkipReason
 from dsvl.data.chat import IMAGE_TOKEN
-from dsvl.data.convert import llava, messages, text
+from dsvl.data.convert import formats
 from dsvl.data.convert.common import Draft, Options, as_list, chat_draft, message, record_id
 from dsvl.errors import DataError
 
@@ -96,5 +96,6 @@ def _caption(record: dict[str, Any], opts: Options) -> Draft:
 
 
 def draft(record: dict[str, Any], opts: Options) -> Draft:
-    drafts = {"cauldron": _cauldron, "caption": _caption, "llava": llava.draft, "messages": messages.draft, "text": text.draft}
+    drafts = {"cauldron": _cauldron, "caption": _caption, "llava": formats.llava, "messages": formats.messages,
+              "text": formats.text}
     return drafts[opts.layout](record, opts)
