@@ -2,7 +2,7 @@
 
 Samples per modality and category, images per sample and, with a tokenizer, token lengths after
 placeholder expansion (percentiles, histogram PNG), the share longer than `max_length`, and the
-row fill the text packer (`dsvl.data.packing.pack_rows`) would reach at `max_length`.
+row fill the greedy text packer (`dsvl.data.packing.pack_rows`) would reach at `max_length`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from typing import Any, Iterator
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.build import shard_urls
 from dsvl.data.encode import SampleEncoder
-from dsvl.data.packing import pack_rows
 from dsvl.data.schema import caption_to_raw, parse_sample
 from dsvl.data.streams import read_tar
 
@@ -23,31 +22,17 @@ log = logging.getLogger(__name__)
 PERCENTILES = (50, 90, 99, 100)
 
 
-class _Lengths:
-    """A peek/pop stream of lengths for `pack_rows` (objects whose len() is the length)."""
-
-    def __init__(self, lengths: list[int]) -> None:
-        self.items, self.i = [range(n) for n in lengths], 0
-
-    def peek(self) -> range:
-        return self.items[self.i] if self.i < len(self.items) else range(1 << 62)  # nothing more fits
-
-    def pop(self) -> range:
-        self.i += 1
-        return self.items[self.i - 1]
-
-
 def packing_fill(lengths: list[int], max_length: int) -> float:
-    """Real-token share of rows packed greedily in stream order (samples longer than max_length
+    """Real-token share of rows packed greedily in stream order, as `dsvl.data.packing.pack_rows`
+    packs them (a sample that does not fit starts the next row; samples longer than max_length
     are skipped by training, so left out)."""
     fit = [n for n in lengths if n <= max_length]
-    if not fit:
-        return 0.0
-    stream, rows = _Lengths(fit), 0
-    while stream.i < len(fit):
-        pack_rows(stream, 1, max_length)  # type: ignore[arg-type]
-        rows += 1
-    return sum(fit) / (rows * max_length)
+    rows, used = 0, max_length
+    for n in fit:
+        if used + n > max_length:
+            rows, used = rows + 1, 0
+        used += n
+    return sum(fit) / (rows * max_length) if rows else 0.0
 
 
 def _percentile(sorted_values: list[int], q: float) -> int:
