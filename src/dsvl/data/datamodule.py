@@ -28,7 +28,7 @@ from dsvl.errors import DataError
 from dsvl.model.spec import ImageInputSpec, VisionSpec
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 2  # 2: positions per logical data part (1: per rank and worker)
+STATE_VERSION = 2  # positions per logical data part (version 1, per rank and worker, is refused)
 
 
 def as_vision_spec(spec: VisionSpec | Mapping[str, Any] | None) -> VisionSpec | None:
@@ -188,15 +188,13 @@ class DSVLDataModule(L.LightningDataModule):
         and every part's saved position when `layout` divides the saved parts, else (with
         `elastic_restart`) fresh streams from the checkpoint's global step; else a one-line error."""
         saved = self._resume or {}
-        saved_world, saved_next = int(saved.get("world_size", 1)), int(saved["next_micro_index"])
-        global_next = saved_next * saved_world
+        saved_world = int(saved.get("world_size", 1))
+        global_next = int(saved["next_micro_index"]) * saved_world
         accumulate = self._accumulate()
-        per_step, saved_per_step = accumulate * world, int(saved.get("micro_batches_per_step", 0))
-        parts = int(saved.get("parts", 0))
+        per_step, saved_per_step = accumulate * world, int(saved["micro_batches_per_step"])
+        parts = int(saved["parts"])
         problem = None
-        if not parts or not saved_per_step:
-            problem = "the checkpoint's data state (version 1) keeps positions per rank and worker, not per data part"
-        elif self.parts is not None and self.parts != parts:
+        if self.parts is not None and self.parts != parts:
             problem = f"data.parts={self.parts} but the checkpoint's data is split into {parts} parts"
         elif parts % layout:
             problem = (f"{world} ranks x {max(self.num_workers, 1)} workers cannot continue the checkpoint's {parts} "
@@ -218,14 +216,14 @@ class DSVLDataModule(L.LightningDataModule):
             raise DataError(f"cannot resume the data exactly: {problem}; resume on an allowed layout, "
                                   "or set data.elastic_restart=true to restart the data streams (samples seen "
                                   "before may repeat)")
-        step = global_next // saved_per_step if saved_per_step else saved_next // accumulate
+        step = global_next // saved_per_step
         log.warning("data.elastic_restart: %s; the data streams restart at global step %d with fresh positions "
                     "(samples seen before may repeat)", problem, step)
-        # what every part (or, version 1, every rank and worker) skipped before the restart
+        # what every part skipped before the restart
         self._skipped_before = SkipCounter.merged(pos.get("skipped", {}) for by_rank in saved.get("ranks", {}).values()
                                                   for pos in by_rank.values())
         self._parts, self._positions, self._next_micro_index = None, {}, step * accumulate
-        self._count_micro_batches_anew(saved_per_step // saved_world if saved_per_step else accumulate)
+        self._count_micro_batches_anew(saved_per_step // saved_world)
 
     def _count_micro_batches_anew(self, saved_accumulate: int) -> None:
         """Lightning puts accumulation boundaries where its count of micro-batches (restored from the
@@ -239,11 +237,8 @@ class DSVLDataModule(L.LightningDataModule):
             counts.ready = counts.started = counts.processed = counts.completed = self._next_micro_index
 
     def _loader(self, dataset: Any) -> DataLoader:
-        kw: dict[str, Any] = {}
-        if self.num_workers > 0 and self.prefetch_factor:
-            kw["prefetch_factor"] = self.prefetch_factor
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=False, **kw)
+                          prefetch_factor=(self.prefetch_factor or None) if self.num_workers > 0 else None)
 
     # --- LightningDataModule -----------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -314,13 +309,13 @@ class DSVLDataModule(L.LightningDataModule):
                 "accounting": self.accounting.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state.get("version", 0)) not in (1, STATE_VERSION):
-            raise DataError(f"data state version {state.get('version')} is not {STATE_VERSION}")
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"the checkpoint's data state is version {state.get('version')}, this dsvl reads version "
+                            f"{STATE_VERSION} (positions per data part): resume with the dsvl that saved it")
         self.schedule.load_state_dict(state.get("schedule", {}))
         self._next_micro_index = int(state["next_micro_index"])
         self._resume = state
-        self._positions = {int(p): pos for r in state.get("ranks", {}).values() for p, pos in r.items()} \
-            if state.get("parts") else {}
+        self._positions = {int(p): pos for r in state["ranks"].values() for p, pos in r.items()}
         self.accounting.load_state_dict(state.get("accounting", {}))
         log.info("data resumes at micro-batch %d of %d ranks (global step %d)", self._next_micro_index,
                  int(state.get("world_size", 1)), self._next_micro_index // max(1, int(self.accumulate or 1)))
