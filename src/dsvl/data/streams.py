@@ -79,8 +79,7 @@ def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int
 def read_tar(url: str, counter: SkipCounter | None = None) -> Iterator[RawSample]:
     """Samples of one tar (consecutive members grouped by key). A truncated or unreadable shard is
     counted once as BAD_SHARD and ends there; the samples before the damage are kept."""
-    for sample, _, _ in _read_from(url, 0, counter):
-        yield sample
+    return (sample for sample, _, _ in _read_from(url, 0, counter))
 
 
 def _read_from(url: str, start: int, counter: SkipCounter | None) -> Iterator[tuple[RawSample, int, int]]:
@@ -178,15 +177,11 @@ class SourceReader:
                 self._buffer.append(got)
             got = self._next_raw() if len(self._buffer) >= size else None
             if got is not None:
-                if size == 1:
-                    out, self._buffer = self._buffer[0], [got]
-                    return out[1]
-                j = self._rng.randrange(size)
+                j = self._rng.randrange(size) if size > 1 else 0  # size 1 keeps the order and draws nothing
                 out, self._buffer[j] = self._buffer[j], got
                 return out[1]
             self._draining = True
-            if size > 1:
-                self._rng.shuffle(self._buffer)
+            self._rng.shuffle(self._buffer)  # a list of one draws nothing
             self._buffer.reverse()  # drained from the end
         return self._buffer.pop()[1] if self._buffer else None
 
