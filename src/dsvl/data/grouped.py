@@ -67,7 +67,7 @@ def packed_modalities(packing: bool | Mapping[str, bool] | frozenset[str] | None
 
 
 def build_mixtures(sources: Sequence[SourceConfig], encoder: SampleEncoder, part: Part, seed: int, shuffle: int,
-                   counter: SkipCounter, loop: bool = True) -> dict[str, Mixture]:
+                   counter: SkipCounter) -> dict[str, Mixture]:
     """One mixture per modality that has sources."""
     out: dict[str, Mixture] = {}
     for modality in (TEXT, MULTIMODAL):
@@ -75,7 +75,7 @@ def build_mixtures(sources: Sequence[SourceConfig], encoder: SampleEncoder, part
         if not mine:
             continue
         enc = encoder.for_modality(modality)
-        readers = [SourceReader(s.name, expand_urls(s.urls), part, seed, enc.for_format(s.format), counter, shuffle, loop)
+        readers = [SourceReader(s.name, expand_urls(s.urls), part, seed, enc.for_format(s.format), counter, shuffle)
                    for s in mine]
         out[modality] = Mixture(readers, [s.weight for s in mine])
     return out
