@@ -97,7 +97,6 @@ class BufferedPacker:
         self.stream.load_state_dict(state["anchor"])
         keep = {int(i) for i in state.get("pending", [])}
         self.buffer.clear()
-        self._drawn = 0
         for i in range(int(state.get("drawn", 0))):
             before = self.stream.state_dict()
             sample = self.stream.pop()

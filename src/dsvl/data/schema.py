@@ -45,12 +45,7 @@ class Sample:
 
 def image_fields(raw: Mapping[str, Any]) -> dict[int, str]:
     """Index -> field name of the image fields of a raw sample."""
-    out: dict[int, str] = {}
-    for name in raw:
-        m = _IMAGE_FIELD.match(name.lower()) if isinstance(name, str) else None
-        if m:
-            out[int(m.group(1))] = name
-    return out
+    return {int(m.group(1)): name for name in raw if isinstance(name, str) and (m := _IMAGE_FIELD.match(name.lower()))}
 
 
 def decode_image(data: bytes, key: str = "", name: str = "", max_side: int | None = None) -> Image.Image:

@@ -218,9 +218,8 @@ class SourceReader:
         empty_epochs = 0
         while True:
             if not self._started:
-                self._start_epoch(self.epoch)
-                self._started, self._good = True, self.offset > 0
-            before = self.position
+                self._good = self.offset > 0
+            before = self.position  # starts the epoch when needed
             raw = self._next_item()
             if raw is None:
                 if not self.loop:
