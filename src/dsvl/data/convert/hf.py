@@ -1,14 +1,6 @@
-"""Hugging Face datasets (a `save_to_disk` folder, parquet/arrow files, or a hub id when the hub
-is reachable) read with the `datasets` library; the layout is recognised from the columns:
-
-- `images` + `texts` ({user, assistant} turns; the_cauldron): images before the first question;
-- `image` + `conversations` (LLaVA-OneVision-Data, LLaVA-NeXT-Data): as the `llava` format;
-- `messages` + `images` (TRL's vision sets): as the `messages` format;
-- `image` + `caption` (str or list: the first; flickr30k-style): ``<image_placeholder>caption``;
-- `text`: as the `text` format.
-
-Other column names are mapped with ``--column NAME=COLUMN``. Image columns are read as the
-stored ``{bytes, path}`` structs (Arrow format: no decoding in the reader, once in the converter).
+"""Hugging Face datasets read with `datasets`, in the layout their columns match (`LAYOUTS`,
+docs/data_format.md, "`hf`"). Image columns stay the stored ``{bytes, path}`` structs (Arrow
+format): decoded once, by the converter, not by the reader.
 """
 from __future__ import annotations
 
