@@ -253,17 +253,13 @@ class DSVLDataModule(L.LightningDataModule):
             self.check_sources(self.val_sources, "data.val_sources")
             ds = EvalBatches(self.val_sources, self.encoder, self.val_batch_size, rank, world, self.val_max_batches)
             loaders.append(self._loader(ds))
-        if self.mc_val is not None:
-            loaders.append(DataLoader(self.mc_dataset(rank, world), batch_size=None, num_workers=0))
+        if (cfg := self.mc_val) is not None:  # scored with this module's tokenizer, images and system prompt
+            collator = MultipleChoiceCollator(self.encoder.text.tokenizer, self.vision, mode=str(cfg.get("mode", "text")),
+                                              system_prompt=self.system_prompt, max_length=cfg.get("max_length"))
+            mc = MultipleChoiceBatches(cfg["shards"], collator, int(cfg.get("batch_size", 8)), cfg.get("limit"), rank,
+                                       world, counter=self._val_counter)
+            loaders.append(DataLoader(mc, batch_size=None, num_workers=0))
         return loaders[0] if len(loaders) == 1 else loaders
-
-    def mc_dataset(self, rank: int = 0, world_size: int = 1) -> MultipleChoiceBatches:
-        """The `mc_val` shards as scoring batches, with this module's tokenizer, images and system prompt."""
-        cfg = self.mc_val or {}
-        collator = MultipleChoiceCollator(self.encoder.text.tokenizer, self.vision, mode=str(cfg.get("mode", "text")),
-                                          system_prompt=self.system_prompt, max_length=cfg.get("max_length"))
-        return MultipleChoiceBatches(cfg["shards"], collator, int(cfg.get("batch_size", 8)), cfg.get("limit"),
-                                     rank, world_size, counter=self._val_counter)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record the data position of each training batch as it is consumed; strip it from the batch."""
