@@ -1,16 +1,11 @@
-"""`dsvl-data stats`: what a user needs to choose `max_length` and mixture weights.
-
-Samples per modality and category, images per sample and, with a tokenizer, token lengths after
-placeholder expansion (percentiles, histogram PNG), the share longer than `max_length`, and the
-row fill the greedy text packer (`dsvl.data.packing.pack_rows`) would reach at `max_length`.
-"""
+"""`dsvl-data stats`: what a user needs to choose `max_length` and mixture weights (docs/data_format.md)."""
 from __future__ import annotations
 
 import json
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.build import shard_urls
@@ -53,23 +48,17 @@ def shard_stats(urls: str | list[str], encoder: SampleEncoder | None = None, max
     lengths: dict[str, list[int]] = defaultdict(list)
     too_long: Counter[str] = Counter()  # rejected by the encoder's character bound: surely over max_length
 
-    def raws() -> Iterator[dict[str, Any]]:
-        for url in shards:
-            yield from read_tar(url, skipped)
-
-    for raw in tqdm(raws(), desc="stats", unit="sample", disable=not progress):
-        try:
-            sample = parse_sample(caption_to_raw(raw) if fmt == "caption" else raw, decode_images=False)
-            if encoder is not None:
-                try:
-                    lengths[sample.modality].append(len(encoder.tokenize(sample)))
-                except BadSample as e:
-                    if e.reason != SkipReason.TOO_LONG:
-                        raise
-                    too_long[sample.modality] += 1
-        except BadSample as e:
-            skipped.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
-            continue
+    to_dsvl = caption_to_raw if fmt == "caption" else dict
+    raws = tqdm((raw for url in shards for raw in read_tar(url, skipped)), desc="stats", unit="sample", disable=not progress)
+    for sample in skipped.parsed(raws, lambda raw: parse_sample(to_dsvl(raw), decode_images=False)):
+        if encoder is not None:
+            try:
+                lengths[sample.modality].append(len(encoder.tokenize(sample)))
+            except BadSample as e:
+                if e.reason != SkipReason.TOO_LONG:
+                    skipped.add(e.reason, sample.key, e.detail)
+                    continue
+                too_long[sample.modality] += 1
         per_modality[sample.modality] += 1
         per_category[f"{sample.modality}/{sample.category}"] += 1
         images[sample.modality][sample.num_placeholders] += 1
