@@ -1,8 +1,5 @@
-"""The shard sample schema (docs/data_format.md): parse and validate one webdataset sample.
-
-A raw sample is webdataset's dict of bytes: ``__key__``, ``__url__``, ``json`` and image fields
-``0.png``, ``1.jpg``... in placeholder order. `parse_sample` returns a typed `Sample` or raises
-`BadSample` with the reason, so callers count and skip instead of crashing.
+"""The shard sample schema (docs/data_format.md): `parse_sample` turns webdataset's dict of bytes
+into a typed `Sample` or raises `BadSample` with the reason, so callers count and skip instead of crashing.
 """
 from __future__ import annotations
 

@@ -34,13 +34,8 @@ class Encoded:
 class TextEncoder:
     """Wraps a transformers tokenizer with DeepSeek-VL's BOS, placeholder and label conventions."""
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        num_image_tokens: int,
-        supervise: Supervise = "all",
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    ) -> None:
+    def __init__(self, tokenizer: Any, num_image_tokens: int, supervise: Supervise = "all",
+                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> None:
         if supervise not in ("all", "assistant"):
             raise DataError(f"supervise must be 'all' or 'assistant', got {supervise!r}")
         self.tokenizer = tokenizer
