@@ -144,31 +144,23 @@ class MultipleChoiceCollator:
         if not samples:
             raise ValueError("empty multiple-choice batch")
         encoded = [s if isinstance(s, EncodedMC) else self.encode(s) for s in samples]
-        rows: list[tuple[list[int], list[int]]] = []
-        row_sample: list[int] = []
-        row_option: list[int] = []
-        pixels: dict[str, list[torch.Tensor]] = {}
-        for s_idx, enc in enumerate(encoded):
-            rows.extend(enc.rows)
-            row_sample.extend([s_idx] * len(enc.rows))
-            row_option.extend(range(len(enc.rows)))
-            for name, tensor in enc.pixels.items():
-                pixels.setdefault(name, []).extend([tensor] * len(enc.rows))
+        # a sample's images once per option row, in row order
+        pixels = {name: torch.cat([e.pixels[name] for e in encoded if name in e.pixels for _ in e.rows])
+                  for name in dict.fromkeys(name for e in encoded for name in e.pixels)}
         samples = [enc.sample for enc in encoded]
-        padded = collate([Encoded(ids, labels) for ids, labels in rows], self.encoder.pad_id)
-        batch: dict[str, Any] = {
+        padded = collate([Encoded(ids, labels) for e in encoded for ids, labels in e.rows], self.encoder.pad_id)
+        return {
             **{k: padded[k] for k in ("input_ids", "attention_mask", "labels")},
-            "row_sample": torch.tensor(row_sample, dtype=torch.long),
-            "row_option": torch.tensor(row_option, dtype=torch.long),
+            "row_sample": torch.tensor([i for i, e in enumerate(encoded) for _ in e.rows], dtype=torch.long),
+            "row_option": torch.tensor([j for e in encoded for j in range(len(e.rows))], dtype=torch.long),
             "answer": torch.tensor([s.answer for s in samples], dtype=torch.long),
             "num_options": torch.tensor([len(s.options) for s in samples], dtype=torch.long),
             "categories": [s.category for s in samples],
             "keys": [s.key for s in samples],
             "modality": "multimodal" if pixels else "text",
             "mc_mode": self.mode,
+            **pixels,
         }
-        batch.update({name: torch.cat(t) for name, t in pixels.items()})
-        return batch
 
 
 class MultipleChoiceBatches(IterableDataset):
