@@ -134,9 +134,8 @@ class DSVLDataModule(L.LightningDataModule):
         return self.encoder.text.image_token_id
 
     def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "_trainer", None) or getattr(self, "trainer", None)
-        if trainer is not None:
-            return int(trainer.global_rank), int(trainer.world_size)
+        if self.trainer is not None:
+            return int(self.trainer.global_rank), int(self.trainer.world_size)
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
@@ -144,8 +143,7 @@ class DSVLDataModule(L.LightningDataModule):
         return 0, 1
 
     def _accumulate(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        from_trainer = int(getattr(trainer, "accumulate_grad_batches", 0) or 0) if trainer is not None else 0
+        from_trainer = int(self.trainer.accumulate_grad_batches) if self.trainer is not None else 0
         if self.accumulate and from_trainer and int(self.accumulate) != from_trainer:
             raise DataError(f"data.accumulate_grad_batches={self.accumulate} but the trainer accumulates "
                              f"{from_trainer}: leave the data key null to take the trainer's")
@@ -229,10 +227,9 @@ class DSVLDataModule(L.LightningDataModule):
         """Lightning puts accumulation boundaries where its count of micro-batches (restored from the
         checkpoint) is a multiple of the accumulation: after a resume with another accumulation, that
         count must be this rank's micro-batches so far, or the first step would take a partial batch."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or saved_accumulate == self._accumulate():
+        if self.trainer is None or saved_accumulate == self._accumulate():
             return
-        progress = trainer.fit_loop.epoch_loop.batch_progress  # the train loader is endless: one epoch
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress  # the train loader is endless: one epoch
         for counts in (progress.current, progress.total):
             counts.ready = counts.started = counts.processed = counts.completed = self._next_micro_index
 
