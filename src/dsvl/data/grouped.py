@@ -1,11 +1,7 @@
 """Modality-grouped micro-batches (DeepSeek-VL paper): every global step draws all its micro-batches
-from the stream its modality names.
-
-The data is split into logical *parts* fixed for the life of a run; micro-batch g (global index
-i * world_size + rank) is built by part g mod parts from that part's state alone, so a run resumed
-on another world size or worker count continues the same sequence (docs/scale.md). Each batch
-carries ``batch["state"]``, which `DSVLDataModule` strips and keeps for `state_dict`. Modes:
-``grouped``, ``mixed`` (both modalities in every micro-batch), ``text_only``, ``multimodal_only``.
+from the stream its modality names (or, ``mixed``, both). Micro-batch g is built by logical part
+g mod parts from that part's state alone, so a resume on another layout continues the same sequence
+(docs/scale.md); its ``batch["state"]`` is what `DSVLDataModule` keeps for `state_dict`.
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """A weighted mixture of sources for one modality (the DeepSeek-VL paper's Tables 1 and 2 as config).
 
-Which source gives the next sample is decided by a deterministic quota (smooth weighted round
-robin on the counts drawn so far), so the realised shares track the weights within one sample
-and the mixture's state is just those counts. `peek`/`pop` let the packer look at a sample
-without consuming it: the saved position of a source with a pending sample is just before it.
+The next source is a deterministic quota (smooth weighted round robin on the counts drawn so far),
+so the state is just those counts. `peek` shows the packer a sample without consuming it: a source
+with a pending sample is saved at the position just before it.
 """
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Webdataset shard streams: read tars, split across ranks and workers, shuffle, resume by position.
-
-A `SourceReader` is one part of one source: per epoch a seeded shard shuffle, its disjoint share
-(whole shards, or every n-th sample when shards are fewer than parts), a seeded shuffle buffer. Its
-position ``(epoch, offset, where)`` resumes in constant time from byte offsets where the shard can
-be seeked, else by re-reading up to `offset` (docs/scale.md).
+"""Webdataset shard streams: read tars, split across ranks and workers, shuffle, resume by position
+(docs/data_format.md, "Sharding and shuffling"; docs/scale.md). A position ``(epoch, offset, where)``
+resumes in constant time from byte offsets where a shard can be seeked, else by re-reading to `offset`.
 """
 from __future__ import annotations
 
