@@ -29,7 +29,7 @@ def _input(tmp_path):
         {"modality": "multimodal", "text": "no placeholder", "images": ["a.png"]},
     ]
     jsonl = tmp_path / "in.jsonl"
-    jsonl.write_text("\n".join(json.dumps(x) for x in lines) + "\n{bad json\n")
+    jsonl.write_text("\n".join(json.dumps(x) for x in lines) + "\n{bad json\n" + "[" * 100_000 + "\n")
     return jsonl, img_dir
 
 
@@ -37,7 +37,7 @@ def test_build_then_validate(tmp_path):
     jsonl, img_dir = _input(tmp_path)
     report = build_shards(jsonl, img_dir, tmp_path / "out", shard_size=3, progress=False)
     assert report.good == 4 and len(report.shards) == 2
-    assert report.skipped.as_dict() == {"bad_image": 1, "bad_json": 1, "missing_field": 1, "placeholder_mismatch": 1}
+    assert report.skipped.as_dict() == {"bad_image": 1, "bad_json": 2, "missing_field": 1, "placeholder_mismatch": 1}
     samples = [parse_sample(s) for p in report.shards for s in read_tar(p)]
     assert [s.key for s in samples][0] == "one"
     inter = samples[1]
@@ -57,3 +57,14 @@ def test_cli_build_validate_demo(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "nothing" / "*.tar"), "--quiet"]) == 2  # one line, exit 2
     assert main(["demo", "--out", str(tmp_path / "demo"), "--train-size", "20", "--eval-size", "8"]) == 0
     assert (tmp_path / "demo" / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_stats_measure_token_lengths_and_packing_fill(demo_dir, tokenizer):
+    from dsvl.data import SampleEncoder, TextEncoder
+    from dsvl.data.stats import shard_stats
+
+    enc = SampleEncoder(TextEncoder(tokenizer, 4), None, 48)
+    r = shard_stats([str(demo_dir / "pretrain" / s / "val") for s in ("text", "caption")], enc, 48, progress=False)
+    assert r["samples"] == {"text": r["images_per_sample"]["text"][0], "multimodal": r["images_per_sample"]["multimodal"][1]}
+    text = r["tokens"]["text"]
+    assert text["p50"] <= text["p100"] and 0 < text["over_max_length"] < 1 and 0.5 < text["packing_fill"] <= 1

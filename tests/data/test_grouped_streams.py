@@ -216,6 +216,9 @@ def test_layouts_that_cannot_continue_the_parts_fail_unless_elastic_restart(demo
     it = iter(dm.train_dataloader())
     assert "data.elastic_restart" in caplog.text and dm.record(next(it)) and dm._next_micro_index // dm._accumulate() == 1
     assert dm.state_dict()["parts"] == 3  # the restarted streams are split as this run asks
+    old = {k: v for k, v in state.items() if k not in ("parts", "micro_batches_per_step")} | {"version": 1}
+    with pytest.raises(DataError, match=r"^the checkpoint's data state is version 1, this dsvl reads version 2 \("):
+        _layout_dms(demo_dir, hybrid_spec, 1, 0, state=old, elastic_restart=True)  # positions per rank: refused
 
 
 def test_mixed_mode_sequence_does_not_depend_on_ranks(demo_dir, hybrid_spec):

@@ -1,13 +1,9 @@
-"""Shard builder (JSONL + image folder -> webdataset shards) and validator (per-reason bad-sample counts).
-
-JSONL: one sample per line, the shard json plus ``"images": ["rel/path.jpg", ...]`` (paths relative
-to the image root, in placeholder order) and optionally ``"key"``. Problems are counted per reason
-and logged with the line's key; they never stop a build.
+"""Shard builder (dsvl JSONL + image folder -> shards; docs/data_format.md) and validator. Problems are
+counted per reason and logged with the line's key; they never stop a build.
 """
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,7 +13,8 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
-from dsvl.data.schema import IMAGE_EXTENSIONS, caption_to_raw, parse_sample
+from dsvl.data.convert.media import image_bytes
+from dsvl.data.schema import IMAGE_EXTENSIONS, caption_to_raw, loads, parse_sample
 from dsvl.data.shards import ShardWriter
 from dsvl.data.streams import expand_urls, read_tar
 from dsvl.errors import DataError
@@ -47,11 +44,11 @@ def _records(jsonl: str | Path, image_root: Path, counter: SkipCounter) -> Itera
                 continue
             key = f"line{lineno:08d}"
             try:
-                rec = json.loads(line)
+                rec = loads(line)  # nesting too deep is a ValueError too
                 if not isinstance(rec, dict):
                     raise ValueError("not an object")
             except ValueError as e:
-                counter.add(SkipReason.BAD_JSON, key, str(e).splitlines()[0])
+                counter.add(SkipReason.BAD_JSON, key, str(e))
                 continue
             key = str(rec.pop("key", key)).replace(".", "_").replace("/", "_")
             images = rec.pop("images", []) or []
@@ -61,10 +58,7 @@ def _records(jsonl: str | Path, image_root: Path, counter: SkipCounter) -> Itera
                     ext = os.path.splitext(str(rel))[1].lower().lstrip(".")
                     if ext not in IMAGE_EXTENSIONS:
                         raise BadSample(SkipReason.BAD_IMAGE, f"{rel}: extension not in {IMAGE_EXTENSIONS}", key)
-                    path = image_root / str(rel)
-                    if not path.is_file():
-                        raise BadSample(SkipReason.MISSING_FIELD, f"image file {path} not found", key)
-                    sample[f"{i}.{'jpg' if ext == 'jpeg' else ext}"] = path.read_bytes()
+                    sample[f"{i}.{'jpg' if ext == 'jpeg' else ext}"] = image_bytes(str(rel), image_root)
                 parse_sample(sample, decode_images=True)
             except BadSample as e:
                 counter.add(e.reason, key, e.detail)

@@ -36,11 +36,8 @@ class Segment:
     eos: bool = False
 
 
-def conversation_segments(
-    conversation: Iterable[Mapping[str, str]],
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    add_generation_prompt: bool = False,
-) -> list[Segment]:
+def conversation_segments(conversation: Iterable[Mapping[str, str]], system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                          add_generation_prompt: bool = False) -> list[Segment]:
     """Render a conversation with the deepseek template.
 
     A leading ``{"role": "system"}`` message replaces `system_prompt`; `system_prompt` None or ""
@@ -77,14 +74,8 @@ def conversation_segments(
     return segments
 
 
-def format_conversation(
-    conversation: Iterable[Mapping[str, str]],
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    add_generation_prompt: bool = False,
-    eos_token: str = EOS_TOKEN,
-) -> str:
+def format_conversation(conversation: Iterable[Mapping[str, str]], system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                        add_generation_prompt: bool = False, eos_token: str = EOS_TOKEN) -> str:
     """The template as one string (for display, generation prompts and comparison with other code)."""
-    return "".join(
-        s.text + (eos_token if s.eos else "")
-        for s in conversation_segments(conversation, system_prompt, add_generation_prompt)
-    )
+    segments = conversation_segments(conversation, system_prompt, add_generation_prompt)
+    return "".join(s.text + (eos_token if s.eos else "") for s in segments)

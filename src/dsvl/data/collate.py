@@ -12,15 +12,6 @@ from dsvl.data.tokenize import IGNORE_INDEX, Encoded
 T = TypeVar("T")
 
 
-def _pixels(samples: Sequence[Encoded], image_inputs: Sequence[tuple[str, int]]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    if not any(s.num_images for s in samples):
-        return out
-    for name, _size in image_inputs:
-        out[name] = torch.cat([s.pixels[name] for s in samples if s.num_images])
-    return out
-
-
 def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: Sequence[tuple[str, int]] = (),
                  pad_to: int | None = None) -> dict[str, Any]:
     """One row per list of samples; rows with several samples are packed (position_ids restart per
@@ -49,7 +40,8 @@ def collate_rows(rows: Sequence[Sequence[Encoded]], pad_id: int, image_inputs: S
     batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
     if packed:
         batch["position_ids"] = position_ids
-    batch.update(_pixels(samples, image_inputs))
+    if any(s.num_images for s in samples):
+        batch.update({name: torch.cat([s.pixels[name] for s in samples if s.num_images]) for name, _ in image_inputs})
     real = int(sum(lengths))
     kinds = {s.modality for s in samples}
     batch["modality"] = kinds.pop() if len(kinds) == 1 else "mixed"

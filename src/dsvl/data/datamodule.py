@@ -28,7 +28,7 @@ from dsvl.errors import DataError
 from dsvl.model.spec import ImageInputSpec, VisionSpec
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 2  # 2: positions per logical data part (1: per rank and worker)
+STATE_VERSION = 2  # positions per logical data part (version 1, per rank and worker, is refused)
 
 
 def as_vision_spec(spec: VisionSpec | Mapping[str, Any] | None) -> VisionSpec | None:
@@ -134,9 +134,8 @@ class DSVLDataModule(L.LightningDataModule):
         return self.encoder.text.image_token_id
 
     def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "_trainer", None) or getattr(self, "trainer", None)
-        if trainer is not None:
-            return int(trainer.global_rank), int(trainer.world_size)
+        if self.trainer is not None:
+            return int(self.trainer.global_rank), int(self.trainer.world_size)
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
@@ -144,8 +143,7 @@ class DSVLDataModule(L.LightningDataModule):
         return 0, 1
 
     def _accumulate(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        from_trainer = int(getattr(trainer, "accumulate_grad_batches", 0) or 0) if trainer is not None else 0
+        from_trainer = int(self.trainer.accumulate_grad_batches) if self.trainer is not None else 0
         if self.accumulate and from_trainer and int(self.accumulate) != from_trainer:
             raise DataError(f"data.accumulate_grad_batches={self.accumulate} but the trainer accumulates "
                              f"{from_trainer}: leave the data key null to take the trainer's")
@@ -188,15 +186,13 @@ class DSVLDataModule(L.LightningDataModule):
         and every part's saved position when `layout` divides the saved parts, else (with
         `elastic_restart`) fresh streams from the checkpoint's global step; else a one-line error."""
         saved = self._resume or {}
-        saved_world, saved_next = int(saved.get("world_size", 1)), int(saved["next_micro_index"])
-        global_next = saved_next * saved_world
+        saved_world = int(saved.get("world_size", 1))
+        global_next = int(saved["next_micro_index"]) * saved_world
         accumulate = self._accumulate()
-        per_step, saved_per_step = accumulate * world, int(saved.get("micro_batches_per_step", 0))
-        parts = int(saved.get("parts", 0))
+        per_step, saved_per_step = accumulate * world, int(saved["micro_batches_per_step"])
+        parts = int(saved["parts"])
         problem = None
-        if not parts or not saved_per_step:
-            problem = "the checkpoint's data state (version 1) keeps positions per rank and worker, not per data part"
-        elif self.parts is not None and self.parts != parts:
+        if self.parts is not None and self.parts != parts:
             problem = f"data.parts={self.parts} but the checkpoint's data is split into {parts} parts"
         elif parts % layout:
             problem = (f"{world} ranks x {max(self.num_workers, 1)} workers cannot continue the checkpoint's {parts} "
@@ -218,32 +214,28 @@ class DSVLDataModule(L.LightningDataModule):
             raise DataError(f"cannot resume the data exactly: {problem}; resume on an allowed layout, "
                                   "or set data.elastic_restart=true to restart the data streams (samples seen "
                                   "before may repeat)")
-        step = global_next // saved_per_step if saved_per_step else saved_next // accumulate
+        step = global_next // saved_per_step
         log.warning("data.elastic_restart: %s; the data streams restart at global step %d with fresh positions "
                     "(samples seen before may repeat)", problem, step)
-        # what every part (or, version 1, every rank and worker) skipped before the restart
+        # what every part skipped before the restart
         self._skipped_before = SkipCounter.merged(pos.get("skipped", {}) for by_rank in saved.get("ranks", {}).values()
                                                   for pos in by_rank.values())
         self._parts, self._positions, self._next_micro_index = None, {}, step * accumulate
-        self._count_micro_batches_anew(saved_per_step // saved_world if saved_per_step else accumulate)
+        self._count_micro_batches_anew(saved_per_step // saved_world)
 
     def _count_micro_batches_anew(self, saved_accumulate: int) -> None:
         """Lightning puts accumulation boundaries where its count of micro-batches (restored from the
         checkpoint) is a multiple of the accumulation: after a resume with another accumulation, that
         count must be this rank's micro-batches so far, or the first step would take a partial batch."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or saved_accumulate == self._accumulate():
+        if self.trainer is None or saved_accumulate == self._accumulate():
             return
-        progress = trainer.fit_loop.epoch_loop.batch_progress  # the train loader is endless: one epoch
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress  # the train loader is endless: one epoch
         for counts in (progress.current, progress.total):
             counts.ready = counts.started = counts.processed = counts.completed = self._next_micro_index
 
     def _loader(self, dataset: Any) -> DataLoader:
-        kw: dict[str, Any] = {}
-        if self.num_workers > 0 and self.prefetch_factor:
-            kw["prefetch_factor"] = self.prefetch_factor
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=False, **kw)
+                          prefetch_factor=(self.prefetch_factor or None) if self.num_workers > 0 else None)
 
     # --- LightningDataModule -----------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -258,17 +250,13 @@ class DSVLDataModule(L.LightningDataModule):
             self.check_sources(self.val_sources, "data.val_sources")
             ds = EvalBatches(self.val_sources, self.encoder, self.val_batch_size, rank, world, self.val_max_batches)
             loaders.append(self._loader(ds))
-        if self.mc_val is not None:
-            loaders.append(DataLoader(self.mc_dataset(rank, world), batch_size=None, num_workers=0))
+        if (cfg := self.mc_val) is not None:  # scored with this module's tokenizer, images and system prompt
+            collator = MultipleChoiceCollator(self.encoder.text.tokenizer, self.vision, mode=str(cfg.get("mode", "text")),
+                                              system_prompt=self.system_prompt, max_length=cfg.get("max_length"))
+            mc = MultipleChoiceBatches(cfg["shards"], collator, int(cfg.get("batch_size", 8)), cfg.get("limit"), rank,
+                                       world, counter=self._val_counter)
+            loaders.append(DataLoader(mc, batch_size=None, num_workers=0))
         return loaders[0] if len(loaders) == 1 else loaders
-
-    def mc_dataset(self, rank: int = 0, world_size: int = 1) -> MultipleChoiceBatches:
-        """The `mc_val` shards as scoring batches, with this module's tokenizer, images and system prompt."""
-        cfg = self.mc_val or {}
-        collator = MultipleChoiceCollator(self.encoder.text.tokenizer, self.vision, mode=str(cfg.get("mode", "text")),
-                                          system_prompt=self.system_prompt, max_length=cfg.get("max_length"))
-        return MultipleChoiceBatches(cfg["shards"], collator, int(cfg.get("batch_size", 8)), cfg.get("limit"),
-                                     rank, world_size, counter=self._val_counter)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record the data position of each training batch as it is consumed; strip it from the batch."""
@@ -314,13 +302,13 @@ class DSVLDataModule(L.LightningDataModule):
                 "accounting": self.accounting.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state.get("version", 0)) not in (1, STATE_VERSION):
-            raise DataError(f"data state version {state.get('version')} is not {STATE_VERSION}")
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"the checkpoint's data state is version {state.get('version')}, this dsvl reads version "
+                            f"{STATE_VERSION} (positions per data part): resume with the dsvl that saved it")
         self.schedule.load_state_dict(state.get("schedule", {}))
         self._next_micro_index = int(state["next_micro_index"])
         self._resume = state
-        self._positions = {int(p): pos for r in state.get("ranks", {}).values() for p, pos in r.items()} \
-            if state.get("parts") else {}
+        self._positions = {int(p): pos for r in state["ranks"].values() for p, pos in r.items()}
         self.accounting.load_state_dict(state.get("accounting", {}))
         log.info("data resumes at micro-batch %d of %d ranks (global step %d)", self._next_micro_index,
                  int(state.get("world_size", 1)), self._next_micro_index // max(1, int(self.accumulate or 1)))

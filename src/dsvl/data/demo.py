@@ -1,16 +1,8 @@
-"""Bundled demo data: a small synthetic world of coloured shapes, made from a seed in seconds.
-
-Learnable by a tiny model on CPU: an image shows 1-4 copies of one shape in one colour on a
-plain light background. Colour is the signal that best survives a frozen random vision tower,
-so colour questions are the most frequent. Every set below has train / val / test splits made
-from disjoint random streams, written as webdataset shards (docs/data_format.md):
-
-    align/caption/              stage 1: "<image_placeholder>two blue squares."
-    pretrain/caption/, pretrain/interleaved/, pretrain/text/      stage 2 sources
-    sft/multimodal/, sft/text/  stage 3 conversations
-    mc/                         4-way multiple choice (val, test) for evaluation
-    tokenizer/                  byte-level BPE (vocab <= 1024) with DeepSeek-VL's special tokens
-    parts/                      the pretrained LLM, SigLIP and SAM the demo model starts from (dsvl.demo.parts)
+"""Bundled demo data: a synthetic world of coloured shapes, made from a seed in seconds, learnable
+by a tiny model on CPU (layout: docs/data_format.md, "Demo data"). Colour is the signal that best
+survives a frozen random vision tower, so colour questions are the most frequent; the splits of
+every set come from disjoint random streams. `parts/` holds the pretrained LLM, SigLIP and SAM the
+demo model starts from (`dsvl.demo.parts`).
 """
 from __future__ import annotations
 
@@ -59,7 +51,7 @@ def _fact(rng: random.Random) -> tuple[str, str, str]:
         s = rng.choice(SHAPES)
         return f"a {s} has {CORNERS[s]} corners.", f"How many corners does a {s} have?", CORNERS[s]
     if kind == 1:
-        a, b = rng.randint(1, 3), 1
+        a = rng.randint(1, 3)
         b = rng.randint(1, 4 - a)
         return (f"{NUMBERS[a - 1]} plus {NUMBERS[b - 1]} is {NUMBERS[a + b - 1]}.",
                 f"What is {NUMBERS[a - 1]} plus {NUMBERS[b - 1]}?", NUMBERS[a + b - 1])

@@ -1,11 +1,7 @@
 """Modality-grouped micro-batches (DeepSeek-VL paper): every global step draws all its micro-batches
-from the stream its modality names.
-
-The data is split into logical *parts* fixed for the life of a run; micro-batch g (global index
-i * world_size + rank) is built by part g mod parts from that part's state alone, so a run resumed
-on another world size or worker count continues the same sequence (docs/scale.md). Each batch
-carries ``batch["state"]``, which `DSVLDataModule` strips and keeps for `state_dict`. Modes:
-``grouped``, ``mixed`` (both modalities in every micro-batch), ``text_only``, ``multimodal_only``.
+from the stream its modality names (or, ``mixed``, both). Micro-batch g is built by logical part
+g mod parts from that part's state alone, so a resume on another layout continues the same sequence
+(docs/scale.md); its ``batch["state"]`` is what `DSVLDataModule` keeps for `state_dict`.
 """
 from __future__ import annotations
 
@@ -67,7 +63,7 @@ def packed_modalities(packing: bool | Mapping[str, bool] | frozenset[str] | None
 
 
 def build_mixtures(sources: Sequence[SourceConfig], encoder: SampleEncoder, part: Part, seed: int, shuffle: int,
-                   counter: SkipCounter, loop: bool = True) -> dict[str, Mixture]:
+                   counter: SkipCounter) -> dict[str, Mixture]:
     """One mixture per modality that has sources."""
     out: dict[str, Mixture] = {}
     for modality in (TEXT, MULTIMODAL):
@@ -75,7 +71,7 @@ def build_mixtures(sources: Sequence[SourceConfig], encoder: SampleEncoder, part
         if not mine:
             continue
         enc = encoder.for_modality(modality)
-        readers = [SourceReader(s.name, expand_urls(s.urls), part, seed, enc.for_format(s.format), counter, shuffle, loop)
+        readers = [SourceReader(s.name, expand_urls(s.urls), part, seed, enc.for_format(s.format), counter, shuffle)
                    for s in mine]
         out[modality] = Mixture(readers, [s.weight for s in mine])
     return out
@@ -128,37 +124,20 @@ class GlobalStepBatches(IterableDataset):
         """Global step of micro-batch g: the same whatever the layout, for a given global batch."""
         return global_index // (self.cfg.accumulate_grad_batches * self.world_size)
 
-    def modality_of(self, global_index: int) -> str:
-        """Modality of a micro-batch: that of its global step (same on every rank)."""
-        if self.cfg.mode == "text_only":
-            return TEXT
-        if self.cfg.mode == "multimodal_only":
-            return MULTIMODAL
-        return self.schedule.modality(self.step_of(global_index))
-
-    def _mixed_text_count(self, g: int) -> int:
-        """Text samples in micro-batch g of a mixed batch: error diffusion on the scheduled ratio."""
-        B = self.cfg.micro_batch_size
-        r = self.schedule.language_ratio(self.step_of(g))
-        return int(math.floor(r * (g + 1) * B + 0.5) - math.floor(r * g * B + 0.5))
-
     def _make(self, g: int, part: PartStreams) -> dict[str, Any]:
-        B, pad = self.cfg.micro_batch_size, self.encoder.text.pad_id
+        B, streams = self.cfg.micro_batch_size, part.streams
+        if self.cfg.mode == "mixed":  # text samples of micro-batch g: error diffusion on the scheduled ratio
+            r = self.schedule.language_ratio(self.step_of(g)) if TEXT in streams else 0.0
+            r = r if MULTIMODAL in streams else 1.0
+            n_text = int(math.floor(r * (g + 1) * B + 0.5) - math.floor(r * g * B + 0.5))
+            rows = [[streams[TEXT if k < n_text else MULTIMODAL].pop()] for k in range(B)]
+        else:  # every micro-batch of a global step has the step's modality (the same on every rank)
+            modality = {"text_only": TEXT, "multimodal_only": MULTIMODAL}.get(self.cfg.mode) \
+                or self.schedule.modality(self.step_of(g))
+            packer = part.packers.get(modality)
+            rows = packer.rows(B) if packer is not None else [[streams[modality].pop()] for _ in range(B)]
         pad_to = self.cfg.max_length if self.cfg.pad_to_max_length else None
-        streams = part.streams
-        if self.cfg.mode == "mixed":
-            if MULTIMODAL not in streams:
-                n_text = B
-            elif TEXT not in streams:
-                n_text = 0
-            else:
-                n_text = self._mixed_text_count(g)
-            samples = [streams[TEXT].pop() for _ in range(n_text)] + [streams[MULTIMODAL].pop() for _ in range(B - n_text)]
-            return collate_rows([[s] for s in samples], pad, self.image_inputs, pad_to)
-        modality = self.modality_of(g)
-        if modality in part.packers:
-            return collate_rows(part.packers[modality].rows(B), pad, self.image_inputs, pad_to)
-        return collate_rows([[streams[modality].pop()] for _ in range(B)], pad, self.image_inputs, pad_to)
+        return collate_rows(rows, self.encoder.text.pad_id, self.image_inputs, pad_to)
 
     def _open(self, index: int, parts: int) -> PartStreams:
         """Part `index`'s streams, fresh or at its saved position."""

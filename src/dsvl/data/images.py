@@ -97,13 +97,11 @@ class ImagePreprocessor:
 
     def squares(self, image: Image.Image) -> dict[str, Image.Image]:
         """The padded square PIL image of each tower (uint8, before scaling and normalisation)."""
-        image = image.convert("RGB") if image.mode != "RGB" else image
         out: dict[str, Image.Image] = {}
-        first = self.inputs[0]
-        big = pad_to_square(resize_longest_side(image, first.size, self.min_size), background_color(first.mean))
-        out[first.name] = big
-        for spec in self.inputs[1:]:
-            out[spec.name] = pad_to_square(resize_longest_side(big, spec.size, self.min_size), background_color(spec.mean))
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        for spec in self.inputs:  # smaller towers are made from the largest one's padded square
+            src = out[self.inputs[0].name] if out else image
+            out[spec.name] = pad_to_square(resize_longest_side(src, spec.size, self.min_size), background_color(spec.mean))
         return out
 
     def __call__(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:

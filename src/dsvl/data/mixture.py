@@ -1,9 +1,8 @@
 """A weighted mixture of sources for one modality (the DeepSeek-VL paper's Tables 1 and 2 as config).
 
-Which source gives the next sample is decided by a deterministic quota (smooth weighted round
-robin on the counts drawn so far), so the realised shares track the weights within one sample
-and the mixture's state is just those counts. `peek`/`pop` let the packer look at a sample
-without consuming it: the saved position of a source with a pending sample is just before it.
+The next source is a deterministic quota (smooth weighted round robin on the counts drawn so far),
+so the state is just those counts. `peek` shows the packer a sample without consuming it: a source
+with a pending sample is saved at the position just before it.
 """
 from __future__ import annotations
 
@@ -61,11 +60,8 @@ class Mixture:
     """Endless stream of encoded samples drawn from weighted sources."""
 
     def __init__(self, readers: Sequence[SourceReader], weights: Sequence[float]) -> None:
-        if not readers:
-            raise DataError("a mixture needs at least one source")
+        """`readers`: looping ones (they never end), with `weights` > 0 (`build_mixtures` keeps those)."""
         total = float(sum(weights))
-        if total <= 0:
-            raise DataError("mixture weights sum to 0")
         self.readers = list(readers)
         self.weights = [w / total for w in weights]
         self.counts = [0] * len(readers)
@@ -79,10 +75,8 @@ class Mixture:
         """The next sample, not yet consumed."""
         if self._pending is None:
             i = self._choose()
-            got = self.readers[i].next_good()
-            if got is None:
-                raise RuntimeError(f"source {self.readers[i].name!r} ended")
-            self._pending = (i, got[0], got[1])
+            sample, before = self.readers[i].next_good()  # type: ignore[misc]
+            self._pending = (i, sample, before)
         return self._pending[1]
 
     def pop(self) -> Any:

@@ -1,12 +1,8 @@
-"""Multiple-choice samples -> scoring batches for PPL-based evaluation (DeepSeek-VL paper).
+"""Multiple-choice samples (docs/data_format.md) -> PPL scoring batches (DeepSeek-VL paper).
 
-An MC sample is a shard sample whose json has ``options`` and ``answer`` and a conversation that
-ends with the user's question (``{"modality", "category", "conversation", "options",
-"answer"}`` plus images ``0.png``...). Each option becomes one row: the question rendered with
-the chat template up to ``"Assistant:"`` and the option as the assistant's answer. Labels are
--100 everywhere except the option's tokens (not its end-of-turn token), so the mean NLL of a row
-is the option's score. In "letter" mode the question lists the lettered options and the rows
-score the letters "A", "B", ... instead of the texts.
+Each option is one row: the question rendered up to ``"Assistant:"`` plus the option as the answer,
+labelled on the option's tokens only (not its end of turn), so a row's mean NLL is the option's
+score. In "letter" mode the question lists the lettered options and the rows score "A", "B", ...
 """
 from __future__ import annotations
 
@@ -107,14 +103,8 @@ class MultipleChoiceCollator:
     ``keys``, ``modality`` and ``mc_mode``.
     """
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        vision_spec: VisionSpec | None,
-        mode: Mode = "text",
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-        max_length: int | None = None,
-    ) -> None:
+    def __init__(self, tokenizer: Any, vision_spec: VisionSpec | None, mode: Mode = "text",
+                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, max_length: int | None = None) -> None:
         if mode not in ("text", "letter"):
             raise ValueError(f"mode must be 'text' or 'letter', got {mode!r}")
         self.mode = mode
@@ -146,42 +136,31 @@ class MultipleChoiceCollator:
     def encode(self, sample: MultipleChoiceSample) -> EncodedMC:
         """Token rows and image tensors of one sample; `BadSample` when it cannot be scored."""
         rows = self.encode_rows(sample)
-        pixels: dict[str, torch.Tensor] = {}
-        if sample.images:
-            if self.images is None:
-                raise BadSample(SkipReason.UNKNOWN_MODALITY, "image sample but the model has no vision tower", sample.key)
-            pixels = self.images(sample.images)
-        return EncodedMC(sample, rows, pixels)
+        if sample.images and self.images is None:
+            raise BadSample(SkipReason.UNKNOWN_MODALITY, "image sample but the model has no vision tower", sample.key)
+        return EncodedMC(sample, rows, self.images(sample.images) if self.images and sample.images else {})
 
     def __call__(self, samples: Sequence[MultipleChoiceSample | EncodedMC]) -> dict[str, Any]:
         if not samples:
             raise ValueError("empty multiple-choice batch")
         encoded = [s if isinstance(s, EncodedMC) else self.encode(s) for s in samples]
-        rows: list[tuple[list[int], list[int]]] = []
-        row_sample: list[int] = []
-        row_option: list[int] = []
-        pixels: dict[str, list[torch.Tensor]] = {}
-        for s_idx, enc in enumerate(encoded):
-            rows.extend(enc.rows)
-            row_sample.extend([s_idx] * len(enc.rows))
-            row_option.extend(range(len(enc.rows)))
-            for name, tensor in enc.pixels.items():
-                pixels.setdefault(name, []).extend([tensor] * len(enc.rows))
+        # a sample's images once per option row, in row order
+        pixels = {name: torch.cat([e.pixels[name] for e in encoded if name in e.pixels for _ in e.rows])
+                  for name in dict.fromkeys(name for e in encoded for name in e.pixels)}
         samples = [enc.sample for enc in encoded]
-        padded = collate([Encoded(ids, labels) for ids, labels in rows], self.encoder.pad_id)
-        batch: dict[str, Any] = {
+        padded = collate([Encoded(ids, labels) for e in encoded for ids, labels in e.rows], self.encoder.pad_id)
+        return {
             **{k: padded[k] for k in ("input_ids", "attention_mask", "labels")},
-            "row_sample": torch.tensor(row_sample, dtype=torch.long),
-            "row_option": torch.tensor(row_option, dtype=torch.long),
+            "row_sample": torch.tensor([i for i, e in enumerate(encoded) for _ in e.rows], dtype=torch.long),
+            "row_option": torch.tensor([j for e in encoded for j in range(len(e.rows))], dtype=torch.long),
             "answer": torch.tensor([s.answer for s in samples], dtype=torch.long),
             "num_options": torch.tensor([len(s.options) for s in samples], dtype=torch.long),
             "categories": [s.category for s in samples],
             "keys": [s.key for s in samples],
             "modality": "multimodal" if pixels else "text",
             "mc_mode": self.mode,
+            **pixels,
         }
-        batch.update({name: torch.cat(t) for name, t in pixels.items()})
-        return batch
 
 
 class MultipleChoiceBatches(IterableDataset):
@@ -192,16 +171,9 @@ class MultipleChoiceBatches(IterableDataset):
     skipped. `MultipleChoiceAccuracy` dedupes by key, so a sampler that repeats samples is harmless too.
     """
 
-    def __init__(
-        self,
-        urls: str | Sequence[str],
-        collator: MultipleChoiceCollator,
-        batch_size: int = 8,
-        limit: int | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        counter: SkipCounter | None = None,
-    ) -> None:
+    def __init__(self, urls: str | Sequence[str], collator: MultipleChoiceCollator, batch_size: int = 8,
+                 limit: int | None = None, rank: int = 0, world_size: int = 1,
+                 counter: SkipCounter | None = None) -> None:
         super().__init__()
         self.urls = expand_urls(list(urls) if not isinstance(urls, str) else urls)
         if not self.urls:

@@ -1,8 +1,5 @@
-"""Sequence packing: several samples (text, or multimodal with all their images) per row of `max_length`.
-
-`BufferedPacker` fills rows best-fit decreasing from a bounded, deterministic look-ahead buffer whose
-state resumes exactly; packed rows restart `position_ids` per sample and drop the 2D attention mask,
-which is how transformers isolates them (docs/packing.md; tests/data/test_packing.py checks it).
+"""Sequence packing: several samples (text, or multimodal with all their images) per row of `max_length`,
+best-fit decreasing from a bounded look-ahead buffer that resumes exactly (docs/packing.md).
 """
 from __future__ import annotations
 
@@ -97,7 +94,6 @@ class BufferedPacker:
         self.stream.load_state_dict(state["anchor"])
         keep = {int(i) for i in state.get("pending", [])}
         self.buffer.clear()
-        self._drawn = 0
         for i in range(int(state.get("drawn", 0))):
             before = self.stream.state_dict()
             sample = self.stream.pop()

@@ -1,8 +1,5 @@
-"""The shard sample schema (docs/data_format.md): parse and validate one webdataset sample.
-
-A raw sample is webdataset's dict of bytes: ``__key__``, ``__url__``, ``json`` and image fields
-``0.png``, ``1.jpg``... in placeholder order. `parse_sample` returns a typed `Sample` or raises
-`BadSample` with the reason, so callers count and skip instead of crashing.
+"""The shard sample schema (docs/data_format.md): `parse_sample` turns webdataset's dict of bytes
+into a typed `Sample` or raises `BadSample` with the reason, so callers count and skip instead of crashing.
 """
 from __future__ import annotations
 
@@ -45,12 +42,7 @@ class Sample:
 
 def image_fields(raw: Mapping[str, Any]) -> dict[int, str]:
     """Index -> field name of the image fields of a raw sample."""
-    out: dict[int, str] = {}
-    for name in raw:
-        m = _IMAGE_FIELD.match(name.lower()) if isinstance(name, str) else None
-        if m:
-            out[int(m.group(1))] = name
-    return out
+    return {int(m.group(1)): name for name in raw if isinstance(name, str) and (m := _IMAGE_FIELD.match(name.lower()))}
 
 
 def decode_image(data: bytes, key: str = "", name: str = "", max_side: int | None = None) -> Image.Image:

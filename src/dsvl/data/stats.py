@@ -1,21 +1,15 @@
-"""`dsvl-data stats`: what a user needs to choose `max_length` and mixture weights.
-
-Samples per modality and category, images per sample and, with a tokenizer, token lengths after
-placeholder expansion (percentiles, histogram PNG), the share longer than `max_length`, and the
-row fill the text packer (`dsvl.data.packing.pack_rows`) would reach at `max_length`.
-"""
+"""`dsvl-data stats`: what a user needs to choose `max_length` and mixture weights (docs/data_format.md)."""
 from __future__ import annotations
 
 import json
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.build import shard_urls
 from dsvl.data.encode import SampleEncoder
-from dsvl.data.packing import pack_rows
 from dsvl.data.schema import caption_to_raw, parse_sample
 from dsvl.data.streams import read_tar
 
@@ -23,31 +17,17 @@ log = logging.getLogger(__name__)
 PERCENTILES = (50, 90, 99, 100)
 
 
-class _Lengths:
-    """A peek/pop stream of lengths for `pack_rows` (objects whose len() is the length)."""
-
-    def __init__(self, lengths: list[int]) -> None:
-        self.items, self.i = [range(n) for n in lengths], 0
-
-    def peek(self) -> range:
-        return self.items[self.i] if self.i < len(self.items) else range(1 << 62)  # nothing more fits
-
-    def pop(self) -> range:
-        self.i += 1
-        return self.items[self.i - 1]
-
-
 def packing_fill(lengths: list[int], max_length: int) -> float:
-    """Real-token share of rows packed greedily in stream order (samples longer than max_length
+    """Real-token share of rows packed greedily in stream order, as `dsvl.data.packing.pack_rows`
+    packs them (a sample that does not fit starts the next row; samples longer than max_length
     are skipped by training, so left out)."""
     fit = [n for n in lengths if n <= max_length]
-    if not fit:
-        return 0.0
-    stream, rows = _Lengths(fit), 0
-    while stream.i < len(fit):
-        pack_rows(stream, 1, max_length)  # type: ignore[arg-type]
-        rows += 1
-    return sum(fit) / (rows * max_length)
+    rows, used = 0, max_length
+    for n in fit:
+        if used + n > max_length:
+            rows, used = rows + 1, 0
+        used += n
+    return sum(fit) / (rows * max_length) if rows else 0.0
 
 
 def _percentile(sorted_values: list[int], q: float) -> int:
@@ -68,23 +48,17 @@ def shard_stats(urls: str | list[str], encoder: SampleEncoder | None = None, max
     lengths: dict[str, list[int]] = defaultdict(list)
     too_long: Counter[str] = Counter()  # rejected by the encoder's character bound: surely over max_length
 
-    def raws() -> Iterator[dict[str, Any]]:
-        for url in shards:
-            yield from read_tar(url, skipped)
-
-    for raw in tqdm(raws(), desc="stats", unit="sample", disable=not progress):
-        try:
-            sample = parse_sample(caption_to_raw(raw) if fmt == "caption" else raw, decode_images=False)
-            if encoder is not None:
-                try:
-                    lengths[sample.modality].append(len(encoder.tokenize(sample)))
-                except BadSample as e:
-                    if e.reason != SkipReason.TOO_LONG:
-                        raise
-                    too_long[sample.modality] += 1
-        except BadSample as e:
-            skipped.add(e.reason, e.key or str(raw.get("__key__", "")), e.detail)
-            continue
+    to_dsvl = caption_to_raw if fmt == "caption" else dict
+    raws = tqdm((raw for url in shards for raw in read_tar(url, skipped)), desc="stats", unit="sample", disable=not progress)
+    for sample in skipped.parsed(raws, lambda raw: parse_sample(to_dsvl(raw), decode_images=False)):
+        if encoder is not None:
+            try:
+                lengths[sample.modality].append(len(encoder.tokenize(sample)))
+            except BadSample as e:
+                if e.reason != SkipReason.TOO_LONG:
+                    skipped.add(e.reason, sample.key, e.detail)
+                    continue
+                too_long[sample.modality] += 1
         per_modality[sample.modality] += 1
         per_category[f"{sample.modality}/{sample.category}"] += 1
         images[sample.modality][sample.num_placeholders] += 1

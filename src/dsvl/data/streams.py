@@ -1,9 +1,6 @@
-"""Webdataset shard streams: read tars, split across ranks and workers, shuffle, resume by position.
-
-A `SourceReader` is one part of one source: per epoch a seeded shard shuffle, its disjoint share
-(whole shards, or every n-th sample when shards are fewer than parts), a seeded shuffle buffer. Its
-position ``(epoch, offset, where)`` resumes in constant time from byte offsets where the shard can
-be seeked, else by re-reading up to `offset` (docs/scale.md).
+"""Webdataset shard streams: read tars, split across ranks and workers, shuffle, resume by position
+(docs/data_format.md, "Sharding and shuffling"; docs/scale.md). A position ``(epoch, offset, where)``
+resumes in constant time from byte offsets where a shard can be seeked, else by re-reading to `offset`.
 """
 from __future__ import annotations
 
@@ -79,8 +76,7 @@ def _tar_samples(url: str, start: int = 0) -> Iterator[tuple[RawSample, int, int
 def read_tar(url: str, counter: SkipCounter | None = None) -> Iterator[RawSample]:
     """Samples of one tar (consecutive members grouped by key). A truncated or unreadable shard is
     counted once as BAD_SHARD and ends there; the samples before the damage are kept."""
-    for sample, _, _ in _read_from(url, 0, counter):
-        yield sample
+    return (sample for sample, _, _ in _read_from(url, 0, counter))
 
 
 def _read_from(url: str, start: int, counter: SkipCounter | None) -> Iterator[tuple[RawSample, int, int]]:
@@ -178,15 +174,11 @@ class SourceReader:
                 self._buffer.append(got)
             got = self._next_raw() if len(self._buffer) >= size else None
             if got is not None:
-                if size == 1:
-                    out, self._buffer = self._buffer[0], [got]
-                    return out[1]
-                j = self._rng.randrange(size)
+                j = self._rng.randrange(size) if size > 1 else 0  # size 1 keeps the order and draws nothing
                 out, self._buffer[j] = self._buffer[j], got
                 return out[1]
             self._draining = True
-            if size > 1:
-                self._rng.shuffle(self._buffer)
+            self._rng.shuffle(self._buffer)  # a list of one draws nothing
             self._buffer.reverse()  # drained from the end
         return self._buffer.pop()[1] if self._buffer else None
 
@@ -223,9 +215,8 @@ class SourceReader:
         empty_epochs = 0
         while True:
             if not self._started:
-                self._start_epoch(self.epoch)
-                self._started, self._good = True, self.offset > 0
-            before = self.position
+                self._good = self.offset > 0
+            before = self.position  # starts the epoch when needed
             raw = self._next_item()
             if raw is None:
                 if not self.loop:

@@ -1,10 +1,6 @@
-"""Text -> token ids and labels: BOS, placeholder expansion to the tower's token count, label masks.
-
-DeepSeek-VL tokenizes the prompt with a leading BOS and replaces every ``<image_placeholder>`` by
-`num_image_tokens` copies of the placeholder's own id (the image token id). Labels are -100 on BOS,
-image tokens and everything outside the supervised part:
-- ``supervise="all"`` (stages 1-2): every text token, EOS included;
-- ``supervise="assistant"`` (stage 3): only assistant answers and their end-of-turn token.
+"""Text -> token ids and labels as DeepSeek-VL makes them: a leading BOS, each ``<image_placeholder>``
+expanded to `num_image_tokens` copies of its own id, labels -100 outside the supervised part
+(``supervise``: "all" text tokens, stages 1-2, or "assistant" answers, stage 3; docs/data_format.md).
 """
 from __future__ import annotations
 
@@ -38,13 +34,8 @@ class Encoded:
 class TextEncoder:
     """Wraps a transformers tokenizer with DeepSeek-VL's BOS, placeholder and label conventions."""
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        num_image_tokens: int,
-        supervise: Supervise = "all",
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    ) -> None:
+    def __init__(self, tokenizer: Any, num_image_tokens: int, supervise: Supervise = "all",
+                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> None:
         if supervise not in ("all", "assistant"):
             raise DataError(f"supervise must be 'all' or 'assistant', got {supervise!r}")
         self.tokenizer = tokenizer
@@ -75,13 +66,13 @@ class TextEncoder:
                 out.extend(self.tokenizer(part, add_special_tokens=False)["input_ids"])
         return out
 
-    def encode_segments(self, segments: Sequence[Segment]) -> Encoded:
-        """BOS + segments; image placeholders expanded; labels per `self.supervise`."""
+    def encode_segments(self, segments: Sequence[Segment], supervise: Supervise | None = None) -> Encoded:
+        """BOS + segments; image placeholders expanded; labels per `supervise` (default `self.supervise`)."""
         ids = [self.bos_id]
         labels = [IGNORE_INDEX]
         n_img = 0
         for seg in segments:
-            keep = self.supervise == "all" or seg.supervised
+            keep = (supervise or self.supervise) == "all" or seg.supervised
             for tok in self._pieces(seg.text):
                 if tok is None:
                     n_img += 1
@@ -108,10 +99,5 @@ class TextEncoder:
         the same tokens training sees for ``{"role": "assistant", "content": answer}``, EOS optional."""
         segments = conversation_segments(list(conversation) + [{"role": "assistant", "content": answer}],
                                          self.system_prompt)
-        last = segments[-1]
-        segments[-1] = Segment(last.text, supervised=True, eos=add_eos)
-        supervise, self.supervise = self.supervise, "assistant"
-        try:
-            return self.encode_segments(segments)
-        finally:
-            self.supervise = supervise
+        segments[-1] = Segment(segments[-1].text, supervised=True, eos=add_eos)
+        return self.encode_segments(segments, "assistant")

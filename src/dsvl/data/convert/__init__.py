@@ -1,6 +1,6 @@
 """`dsvl-data convert`: the formats users already have -> dsvl shards (docs/data_format.md, "Converting").
 
-One small module per input format maps a record to a `Draft`; this module streams the inputs,
+One function per input format (`formats`, `hf`) maps a record to a `Draft`; this module streams the inputs,
 finishes drafts (images read and checked, the sample validated) in `workers` processes in input
 order and writes ``OUT/multimodal/`` and ``OUT/text/``, byte-identical with any number of workers.
 A record that cannot become a sample is a counted skip with its reason; nothing stops a conversion.
@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.collate import batched
-from dsvl.data.convert import hf, llava, messages, mmc4, sharegpt, text
+from dsvl.data.convert import formats, hf
 from dsvl.data.convert.common import Options, remap
 from dsvl.data.convert.inputs import Unreadable, read_records
 from dsvl.data.convert.media import image_bytes, shard_image
@@ -28,7 +28,8 @@ from dsvl.data.shards import ShardWriter
 from dsvl.errors import DataError
 
 log = logging.getLogger(__name__)
-FORMATS = {"llava": llava, "sharegpt": sharegpt, "messages": messages, "hf": hf, "mmc4": mmc4, "text": text}
+FORMATS = {"llava": formats.llava, "sharegpt": formats.sharegpt, "messages": formats.messages, "hf": hf.draft,
+           "mmc4": formats.mmc4, "text": formats.text}
 MODALITIES = ("auto", "text", "multimodal")
 _BLOCK = 64  # records per worker handed out at a time: bounded memory, however long the input
 
@@ -62,7 +63,7 @@ def _finish(item: tuple[int, Any], fmt: str, opts: Options) -> tuple[Any, ...]:
     try:
         if isinstance(record, Unreadable):
             raise BadSample(SkipReason.BAD_JSON, record.detail)
-        d = FORMATS[fmt].draft(remap(record, opts.columns), opts)
+        d = FORMATS[fmt](remap(record, opts.columns), opts)
         modality = "multimodal" if d.images else "text"
         if opts.modality != "auto" and modality != opts.modality:
             raise BadSample(SkipReason.UNKNOWN_MODALITY, f"{modality} sample (--modality {opts.modality})")

@@ -1,14 +1,6 @@
-"""Hugging Face datasets (a `save_to_disk` folder, parquet/arrow files, or a hub id when the hub
-is reachable) read with the `datasets` library; the layout is recognised from the columns:
-
-- `images` + `texts` ({user, assistant} turns; the_cauldron): images before the first question;
-- `image` + `conversations` (LLaVA-OneVision-Data, LLaVA-NeXT-Data): as the `llava` format;
-- `messages` + `images` (TRL's vision sets): as the `messages` format;
-- `image` + `caption` (str or list: the first; flickr30k-style): ``<image_placeholder>caption``;
-- `text`: as the `text` format.
-
-Other column names are mapped with ``--column NAME=COLUMN``. Image columns are read as the
-stored ``{bytes, path}`` structs (Arrow format: no decoding in the reader, once in the converter).
+"""Hugging Face datasets read with `datasets`, in the layout their columns match (`LAYOUTS`,
+docs/data_format.md, "`hf`"). Image columns stay the stored ``{bytes, path}`` structs (Arrow
+format): decoded once, by the converter, not by the reader.
 """
 from __future__ import annotations
 
@@ -17,7 +9,7 @@ from typing import Any, Iterator
 
 from dsvl.data.bad_samples import BadSample, SkipReason
 from dsvl.data.chat import IMAGE_TOKEN
-from dsvl.data.convert import llava, messages, text
+from dsvl.data.convert import formats
 from dsvl.data.convert.common import Draft, Options, as_list, chat_draft, message, record_id
 from dsvl.errors import DataError
 
@@ -96,5 +88,6 @@ def _caption(record: dict[str, Any], opts: Options) -> Draft:
 
 
 def draft(record: dict[str, Any], opts: Options) -> Draft:
-    drafts = {"cauldron": _cauldron, "caption": _caption, "llava": llava.draft, "messages": messages.draft, "text": text.draft}
+    drafts = {"cauldron": _cauldron, "caption": _caption, "llava": formats.llava, "messages": formats.messages,
+              "text": formats.text}
     return drafts[opts.layout](record, opts)

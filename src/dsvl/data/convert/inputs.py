@@ -48,13 +48,6 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def open_text(path: str | Path) -> IO[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"input {str(path)!r} not found")
-    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace", newline="")
-
-
 def _jsonl(f: Iterable[str]) -> Iterator[Any]:
     for line in f:
         if not line.strip():
@@ -126,12 +119,12 @@ def parquet_rows(path: Path, what: str = "input") -> Iterator[dict[str, Any]]:
 def read_records(path: str | Path) -> Iterator[Any]:
     """Records of one input file: a JSON list, JSONL (either may be compressed) or parquet."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input {str(path)!r} not found")
     if path.suffix.lower() == ".parquet":
-        if not path.is_file():
-            raise DataError(f"input {str(path)!r} not found")
         yield from parquet_rows(path)
         return
-    with open_text(path) as f:
+    with io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace", newline="") as f:
         head = f.read(CHUNK)
         start = _WS.match(head).end()  # type: ignore[union-attr]
         if head[start:start + 1] == "[":

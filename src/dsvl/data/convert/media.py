@@ -1,11 +1,7 @@
-"""Image references of input formats -> image bytes fit for a dsvl shard.
-
-References: a path (relative to the image root, absolute, or ``file://``), a ``data:`` URL or
-bare base64, raw bytes, or a Hugging Face Image struct ``{"bytes", "path"}``. Remote URLs are not
-fetched (download first, e.g. with img2dataset). Every image is decoded once, fully; one that is
-already an upright RGB JPEG/PNG/WebP no larger than `max_side` keeps its bytes, any other (EXIF
-rotation, CMYK, grey, palette, alpha, 16-bit, GIF/BMP/TIFF, larger scans) is converted as
-`dsvl.data.images.load_rgb` does and re-encoded (JPEG sources as JPEG quality 95, others PNG).
+"""Image references of input formats (a path, ``file://``, ``data:`` URL or bare base64, bytes, or an HF
+``{"bytes", "path"}`` struct; remote URLs are not fetched) -> image bytes fit for a dsvl shard: decoded
+once, fully; kept as they are when already an upright RGB JPEG/PNG/WebP within `max_side`, else
+converted as `dsvl.data.images.load_rgb` does and re-encoded (docs/data_format.md, "Converting").
 """
 from __future__ import annotations
 
