@@ -1,19 +1,6 @@
-"""dsvl.eval: validation metrics, option scoring, generation and run plots.
-
-- `MultipleChoiceAccuracy(mode="text"|"letter")`: update(option_nll, answer, categories, keys);
-  compute() -> accuracy (what Lightning logs as `val/mc_acc`); summary() -> overall + per category.
-- `TextPerplexity` (`val/text_ppl`), `MultimodalLoss` (`val/mm_loss`): update(loss, num_tokens)
-  with `VLMOutput.loss` / `.num_loss_tokens`.
-- `score_options(model, mc_batch) -> (B, K)` mean option NLLs in one forward pass;
-  `sequence_nll(logits, labels) -> (sum, count)` per row.
-- `ChatGenerator`, `GenerationSettings`: batched, left-padded, multi-image chat generation.
-- `evaluate_benchmark(model, tokenizer, BenchmarkSpec, system_prompt)`: a public benchmark file
-  (MMBench, SEED, POPE, MMMU, HellaSwag, MMLU, a text corpus; `dsvl.eval.benchmarks`) -> report.
-- `evaluate_mc(model, tokenizer, shards, mode, ...)`, `evaluate_text(model, tokenizer, shards, ...)`:
-  whole evaluation sets -> report dicts (what `dsvl-eval` runs); `format_table(report)`.
-- `plot_run(run_dir, output=None) -> Path`: training curves PNG from the CSV logger.
-
-Names load lazily, so `dsvl.eval.plots` (matplotlib only) does not import torch.
+"""dsvl.eval: validation metrics (`metrics`), option scoring (`scoring`), chat generation
+(`generation`), evaluation sets and public benchmarks (`evaluate`, `benchmarks`) and run plots
+(`plots`). Names load lazily, so `dsvl.eval.plots` (matplotlib only) does not import torch.
 """
 from __future__ import annotations
 
@@ -22,7 +9,6 @@ from typing import Any
 
 _EXPORTS = {
     "MultipleChoiceAccuracy": "dsvl.eval.metrics",
-    "MultipleChoiceResult": "dsvl.eval.metrics",
     "MultimodalLoss": "dsvl.eval.metrics",
     "TextPerplexity": "dsvl.eval.metrics",
     "forward_inputs": "dsvl.eval.scoring",
