@@ -43,6 +43,16 @@ def evaluate_export(export_dir: Path, data_dir: Path) -> dict[str, Any]:
     return {"model_type": hf_config.model_type, "mc": mc, "text": text}
 
 
+def first_losses(run_dir: Path, steps: int = 5) -> dict[str, float]:
+    """`first/loss_<modality>`: the mean training loss over the first `steps` steps of that modality
+    (the start the stage's final loss is compared with)."""
+    from dsvl.eval.plots import find_metrics_csv, read_metrics
+
+    series = read_metrics(find_metrics_csv(run_dir))
+    points = {m: series.get(f"train/loss_{m}", [])[:steps] for m in ("text", "multimodal")}
+    return {f"first/loss_{m}": sum(v for _, v in p) / len(p) for m, p in points.items() if p}
+
+
 SUMMARY_COLUMNS = (("loss text", "train/loss_text"), ("loss mm", "train/loss_multimodal"), ("mm first", "first/loss_multimodal"),
                    ("text ppl before", "text_ppl_before"), ("after", "text_ppl_after"))
 
@@ -110,13 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (FileNotFoundError, ValueError) as err:
                 log.warning("no plot for %s: %s", r.stage, err)
         from dsvl.cli.ablation import stage_text_ppl
-        from dsvl.demo.runs import first_losses
 
         ppl = stage_text_ppl(results, data_dir)
         stages = [{"stage": r.stage, "steps": int(r.metrics["trainer/global_step"]),
                    "seconds": round(r.metrics["perf/fit_seconds"], 2),
                    "metrics": {**r.metrics, "text_ppl_before": before, "text_ppl_after": after,
-                               **{f"first/loss_{m}": v for m, v in first_losses(r.output_dir).items()}},
+                               **first_losses(r.output_dir)},
                    "final_loss": {m: r.metrics[f"train/loss_{m}"] for m in ("text", "multimodal") if f"train/loss_{m}" in r.metrics},
                    "text_ppl_before": before, "text_ppl_after": after,
                    "checkpoint": str(r.checkpoint), "run_dir": str(r.output_dir),
