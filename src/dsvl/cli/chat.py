@@ -59,12 +59,14 @@ def _questions(stream: TextIO) -> Iterator[str]:
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     """Console script `dsvl-chat`; returns the exit code (2 with a one-line message on bad input)."""
     args = parse_args(argv)
-    from dsvl.cli.evaluate import EvalError, load_for_inference, pick_system_prompt, quiet_transformers
+    from transformers.utils import logging as hf_logging
+
+    from dsvl.cli.evaluate import EvalError, load_for_inference, pick_system_prompt
     from dsvl.eval.generation import ChatGenerator, GenerationSettings, load_image, user_turn
 
     if args.max_new_tokens < 1:
         fail(PROG, "--max-new-tokens must be >= 1")
-    quiet_transformers()
+    hf_logging.disable_progress_bar()
     try:
         images = [load_image(path) for path in args.image]
         loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype, adapter=args.adapter)

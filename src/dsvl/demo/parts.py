@@ -71,30 +71,21 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _shards(root: Path) -> list[str]:
+def _samples(root: Path) -> list[Any]:
     urls = sorted(str(p) for p in root.glob("*.tar"))
     if not urls:
         raise FileNotFoundError(f"no shards in {root}; make the demo data first (dsvl-data demo)")
-    return urls
-
-
-def _samples(root: Path) -> list[Any]:
-    return [parse_sample(raw) for url in _shards(root) for raw in read_tar(url)]
-
-
-def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over 5% of the steps, cosine decay to 0."""
-    warm = max(1, steps // 20)
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return [parse_sample(raw) for url in urls for raw in read_tar(url)]
 
 
 def _fit(params: list[nn.Parameter], loss_fn: Any, batches: list[Any], lr: float, epochs: int,
          gen: torch.Generator) -> list[float]:
     """AdamW over `epochs` shuffled passes of `batches` (index lists); returns the per-epoch mean loss."""
-    steps = epochs * len(batches)
+    steps, warm = epochs * len(batches), max(1, epochs * len(batches) // 20)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    sched = _schedule(opt, steps)
+    # linear warm-up over 5% of the steps, cosine decay to 0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     history = []
     for _ in range(epochs):
         total = 0.0
@@ -127,11 +118,6 @@ def _captions(tokenizer: Any, texts: list[str]) -> torch.Tensor:
         ids = tokenizer(text.replace(IMAGE_TOKEN, ""), add_special_tokens=False)["input_ids"][:CAPTION_TOKENS]
         rows[i, :len(ids)] = torch.tensor(ids)
     return rows
-
-
-def _text_config(tokenizer: Any) -> SiglipTextConfig:
-    return SiglipTextConfig(vocab_size=len(tokenizer), pad_token_id=int(tokenizer.pad_token_id),
-                            bos_token_id=int(tokenizer.bos_token_id), eos_token_id=int(tokenizer.eos_token_id), **TEXT_TOWER)
 
 
 def scene_labels(scenes: list[Scene]) -> torch.Tensor:
@@ -179,7 +165,9 @@ class _ContrastiveSam(nn.Module):
 def pretrain_sam(pixels: torch.Tensor, captions: torch.Tensor, tokenizer: Any, epochs: int,
                  gen: torch.Generator) -> tuple[SamVisionModel, list[float]]:
     """Contrastive image-text pretraining of the SAM tower; returns the `SamVisionModel`."""
-    model = _ContrastiveSam(_text_config(tokenizer))
+    model = _ContrastiveSam(SiglipTextConfig(vocab_size=len(tokenizer), pad_token_id=int(tokenizer.pad_token_id),
+                                             bos_token_id=int(tokenizer.bos_token_id),
+                                             eos_token_id=int(tokenizer.eos_token_id), **TEXT_TOWER))
     model.train()
     history = _fit(list(model.parameters()), lambda idx: model(pixels[idx], captions[idx]),
                    _chunks(len(pixels), BATCH["sam"], gen), LR["sam"], epochs, gen)
@@ -205,14 +193,11 @@ def pretrain_llm(rows: torch.Tensor, epochs: int, gen: torch.Generator) -> tuple
     return model.eval(), history
 
 
-def tower_specs() -> dict[str, ImageInputSpec]:
-    """Each tower's image input as training reads it (size and normalisation of the tower's family)."""
-    return {"siglip": ImageInputSpec("pixel_values", PART_CONFIGS["siglip"]["image_size"], SIGLIP_MEAN, SIGLIP_STD),
-            "sam": ImageInputSpec("high_res_pixel_values", PART_CONFIGS["sam"]["image_size"], CLIP_MEAN, CLIP_STD)}
-
-
 def _pixels(name: str, images: list[Any]) -> torch.Tensor:
-    spec = tower_specs()[name]
+    """Images as the tower's training input (size and normalisation of its family)."""
+    size = PART_CONFIGS[name]["image_size"]
+    spec = (ImageInputSpec("pixel_values", size, SIGLIP_MEAN, SIGLIP_STD) if name == "siglip"
+            else ImageInputSpec("high_res_pixel_values", size, CLIP_MEAN, CLIP_STD))
     return ImagePreprocessor(VisionSpec((spec,)))(images)[spec.name]
 
 

@@ -75,16 +75,16 @@ def evaluate_text(model: nn.Module, tokenizer: Any, shards: str | Sequence[str],
             out = model(**forward_inputs(batch), labels=batch["labels"])
             metrics[modality].update(out.loss.float().cpu(), out.num_loss_tokens.cpu())
             samples[modality] += len(group)
+    if not samples["text"] and not samples["multimodal"]:
+        raise EvalError(f"no usable samples in {shards} ({counter.summary()})")
     result: dict[str, Any] = {"shards": urls, "skipped": counter.as_dict()}
     if samples["text"]:
         m = metrics["text"]
         result.update(perplexity=float(m.compute()), loss=float(m.mean_value / m.weight),
                       num_tokens=int(m.weight), num_samples=samples["text"])
     if samples["multimodal"]:
-        result["multimodal"] = {"loss": float(metrics["multimodal"].compute()),
-                                "num_tokens": int(metrics["multimodal"].weight), "num_samples": samples["multimodal"]}
-    if not samples["text"] and not samples["multimodal"]:
-        raise EvalError(f"no usable samples in {shards} ({counter.summary()})")
+        m = metrics["multimodal"]
+        result["multimodal"] = {"loss": float(m.compute()), "num_tokens": int(m.weight), "num_samples": samples["multimodal"]}
     return result
 
 
@@ -100,30 +100,22 @@ def evaluate_benchmark(model: nn.Module, tokenizer: Any, spec: BenchmarkSpec,
 BENCH_METRICS = ("accuracy", "row_accuracy", "precision", "recall", "f1", "yes_ratio", "perplexity")
 
 
-def _benchmark_rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, str]]:
-    rows = [(f"{name}/{m}", f"{res[m]:.4f}", str(res["num_samples"])) for m in BENCH_METRICS if m in res]
-    for fld, values in res.get("per_category", {}).items():
-        rows += [(f"{name}/{fld}/{value}", f"{c['accuracy']:.4f}", str(c["num_samples"])) for value, c in values.items()]
-    if res["skipped"]:
-        rows.append((f"{name}/skipped", ", ".join(f"{k}={v}" for k, v in res["skipped"].items()), ""))
-    return rows
-
-
 def format_table(report: dict[str, Any]) -> str:
     """The report as an aligned plain-text table (one row per metric)."""
     rows: list[tuple[str, str, str]] = []
     for name, res in report.get("benchmarks", {}).items():
-        rows += _benchmark_rows(name, res)
+        rows += [(f"{name}/{m}", f"{res[m]:.4f}", str(res["num_samples"])) for m in BENCH_METRICS if m in res]
+        for fld, values in res.get("per_category", {}).items():
+            rows += [(f"{name}/{fld}/{value}", f"{c['accuracy']:.4f}", str(c["num_samples"])) for value, c in values.items()]
+        if res["skipped"]:
+            rows.append((f"{name}/skipped", ", ".join(f"{k}={v}" for k, v in res["skipped"].items()), ""))
     for mode, res in report.get("mc", {}).items():
-        rows.append((f"mc/{mode}/accuracy", f"{res['accuracy']:.4f}", str(res["num_samples"])))
-        for cat, c in res["per_category"].items():
+        for cat, c in [("accuracy", res), *res["per_category"].items()]:
             rows.append((f"mc/{mode}/{cat}", f"{c['accuracy']:.4f}", str(c["num_samples"])))
-    text = report.get("text")
-    if text:
-        if "perplexity" in text:
-            rows.append(("text/perplexity", f"{text['perplexity']:.4f}", str(text["num_samples"])))
-        if "multimodal" in text:
-            rows.append(("multimodal/loss", f"{text['multimodal']['loss']:.4f}", str(text["multimodal"]["num_samples"])))
+    text = report.get("text") or {}
+    for name, res, key in (("text/perplexity", text, "perplexity"), ("multimodal/loss", text.get("multimodal", {}), "loss")):
+        if key in res:
+            rows.append((name, f"{res[key]:.4f}", str(res["num_samples"])))
     header = ("metric", "value", "samples")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
