@@ -90,13 +90,9 @@ def pretrained_text_ppl(run_dir: Path, data_dir: Path, limit: int | None = None)
 def stage_text_ppl(results: Sequence[Any], data_dir: Path) -> list[tuple[float, float]]:
     """(before, after) held-out text perplexity per stage: before stage 1 the pretrained parts,
     before every later stage the previous stage's result."""
-    before = pretrained_text_ppl(results[0].output_dir, data_dir)
-    rows = []
-    for result in results:
-        after = evaluate_checkpoint(result.checkpoint, data_dir, mc=False)["text"]["perplexity"]
-        rows.append((before, after))
-        before = after
-    return rows
+    ppl = [pretrained_text_ppl(results[0].output_dir, data_dir)]
+    ppl += [evaluate_checkpoint(r.checkpoint, data_dir, mc=False)["text"]["perplexity"] for r in results]
+    return list(zip(ppl, ppl[1:]))
 
 
 def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int, val_every: int,

@@ -57,19 +57,18 @@ SUMMARY_COLUMNS = (("loss text", "train/loss_text"), ("loss mm", "train/loss_mul
                    ("text ppl before", "text_ppl_before"), ("after", "text_ppl_after"))
 
 
-def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any],
-                   columns: Sequence[tuple[str, str]] = SUMMARY_COLUMNS) -> str:
-    """The demo's table: per stage steps, seconds and one column per (title, metric name) of the stage's
-    metrics (default: last and first loss by modality, held-out text perplexity before and after the
-    stage: forgetting, or its absence, as a number); then held-out metrics."""
+def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any]) -> str:
+    """The demo's table: per stage steps, seconds and `SUMMARY_COLUMNS` (last and first loss by modality,
+    held-out text perplexity before and after the stage: forgetting, or its absence, as a number);
+    then held-out metrics."""
     def cell(v: float | None, width: int) -> str:
         return f"{v:>{width}.3f}" if v is not None else f"{'-':>{width}}"
 
-    header = f"{'stage':<9} {'steps':>6} {'seconds':>8}" + "".join(f" {title:>10}" for title, _ in columns)
+    header = f"{'stage':<9} {'steps':>6} {'seconds':>8}" + "".join(f" {title:>10}" for title, _ in SUMMARY_COLUMNS)
     lines = [header, "-" * len(header)]
     for s in stages:
         lines.append(f"{s['stage']:<9} {s['steps']:>6} {s['seconds']:>8.1f}"
-                     + "".join(f" {cell(s['metrics'].get(name), max(10, len(title)))}" for title, name in columns))
+                     + "".join(f" {cell(s['metrics'].get(name), max(10, len(title)))}" for title, name in SUMMARY_COLUMNS))
     mc = evaluation["mc"]
     lines.append("")
     lines.append(f"multiple-choice accuracy (held-out, 4-way, chance {CHANCE}): {mc['accuracy']:.3f} on {mc['num_samples']} questions")

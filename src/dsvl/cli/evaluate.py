@@ -122,8 +122,10 @@ def load_for_inference(
     torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
     if dtype and torch_dtype is None:
         raise EvalError(f"dtype={dtype}: expected one of {sorted(DTYPES)}")
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else torch.device(device)
+        device = torch.device(device)
     except RuntimeError as e:
         raise EvalError(f"device={device}: {one_line(e)}") from None
     model = model.to(device=device, dtype=torch_dtype).eval()
