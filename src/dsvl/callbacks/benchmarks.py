@@ -34,10 +34,9 @@ def gather(records: list[Record], skips: SkipCounter, world_size: int) -> tuple[
 class BenchmarkValidation(Callback):
     """Runs the configured benchmarks at the end of every validation (not in the sanity check).
 
-    `benchmarks` maps a name to a `dsvl.eval.benchmarks.BenchmarkSpec` entry (path, images, mode,
-    limit, ...); checked when the callback is built, before any weights load. The rows are read
-    once (keep `limit` small: their images stay in memory); `reports` keeps the latest full report
-    of each benchmark (per category, skips).
+    `benchmarks` maps a name to a `BenchmarkSpec` entry, checked when the callback is built (before any
+    weights load). The rows are read once (keep `limit` small: their images stay in memory);
+    `reports` keeps the latest full report of each benchmark.
     """
 
     def __init__(self, benchmarks: Mapping[str, Mapping[str, Any]] | None = None) -> None:

@@ -1,10 +1,8 @@
 """Modality accounting: the scheduled language ratio against the realised share of text steps.
 
-The schedule comes from the datamodule (`trainer.datamodule.schedule`, any object with
-`language_ratio(step)` and `modality(step)`); the realised share from its `accounting`
-(`dsvl.data.DataAccounting`, the one per-modality step counter, in the data's checkpoint state).
-A micro-batch whose modality differs from the schedule's choice for its global step is counted
-and logged as `train/modality_mismatch` (it must stay 0: modality is decided per global step).
+Both come from the datamodule: `schedule` (`language_ratio(step)`, `modality(step)`) and `accounting`
+(`dsvl.data.DataAccounting`, in the data's checkpoint state). A micro-batch whose modality differs
+from the schedule's for its global step is counted as `train/modality_mismatch` (it must stay 0).
 """
 from __future__ import annotations
 

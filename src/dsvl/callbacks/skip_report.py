@@ -1,11 +1,8 @@
 """End-of-run report of skipped samples: `skips.json` in the run dir, metrics in every logger.
 
-Bad samples are skipped and counted where they are read (DataLoader workers, every rank); the
-datamodule merges the workers' counts of what training consumed (`skip_counts()`), and this
-callback sums them over ranks, logs `data/skipped` each step and `data/skipped/<reason>` at the
-end, and writes `{"total", "by_reason", "global_step"}` to `<dirpath>/skips.json`. It reads the
-datamodule by duck typing (`skip_counts() -> .all_reduce() / .as_dict() / .summary()`), so it
-only needs Lightning.
+Bad samples are counted where they are read (DataLoader workers, every rank); the datamodule's
+`skip_counts()` merges the workers' counts, this callback sums the ranks'. It reads the datamodule
+by duck typing (`skip_counts() -> .all_reduce() / .as_dict() / .summary()`), so it only needs Lightning.
 """
 from __future__ import annotations
 

@@ -1,14 +1,12 @@
 """Validation metrics: multiple choice by perplexity, held-out text perplexity, multimodal loss.
 
-All three are torchmetrics `Metric`s, so Lightning syncs them across ranks and resets them per
-epoch. DeepSeek-VL paper: DeepSeek-VL watches stage 2 by multi-choice PPL (generation of small models is
-too noisy) and language forgetting by perplexity on held-out text.
+torchmetrics `Metric`s, so Lightning syncs and resets them. DeepSeek-VL watches stage 2 by multi-choice
+PPL (generation of small models is too noisy) and language forgetting by held-out text perplexity.
 
-Under DDP, Lightning's `DistributedSampler` pads the last round by repeating up to
-`world_size - 1` samples. `MultipleChoiceAccuracy` therefore keeps one row per sample with a
-64-bit hash of the sample key and counts each key once after the sync. The token-mean metrics
-keep only sums (a per-sample list of every validation token would not scale); there a repeated
-sample adds its tokens twice, which is at most `world_size - 1` samples per validation set.
+Under DDP, Lightning's `DistributedSampler` repeats up to `world_size - 1` samples in the last round:
+`MultipleChoiceAccuracy` keeps a 64-bit hash of each sample key and counts each key once after the
+sync. The token-mean metrics keep only sums (a per-token list would not scale), so there a repeated
+sample counts twice: at most `world_size - 1` samples per validation set.
 """
 from __future__ import annotations
 

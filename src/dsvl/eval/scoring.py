@@ -1,9 +1,8 @@
 """Per-row NLL from logits, and option scoring for multiple choice in one forward pass.
 
-A multiple-choice batch (`dsvl.data.multiple_choice.MultipleChoiceCollator`) flattens every
-(question, option) pair into one row whose labels are -100 except on the option's tokens; a
-single model forward over all rows then gives every option's mean NLL. The rows of one question
-share its images: they are encoded once per question and the features reused by every option row.
+A multiple-choice batch (`MultipleChoiceCollator`) has one row per (question, option), labelled only
+on the option's tokens, so one forward gives every option's mean NLL; a question's images are
+encoded once and their features reused by every option row.
 """
 from __future__ import annotations
 
@@ -34,11 +33,10 @@ def to_model_device(batch: Mapping[str, Any], model: nn.Module) -> dict[str, Any
 
 
 def sequence_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed next-token NLL and number of scored tokens per row.
+    """Summed next-token NLL (float32) and number of scored tokens (int64) per row.
 
-    labels are unshifted (like transformers): position t's logits predict labels[t + 1];
-    -100 is not scored. Only scored positions go through log-softmax, so memory stays at the
-    logits the model already returned. Returns float32 (R,) sums and int64 (R,) counts.
+    labels are unshifted (like transformers), -100 is not scored. Only scored positions go through
+    log-softmax, so memory stays at the logits the model already returned.
     """
     target = labels[:, 1:]
     mask = target != IGNORE_INDEX
@@ -75,9 +73,8 @@ def shared_image_embeds(model: nn.Module, batch: Mapping[str, Any]) -> Tensor | 
 def score_options(model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
     """Mean NLL of each option's tokens given its prompt (and images): (num_samples, max_options).
 
-    `batch` is a multiple-choice batch: rows (question, option) with `row_sample` / `row_option`
-    saying which sample and option each row is. Options a sample lacks score `inf`, so they are
-    never predicted. One forward pass covers all rows; each question's images are encoded once.
+    Rows are placed by the batch's `row_sample` / `row_option`; options a sample lacks score `inf`,
+    so they are never predicted.
     """
     inputs = {k: v for k, v in forward_inputs(batch).items() if k not in PIXEL_KEYS}
     out = model(**inputs, image_embeds=shared_image_embeds(model, batch))
