@@ -47,10 +47,7 @@ def _questions(stream: TextIO) -> Iterator[str]:
     while True:
         if interactive:
             print("you> ", end="", flush=True)
-        line = stream.readline()
-        if not line:
-            return
-        question = line.strip()
+        question = stream.readline().strip()  # "" at EOF
         if not question or question.lower() in EXIT_WORDS:
             return
         yield question

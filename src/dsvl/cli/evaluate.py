@@ -70,12 +70,9 @@ def load_for_inference(
     dtype: str | None = None,
     adapter: str | Path | None = None,
 ) -> LoadedModel:
-    """Model + tokenizer from a dsvl `.ckpt`, an exported directory, or a base directory plus a peft
-    `adapter` directory, in eval mode on `device`.
-
-    Checkpoints load with `torch.load(weights_only=True)` and rebuild their model, tokenizer and system prompt
-    from the stage's saved hyperparameters; exports and adapters give their system prompt in `dsvl_chat.json`
-    (else DeepSeek-VL's default).
+    """Model + tokenizer from a dsvl `.ckpt` (weights only; model, tokenizer and system prompt from the
+    stage's hyperparameters), an exported directory, or one plus a peft `adapter` directory (system
+    prompt from `dsvl_chat.json`, else DeepSeek-VL's default), in eval mode on `device`.
     """
     from dsvl.data import load_tokenizer
     from dsvl.model import ConfigError, VisionLanguageModel

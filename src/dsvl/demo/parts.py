@@ -10,8 +10,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +56,6 @@ ATTRIBUTES = (tuple(COLORS), SHAPES, NUMBERS)  # what a caption says about its i
 BATCH = {"siglip": 64, "sam": 64, "llm": 8}
 LR = {"siglip": 3e-3, "sam": 3e-3, "llm": 3e-3}
 LLM_ROW = 128
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """A fixed intra-op thread count (results depend on it) for the duration, then the caller's."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _samples(root: Path) -> list[Any]:
@@ -209,7 +196,9 @@ def make_part(name: str, data_dir: str | Path, out_dir: str | Path, seed: int, e
     """Pretrain one part (`llm`, `siglip` or `sam`) on the demo data and save it to `out_dir/name`;
     the same result in any process (own seeds, fixed thread count)."""
     data, t0, cpu = Path(data_dir), time.perf_counter(), time.process_time()
-    with _threads(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # results depend on the intra-op thread count
+    try:
         tokenizer = load_tokenizer(str(data / "tokenizer"))
         pairs = _samples(data / "align" / "caption" / "train")
         k = SEED_OFFSET[name]
@@ -228,6 +217,8 @@ def make_part(name: str, data_dir: str | Path, out_dir: str | Path, seed: int, e
             model, history = pretrain_sam(_pixels(name, [s.images[0] for s in pairs]),
                                           _captions(tokenizer, [s.text for s in pairs]), tokenizer, epochs, gen)
         model.save_pretrained(Path(out_dir) / name)
+    finally:
+        torch.set_num_threads(before)
     seconds = time.perf_counter() - t0
     log.info("demo part %s: loss %.3f -> %.3f in %.1fs", name, history[0], history[-1], seconds)
     return {"loss_first_epoch": round(history[0], 4), "loss_last_epoch": round(history[-1], 4), "epochs": epochs,

@@ -34,11 +34,8 @@ def key_to_id(key: str) -> int:
 
 
 def _encode_categories(categories: Sequence[str]) -> Tensor:
-    rows = torch.zeros(len(categories), CATEGORY_BYTES, dtype=torch.uint8)
-    for i, name in enumerate(categories):
-        raw = name.encode("utf-8")[:CATEGORY_BYTES]
-        rows[i, : len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
-    return rows
+    rows = [list(name.encode("utf-8")[:CATEGORY_BYTES].ljust(CATEGORY_BYTES, b"\x00")) for name in categories]
+    return torch.tensor(rows, dtype=torch.uint8).reshape(-1, CATEGORY_BYTES)
 
 
 class MultipleChoiceAccuracy(Metric):

@@ -41,13 +41,9 @@ class BenchSkip(str, Enum):
 
 @dataclass
 class Question:
-    """One benchmark item.
-
-    `text` is the user turn (with `<image_placeholder>` where each image goes, in `images` order);
-    `options` the choices (empty for open and text items); `answer` the right option's index, or
-    the reference answer of an open question; `group` joins MMBench's circular copies (a group is
-    right only when all its rows are); `categories` maps a field (category, l2-category, subject)
-    to this item's value.
+    """One benchmark item: `text` the user turn (a placeholder per image, in `images` order); `answer`
+    the right option's index, or an open question's reference; `group` joins MMBench's circular
+    copies (right only when all are); `categories` maps a field (category, subject) to its value.
     """
 
     key: str

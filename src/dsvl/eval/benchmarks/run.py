@@ -188,11 +188,8 @@ class BenchmarkScorer:
 def run_benchmark(model: nn.Module, tokenizer: Any, spec: BenchmarkSpec, system_prompt: str | None,
                   rank: int = 0, world_size: int = 1,
                   items: Sequence[Question | BadSample] | None = None) -> tuple[list[Record], SkipCounter]:
-    """This rank's records and skips (reader skips of its share of rows, and scoring skips).
-
-    `items`: the benchmark's rows already read (`list(spec.questions())`), e.g. kept by a caller
-    that scores the same benchmark at every validation.
-    """
+    """This rank's records and skips (reader skips of its share of rows, and scoring skips); `items`:
+    the rows already read (`list(spec.questions())`) by a caller that scores them at every validation."""
     questions, skips = my_share(items if items is not None else list(spec.questions()), rank, world_size)
     scorer = BenchmarkScorer(model, tokenizer, spec, system_prompt)
     records = scorer.score(questions)
