@@ -26,8 +26,6 @@ class SampleLogger(Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if not hasattr(pl_module, "sample_predictions"):
-            return
         try:
             rows = pl_module.sample_predictions(self.num_samples, max_new_tokens=self.max_new_tokens)
         except Exception as err:  # a sample table must never kill a run

@@ -24,10 +24,10 @@ def skip_counter(trainer: pl.Trainer) -> Any | None:
 
 
 class SkipReport(Callback):
-    """Logs skipped-sample counts and writes them to `<dirpath>/<filename>` when training ends."""
+    """Logs `data/skipped` each step; at the end `data/skipped/<reason>` and `<dirpath>/skips.json`."""
 
-    def __init__(self, dirpath: str | None = None, filename: str = "skips.json") -> None:
-        self.dirpath, self.filename = dirpath, filename
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
         self.report: dict[str, Any] | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -55,7 +55,7 @@ class SkipReport(Callback):
         if not trainer.is_global_zero:
             return
         log.info("data: %s", counter.summary())
-        path = Path(self.dirpath or trainer.default_root_dir) / self.filename
+        path = Path(self.dirpath or trainer.default_root_dir) / "skips.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.report, indent=2, sort_keys=True) + "\n")
         metrics = {"data/skipped": float(self.report["total"])} | {f"data/skipped/{k}": float(v) for k, v in by_reason.items()}

@@ -143,6 +143,8 @@ def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
                 yield key, bad_row(key, f"not JSON ({e.msg})")
 
 
-def parquet_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, row dict) of a parquet file, one record batch in memory at a time."""
+def dict_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
+    """(key, row dict) of a parquet file (one record batch in memory at a time), else of JSON lines."""
+    if path.suffix != ".parquet":
+        return json_lines(path)
     return ((f"{path.name}:{n}", row) for n, row in enumerate(read_parquet(path, f"benchmarks.{name}.path")))
