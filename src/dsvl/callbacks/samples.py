@@ -1,9 +1,5 @@
-"""Sample image / prediction tables in W&B after each validation (only when a W&B logger is attached).
-
-The LightningModule provides the rows through `sample_predictions(limit) -> list[dict]` with keys
-`prompt`, `prediction`, `target` and optionally `image` (a PIL image or HxWxC array); this
-callback only knows Lightning and the W&B logger.
-"""
+"""Sample image / prediction tables in W&B after each validation (only when a W&B logger is attached),
+from the stage's `sample_predictions(limit) -> [{"prompt", "prediction", "target", "image"?}]`."""
 from __future__ import annotations
 
 import logging

@@ -7,22 +7,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {
-    "MultipleChoiceAccuracy": "dsvl.eval.metrics",
-    "MultimodalLoss": "dsvl.eval.metrics",
-    "TextPerplexity": "dsvl.eval.metrics",
-    "forward_inputs": "dsvl.eval.scoring",
-    "score_options": "dsvl.eval.scoring",
-    "sequence_nll": "dsvl.eval.scoring",
-    "ChatGenerator": "dsvl.eval.generation",
-    "GenerationSettings": "dsvl.eval.generation",
-    "plot_run": "dsvl.eval.plots",
-    "EvalError": "dsvl.eval.evaluate",
-    "evaluate_benchmark": "dsvl.eval.evaluate",
-    "evaluate_mc": "dsvl.eval.evaluate",
-    "evaluate_text": "dsvl.eval.evaluate",
-    "format_table": "dsvl.eval.evaluate",
-}
+_EXPORTS = {name: f"dsvl.eval.{module}" for module, names in {
+    "metrics": ("MultipleChoiceAccuracy", "MultimodalLoss", "TextPerplexity"),
+    "scoring": ("forward_inputs", "score_options", "sequence_nll"),
+    "generation": ("ChatGenerator", "GenerationSettings"),
+    "plots": ("plot_run",),
+    "evaluate": ("EvalError", "evaluate_benchmark", "evaluate_mc", "evaluate_text", "format_table"),
+}.items() for name in names}
 __all__ = sorted(_EXPORTS)
 
 

@@ -37,10 +37,8 @@ class EvalError(UserError):
 def evaluate_mc(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], mode: str = "text", batch_size: int = 8,
                 limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                 max_length: int | None = None) -> dict[str, Any]:
-    """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips.
-
-    A question whose longest row exceeds `max_length` tokens is skipped (counted as too_long).
-    """
+    """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips
+    (a question whose longest row exceeds `max_length` tokens is counted as too_long)."""
     urls = shard_urls(shards)
     counter = SkipCounter()
     collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt, max_length=max_length)

@@ -81,11 +81,7 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor
 
 
 class ChatGenerator:
-    """Answers conversations with a `VisionLanguageModel` (anything with `.vision_spec` and `.generate`).
-
-    >>> gen = ChatGenerator(model, tokenizer)
-    >>> gen.answer("What color is the shape?", images=["0.png"])
-    """
+    """Answers conversations with a `VisionLanguageModel` (anything with `.vision_spec` and `.generate`)."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> None:
         self.model = model

@@ -56,10 +56,8 @@ def group_runs(paths: list[Path], root: Path) -> list[tuple[str, list[Path]]]:
 
 
 def read_metrics(paths: list[Path]) -> dict[str, list[tuple[float, float]]]:
-    """metric name -> sorted (step, value) points; empty cells and non-numbers skipped.
-
-    Several files (resumed runs write new versions) are merged; a later file wins on equal steps.
-    """
+    """metric name -> sorted (step, value) points; empty cells and non-numbers skipped. Several
+    files (resumed runs write new versions) are merged; a later file wins on equal steps."""
     series: dict[str, dict[float, float]] = {}
     for path in paths:
         with path.open(newline="") as f:

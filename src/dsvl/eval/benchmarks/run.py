@@ -43,12 +43,9 @@ SHORT_ANSWER = "Answer the question using a single word or phrase."
 
 @dataclass
 class BenchmarkSpec:
-    """One entry of `benchmarks` (dsvl-eval) or `val_benchmarks` (training), checked.
-
-    `reader` is the layout (defaults to the entry's name, so `benchmarks.mmbench.path=...` reads an
-    MMBench TSV); `limit` takes the first N rows of the file; `max_length` skips (counts) option
-    rows longer than that, and cuts `text_ppl` documents to it.
-    """
+    """One entry of `benchmarks` (dsvl-eval) or `val_benchmarks` (training), checked. `reader` is the
+    layout (default: the entry's name); `limit` takes the first N rows; `max_length` skips (counts)
+    longer option rows and cuts `text_ppl` documents."""
 
     name: str
     path: str
