@@ -63,13 +63,8 @@ def _check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
         raise EvalError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}: wrong tokenizer?")
 
 
-def load_for_inference(
-    path: str | Path,
-    tokenizer: str | Path | None = None,
-    device: str | torch.device | None = "cpu",
-    dtype: str | None = None,
-    adapter: str | Path | None = None,
-) -> LoadedModel:
+def load_for_inference(path: str | Path, tokenizer: str | Path | None = None, device: str | torch.device | None = "cpu",
+                       dtype: str | None = None, adapter: str | Path | None = None) -> LoadedModel:
     """Model + tokenizer from a dsvl `.ckpt` (weights only; model, tokenizer and system prompt from the
     stage's hyperparameters), an exported directory, or one plus a peft `adapter` directory (system
     prompt from `dsvl_chat.json`, else DeepSeek-VL's default), in eval mode on `device`.

@@ -60,13 +60,8 @@ class MultipleChoiceAccuracy(Metric):
         for name in STATES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(
-        self,
-        option_nll: Tensor,
-        answer: Tensor,
-        categories: Sequence[str] | None = None,
-        keys: Sequence[str] | None = None,
-    ) -> None:
+    def update(self, option_nll: Tensor, answer: Tensor, categories: Sequence[str] | None = None,
+               keys: Sequence[str] | None = None) -> None:
         """option_nll: (B, K) float, `inf` (or nan) for options a sample lacks; answer: (B,) right option."""
         if option_nll.ndim != 2:
             raise ValueError(f"option_nll must be (batch, options), got shape {tuple(option_nll.shape)}")
