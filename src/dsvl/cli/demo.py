@@ -32,15 +32,13 @@ def evaluate_export(export_dir: Path, data_dir: Path) -> dict[str, Any]:
     """Load the exported dir as users would (transformers + dsvl) and score held-out test data."""
     from transformers import AutoConfig
 
+    from dsvl.cli.ablation import evaluate_model
     from dsvl.cli.evaluate import load_for_inference
-    from dsvl.eval.evaluate import evaluate_mc, evaluate_text
 
     hf_config = AutoConfig.from_pretrained(str(export_dir))  # the directory is a transformers model dir
     loaded = load_for_inference(export_dir, device="cpu")
-    mc = evaluate_mc(loaded.model, loaded.tokenizer, str(data_dir / "mc" / "test"), mode="text", batch_size=16,
-                     system_prompt=loaded.system_prompt)  # the export's: as the SFT data rendered conversations
-    text = evaluate_text(loaded.model, loaded.tokenizer, str(data_dir / "pretrain" / "text" / "test"), batch_size=32)
-    return {"model_type": hf_config.model_type, "mc": mc, "text": text}
+    # MC in the export's system prompt, as the SFT data rendered its conversations
+    return {"model_type": hf_config.model_type, **evaluate_model(loaded.model, loaded.tokenizer, data_dir, loaded.system_prompt)}
 
 
 def first_losses(run_dir: Path, steps: int = 5) -> dict[str, float]:

@@ -161,9 +161,7 @@ def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str,
         report["text"] = evaluate_text(loaded.model, loaded.tokenizer, text_shards, int(cfg.text.batch_size),
                                        int(cfg.text.max_length), cfg.text.get("limit"), system_prompt)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    path = Path(cfg.report)
-    if not path.is_absolute():
-        path = Path(output_dir or cfg.paths.output_dir) / path
+    path = Path(output_dir or cfg.paths.output_dir) / cfg.report  # an absolute report path stays as it is
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)
