@@ -33,11 +33,6 @@ def key_to_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
-def _encode_categories(categories: Sequence[str]) -> Tensor:
-    rows = [list(name.encode("utf-8")[:CATEGORY_BYTES].ljust(CATEGORY_BYTES, b"\x00")) for name in categories]
-    return torch.tensor(rows, dtype=torch.uint8).reshape(-1, CATEGORY_BYTES)
-
-
 class MultipleChoiceAccuracy(Metric):
     """Accuracy of multiple choice by perplexity: the predicted option is the one of lowest NLL.
 
@@ -80,7 +75,8 @@ class MultipleChoiceAccuracy(Metric):
         ids = [key_to_id(k) for k in keys] if keys is not None else [key_to_id(os.urandom(16).hex()) for _ in range(batch)]
         self.ids.append(torch.tensor(ids, dtype=torch.int64, device=option_nll.device))
         cats = categories if categories is not None else [UNCATEGORIZED] * batch
-        self.categories.append(_encode_categories(cats).to(option_nll.device))
+        rows = [list(name.encode("utf-8")[:CATEGORY_BYTES].ljust(CATEGORY_BYTES, b"\x00")) for name in cats]
+        self.categories.append(torch.tensor(rows, dtype=torch.uint8, device=option_nll.device).reshape(-1, CATEGORY_BYTES))
 
     def _states(self) -> list[Tensor]:
         """The states as tensors; typed empty rows for a state no update filled."""
