@@ -1,10 +1,8 @@
 """`dsvl-demo` (`make demo`): the whole method on a laptop CPU in a few minutes.
 
-Makes the demo data and its pretrained parts (if missing), runs stages 1-3 of `recipes/demo/`
-(each starting from the previous one's weights), exports a transformers-loadable model (save_pretrained + tokenizer),
-evaluates it on held-out data (4-way multiple choice by perplexity, text perplexity), plots the
-loss curves by modality with the language ratio, prints a summary table and writes
-`summary.json`, whose path is the last line of output.
+Makes the demo data and its pretrained parts (if missing), runs stages 1-3 of `recipes/demo/`, exports a
+transformers-loadable model, evaluates it on held-out data (4-way multiple choice by perplexity, text
+perplexity), plots the curves, prints a summary table and writes `summary.json` (the last line of output).
 
     dsvl-demo
     dsvl-demo --out outputs/demo/mine sft:trainer.max_steps=300
