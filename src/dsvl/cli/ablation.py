@@ -1,15 +1,8 @@
 """`dsvl-demo ablation` (`make ablation`): DeepSeek-VL's stage-2 findings in miniature on the demo.
 
-Trains demo stage 1 once, then each variant below from its weights for the same number of global
-steps of the same global batch (the same samples), changing one thing the paper studied:
-
-    grouped    the recipe: each global step all text or all multimodal, language share 1.0 -> 0.7
-    mixed      both modalities inside every micro-batch (paper: same quality, slower)
-    no_warmup  language share 0.7 from the first step (paper: early language drop, worse at the end)
-    no_text    language share 0: multimodal data only (paper: the LLM forgets language)
-
-Each variant is evaluated on held-out test data (text perplexity, multimodal loss, 4-way MC
-accuracy); writes `ablation.json` and `ablation.png`; the json's path is the last line of output.
+Trains demo stage 1 once, then each of `VARIANTS` from its weights for the same samples, evaluates
+each on held-out test data and writes `ablation.json` (its path is the last line of output) and
+`ablation.png`; the variants and what the paper says of each are in docs/demo.md.
 
     dsvl-demo ablation
     dsvl-demo ablation --out outputs/ablation/mine --steps 200
