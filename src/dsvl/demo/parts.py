@@ -138,8 +138,7 @@ class _ContrastiveSam(nn.Module):
         super().__init__()
         self.vision = SamVisionModel(SamVisionConfig(**PART_CONFIGS["sam"]))
         self.text = SiglipTextModel(text_config)
-        width = PART_CONFIGS["sam"]["output_channels"]
-        self.image_proj = nn.Linear(width, text_config.hidden_size)
+        self.image_proj = nn.Linear(PART_CONFIGS["sam"]["output_channels"], text_config.hidden_size)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's learnable temperature and its init
 
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

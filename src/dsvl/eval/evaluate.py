@@ -1,7 +1,5 @@
-"""Evaluation sets of a trained model: multiple choice by perplexity and held-out perplexity.
-
-Functions over a loaded `VisionLanguageModel` + tokenizer, so `dsvl-eval`, the demo and user code
-share them. Shards are read in order; bad samples are counted per reason and skipped.
+"""Evaluation sets of a loaded model + tokenizer (multiple choice by perplexity, held-out perplexity, a
+public benchmark), shared by `dsvl-eval`, the demo and user code; bad samples are counted and skipped.
 """
 from __future__ import annotations
 
