@@ -72,11 +72,8 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
         generator = ChatGenerator(loaded.model, loaded.tokenizer, pick_system_prompt(args.system_prompt, loaded))
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                                       top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-        if args.question is not None:
-            print(generator.answer(args.question, images, settings=settings))
-            return 0
         history: list[dict[str, str]] = []
-        for question in _questions(stdin or sys.stdin):
+        for question in [args.question] if args.question is not None else _questions(stdin or sys.stdin):
             turn = user_turn(question, 0 if history else len(images))
             answer = generator.generate([[*history, turn]], [images], settings)[0]
             print(answer, flush=True)
