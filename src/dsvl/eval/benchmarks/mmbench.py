@@ -39,7 +39,6 @@ def _images(cell: Any, rows_by_index: dict[str, dict[str, Any]], key: str) -> li
 
 def read_mmbench(path: Path, images: Path | None = None, name: str = "mmbench") -> Iterator[Question | BadSample]:
     """Questions of an MMBench TSV, in file order (`images` is unused: images are in the file)."""
-    del images
     csv.field_size_limit(sys.maxsize)
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
