@@ -78,6 +78,15 @@ def load_for_inference(path: str | Path, tokenizer: str | Path | None = None, de
     if not p.exists():
         raise EvalError(f"model not found: {p}")
     tok_path: str | None = str(_check_tokenizer_dir(tokenizer)) if tokenizer else None
+    torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
+    if dtype and torch_dtype is None:
+        raise EvalError(f"dtype={dtype}: expected one of {sorted(DTYPES)}")
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise EvalError(f"device={device}: {one_line(e)}") from None
     system_prompt = DEFAULT_SYSTEM_PROMPT
     try:
         if adapter or p.is_dir():
@@ -111,15 +120,6 @@ def load_for_inference(path: str | Path, tokenizer: str | Path | None = None, de
     except (ConfigError, OSError, KeyError) as e:
         raise EvalError(f"cannot load {p}: {one_line(e)}") from None
     _check_tokenizer(model, tok)
-    torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
-    if dtype and torch_dtype is None:
-        raise EvalError(f"dtype={dtype}: expected one of {sorted(DTYPES)}")
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise EvalError(f"device={device}: {one_line(e)}") from None
     model = model.to(device=device, dtype=torch_dtype).eval()
     log.info("loaded %s model from %s (tokenizer %s)", source, p, tok_path)
     return LoadedModel(model=model, tokenizer=tok, source=source, path=Path(adapter) if adapter else p,
