@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from dsvl.demo.ablation import VARIANTS
+from dsvl.cli.ablation import VARIANTS
 
 SMALL = ["stage.global_batch=4", "data.micro_batch_size=4", "data.val_batch_size=8", "data.val_max_batches=1",
          "mc_val.limit=8", "mc_val.batch_size=8", "scheduler.warmup_steps=1", "++trainer.enable_progress_bar=false"]

@@ -183,3 +183,18 @@ def test_dsvl_eval_console_entry(trained: dict[str, Path], tmp_path: Path, monke
         evaluate.main()
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1] == "dsvl-eval: error: Missing mandatory value: checkpoint"
+
+
+@pytest.mark.parametrize("option, message", [({"dtype": "fp8"}, "dtype=fp8: expected one of"),
+                                             ({"device": "gpu0"}, "device=gpu0:")])
+def test_bad_dtype_or_device_fails_before_weights_load(trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                       option: dict[str, str], message: str) -> None:
+    from dsvl.model import VisionLanguageModel
+
+    def no_load(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("weights loaded before the option was checked")
+
+    monkeypatch.setattr(VisionLanguageModel, "from_pretrained", no_load)
+    with pytest.raises(EvalError, match=message) as err:
+        load_for_inference(trained["export"], **option)
+    assert "\n" not in str(err.value)

@@ -1,9 +1,6 @@
-"""Public benchmarks at every validation (`val_benchmarks`): MMBench, MMLU, HellaSwag, a Pile-style
-text corpus... logged as `val/bench/<name>/accuracy` (`val/bench/<name>/ppl` for `text_ppl`) and
-`val/bench/<name>/num_samples`, so stage 2 is watched the way the paper's Figures 8 and 9 watch it.
-
-Each rank scores its share of the questions with the model it trains and the datamodule's
-tokenizer and system prompt; the per-question records of all ranks are gathered, so every rank
+"""Public benchmarks at every validation (`val_benchmarks`), logged as `val/bench/<name>/accuracy`
+(`.../ppl` for `text_ppl`) and `val/bench/<name>/num_samples`, as the paper's Figures 8 and 9 watch stage 2.
+Each rank scores its share of the questions; the records of all ranks are gathered, so every rank
 logs the same numbers and each question counts once.
 """
 from __future__ import annotations
@@ -37,10 +34,9 @@ def gather(records: list[Record], skips: SkipCounter, world_size: int) -> tuple[
 class BenchmarkValidation(Callback):
     """Runs the configured benchmarks at the end of every validation (not in the sanity check).
 
-    `benchmarks` maps a name to a `dsvl.eval.benchmarks.BenchmarkSpec` entry (path, images, mode,
-    limit, ...); checked when the callback is built, before any weights load. The rows are read
-    once (keep `limit` small: their images stay in memory); `reports` keeps the latest full report
-    of each benchmark (per category, skips).
+    `benchmarks` maps a name to a `BenchmarkSpec` entry, checked when the callback is built (before any
+    weights load). The rows are read once (keep `limit` small: their images stay in memory);
+    `reports` keeps the latest full report of each benchmark.
     """
 
     def __init__(self, benchmarks: Mapping[str, Mapping[str, Any]] | None = None) -> None:
@@ -61,13 +57,12 @@ class BenchmarkValidation(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.specs or trainer.sanity_checking:
             return
-        model = pl_module.model
-        datamodule = trainer.datamodule
-        tokenizer, system_prompt = datamodule.encoder.text.tokenizer, datamodule.system_prompt
+        dm = trainer.datamodule
         with torch.no_grad():
             for spec in self.specs:
                 rows = self._rows.setdefault(spec.name, list(spec.questions()))
-                records, skips = run_benchmark(model, tokenizer, spec, system_prompt, trainer.global_rank, trainer.world_size, rows)
+                records, skips = run_benchmark(pl_module.model, dm.encoder.text.tokenizer, spec, dm.system_prompt,
+                                               trainer.global_rank, trainer.world_size, rows)
                 records, skips = gather(records, skips, trainer.world_size)
                 report = self.reports[spec.name] = summarize(records, skips.as_dict())
                 metric = "ppl" if spec.reader == "text_ppl" else "accuracy"

@@ -1,7 +1,5 @@
-"""`StepLearningRateMonitor`: Lightning's `LearningRateMonitor`, once per optimizer step.
-
-Lightning's logs at every micro-batch's start under gradient accumulation (the same step and values
-again), so `metrics.csv` and the dashboards got one learning-rate row per micro-batch.
+"""`StepLearningRateMonitor`: Lightning's `LearningRateMonitor`, once per optimizer step (Lightning's logs
+at every micro-batch's start under gradient accumulation: one identical learning-rate row per micro-batch).
 """
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """Modality accounting: the scheduled language ratio against the realised share of text steps.
 
-The schedule comes from the datamodule (`trainer.datamodule.schedule`, any object with
-`language_ratio(step)` and `modality(step)`); the realised share from its `accounting`
-(`dsvl.data.DataAccounting`, the one per-modality step counter, in the data's checkpoint state).
-A micro-batch whose modality differs from the schedule's choice for its global step is counted
-and logged as `train/modality_mismatch` (it must stay 0: modality is decided per global step).
+Both come from the datamodule: `schedule` (`language_ratio(step)`, `modality(step)`) and `accounting`
+(`dsvl.data.DataAccounting`, in the data's checkpoint state). A micro-batch whose modality differs
+from the schedule's for its global step is counted as `train/modality_mismatch` (it must stay 0).
 """
 from __future__ import annotations
 
@@ -18,12 +16,6 @@ from lightning.pytorch.callbacks import Callback
 log = logging.getLogger(__name__)
 
 
-def find_schedule(trainer: pl.Trainer) -> Any | None:
-    """The datamodule's modality schedule, when its batches follow one (modes grouped / mixed)."""
-    dm = getattr(trainer, "datamodule", None)
-    return getattr(dm, "schedule", None) if getattr(dm, "mode", "grouped") in ("grouped", "mixed") else None
-
-
 class ModalityAccounting(Callback):
     """Logs `train/language_ratio` (scheduled), `train/text_share` (realised) and mismatches (in the checkpoint)."""
 
@@ -32,9 +24,9 @@ class ModalityAccounting(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         modality = str(batch.get("modality", "text")) if isinstance(batch, dict) else "text"
-        schedule = find_schedule(trainer)
-        grouped = getattr(getattr(trainer, "datamodule", None), "mode", "grouped") == "grouped"
-        expected = schedule.modality(trainer.global_step) if grouped and schedule is not None else None
+        dm = trainer.datamodule
+        grouped = getattr(dm, "mode", "grouped") == "grouped" and getattr(dm, "schedule", None) is not None
+        expected = dm.schedule.modality(trainer.global_step) if grouped else None
         if expected is not None and expected != modality:
             self.mismatches += 1
             if self.mismatches <= 3:
@@ -45,11 +37,11 @@ class ModalityAccounting(Callback):
         if (batch_idx + 1) % accumulate:
             return
         step = trainer.global_step - 1  # the optimizer step that just finished
-        schedule = find_schedule(trainer)
-        if schedule is not None:
-            pl_module.log("train/language_ratio", float(schedule.language_ratio(max(step, 0))), on_step=True, batch_size=1)
-        accounting = getattr(getattr(trainer, "datamodule", None), "accounting", None)
-        share = accounting.text_share if accounting is not None else math.nan
+        dm = trainer.datamodule
+        # a schedule the batches follow (modes grouped / mixed)
+        if getattr(dm, "schedule", None) is not None and getattr(dm, "mode", "grouped") in ("grouped", "mixed"):
+            pl_module.log("train/language_ratio", float(dm.schedule.language_ratio(max(step, 0))), on_step=True, batch_size=1)
+        share = dm.accounting.text_share if getattr(dm, "accounting", None) is not None else math.nan
         if not math.isnan(share):
             pl_module.log("train/text_share", share, on_step=True, batch_size=1)
         pl_module.log("train/modality_mismatch", float(self.mismatches), on_step=True, batch_size=1)

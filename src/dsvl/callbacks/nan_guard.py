@@ -40,7 +40,6 @@ class NonFiniteGuard(Callback):
         self.skipped = 0  # total, across resumes (kept in the checkpoint)
         self.consecutive = 0
         self._loss_bad = False  # any micro-batch of the current global step had a non-finite loss
-        self._first_bad_step: int | None = None
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if not bool(torch.isfinite(loss.detach()).all()):
@@ -55,7 +54,7 @@ class NonFiniteGuard(Callback):
         if trainer.world_size > 1:
             bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
         if not bad:
-            self.consecutive, self._first_bad_step = 0, None
+            self.consecutive = 0
             return
         if owns_grads:
             for p in params:  # no gradient -> torch optimizers skip the parameter entirely
@@ -63,13 +62,13 @@ class NonFiniteGuard(Callback):
         self.skipped += 1
         self.consecutive += 1
         step = trainer.global_step
-        self._first_bad_step = step if self._first_bad_step is None else self._first_bad_step
         log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in total)",
                     step, self.consecutive, self.skipped)
         if self.consecutive >= self.max_consecutive:
+            first = step - self.consecutive + 1  # a skipped update still counts as a global step
             ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(trainer.checkpoint_callback, "dirpath", "")
             raise NonFiniteLossError(
-                f"{self.consecutive} consecutive steps with non-finite loss or gradients (steps {self._first_bad_step}-{step}), "
+                f"{self.consecutive} consecutive steps with non-finite loss or gradients (steps {first}-{step}), "
                 f"stopping; no bad update was applied, the last checkpoint is intact{f' ({ckpt})' if ckpt else ''}. "
                 "Lower optim.lr, check the data, or raise callbacks.nonfinite_guard.max_consecutive"
             )

@@ -61,6 +61,5 @@ class PeftAdapter(Callback):
             return
         base = model.config.get("pretrained") if isinstance(model.config, dict) else None
         save_adapter(model, self.dirpath, base=str(base) if base else None, state=state)
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "system_prompt"):  # dsvl-chat --adapter prompts as training did
-            write_system_prompt(self.dirpath, datamodule.system_prompt)
+        if hasattr(trainer.datamodule, "system_prompt"):  # dsvl-chat --adapter prompts as training did
+            write_system_prompt(self.dirpath, trainer.datamodule.system_prompt)

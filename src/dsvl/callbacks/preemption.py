@@ -1,9 +1,8 @@
 """Preemption: on SIGTERM finish the current global step, stop, and let the process exit 0 (docs/reliability.md).
 
-Lightning's own SIGTERM handling stops after the current *micro*-batch, which with gradient
-accumulation is mid-step and cannot be resumed exactly; here the signal only raises a flag and the
-fit stops at the next global-step boundary (all ranks agree by an all-reduce), where `RunCheckpoint`
-saves `last.ckpt`. SLURM's requeue signal is left to Lightning's `SLURMEnvironment`.
+Lightning's own SIGTERM handling stops after the current *micro*-batch: mid-step under gradient
+accumulation, not exactly resumable. Here the signal raises a flag and the fit stops at the next global-step
+boundary (all ranks agree), where `RunCheckpoint` saves `last.ckpt`. SLURM requeue is Lightning's.
 """
 from __future__ import annotations
 

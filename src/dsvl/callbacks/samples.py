@@ -1,9 +1,5 @@
-"""Sample image / prediction tables in W&B after each validation (only when a W&B logger is attached).
-
-The LightningModule provides the rows through `sample_predictions(limit) -> list[dict]` with keys
-`prompt`, `prediction`, `target` and optionally `image` (a PIL image or HxWxC array); this
-callback only knows Lightning and the W&B logger.
-"""
+"""Sample image / prediction tables in W&B after each validation (only when a W&B logger is attached),
+from the stage's `sample_predictions(limit) -> [{"prompt", "prediction", "target", "image"?}]`."""
 from __future__ import annotations
 
 import logging
@@ -26,11 +22,8 @@ class SampleLogger(Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        sampler = getattr(pl_module, "sample_predictions", None)
-        if sampler is None:
-            return
         try:
-            rows = sampler(self.num_samples, max_new_tokens=self.max_new_tokens)
+            rows = pl_module.sample_predictions(self.num_samples, max_new_tokens=self.max_new_tokens)
         except Exception as err:  # a sample table must never kill a run
             log.warning("sample predictions failed: %s", err)
             return
@@ -38,11 +31,7 @@ class SampleLogger(Callback):
             return
         import wandb
 
-        columns = ["step", "image", "prompt", "prediction", "target"]
-        data = [
-            [trainer.global_step, wandb.Image(r["image"]) if r.get("image") is not None else None,
-             r.get("prompt", ""), r.get("prediction", ""), r.get("target", "")]
-            for r in rows
-        ]
+        data = [[trainer.global_step, wandb.Image(r["image"]) if r.get("image") is not None else None,
+                 r.get("prompt", ""), r.get("prediction", ""), r.get("target", "")] for r in rows]
         for lg in loggers:
-            lg.experiment.log({"val/samples": wandb.Table(columns=columns, data=data), "trainer/global_step": trainer.global_step})
+            lg.log_table("val/samples", ["step", "image", "prompt", "prediction", "target"], data, step=trainer.global_step)

@@ -1,11 +1,8 @@
 """End-of-run report of skipped samples: `skips.json` in the run dir, metrics in every logger.
 
-Bad samples are skipped and counted where they are read (DataLoader workers, every rank); the
-datamodule merges the workers' counts of what training consumed (`skip_counts()`), and this
-callback sums them over ranks, logs `data/skipped` each step and `data/skipped/<reason>` at the
-end, and writes `{"total", "by_reason", "global_step"}` to `<dirpath>/skips.json`. It reads the
-datamodule by duck typing (`skip_counts() -> .all_reduce() / .as_dict() / .summary()`), so it
-only needs Lightning.
+Bad samples are counted where they are read (DataLoader workers, every rank); the datamodule's
+`skip_counts()` merges the workers' counts, this callback sums the ranks'. It reads the datamodule
+by duck typing (`skip_counts() -> .all_reduce() / .as_dict() / .summary()`), so it only needs Lightning.
 """
 from __future__ import annotations
 
@@ -27,10 +24,10 @@ def skip_counter(trainer: pl.Trainer) -> Any | None:
 
 
 class SkipReport(Callback):
-    """Logs skipped-sample counts and writes them to `<dirpath>/<filename>` when training ends."""
+    """Logs `data/skipped` each step; at the end `data/skipped/<reason>` and `<dirpath>/skips.json`."""
 
-    def __init__(self, dirpath: str | None = None, filename: str = "skips.json") -> None:
-        self.dirpath, self.filename = dirpath, filename
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
         self.report: dict[str, Any] | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -58,7 +55,7 @@ class SkipReport(Callback):
         if not trainer.is_global_zero:
             return
         log.info("data: %s", counter.summary())
-        path = Path(self.dirpath or trainer.default_root_dir) / self.filename
+        path = Path(self.dirpath or trainer.default_root_dir) / "skips.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.report, indent=2, sort_keys=True) + "\n")
         metrics = {"data/skipped": float(self.report["total"])} | {f"data/skipped/{k}": float(v) for k, v in by_reason.items()}

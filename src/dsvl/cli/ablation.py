@@ -1,9 +1,8 @@
-"""`dsvl-demo ablation` (`make ablation`): the paper's stage-2 findings (modality grouping,
-modality warm-up, language share) in miniature on the demo, from one set of stage-1 weights.
+"""`dsvl-demo ablation` (`make ablation`): DeepSeek-VL's stage-2 findings in miniature on the demo.
 
-Trains demo stage 1 once, then each variant of `dsvl.demo.ablation.VARIANTS` for the same number
-of samples, evaluates each on held-out test data (text perplexity, multimodal loss, 4-way MC
-accuracy), writes `ablation.json` and `ablation.png`; the json's path is the last line of output.
+Trains demo stage 1 once, then each of `VARIANTS` from its weights for the same samples, evaluates
+each on held-out test data and writes `ablation.json` (its path is the last line of output) and
+`ablation.png`; the variants and what the paper says of each are in docs/demo.md.
 
     dsvl-demo ablation
     dsvl-demo ablation --out outputs/ablation/mine --steps 200
@@ -11,13 +10,25 @@ accuracy), writes `ablation.json` and `ablation.png`; the json's path is the las
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dsvl.eval.plots import find_metrics_csv, read_metrics
+
 log = logging.getLogger("dsvl.demo")
+
+# name -> Hydra overrides of the demo's stage-2 recipe (recipes/demo/pretrain.yaml)
+VARIANTS: dict[str, list[str]] = {
+    "grouped": [],
+    "mixed": ["data.mode=mixed"],
+    "no_warmup": ["data.schedule.start=0.7"],
+    "no_text": ["data.schedule.start=0.0", "data.schedule.target=0.0"],
+}
+CURVES = {"text_ppl": "val/text_ppl", "mc_accuracy": "val/mc_acc"}
 
 
 def train_stage(experiment: str, out_dir: Path, overrides: Sequence[str] = (), init_from: Path | None = None) -> Any:
@@ -72,13 +83,9 @@ def pretrained_text_ppl(run_dir: Path, data_dir: Path, limit: int | None = None)
 def stage_text_ppl(results: Sequence[Any], data_dir: Path) -> list[tuple[float, float]]:
     """(before, after) held-out text perplexity per stage: before stage 1 the pretrained parts,
     before every later stage the previous stage's result."""
-    before = pretrained_text_ppl(results[0].output_dir, data_dir)
-    rows = []
-    for result in results:
-        after = evaluate_checkpoint(result.checkpoint, data_dir, mc=False)["text"]["perplexity"]
-        rows.append((before, after))
-        before = after
-    return rows
+    ppl = [pretrained_text_ppl(results[0].output_dir, data_dir)]
+    ppl += [evaluate_checkpoint(r.checkpoint, data_dir, mc=False)["text"]["perplexity"] for r in results]
+    return list(zip(ppl, ppl[1:]))
 
 
 def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int, val_every: int,
@@ -89,8 +96,6 @@ def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int
     `overrides` go to every run, `stage1_overrides` to stage 1 only; `eval_limit` caps the
     held-out samples each evaluation reads (None: all)."""
     from omegaconf import OmegaConf
-
-    from dsvl.demo.ablation import VARIANTS, plot_ablation, variant_record, write_report
 
     variants = VARIANTS if variants is None else variants
     start = time.perf_counter()
@@ -104,22 +109,78 @@ def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int
         stage_overrides = [*common, f"trainer.max_steps={steps}", f"val_every_n_steps={val_every}", *extra]
         result = train_stage("demo/pretrain", out / name, stage_overrides, init_from=align.checkpoint)
         evaluation = evaluate_checkpoint(result.checkpoint, data_dir, limit=eval_limit)
-        global_batch = int(OmegaConf.load(result.output_dir / "config_resolved.yaml").stage.global_batch)
-        report["variants"][name] = variant_record(steps=int(result.metrics["trainer/global_step"]), global_batch=global_batch,
-                                                  seconds=result.metrics["perf/fit_seconds"],
-                                                  text=evaluation["text"], mc=evaluation["mc"], run_dir=result.output_dir,
-                                                  checkpoint=result.checkpoint, overrides=extra)
+        text, mc = evaluation["text"], evaluation["mc"]
+        # `seconds`: the stage's fit time, validation every few steps included (the same for every variant)
+        done, seconds = int(result.metrics["trainer/global_step"]), result.metrics["perf/fit_seconds"]
+        samples = done * int(OmegaConf.load(result.output_dir / "config_resolved.yaml").stage.global_batch)
+        series = read_metrics(find_metrics_csv(result.output_dir))
+        report["variants"][name] = {
+            "text_ppl": text["perplexity"],
+            "mm_loss": text.get("multimodal", {}).get("loss"),
+            "mc_accuracy": mc["accuracy"],
+            "mc_per_category": {k: v["accuracy"] for k, v in mc.get("per_category", {}).items()},
+            "steps": done,
+            "samples": samples,
+            "seconds": round(seconds, 2),
+            "samples_per_s": round(samples / seconds, 3) if seconds > 0 else None,
+            "text_share": series["train/text_share"][-1][1] if series.get("train/text_share") else None,  # realised
+            "overrides": extra,
+            "run_dir": str(result.output_dir),
+            "checkpoint": str(result.checkpoint),
+            "curves": {key: [(int(step), v) for step, v in series.get(metric, [])] for key, metric in CURVES.items()},
+        }
     report["plot"] = str(plot_ablation(report["variants"], out / "ablation.png", reference_ppl=reference))
     report["seconds"] = round(time.perf_counter() - start, 2)
-    write_report(report, out)
+    (out / "ablation.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def plot_ablation(variants: dict[str, dict[str, Any]], output: str | Path, reference_ppl: float | None = None) -> Path:
+    """One PNG: held-out text perplexity (left) and MC accuracy (right) over steps, a line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (key, title), ax in zip((("text_ppl", "held-out text perplexity (val)"), ("mc_accuracy", "MC accuracy (val)")), axes):
+        for name, record in variants.items():
+            points = record["curves"].get(key, [])
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
+        if key == "text_ppl":
+            ax.set_yscale("log")  # forgetting without text is orders of magnitude; the rest differ by percent
+            if reference_ppl is not None:
+                ax.axhline(reference_ppl, color="grey", linestyle="--", linewidth=1, label="pretrained LLM")
+        if key == "mc_accuracy":
+            ax.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.set_title(title)
+        ax.set_xlabel("global step")
+        ax.legend(fontsize=8)
+    fig.suptitle("demo stage-2 ablation (same stage-1 weights, same samples)")
+    fig.tight_layout()
+    out = Path(output)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def format_ablation(report: dict[str, Any]) -> str:
+    """The ablation's table: one row per variant."""
+    header = f"{'variant':<10} {'text ppl':>9} {'MC acc':>7} {'mm loss':>8} {'samples/s':>10} {'seconds':>8}"
+    lines = [header, "-" * len(header)]
+    for name, v in report["variants"].items():
+        mm = f"{v['mm_loss']:.3f}" if v.get("mm_loss") is not None else "-"
+        lines.append(f"{name:<10} {v['text_ppl']:>9.3f} {v['mc_accuracy']:>7.3f} {mm:>8} {v['samples_per_s']:>10.2f} {v['seconds']:>8.1f}")
+    if report.get("reference_text_ppl") is not None:
+        lines.append(f"pretrained LLM (before stage 1) held-out text perplexity: {report['reference_text_ppl']:.3f}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`dsvl-demo ablation ...`."""
     from dsvl.cli._config import guarded
     from dsvl.cli.demo_setup import ensure_demo_data, quiet_logging
-    from dsvl.demo.ablation import format_ablation
     from dsvl.cli.train import close_wandb
 
     parser = argparse.ArgumentParser(prog="dsvl-demo ablation", description=__doc__.split("\n\n")[0])

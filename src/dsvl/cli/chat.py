@@ -47,10 +47,7 @@ def _questions(stream: TextIO) -> Iterator[str]:
     while True:
         if interactive:
             print("you> ", end="", flush=True)
-        line = stream.readline()
-        if not line:
-            return
-        question = line.strip()
+        question = stream.readline().strip()  # "" at EOF
         if not question or question.lower() in EXIT_WORDS:
             return
         yield question
@@ -59,12 +56,14 @@ def _questions(stream: TextIO) -> Iterator[str]:
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     """Console script `dsvl-chat`; returns the exit code (2 with a one-line message on bad input)."""
     args = parse_args(argv)
-    from dsvl.cli.evaluate import EvalError, load_for_inference, pick_system_prompt, quiet_transformers
+    from transformers.utils import logging as hf_logging
+
+    from dsvl.cli.evaluate import EvalError, load_for_inference, pick_system_prompt
     from dsvl.eval.generation import ChatGenerator, GenerationSettings, load_image, user_turn
 
     if args.max_new_tokens < 1:
         fail(PROG, "--max-new-tokens must be >= 1")
-    quiet_transformers()
+    hf_logging.disable_progress_bar()
     try:
         images = [load_image(path) for path in args.image]
         loaded = load_for_inference(args.model, args.tokenizer, args.device, args.dtype, adapter=args.adapter)
@@ -73,11 +72,8 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
         generator = ChatGenerator(loaded.model, loaded.tokenizer, pick_system_prompt(args.system_prompt, loaded))
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                                       top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-        if args.question is not None:
-            print(generator.answer(args.question, images, settings=settings))
-            return 0
         history: list[dict[str, str]] = []
-        for question in _questions(stdin or sys.stdin):
+        for question in [args.question] if args.question is not None else _questions(stdin or sys.stdin):
             turn = user_turn(question, 0 if history else len(images))
             answer = generator.generate([[*history, turn]], [images], settings)[0]
             print(answer, flush=True)

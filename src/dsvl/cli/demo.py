@@ -1,10 +1,8 @@
 """`dsvl-demo` (`make demo`): the whole method on a laptop CPU in a few minutes.
 
-Makes the demo data and its pretrained parts (if missing), runs stages 1-3 of `recipes/demo/`
-(each starting from the previous one's weights), exports a transformers-loadable model (save_pretrained + tokenizer),
-evaluates it on held-out data (4-way multiple choice by perplexity, text perplexity), plots the
-loss curves by modality with the language ratio, prints a summary table and writes
-`summary.json`, whose path is the last line of output.
+Makes the demo data and its pretrained parts (if missing), runs stages 1-3 of `recipes/demo/`, exports a
+transformers-loadable model, evaluates it on held-out data (4-way multiple choice by perplexity, text
+perplexity), plots the curves, prints a summary table and writes `summary.json` (the last line of output).
 
     dsvl-demo
     dsvl-demo --out outputs/demo/mine sft:trainer.max_steps=300
@@ -32,34 +30,41 @@ def evaluate_export(export_dir: Path, data_dir: Path) -> dict[str, Any]:
     """Load the exported dir as users would (transformers + dsvl) and score held-out test data."""
     from transformers import AutoConfig
 
+    from dsvl.cli.ablation import evaluate_model
     from dsvl.cli.evaluate import load_for_inference
-    from dsvl.eval.evaluate import evaluate_mc, evaluate_text
 
     hf_config = AutoConfig.from_pretrained(str(export_dir))  # the directory is a transformers model dir
     loaded = load_for_inference(export_dir, device="cpu")
-    mc = evaluate_mc(loaded.model, loaded.tokenizer, str(data_dir / "mc" / "test"), mode="text", batch_size=16,
-                     system_prompt=loaded.system_prompt)  # the export's: as the SFT data rendered conversations
-    text = evaluate_text(loaded.model, loaded.tokenizer, str(data_dir / "pretrain" / "text" / "test"), batch_size=32)
-    return {"model_type": hf_config.model_type, "mc": mc, "text": text}
+    # MC in the export's system prompt, as the SFT data rendered its conversations
+    return {"model_type": hf_config.model_type, **evaluate_model(loaded.model, loaded.tokenizer, data_dir, loaded.system_prompt)}
+
+
+def first_losses(run_dir: Path, steps: int = 5) -> dict[str, float]:
+    """`first/loss_<modality>`: the mean training loss over the first `steps` steps of that modality
+    (the start the stage's final loss is compared with)."""
+    from dsvl.eval.plots import find_metrics_csv, read_metrics
+
+    series = read_metrics(find_metrics_csv(run_dir))
+    points = {m: series.get(f"train/loss_{m}", [])[:steps] for m in ("text", "multimodal")}
+    return {f"first/loss_{m}": sum(v for _, v in p) / len(p) for m, p in points.items() if p}
 
 
 SUMMARY_COLUMNS = (("loss text", "train/loss_text"), ("loss mm", "train/loss_multimodal"), ("mm first", "first/loss_multimodal"),
                    ("text ppl before", "text_ppl_before"), ("after", "text_ppl_after"))
 
 
-def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any],
-                   columns: Sequence[tuple[str, str]] = SUMMARY_COLUMNS) -> str:
-    """The demo's table: per stage steps, seconds and one column per (title, metric name) of the stage's
-    metrics (default: last and first loss by modality, held-out text perplexity before and after the
-    stage: forgetting, or its absence, as a number); then held-out metrics."""
+def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any]) -> str:
+    """The demo's table: per stage steps, seconds and `SUMMARY_COLUMNS` (last and first loss by modality,
+    held-out text perplexity before and after the stage: forgetting, or its absence, as a number);
+    then held-out metrics."""
     def cell(v: float | None, width: int) -> str:
         return f"{v:>{width}.3f}" if v is not None else f"{'-':>{width}}"
 
-    header = f"{'stage':<9} {'steps':>6} {'seconds':>8}" + "".join(f" {title:>10}" for title, _ in columns)
+    header = f"{'stage':<9} {'steps':>6} {'seconds':>8}" + "".join(f" {title:>10}" for title, _ in SUMMARY_COLUMNS)
     lines = [header, "-" * len(header)]
     for s in stages:
         lines.append(f"{s['stage']:<9} {s['steps']:>6} {s['seconds']:>8.1f}"
-                     + "".join(f" {cell(s['metrics'].get(name), max(10, len(title)))}" for title, name in columns))
+                     + "".join(f" {cell(s['metrics'].get(name), max(10, len(title)))}" for title, name in SUMMARY_COLUMNS))
     mc = evaluation["mc"]
     lines.append("")
     lines.append(f"multiple-choice accuracy (held-out, 4-way, chance {CHANCE}): {mc['accuracy']:.3f} on {mc['num_samples']} questions")
@@ -110,13 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (FileNotFoundError, ValueError) as err:
                 log.warning("no plot for %s: %s", r.stage, err)
         from dsvl.cli.ablation import stage_text_ppl
-        from dsvl.demo.runs import first_losses
 
         ppl = stage_text_ppl(results, data_dir)
         stages = [{"stage": r.stage, "steps": int(r.metrics["trainer/global_step"]),
                    "seconds": round(r.metrics["perf/fit_seconds"], 2),
                    "metrics": {**r.metrics, "text_ppl_before": before, "text_ppl_after": after,
-                               **{f"first/loss_{m}": v for m, v in first_losses(r.output_dir).items()}},
+                               **first_losses(r.output_dir)},
                    "final_loss": {m: r.metrics[f"train/loss_{m}"] for m in ("text", "multimodal") if f"train/loss_{m}" in r.metrics},
                    "text_ppl_before": before, "text_ppl_after": after,
                    "checkpoint": str(r.checkpoint), "run_dir": str(r.output_dir),

@@ -1,15 +1,10 @@
-"""`dsvl-eval`: public benchmarks, multiple choice by perplexity and held-out text perplexity of a trained model.
-
-Loading lives here (it reuses the training side's checkpoint reader); the evaluation itself is
-`dsvl.eval.evaluate` and `dsvl.eval.benchmarks`.
+"""`dsvl-eval`: public benchmarks, multiple choice by perplexity and held-out text perplexity of a trained model
+(a `dsvl-train` `.ckpt` or an exported directory, loaded by `load_for_inference`, shared with `dsvl-chat`);
+prints a table and writes a JSON report. The evaluation itself is `dsvl.eval.evaluate` and `dsvl.eval.benchmarks`.
 
     dsvl-eval checkpoint=outputs/export/demo benchmarks.mmbench.path=MMBench_DEV_EN.tsv benchmarks.mmlu.path=mmlu/test
     dsvl-eval checkpoint=outputs/train/<run>/checkpoints/last.ckpt mc.shards=data/demo/mc/val
     dsvl-eval checkpoint=outputs/export/demo text.shards=data/demo/pretrain/text/val mc.modes=[text,letter]
-
-Accepts a Lightning `.ckpt` of `dsvl-train` (it saves its model config, tokenizer and system prompt) and an
-exported `save_pretrained` directory alike (`load_for_inference`, shared with `dsvl-chat`).
-Prints a table and writes a JSON report.
 """
 from __future__ import annotations
 
@@ -23,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from transformers.utils import logging as hf_logging
 
 from dsvl.cli._config import hydra_app, one_line
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN
@@ -50,19 +46,11 @@ class LoadedModel:
     system_prompt: str | None  # the one the model trained with when known, else DeepSeek-VL's default
 
 
-# ---------------------------------------------------------------------------------------- loading
 def _check_tokenizer_dir(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir() or not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise EvalError(f"no tokenizer in {p} (expected tokenizer.json / tokenizer_config.json); pass --tokenizer / tokenizer=DIR")
     return p
-
-
-def load_tokenizer(path: str | Path) -> Any:
-    """A transformers tokenizer from a local directory (never downloads)."""
-    from dsvl.data import load_tokenizer as load_local
-
-    return load_local(str(_check_tokenizer_dir(path)))
 
 
 def _check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
@@ -75,36 +63,13 @@ def _check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
         raise EvalError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}: wrong tokenizer?")
 
 
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise EvalError(f"device={name}: {one_line(e)}") from None
-
-
-def quiet_transformers() -> None:
-    """No per-load progress bars on a CLI's stderr (errors there must stay one line)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-def load_for_inference(
-    path: str | Path,
-    tokenizer: str | Path | None = None,
-    device: str | torch.device | None = "cpu",
-    dtype: str | None = None,
-    adapter: str | Path | None = None,
-) -> LoadedModel:
-    """Model + tokenizer from a dsvl `.ckpt`, an exported directory, or a base directory plus a peft
-    `adapter` directory, in eval mode on `device`.
-
-    Checkpoints load with `torch.load(weights_only=True)` and rebuild their model, tokenizer and system prompt
-    from the stage's saved hyperparameters; exports and adapters give their system prompt in `dsvl_chat.json`
-    (else DeepSeek-VL's default).
+def load_for_inference(path: str | Path, tokenizer: str | Path | None = None, device: str | torch.device | None = "cpu",
+                       dtype: str | None = None, adapter: str | Path | None = None) -> LoadedModel:
+    """Model + tokenizer from a dsvl `.ckpt` (weights only; model, tokenizer and system prompt from the
+    stage's hyperparameters), an exported directory, or one plus a peft `adapter` directory (system
+    prompt from `dsvl_chat.json`, else DeepSeek-VL's default), in eval mode on `device`.
     """
+    from dsvl.data import load_tokenizer
     from dsvl.model import ConfigError, VisionLanguageModel
     from dsvl.model.export import exported_system_prompt
     from dsvl.stages.checkpoint import InitFromError, load_stage_checkpoint
@@ -113,13 +78,22 @@ def load_for_inference(
     if not p.exists():
         raise EvalError(f"model not found: {p}")
     tok_path: str | None = str(_check_tokenizer_dir(tokenizer)) if tokenizer else None
+    torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
+    if dtype and torch_dtype is None:
+        raise EvalError(f"dtype={dtype}: expected one of {sorted(DTYPES)}")
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise EvalError(f"device={device}: {one_line(e)}") from None
     system_prompt = DEFAULT_SYSTEM_PROMPT
     try:
         if adapter or p.is_dir():
             if not (p / "config.json").is_file():
                 raise EvalError(f"an adapter needs the base model's transformers directory; {p} has no config.json" if adapter
                                 else f"{p} is not an exported model directory (no config.json); expected save_pretrained output or a .ckpt")
-            tok = load_tokenizer(tok_path := tok_path or str(p))
+            tok = load_tokenizer(tok_path := tok_path or str(_check_tokenizer_dir(p)))
             model = VisionLanguageModel.from_pretrained(str(p), adapter=adapter)
             for folder in filter(None, (p, adapter)):  # the adapter's dsvl_chat.json wins over the base's
                 system_prompt = exported_system_prompt(folder, system_prompt)
@@ -133,7 +107,7 @@ def load_for_inference(
             tok_path = tok_path or saved.hparams.get("tokenizer")
             if tok_path is None:
                 raise EvalError(f"{p}: the checkpoint names no tokenizer; pass --tokenizer / tokenizer=DIR")
-            tok = load_tokenizer(tok_path)
+            tok = load_tokenizer(str(_check_tokenizer_dir(tok_path)))
             source = "checkpoint"
         else:
             raise EvalError(f"{p}: expected a Lightning .ckpt file or an exported model directory")
@@ -146,11 +120,7 @@ def load_for_inference(
     except (ConfigError, OSError, KeyError) as e:
         raise EvalError(f"cannot load {p}: {one_line(e)}") from None
     _check_tokenizer(model, tok)
-    torch_dtype = DTYPES.get(str(dtype).lower()) if dtype else None
-    if dtype and torch_dtype is None:
-        raise EvalError(f"dtype={dtype}: expected one of {sorted(DTYPES)}")
-    model = model.to(device=resolve_device(device), dtype=torch_dtype)
-    model.eval()
+    model = model.to(device=device, dtype=torch_dtype).eval()
     log.info("loaded %s model from %s (tokenizer %s)", source, p, tok_path)
     return LoadedModel(model=model, tokenizer=tok, source=source, path=Path(adapter) if adapter else p,
                        tokenizer_path=str(tok_path), system_prompt=system_prompt)
@@ -191,9 +161,7 @@ def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str,
         report["text"] = evaluate_text(loaded.model, loaded.tokenizer, text_shards, int(cfg.text.batch_size),
                                        int(cfg.text.max_length), cfg.text.get("limit"), system_prompt)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    path = Path(cfg.report)
-    if not path.is_absolute():
-        path = Path(output_dir or cfg.paths.output_dir) / path
+    path = Path(output_dir or cfg.paths.output_dir) / cfg.report  # an absolute report path stays as it is
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)
@@ -203,7 +171,7 @@ def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str,
 @hydra_app(PROG, config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Console script `dsvl-eval`: `run_eval`, then the table; a user's mistake is one line and exit 2."""
-    quiet_transformers()
+    hf_logging.disable_progress_bar()  # no per-load progress bars on stderr (errors there must stay one line)
     report = run_eval(cfg)
     print(format_table(report))
     print(f"report: {report['report_path']}")

@@ -10,8 +10,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,41 +58,21 @@ LR = {"siglip": 3e-3, "sam": 3e-3, "llm": 3e-3}
 LLM_ROW = 128
 
 
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """A fixed intra-op thread count (results depend on it) for the duration, then the caller's."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _shards(root: Path) -> list[str]:
+def _samples(root: Path) -> list[Any]:
     urls = sorted(str(p) for p in root.glob("*.tar"))
     if not urls:
         raise FileNotFoundError(f"no shards in {root}; make the demo data first (dsvl-data demo)")
-    return urls
-
-
-def _samples(root: Path) -> list[Any]:
-    return [parse_sample(raw) for url in _shards(root) for raw in read_tar(url)]
-
-
-def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over 5% of the steps, cosine decay to 0."""
-    warm = max(1, steps // 20)
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return [parse_sample(raw) for url in urls for raw in read_tar(url)]
 
 
 def _fit(params: list[nn.Parameter], loss_fn: Any, batches: list[Any], lr: float, epochs: int,
          gen: torch.Generator) -> list[float]:
     """AdamW over `epochs` shuffled passes of `batches` (index lists); returns the per-epoch mean loss."""
-    steps = epochs * len(batches)
+    steps, warm = epochs * len(batches), max(1, epochs * len(batches) // 20)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    sched = _schedule(opt, steps)
+    # linear warm-up over 5% of the steps, cosine decay to 0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     history = []
     for _ in range(epochs):
         total = 0.0
@@ -129,11 +107,6 @@ def _captions(tokenizer: Any, texts: list[str]) -> torch.Tensor:
     return rows
 
 
-def _text_config(tokenizer: Any) -> SiglipTextConfig:
-    return SiglipTextConfig(vocab_size=len(tokenizer), pad_token_id=int(tokenizer.pad_token_id),
-                            bos_token_id=int(tokenizer.bos_token_id), eos_token_id=int(tokenizer.eos_token_id), **TEXT_TOWER)
-
-
 def scene_labels(scenes: list[Scene]) -> torch.Tensor:
     """(n, 3) class indices of each scene's colour, shape and count (the words its captions use)."""
     return torch.tensor([[ATTRIBUTES[0].index(sc.color), ATTRIBUTES[1].index(sc.shape), sc.count - 1] for sc in scenes])
@@ -165,8 +138,7 @@ class _ContrastiveSam(nn.Module):
         super().__init__()
         self.vision = SamVisionModel(SamVisionConfig(**PART_CONFIGS["sam"]))
         self.text = SiglipTextModel(text_config)
-        width = PART_CONFIGS["sam"]["output_channels"]
-        self.image_proj = nn.Linear(width, text_config.hidden_size)
+        self.image_proj = nn.Linear(PART_CONFIGS["sam"]["output_channels"], text_config.hidden_size)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's learnable temperature and its init
 
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -179,7 +151,9 @@ class _ContrastiveSam(nn.Module):
 def pretrain_sam(pixels: torch.Tensor, captions: torch.Tensor, tokenizer: Any, epochs: int,
                  gen: torch.Generator) -> tuple[SamVisionModel, list[float]]:
     """Contrastive image-text pretraining of the SAM tower; returns the `SamVisionModel`."""
-    model = _ContrastiveSam(_text_config(tokenizer))
+    model = _ContrastiveSam(SiglipTextConfig(vocab_size=len(tokenizer), pad_token_id=int(tokenizer.pad_token_id),
+                                             bos_token_id=int(tokenizer.bos_token_id),
+                                             eos_token_id=int(tokenizer.eos_token_id), **TEXT_TOWER))
     model.train()
     history = _fit(list(model.parameters()), lambda idx: model(pixels[idx], captions[idx]),
                    _chunks(len(pixels), BATCH["sam"], gen), LR["sam"], epochs, gen)
@@ -205,14 +179,11 @@ def pretrain_llm(rows: torch.Tensor, epochs: int, gen: torch.Generator) -> tuple
     return model.eval(), history
 
 
-def tower_specs() -> dict[str, ImageInputSpec]:
-    """Each tower's image input as training reads it (size and normalisation of the tower's family)."""
-    return {"siglip": ImageInputSpec("pixel_values", PART_CONFIGS["siglip"]["image_size"], SIGLIP_MEAN, SIGLIP_STD),
-            "sam": ImageInputSpec("high_res_pixel_values", PART_CONFIGS["sam"]["image_size"], CLIP_MEAN, CLIP_STD)}
-
-
 def _pixels(name: str, images: list[Any]) -> torch.Tensor:
-    spec = tower_specs()[name]
+    """Images as the tower's training input (size and normalisation of its family)."""
+    size = PART_CONFIGS[name]["image_size"]
+    spec = (ImageInputSpec("pixel_values", size, SIGLIP_MEAN, SIGLIP_STD) if name == "siglip"
+            else ImageInputSpec("high_res_pixel_values", size, CLIP_MEAN, CLIP_STD))
     return ImagePreprocessor(VisionSpec((spec,)))(images)[spec.name]
 
 
@@ -224,7 +195,9 @@ def make_part(name: str, data_dir: str | Path, out_dir: str | Path, seed: int, e
     """Pretrain one part (`llm`, `siglip` or `sam`) on the demo data and save it to `out_dir/name`;
     the same result in any process (own seeds, fixed thread count)."""
     data, t0, cpu = Path(data_dir), time.perf_counter(), time.process_time()
-    with _threads(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # results depend on the intra-op thread count
+    try:
         tokenizer = load_tokenizer(str(data / "tokenizer"))
         pairs = _samples(data / "align" / "caption" / "train")
         k = SEED_OFFSET[name]
@@ -243,6 +216,8 @@ def make_part(name: str, data_dir: str | Path, out_dir: str | Path, seed: int, e
             model, history = pretrain_sam(_pixels(name, [s.images[0] for s in pairs]),
                                           _captions(tokenizer, [s.text for s in pairs]), tokenizer, epochs, gen)
         model.save_pretrained(Path(out_dir) / name)
+    finally:
+        torch.set_num_threads(before)
     seconds = time.perf_counter() - t0
     log.info("demo part %s: loss %.3f -> %.3f in %.1fs", name, history[0], history[-1], seconds)
     return {"loss_first_epoch": round(history[0], 4), "loss_last_epoch": round(history[-1], 4), "epochs": epochs,

@@ -1,7 +1,5 @@
-"""Evaluation sets of a trained model: multiple choice by perplexity and held-out perplexity.
-
-Functions over a loaded `VisionLanguageModel` + tokenizer, so `dsvl-eval`, the demo and user code
-share them. Shards are read in order; bad samples are counted per reason and skipped.
+"""Evaluation sets of a loaded model + tokenizer (multiple choice by perplexity, held-out perplexity, a
+public benchmark), shared by `dsvl-eval`, the demo and user code; bad samples are counted and skipped.
 """
 from __future__ import annotations
 
@@ -37,10 +35,8 @@ class EvalError(UserError):
 def evaluate_mc(model: nn.Module, tokenizer: Any, shards: str | Sequence[str], mode: str = "text", batch_size: int = 8,
                 limit: int | None = None, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                 max_length: int | None = None) -> dict[str, Any]:
-    """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips.
-
-    A question whose longest row exceeds `max_length` tokens is skipped (counted as too_long).
-    """
+    """Accuracy by option perplexity on MC shards: overall, per category, sample count, skips
+    (a question whose longest row exceeds `max_length` tokens is counted as too_long)."""
     urls = shard_urls(shards)
     counter = SkipCounter()
     collate = MultipleChoiceCollator(tokenizer, model.vision_spec, mode=mode, system_prompt=system_prompt, max_length=max_length)
@@ -75,16 +71,16 @@ def evaluate_text(model: nn.Module, tokenizer: Any, shards: str | Sequence[str],
             out = model(**forward_inputs(batch), labels=batch["labels"])
             metrics[modality].update(out.loss.float().cpu(), out.num_loss_tokens.cpu())
             samples[modality] += len(group)
+    if not samples["text"] and not samples["multimodal"]:
+        raise EvalError(f"no usable samples in {shards} ({counter.summary()})")
     result: dict[str, Any] = {"shards": urls, "skipped": counter.as_dict()}
     if samples["text"]:
         m = metrics["text"]
         result.update(perplexity=float(m.compute()), loss=float(m.mean_value / m.weight),
                       num_tokens=int(m.weight), num_samples=samples["text"])
     if samples["multimodal"]:
-        result["multimodal"] = {"loss": float(metrics["multimodal"].compute()),
-                                "num_tokens": int(metrics["multimodal"].weight), "num_samples": samples["multimodal"]}
-    if not samples["text"] and not samples["multimodal"]:
-        raise EvalError(f"no usable samples in {shards} ({counter.summary()})")
+        m = metrics["multimodal"]
+        result["multimodal"] = {"loss": float(m.compute()), "num_tokens": int(m.weight), "num_samples": samples["multimodal"]}
     return result
 
 
@@ -100,30 +96,22 @@ def evaluate_benchmark(model: nn.Module, tokenizer: Any, spec: BenchmarkSpec,
 BENCH_METRICS = ("accuracy", "row_accuracy", "precision", "recall", "f1", "yes_ratio", "perplexity")
 
 
-def _benchmark_rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, str]]:
-    rows = [(f"{name}/{m}", f"{res[m]:.4f}", str(res["num_samples"])) for m in BENCH_METRICS if m in res]
-    for fld, values in res.get("per_category", {}).items():
-        rows += [(f"{name}/{fld}/{value}", f"{c['accuracy']:.4f}", str(c["num_samples"])) for value, c in values.items()]
-    if res["skipped"]:
-        rows.append((f"{name}/skipped", ", ".join(f"{k}={v}" for k, v in res["skipped"].items()), ""))
-    return rows
-
-
 def format_table(report: dict[str, Any]) -> str:
     """The report as an aligned plain-text table (one row per metric)."""
     rows: list[tuple[str, str, str]] = []
     for name, res in report.get("benchmarks", {}).items():
-        rows += _benchmark_rows(name, res)
+        rows += [(f"{name}/{m}", f"{res[m]:.4f}", str(res["num_samples"])) for m in BENCH_METRICS if m in res]
+        for fld, values in res.get("per_category", {}).items():
+            rows += [(f"{name}/{fld}/{value}", f"{c['accuracy']:.4f}", str(c["num_samples"])) for value, c in values.items()]
+        if res["skipped"]:
+            rows.append((f"{name}/skipped", ", ".join(f"{k}={v}" for k, v in res["skipped"].items()), ""))
     for mode, res in report.get("mc", {}).items():
-        rows.append((f"mc/{mode}/accuracy", f"{res['accuracy']:.4f}", str(res["num_samples"])))
-        for cat, c in res["per_category"].items():
+        for cat, c in [("accuracy", res), *res["per_category"].items()]:
             rows.append((f"mc/{mode}/{cat}", f"{c['accuracy']:.4f}", str(c["num_samples"])))
-    text = report.get("text")
-    if text:
-        if "perplexity" in text:
-            rows.append(("text/perplexity", f"{text['perplexity']:.4f}", str(text["num_samples"])))
-        if "multimodal" in text:
-            rows.append(("multimodal/loss", f"{text['multimodal']['loss']:.4f}", str(text["multimodal"]["num_samples"])))
+    text = report.get("text") or {}
+    for name, res, key in (("text/perplexity", text, "perplexity"), ("multimodal/loss", text.get("multimodal", {}), "loss")):
+        if key in res:
+            rows.append((name, f"{res[key]:.4f}", str(res["num_samples"])))
     header = ("metric", "value", "samples")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731

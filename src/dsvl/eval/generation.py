@@ -1,10 +1,8 @@
 """Chat generation on top of `VisionLanguageModel.generate`: batched, left padded, multi-image.
 
-Prompts are rendered with the data pipeline's chat template (DeepSeek-VL paper, `dsvl.data.chat`) and
-tokenized by its `TextEncoder`, so generation sees exactly the token layout training used:
-BOS, placeholders expanded to the tower's token count, the prompt ending with "Assistant:".
-Rows are left padded so every row's next token comes from the last column (what HF generate with
-a KV cache expects). Decoding stops at `<｜end▁of▁sentence｜>`.
+Prompts go through the data pipeline's `TextEncoder`, so generation sees exactly the token layout
+training used; rows are left padded so every row's next token comes from the last column (what HF
+generate with a KV cache expects). Decoding stops at `<｜end▁of▁sentence｜>`.
 """
 from __future__ import annotations
 
@@ -25,8 +23,6 @@ from dsvl.data.tokenize import TextEncoder
 from dsvl.eval.scoring import to_model_device
 
 log = logging.getLogger(__name__)
-
-__all__ = ["GenerationSettings", "ChatGenerator", "load_image", "left_pad", "user_turn"]
 
 Conversation = Sequence[Mapping[str, str]]
 ImageLike = Image.Image | str | Path
@@ -85,11 +81,7 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor
 
 
 class ChatGenerator:
-    """Answers conversations with a `VisionLanguageModel` (anything with `.vision_spec` and `.generate`).
-
-    >>> gen = ChatGenerator(model, tokenizer)
-    >>> gen.answer("What color is the shape?", images=["0.png"])
-    """
+    """Answers conversations with a `VisionLanguageModel` (anything with `.vision_spec` and `.generate`)."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> None:
         self.model = model
@@ -130,27 +122,18 @@ class ChatGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(
-                **inputs,
-                eos_token_id=self.encoder.eos_id,
-                pad_token_id=self.encoder.pad_id,
-                **settings.generate_kwargs(),
-            )
+            out = self.model.generate(**inputs, eos_token_id=self.encoder.eos_id, pad_token_id=self.encoder.pad_id,
+                                      **settings.generate_kwargs())
         finally:
             self.model.train(was_training)
-        sequences = out.sequences if hasattr(out, "sequences") else out
         eos = self.encoder.eos_id
-        return [row[:row.index(eos)] if eos in row else row for row in sequences.tolist()]
+        return [row[:row.index(eos)] if eos in row else row for row in out.tolist()]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        images: Sequence[Sequence[ImageLike]] | None = None,
-        settings: GenerationSettings | None = None,
-    ) -> list[str]:
+    def generate(self, conversations: Sequence[Conversation], images: Sequence[Sequence[ImageLike]] | None = None,
+                 settings: GenerationSettings | None = None) -> list[str]:
         """The assistant's next answer for each conversation (one batched generate call)."""
         return [self.decode(ids) for ids in self.generate_ids(self.build_batch(conversations, images), settings)]
 

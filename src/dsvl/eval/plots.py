@@ -1,13 +1,8 @@
-"""Training curves of a run from Lightning's CSVLogger `metrics.csv`, as one PNG.
+"""Training curves of a run from Lightning's CSVLogger `metrics.csv`, as one PNG (`PANELS`).
 
-Panels: loss by modality (`train/loss_text`, `train/loss_multimodal`, `val/mm_loss`),
-`val/text_ppl`, `val/mc_acc` and the language ratio (scheduled `train/language_ratio`, realised
-`train/text_share`), each against the global step. Metrics a run did not log are left out of
-their panel (a stage-1 run has no text loss), never an error.
-
-A directory holding several runs (e.g. the demo's align/pretrain/sft stages) is drawn stage after
-stage on one step axis, in the order the runs were written; `version_N` logs of one run (resumes)
-are merged.
+Metrics a run did not log are left out of their panel (a stage-1 run has no text loss), never an
+error. A directory holding several runs (e.g. the demo's stages) is drawn run after run on one step
+axis, in the order they were written; `version_N` logs of one run (resumes) are merged.
 """
 from __future__ import annotations
 
@@ -18,8 +13,6 @@ import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-__all__ = ["PANELS", "find_metrics_csv", "group_runs", "read_metrics", "plot_run"]
 
 # (panel title, y label, metric names, log scale); "train/loss" is drawn only without per-modality losses
 PANELS: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
@@ -63,32 +56,26 @@ def group_runs(paths: list[Path], root: Path) -> list[tuple[str, list[Path]]]:
 
 
 def read_metrics(paths: list[Path]) -> dict[str, list[tuple[float, float]]]:
-    """metric name -> sorted (step, value) points; empty cells and non-numbers skipped.
-
-    Several files (resumed runs write new versions) are merged; a later file wins on equal steps.
-    """
+    """metric name -> sorted (step, value) points; empty cells and non-numbers skipped. Several
+    files (resumed runs write new versions) are merged; a later file wins on equal steps."""
     series: dict[str, dict[float, float]] = {}
     for path in paths:
         with path.open(newline="") as f:
             for row in csv.DictReader(f):
                 step = _number(row.get("step"))
-                if step is None:
-                    continue
                 for name, cell in row.items():
-                    if name in ("step", "epoch") or name is None:
-                        continue
-                    value = _number(cell)
-                    if value is not None:
+                    value = _number(cell) if name not in ("step", "epoch", None) else None
+                    if step is not None and value is not None:
                         series.setdefault(name, {})[step] = value
     return {name: sorted(points.items()) for name, points in series.items()}
 
 
 def _number(cell: str | None) -> float | None:
     try:
-        value = float(cell) if cell not in (None, "") else None
+        value = float(cell or "nan")
     except ValueError:
         return None
-    return value if value is not None and math.isfinite(value) else None
+    return value if math.isfinite(value) else None
 
 
 def _concatenate(runs: list[tuple[str, Series]]) -> tuple[Series, list[tuple[float, str]]]:

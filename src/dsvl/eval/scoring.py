@@ -1,20 +1,18 @@
 """Per-row NLL from logits, and option scoring for multiple choice in one forward pass.
 
-A multiple-choice batch (`dsvl.data.multiple_choice.MultipleChoiceCollator`) flattens every
-(question, option) pair into one row whose labels are -100 except on the option's tokens; a
-single model forward over all rows then gives every option's mean NLL. The rows of one question
-share its images: they are encoded once per question and the features reused by every option row.
+A multiple-choice batch (`MultipleChoiceCollator`) has one row per (question, option), labelled only
+on the option's tokens, so one forward gives every option's mean NLL; a question's images are
+encoded once and their features reused by every option row.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import accumulate
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-__all__ = ["FORWARD_KEYS", "forward_inputs", "sequence_nll", "score_options", "shared_image_embeds", "to_model_device"]
 
 IGNORE_INDEX = -100
 # The batch keys `VisionLanguageModel.forward` reads (docs/architecture.md); anything else in a
@@ -35,11 +33,10 @@ def to_model_device(batch: Mapping[str, Any], model: nn.Module) -> dict[str, Any
 
 
 def sequence_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed next-token NLL and number of scored tokens per row.
+    """Summed next-token NLL (float32) and number of scored tokens (int64) per row.
 
-    labels are unshifted (like transformers): position t's logits predict labels[t + 1];
-    -100 is not scored. Only scored positions go through log-softmax, so memory stays at the
-    logits the model already returned. Returns float32 (R,) sums and int64 (R,) counts.
+    labels are unshifted (like transformers), -100 is not scored. Only scored positions go through
+    log-softmax, so memory stays at the logits the model already returned.
     """
     target = labels[:, 1:]
     mask = target != IGNORE_INDEX
@@ -56,46 +53,35 @@ PIXEL_KEYS = ("pixel_values", "high_res_pixel_values")
 def shared_image_embeds(model: nn.Module, batch: Mapping[str, Any]) -> Tensor | None:
     """Image features of every row of a multiple-choice batch, each question's images encoded once.
 
-    The collator gives every option row its question's images (pixels in row order); only the first
-    row's copy (`row_option == 0`) goes through the towers and the adaptor, and every row of the
-    question takes those features. None for a batch without images.
+    The collator gives every option row its question's images (pixels in row order); only the copy
+    of the question's first row (`row_option == 0`) goes through the towers and the adaptor.
     """
     pixels = {k: batch[k] for k in PIXEL_KEYS if batch.get(k) is not None}
     if not pixels:
         return None
     per_row = ((batch["input_ids"] == model.image_token_id).sum(dim=1) // model.num_image_tokens).tolist()
     row_sample, row_option = batch["row_sample"].tolist(), batch["row_option"].tolist()
-    start, first_rows, sample_start, encoded = 0, [], {}, 0
-    for r, n in enumerate(per_row):
-        if row_option[r] == 0:
-            first_rows.extend(range(start, start + n))
-            sample_start[row_sample[r]] = encoded
-            encoded += n
-        start += n
-    device = next(iter(pixels.values())).device
-    pick = torch.tensor(first_rows, dtype=torch.long, device=device)
-    features = model.encode_images(**{k: v.index_select(0, pick) for k, v in pixels.items()})
-    rows = [i for r, n in enumerate(per_row) for i in range(sample_start[row_sample[r]], sample_start[row_sample[r]] + n)]
-    return features.index_select(0, torch.tensor(rows, dtype=torch.long, device=features.device))
+    starts = [0, *accumulate(per_row)]  # each row's first pixel row
+    first = {row_sample[r]: r for r in range(len(per_row)) if row_option[r] == 0}
+    source = [starts[first[s]] + i for s, n in zip(row_sample, per_row) for i in range(n)]
+    pick, inverse = torch.unique(torch.tensor(source, dtype=torch.long), return_inverse=True)
+    features = model.encode_images(**{k: v.index_select(0, pick.to(v.device)) for k, v in pixels.items()})
+    return features.index_select(0, inverse.to(features.device))
 
 
 @torch.no_grad()
 def score_options(model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
     """Mean NLL of each option's tokens given its prompt (and images): (num_samples, max_options).
 
-    `batch` is a multiple-choice batch: rows (question, option) with `row_sample` / `row_option`
-    saying which sample and option each row is. Options a sample lacks score `inf`, so they are
-    never predicted. One forward pass covers all rows; each question's images are encoded once.
+    Rows are placed by the batch's `row_sample` / `row_option`; options a sample lacks score `inf`,
+    so they are never predicted.
     """
     inputs = {k: v for k, v in forward_inputs(batch).items() if k not in PIXEL_KEYS}
     out = model(**inputs, image_embeds=shared_image_embeds(model, batch))
     sums, counts = sequence_nll(out.logits, batch["labels"])
     if bool((counts == 0).any()):
         raise ValueError("a multiple-choice row has no option tokens to score (truncated prompt?)")
-    row_sample = batch["row_sample"].to(sums.device)
-    row_option = batch["row_option"].to(sums.device)
-    num_samples = int(batch["answer"].shape[0])
-    num_options = int(row_option.max()) + 1 if row_option.numel() else 0
-    scores = torch.full((num_samples, num_options), float("inf"), device=sums.device)
+    row_sample, row_option = batch["row_sample"].to(sums.device), batch["row_option"].to(sums.device)
+    scores = torch.full((len(batch["answer"]), int(row_option.max()) + 1), float("inf"), device=sums.device)
     scores[row_sample, row_option] = sums / counts
     return scores

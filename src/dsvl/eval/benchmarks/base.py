@@ -41,13 +41,9 @@ class BenchSkip(str, Enum):
 
 @dataclass
 class Question:
-    """One benchmark item.
-
-    `text` is the user turn (with `<image_placeholder>` where each image goes, in `images` order);
-    `options` the choices (empty for open and text items); `answer` the right option's index, or
-    the reference answer of an open question; `group` joins MMBench's circular copies (a group is
-    right only when all its rows are); `categories` maps a field (category, l2-category, subject)
-    to this item's value.
+    """One benchmark item: `text` the user turn (a placeholder per image, in `images` order); `answer`
+    the right option's index, or an open question's reference; `group` joins MMBench's circular
+    copies (right only when all are); `categories` maps a field (category, subject) to its value.
     """
 
     key: str
@@ -78,11 +74,9 @@ def bad_row(key: str, detail: str, reason: BenchSkip = BenchSkip.MALFORMED_ROW) 
 
 def is_missing(value: Any) -> bool:
     """An empty cell: None, NaN, "" or the "nan" pandas writes into TSVs."""
-    if value is None:
-        return True
     if isinstance(value, float):
         return math.isnan(value)
-    return isinstance(value, str) and value.strip().lower() in ("", "nan", "none")
+    return value is None or isinstance(value, str) and value.strip().lower() in ("", "nan", "none")
 
 
 def with_images_first(text: str, num_images: int) -> str:
@@ -124,15 +118,12 @@ def answer_index(letter: Any, num_options: int, key: str) -> int:
     return LETTERS.index(text)
 
 
-# ---- row sources shared by the readers: the files of a path, JSON lines, parquet rows
 def benchmark_files(path: str | Path, suffixes: Sequence[str], name: str) -> list[Path]:
     """`path` itself, or the files with these suffixes under a directory (sorted); a `DataError` when none."""
     p = Path(path).expanduser()
-    if p.is_file():
-        if p.suffix.lower() not in suffixes:
-            raise DataError(f"benchmarks.{name}.path: {p} is not a {'/'.join(suffixes)} file")
-        return [p]
-    found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes) if p.is_dir() else []
+    if p.is_file() and p.suffix.lower() not in suffixes:
+        raise DataError(f"benchmarks.{name}.path: {p} is not a {'/'.join(suffixes)} file")
+    found = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
     if not found:
         raise DataError(f"benchmarks.{name}.path: no {'/'.join(suffixes)} file at {p}")
     return found
@@ -147,12 +138,13 @@ def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
             key = f"{path.name}:{n + 1}"
             try:
                 obj = json.loads(line)
+                yield key, obj if isinstance(obj, dict) else bad_row(key, "a line that is not a JSON object")
             except json.JSONDecodeError as e:
                 yield key, bad_row(key, f"not JSON ({e.msg})")
-                continue
-            yield key, obj if isinstance(obj, dict) else bad_row(key, "a line that is not a JSON object")
 
 
-def parquet_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, row dict) of a parquet file, one record batch in memory at a time."""
+def dict_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
+    """(key, row dict) of a parquet file (one record batch in memory at a time), else of JSON lines."""
+    if path.suffix != ".parquet":
+        return json_lines(path)
     return ((f"{path.name}:{n}", row) for n, row in enumerate(read_parquet(path, f"benchmarks.{name}.path")))

@@ -19,13 +19,6 @@ CIRCULAR_OFFSET = 1_000_000
 REFERENCE_MAX_CHARS = 64  # VLMEvalKit: an image cell this short holds another row's index, not base64
 
 
-def _index(row: dict[str, Any], key: str) -> int:
-    try:
-        return int(float(row["index"]))
-    except (TypeError, ValueError):
-        raise bad_row(key, f"index {row['index']!r} is not a number") from None
-
-
 def _images(cell: Any, rows_by_index: dict[str, dict[str, Any]], key: str) -> list[bytes]:
     if is_missing(cell):
         raise bad_row(key, "empty image cell", BenchSkip.MISSING_IMAGE)
@@ -46,7 +39,6 @@ def _images(cell: Any, rows_by_index: dict[str, dict[str, Any]], key: str) -> li
 
 def read_mmbench(path: Path, images: Path | None = None, name: str = "mmbench") -> Iterator[Question | BadSample]:
     """Questions of an MMBench TSV, in file order (`images` is unused: images are in the file)."""
-    del images
     csv.field_size_limit(sys.maxsize)
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
@@ -61,7 +53,10 @@ def read_mmbench(path: Path, images: Path | None = None, name: str = "mmbench") 
 
 
 def _question(row: dict[str, Any], by_index: dict[str, dict[str, Any]], key: str) -> Question:
-    index = _index(row, key)
+    try:
+        index = int(float(row["index"]))
+    except (TypeError, ValueError):
+        raise bad_row(key, f"index {row['index']!r} is not a number") from None
     if is_missing(row.get("question")):
         raise bad_row(key, "empty question")
     present = "".join(c for c in LETTERS[:4] if not is_missing(row.get(c.lower())))

@@ -11,7 +11,7 @@ from typing import Any
 from dsvl.data.bad_samples import BadSample
 from dsvl.data.chat import IMAGE_TOKEN
 
-from .base import BenchSkip, ImageRef, Question, answer_index, bad_row, benchmark_files, is_missing, parquet_rows, questions
+from .base import BenchSkip, ImageRef, Question, answer_index, bad_row, benchmark_files, dict_rows, is_missing, questions
 
 TAG = re.compile(r"<image (\d+)>")
 
@@ -52,7 +52,7 @@ def place_images(question: str, options: list[str], row: dict[str, Any], key: st
 def read_mmmu(path: Path, images: Path | None = None, name: str = "mmmu") -> Iterator[Question | BadSample]:
     """Questions of MMMU parquet files (a file, or a directory of subject / split files)."""
     for file in benchmark_files(path, (".parquet",), name):
-        yield from questions(((str(row.get("id") or key), row) for key, row in parquet_rows(file, name)), _question)
+        yield from questions(((str(row.get("id") or key), row) for key, row in dict_rows(file, name)), _question)
 
 
 def _question(key: str, row: dict[str, Any]) -> Question:

@@ -1,14 +1,9 @@
-"""Per-question results -> the report of one benchmark: accuracy over questions (a circular
-MMBench question is right only when all its copies are), per-category accuracy, POPE's yes/no
-metrics, perplexity for text corpora, skips by reason.
-
-Every rank scores a share of the questions; `summarize` takes the records of all ranks, so the
-numbers are the same whichever rank computes them and each question counts once.
-"""
+"""Per-question records of all ranks -> the report of one benchmark: accuracy over questions (a circular
+MMBench question is right only when all its copies are), per category, POPE's yes/no metrics,
+perplexity for text corpora, skips by reason."""
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,12 +60,11 @@ def summarize(records: Iterable[Record], skipped: Mapping[str, int]) -> dict[str
     yes_no = [r for r in records if r.kind == "yesno"]
     if yes_no:
         report.update(_yes_no_metrics(yes_no))
-    per_category: dict[str, dict[str, dict[str, float | int]]] = {}
-    counts: dict[tuple[str, str], Counter[bool]] = {}
+    hits: dict[tuple[str, str], list[bool]] = {}
     for g, rows in groups.items():
         for fld, value in rows[0].categories.items():
-            counts.setdefault((fld, value), Counter())[right[g]] += 1
-    for (fld, value), c in sorted(counts.items()):
-        per_category.setdefault(fld, {})[value] = {"accuracy": _ratio(c[True], c[True] + c[False]), "num_samples": c[True] + c[False]}
-    report["per_category"] = per_category
+            hits.setdefault((fld, value), []).append(right[g])
+    report["per_category"] = {}
+    for (fld, value), ok in sorted(hits.items()):
+        report["per_category"].setdefault(fld, {})[value] = {"accuracy": sum(ok) / len(ok), "num_samples": len(ok)}
     return report

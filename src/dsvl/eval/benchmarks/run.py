@@ -1,9 +1,5 @@
-"""One benchmark on one rank: read the questions, take this rank's share, score them.
-
-Modes `ppl_text`, `ppl_letter`, `generate` as docs/benchmarks.md describes; a `text_ppl` corpus is
-scored by perplexity whatever the mode. Every rank reads the whole file (so all agree on the order)
-and scores the question groups (a circular MMBench question and its copies) that fall to it; the
-caller merges all ranks' records with `results.summarize`.
+"""One benchmark on one rank (modes in docs/benchmarks.md): every rank reads the whole file, so all
+agree on the order, and scores the question groups that fall to it; `results.summarize` merges them.
 """
 from __future__ import annotations
 
@@ -30,7 +26,7 @@ from dsvl.eval.generation import ChatGenerator, GenerationSettings
 from dsvl.eval.scoring import forward_inputs, score_options, sequence_nll, to_model_device
 
 from .answers import open_answer_matches, parse_letter, parse_yes_no
-from .base import BenchSkip, Question, bad_row, load_image
+from .base import BenchSkip, Question, load_image
 from .mmbench import read_mmbench
 from .mmmu import read_mmmu
 from .pope import read_pope
@@ -47,12 +43,9 @@ SHORT_ANSWER = "Answer the question using a single word or phrase."
 
 @dataclass
 class BenchmarkSpec:
-    """One entry of `benchmarks` (dsvl-eval) or `val_benchmarks` (training), checked.
-
-    `reader` is the layout (defaults to the entry's name, so `benchmarks.mmbench.path=...` reads an
-    MMBench TSV); `limit` takes the first N rows of the file; `max_length` skips (counts) option
-    rows longer than that, and cuts `text_ppl` documents to it.
-    """
+    """One entry of `benchmarks` (dsvl-eval) or `val_benchmarks` (training), checked. `reader` is the
+    layout (default: the entry's name); `limit` takes the first N rows; `max_length` skips (counts)
+    longer option rows and cuts `text_ppl` documents."""
 
     name: str
     path: str
@@ -121,16 +114,9 @@ class BenchmarkScorer:
         self.model, self.tokenizer, self.spec, self.system_prompt = model, tokenizer, spec, system_prompt
         self.skips = SkipCounter()
 
-    def _skip(self, err: BadSample) -> None:
-        self.skips.add(err.reason, err.key, err.detail)  # type: ignore[arg-type]
-
     def _decoded(self, questions: Sequence[Question]) -> Iterator[tuple[Question, list[Any]]]:
         """Questions with their images decoded; missing or broken images counted and skipped."""
-        for q in questions:
-            try:
-                yield q, [load_image(ref, q.key) for ref in q.images]
-            except BadSample as e:
-                self._skip(e)
+        return self.skips.parsed(questions, lambda q: (q, [load_image(ref, q.key) for ref in q.images]))
 
     def score(self, questions: Sequence[Question]) -> list[Record]:
         """Records of the questions this scorer could score (the rest are in `self.skips`)."""
@@ -138,13 +124,10 @@ class BenchmarkScorer:
             return self._perplexity(questions)
         if self.spec.mode == "generate":
             return self._generate(questions)
-        scorable = []
         for q in questions:
             if q.kind == "open":
-                self._skip(bad_row(q.key, f"mode {self.spec.mode} needs options", BenchSkip.OPEN_QUESTION))
-            else:
-                scorable.append(q)
-        return self._option_ppl(scorable)
+                self.skips.add(BenchSkip.OPEN_QUESTION, q.key, f"mode {self.spec.mode} needs options")  # type: ignore[arg-type]
+        return self._option_ppl([q for q in questions if q.kind != "open"])
 
     def _option_ppl(self, questions: Sequence[Question]) -> list[Record]:
         collator = MultipleChoiceCollator(self.tokenizer, self.model.vision_spec, mode="letter" if self.spec.mode == "ppl_letter" else "text",
@@ -156,7 +139,7 @@ class BenchmarkScorer:
             try:
                 encoded.append((q, collator.encode(sample)))
             except BadSample as e:
-                self._skip(e)
+                self.skips.add(e.reason, e.key, e.detail)
         records = []
         for chunk in batched(encoded, self.spec.batch_size):
             batch = to_model_device(collator([enc for _, enc in chunk]), self.model)
@@ -202,11 +185,8 @@ class BenchmarkScorer:
 def run_benchmark(model: nn.Module, tokenizer: Any, spec: BenchmarkSpec, system_prompt: str | None,
                   rank: int = 0, world_size: int = 1,
                   items: Sequence[Question | BadSample] | None = None) -> tuple[list[Record], SkipCounter]:
-    """This rank's records and skips (reader skips of its share of rows, and scoring skips).
-
-    `items`: the benchmark's rows already read (`list(spec.questions())`), e.g. kept by a caller
-    that scores the same benchmark at every validation.
-    """
+    """This rank's records and skips (reader skips of its share of rows, and scoring skips); `items`:
+    the rows already read (`list(spec.questions())`) by a caller that scores them at every validation."""
     questions, skips = my_share(items if items is not None else list(spec.questions()), rank, world_size)
     scorer = BenchmarkScorer(model, tokenizer, spec, system_prompt)
     records = scorer.score(questions)

@@ -15,12 +15,6 @@ from .base import BenchSkip, Question, answer_index, bad_row, image_root, is_mis
 CHOICES = ("choice_a", "choice_b", "choice_c", "choice_d")
 
 
-def _image_path(root: Path, data_id: str) -> Path:
-    """`root/data_id`, or with ".jpg" added (some SEED readers store ids without the extension)."""
-    path = root / data_id
-    return path if path.is_file() or path.suffix else path.with_name(path.name + ".jpg")
-
-
 def read_seed(path: Path, images: Path | None = None, name: str = "seed") -> Iterator[Question | BadSample]:
     """Image questions of a SEED-Bench JSON; video questions (dimensions 10-12) are counted skips."""
     try:
@@ -46,6 +40,9 @@ def _question(root: Path, types: dict[str, str], key: str, item: Any) -> Questio
     if len(options) < 2:
         raise bad_row(key, "fewer than 2 choices")
     type_id = str(item.get("question_type_id", ""))
+    image = root / str(item["data_id"])
+    if not image.is_file() and not image.suffix:  # some SEED copies store ids without the extension
+        image = image.with_name(image.name + ".jpg")
     return Question(key=key, text=with_images_first(str(item["question"]), 1), options=options,
-                    answer=answer_index(item.get("answer"), len(options), key), images=[_image_path(root, str(item["data_id"]))],
+                    answer=answer_index(item.get("answer"), len(options), key), images=[image],
                     categories={"question_type": types.get(type_id, type_id or "default")})

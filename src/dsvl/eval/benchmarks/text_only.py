@@ -10,13 +10,9 @@ from typing import Any
 
 from dsvl.data.bad_samples import BadSample
 
-from .base import Question, answer_index, bad_row, benchmark_files, is_missing, json_lines, parquet_rows, questions
+from .base import Question, answer_index, bad_row, benchmark_files, dict_rows, is_missing, questions
 
 MMLU_SPLITS = re.compile(r"_(test|dev|val|validation|auxiliary_train)$")
-
-
-def _dict_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
-    return parquet_rows(path, name) if path.suffix == ".parquet" else json_lines(path)
 
 
 def hellaswag_text(text: str) -> str:
@@ -37,7 +33,7 @@ def _hellaswag(key: str, row: dict[str, Any]) -> Question:
 def read_hellaswag(path: Path, images: Path | None = None, name: str = "hellaswag") -> Iterator[Question | BadSample]:
     """Context -> 4 endings; `label` int (rowanz jsonl) or string (HF Rowan/hellaswag)."""
     for file in benchmark_files(path, (".jsonl", ".json", ".parquet"), name):
-        yield from questions(_dict_rows(file, name), _hellaswag)
+        yield from questions(dict_rows(file, name), _hellaswag)
 
 
 def _mmlu_csv(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
@@ -67,7 +63,7 @@ def _mmlu(key: str, row: dict[str, Any]) -> Question:
 def read_mmlu(path: Path, images: Path | None = None, name: str = "mmlu") -> Iterator[Question | BadSample]:
     """MMLU questions: cais/mmlu parquet / JSONL (`choices`, `answer` 0-3, `subject`) or the CSV files."""
     for file in benchmark_files(path, (".csv", ".parquet", ".jsonl"), name):
-        yield from questions(_mmlu_csv(file) if file.suffix == ".csv" else _dict_rows(file, name), _mmlu)
+        yield from questions(_mmlu_csv(file) if file.suffix == ".csv" else dict_rows(file, name), _mmlu)
 
 
 def _document(key: str, row: dict[str, Any]) -> Question:
@@ -79,4 +75,4 @@ def _document(key: str, row: dict[str, Any]) -> Question:
 def read_text_ppl(path: Path, images: Path | None = None, name: str = "text_ppl") -> Iterator[Question | BadSample]:
     """Documents (`text`) of JSONL / parquet files, e.g. the Pile test set; scored by perplexity."""
     for file in benchmark_files(path, (".jsonl", ".json", ".parquet"), name):
-        yield from questions(_dict_rows(file, name), _document)
+        yield from questions(dict_rows(file, name), _document)
