@@ -83,7 +83,7 @@ def _broken(case: str, saved, tmp: Path) -> tuple[Path, str]:
     if case == "plain directory":
         bad.mkdir()
         (bad / "meta.pt").write_bytes(b"")
-        return bad, r"expected a Lightning \.ckpt file \(a directory under trainer=fsdp\) or an exported model"
+        return bad, r"a directory without config\.json is not a model \(accepted: a \.ckpt file \(a directory under trainer=fsdp\)"
     if case == "missing weight":
         return save_sharded(bad, {k: v for k, v in state.items() if k != "adaptor.proj.weight"}), \
             r"1 missing, 0 unexpected: adaptor\.proj\.weight|not in the checkpoint, e\.g\. \['adaptor\.proj\.weight'\]"
