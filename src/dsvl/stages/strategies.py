@@ -29,14 +29,6 @@ _DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfl
                                    "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
 
 
-def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    if str(name) not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; accepted: {', '.join(_DTYPES)}")
-    return _DTYPES[str(name)]
-
-
 class FSDP2Strategy(ModelParallelStrategy):
     """`ModelParallelStrategy` for pure FSDP2 (data-parallel mesh over all ranks, no tensor parallel).
 
@@ -51,38 +43,24 @@ class FSDP2Strategy(ModelParallelStrategy):
         Other arguments are `ModelParallelStrategy`'s (tensor parallel is 1: use it directly for 2-D parallelism).
     """
 
-    def __init__(
-        self,
-        reshard_after_forward: bool = True,
-        param_dtype: str | None = None,
-        reduce_dtype: str | None = None,
-        data_parallel_size: Literal["auto"] | int = "auto",
-        save_distributed_checkpoint: bool = True,
-        process_group_backend: str | None = None,
-        timeout: timedelta | None = None,
-    ) -> None:
+    def __init__(self, reshard_after_forward: bool = True, param_dtype: str | None = None, reduce_dtype: str | None = None,
+                 data_parallel_size: Literal["auto"] | int = "auto", save_distributed_checkpoint: bool = True,
+                 process_group_backend: str | None = None, timeout: timedelta | None = None) -> None:
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=1,
                          save_distributed_checkpoint=save_distributed_checkpoint,
                          process_group_backend=process_group_backend, **kwargs)
         self.reshard_after_forward = bool(reshard_after_forward)
-        self.param_dtype, self.reduce_dtype = _dtype(param_dtype), _dtype(reduce_dtype)
+        unknown = {param_dtype, reduce_dtype} - {None, *_DTYPES}
+        if unknown:
+            raise ValueError(f"unknown dtype {unknown.pop()!r}; accepted: {', '.join(_DTYPES)}")
+        self.param_dtype, self.reduce_dtype = _DTYPES.get(param_dtype), _DTYPES.get(reduce_dtype)
 
     def setup_environment(self) -> None:
         # Lightning's "auto" is one data-parallel group per node (for 2-D meshes); FSDP2 alone shards over all ranks
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
-
-
-def _fully_shard_kwargs(strategy: ModelParallelStrategy) -> dict[str, Any]:
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
-    opts: dict[str, Any] = {"mesh": strategy.device_mesh["data_parallel"]}
-    if isinstance(strategy, FSDP2Strategy):
-        opts["reshard_after_forward"] = strategy.reshard_after_forward
-        opts["mp_policy"] = MixedPrecisionPolicy(param_dtype=strategy.param_dtype, reduce_dtype=strategy.reduce_dtype)
-    return opts
 
 
 def shard_model(model: nn.Module, **fully_shard_kwargs: Any) -> dict[str, int]:
@@ -221,7 +199,13 @@ def configure_model(stage: Any) -> None:
     if not isinstance(strategy, ModelParallelStrategy) or is_sharded(model):
         return
     template = copy.deepcopy(model) if on_meta else None  # unsharded, still on meta: cheap
-    counts = shard_model(model, **_fully_shard_kwargs(strategy))
+    opts: dict[str, Any] = {"mesh": strategy.device_mesh["data_parallel"]}
+    if isinstance(strategy, FSDP2Strategy):
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        opts |= {"reshard_after_forward": strategy.reshard_after_forward,
+                 "mp_policy": MixedPrecisionPolicy(param_dtype=strategy.param_dtype, reduce_dtype=strategy.reduce_dtype)}
+    counts = shard_model(model, **opts)
     if template is not None:
         materialize(model, template, device=strategy.root_device, sources=sources)
     frozen = set(getattr(stage, "frozen_parts", ()))
@@ -247,10 +231,6 @@ def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
 
 
 def slurm_environment(auto_requeue: bool = True, requeue_signal: str = "SIGUSR1") -> SLURMEnvironment:
-    """`SLURMEnvironment` with the requeue signal given by name (YAML cannot name a `signal.Signals`).
-
-    On the signal (sbatch `--signal=USR1@<s>`, set by conf/hydra/launcher/submitit_slurm.yaml)
-    Lightning saves `hpc_ckpt_<n>.ckpt` in `trainer.default_root_dir`, requeues the job with
-    `scontrol requeue`, and the requeued job resumes from it (weights, optimizer, data position).
-    """
+    """`SLURMEnvironment` with the requeue signal given by name (YAML cannot name a `signal.Signals`); on it
+    (sbatch `--signal=USR1@<s>`) Lightning saves `hpc_ckpt_<n>.ckpt`, requeues the job and the job resumes from it."""
     return SLURMEnvironment(auto_requeue=auto_requeue, requeue_signal=signal.Signals[requeue_signal])
