@@ -1,11 +1,7 @@
 """Shared by the console scripts: where the configs live, `compose` outside `@hydra.main`, and a user's
-mistake as one line and exit code 2 (docs/architecture.md, "The run path"):
-
-    @hydra_app("dsvl-eval", config_name="eval")
-    def main(cfg: DictConfig) -> None: ...
-
-`precheck_overrides` reports Hydra's composition errors, `guarded` a `dsvl.errors.UserError` raised by
-the task; bugs keep their traceback. Scripts without Hydra (argparse) call `guarded`.
+mistake as one line and exit code 2 (docs/architecture.md, "The run path"): `precheck_overrides` reports
+Hydra's composition errors, `guarded` a `dsvl.errors.UserError` raised by the task (scripts without Hydra
+call it directly); bugs keep their traceback.
 """
 from __future__ import annotations
 
@@ -32,13 +28,8 @@ T = TypeVar("T")
 
 
 def user_error_of(err: BaseException) -> BaseException | None:
-    """The user's mistake behind `err`, or None for a dsvl bug.
-
-    A `dsvl.errors.UserError`, also when wrapped by the library that called our code (Hydra's
-    `InstantiationException` chains it as `__cause__`); a `FileNotFoundError` (a path the user
-    named that a library could not open); OmegaConf's unset `???` value or unresolvable
-    interpolation met while the command runs (e.g. `dsvl-eval` without `checkpoint=`).
-    """
+    """The user's mistake behind `err` (a `UserError`, also chained as `__cause__` by Hydra's `InstantiationException`;
+    a path a library could not open; an unset `???` or unresolvable interpolation met while running), else None."""
     seen: set[int] = set()
     cur: BaseException | None = err
     while cur is not None and id(cur) not in seen:
@@ -95,11 +86,8 @@ def is_multirun() -> bool:
 
 
 def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
-    """Run `body`; always run `cleanup` (close loggers), even on a crash.
-
-    A user error prints one line and exits 2 in a single run. Inside a multirun, every error is
-    re-raised so Hydra records this job as failed and goes on with the other jobs of the sweep.
-    """
+    """Run `body`, then always `cleanup` (close loggers). A user error prints one line and exits 2; inside a
+    multirun every error is re-raised, so Hydra records the job as failed and goes on with the sweep."""
     try:
         return body()
     except Exception as err:
@@ -125,12 +113,6 @@ HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-
 
 
 # ---------------------------------------------------------------------------------------- composition errors
-def _group_options(group: str) -> list[str]:
-    """Option names of a config group folder (nested folders as `sub/option`)."""
-    root = CONFIG_DIR / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
-
-
 def _user_override(missing: str, overrides: Sequence[str]) -> tuple[str, str] | None:
     """The (group, option) the user typed that names the missing config file, e.g. ('experiment', 'demo/x')."""
     for o in overrides:
@@ -151,7 +133,9 @@ def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
         missing = str(err.missing_cfg_file)
         group, name = _user_override(missing, overrides) or missing.rpartition("/")[::2]
         if group:
-            options = _group_options(group) or sorted(err.options or [])
+            root = CONFIG_DIR / group  # the group folder's options, nested ones as `sub/option`
+            options = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+            options = options or sorted(err.options or [])
             accepted = f"accepted: {', '.join(options)}" if options else f"the config group '{group}' has no options"
             return f"{group}={name}: unknown option for '{group}'; {accepted}"
         return f"config '{name}' not found"
@@ -184,11 +168,7 @@ def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> 
 
 def hydra_app(prog: str, config_name: str, cleanup: Callable[[], None] | None = None
               ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
-    """Decorate `task(cfg)`; the result is the console script's `main()` (reads `sys.argv`).
-
-    `cleanup` runs after the task however it ends (e.g. closing loggers).
-    """
-
+    """Decorate `task(cfg)` into the console script's `main()`; `cleanup` runs after the task however it ends."""
     import hydra
 
     def wrap(task: Callable[[DictConfig], Any]) -> Callable[[], None]:

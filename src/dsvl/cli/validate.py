@@ -48,23 +48,12 @@ def _resolved(node: DictConfig | ListConfig, key: Any) -> Any:
         raise ConfigError(f"{node._get_full_key(key)}: {one_line(err)}") from None
 
 
-def check_sources(data: dict[str, Any]) -> None:
-    """Every data source's shards must exist (the datamodule's own check, run before any weights load)."""
-    from hydra.utils import get_class
-
-    from dsvl.data.mixture import parse_sources
-
-    target = data.get("_target_")
-    check = getattr(get_class(target), "check_sources", None) if target else None
-    if check is None:
-        return
-    for key in ("train_sources", "val_sources"):
-        check(parse_sources(data.get(key)), f"data.{key}")
-
-
 def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
     """What the data schema cannot see: the mode against the sources' modalities, the tokenizer and
     the shard paths."""
+    from hydra.utils import get_class
+
+    from dsvl.data.mixture import parse_sources
     from dsvl.data.streams import expand_urls
 
     sources = data.get("train_sources") or {}
@@ -76,7 +65,10 @@ def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
     tokenizer = data.get("tokenizer")
     if isinstance(tokenizer, str) and _local_path(tokenizer) and not Path(tokenizer).expanduser().exists():
         raise DataError(f"data.tokenizer={tokenizer}: no such directory (accepted: a tokenizer directory or a hub id)")
-    check_sources(data)
+    check = getattr(get_class(data["_target_"]), "check_sources", None) if data.get("_target_") else None
+    for key in ("train_sources", "val_sources"):  # the datamodule's own check of the shards
+        if check is not None:
+            check(parse_sources(data.get(key)), f"data.{key}")
     shards = (mc_val or {}).get("shards")
     if shards and not any(Path(u).is_file() for u in expand_urls(shards)):
         raise DataError(f"mc_val.shards={shards}: no shards found (accepted: a folder of .tar shards, a glob, "
