@@ -304,8 +304,7 @@ def build_datamodule(cfg: DictConfig, accumulation: int, supervise: str) -> Any:
 
 def data_tokenizer(datamodule: Any) -> Any | None:
     """The transformers tokenizer the datamodule encodes with (None when it has none)."""
-    text = getattr(getattr(datamodule, "encoder", None), "text", None)
-    return getattr(text, "tokenizer", None) or getattr(datamodule, "tokenizer", None)
+    return getattr(getattr(getattr(datamodule, "encoder", None), "text", None), "tokenizer", None)
 
 
 def tokenizer_dir(datamodule: Any) -> str | None:

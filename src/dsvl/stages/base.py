@@ -32,14 +32,10 @@ BETAS = (0.9, 0.95)  # Table 4, all stages
 
 
 class VLMStage(LightningModule):
-    """One training stage over a `VisionLanguageModel` (or anything with its `parts()`, `parameter_summary()`
-    and `forward(..., labels=) -> .loss/.num_loss_tokens`).
-
-    `optimizer` / `scheduler` are partials (Hydra `_partial_: true`) taking the parameter groups / the
-    optimizer; None gives AdamW(lr=`default_lr`, betas 0.9/0.95, no decay) as in Table 4. `trainable`
-    (None: `default_trainable`) names the parts that train. `global_batch`, `model_config`, `tokenizer`
-    and `system_prompt` are saved as hyperparameters, so a `.ckpt` rebuilds its model and chat setup alone.
-    """
+    """One training stage over a `VisionLanguageModel`. `optimizer` / `scheduler` are Hydra partials taking the
+    parameter groups / the optimizer; None gives AdamW(lr=`default_lr`, betas 0.9/0.95, no decay) as in Table 4.
+    `trainable` (None: `default_trainable`) names the parts that train. `global_batch`, `model_config`, `tokenizer`
+    and `system_prompt` are saved as hyperparameters, so a `.ckpt` rebuilds its model and chat setup alone."""
 
     stage_name: ClassVar[str] = "stage"
     default_trainable: ClassVar[tuple[str, ...]] = ("adaptor", "llm")
@@ -94,9 +90,7 @@ class VLMStage(LightningModule):
         self._report_freezing()
 
     def configure_model(self) -> None:
-        """Shard the parts under FSDP2 (`trainer=fsdp`), materialise a meta-built model per shard (FSDP2) or per
-        partitioned unit (`trainer=deepspeed_zero3`); a no-op for other strategies (dsvl.stages.strategies)."""
-        from dsvl.stages.strategies import configure_model
+        from dsvl.stages.strategies import configure_model  # FSDP2 / ZeRO-3 sharding, a meta build materialised
 
         configure_model(self)
 
@@ -114,7 +108,6 @@ class VLMStage(LightningModule):
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, batch: Mapping[str, Any]) -> Any:
-        """The core's forward on a data batch (labels included when present)."""
         inputs = forward_inputs(batch)
         if batch.get("labels") is not None:
             inputs["labels"] = batch["labels"]
@@ -159,7 +152,6 @@ class VLMStage(LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Dispatch by batch kind: multiple choice (`row_option`), text, or multimodal."""
         if "row_option" in batch:
             scores = score_options(self.model, batch)
             self.val_mc_acc.update(scores, batch["answer"], batch.get("categories"), batch.get("keys"))

@@ -130,20 +130,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class StageCheckpoint:
-    """What a stage `.ckpt` holds for inference: the model (weights loaded) and the stage's hyperparameters
-    (`stage_name`, `model_config`, `image_token_id`, `tokenizer` directory, `system_prompt`, `trainable`,
-    `global_batch`)."""
+    """What a stage `.ckpt` holds for inference: the model (weights loaded) and the hyperparameters `VLMStage` saved."""
 
     model: nn.Module
     hparams: dict[str, Any]
 
 
 def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
-    """Rebuild the model of a dsvl stage `.ckpt` from its saved hyperparameters and load its weights.
-
-    Raises `InitFromError` (a `CheckpointError`, one line) for unsafe files or checkpoints without a
-    model config (written by a dsvl-train before stages saved their hyperparameters).
-    """
+    """Rebuild the model of a dsvl stage `.ckpt` from its saved hyperparameters and load its weights; one-line
+    `InitFromError` for unsafe files or checkpoints without a model config."""
     from dsvl.model import build_model
 
     ckpt = read_checkpoint(path)

@@ -105,9 +105,8 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def builds_on_meta(strategy: Any) -> bool:
-    """True when the run path builds the model on meta and materialises it per shard: FSDP2 (`ModelParallelStrategy`)
-    and DeepSpeed ZeRO-3. DDP, ZeRO-1/2 and single-device runs build it whole (so does a `model.lora` config, see
-    `build_model`)."""
+    """True for FSDP2 (`ModelParallelStrategy`) and DeepSpeed ZeRO-3, where the run path builds the model on meta and
+    materialises it per shard; other strategies (and a `model.lora` config, see `build_model`) build it whole."""
     return isinstance(strategy, ModelParallelStrategy) or is_zero3(strategy)
 
 
@@ -180,15 +179,10 @@ def defer_weights(model: nn.Module, init_from: str | Path) -> None:
 
 
 def configure_model(stage: Any) -> None:
-    """Apply the strategy's parallelism to `stage.model` (the `configure_model` hook of `VLMStage`).
-
-    `ModelParallelStrategy` (FSDP2): the model is sharded, then, if built on meta, materialised per shard on the
-    strategy's device. DeepSpeed ZeRO-3 (Lightning calls this inside `deepspeed.zero.Init`): a meta-built model is
-    materialised unit by unit, each unit partitioned as soon as it is filled. Otherwise a no-op (DDP and DeepSpeed
-    wrap the module themselves); idempotent (Lightning calls it again for `validate`).
-    """
-    trainer = getattr(stage, "_trainer", None)
-    strategy = getattr(trainer, "strategy", None)
+    """The strategy's parallelism on `stage.model`: FSDP2 shards it, then fills a meta build per shard; ZeRO-3 fills a
+    meta build unit by unit, partitioned. Otherwise a no-op (DDP and DeepSpeed wrap the module themselves);
+    idempotent (Lightning calls it again for `validate`)."""
+    strategy = getattr(stage._trainer, "strategy", None)
     model = stage.model
     on_meta = has_meta_parameters(model)
     sources = [*weight_sources(model), *getattr(model, "deferred_weights", [])] if on_meta else []
