@@ -55,11 +55,8 @@ def fail(prog: str, err: BaseException | str) -> NoReturn:
 
 def compose(overrides: Sequence[str] = (), config_name: str | None = "train", output_dir: str | Path | None = None,
             return_hydra_config: bool = False) -> DictConfig:
-    """Compose the training config as `dsvl-train` would, outside `@hydra.main` (demo, pipeline, tests).
-
-    `output_dir` replaces Hydra's run dir (there is none outside `@hydra.main`). Hydra's global state is
-    left as it was found (a surrounding Hydra app's included).
-    """
+    """Compose the training config as `dsvl-train` would, outside `@hydra.main`, with `output_dir` as the run dir;
+    Hydra's global state is left as it was found (a surrounding Hydra app's included)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -150,10 +147,8 @@ def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
 
 
 def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> str | None:
-    """Compose `config_name` with `overrides`; the one-line error message when that fails, else None.
-
-    Skipped (None) for command lines with Hydra flags (`-m`, `--cfg`, ...): Hydra handles those itself.
-    """
+    """The one-line error message when composing `config_name` with `overrides` fails, else None (also for
+    command lines with Hydra flags, `-m`, `--cfg`, ...: Hydra handles those itself)."""
     if any(a.split("=", 1)[0] in HYDRA_FLAGS_PASS for a in overrides if a.startswith("-")):
         return None
     from hydra.errors import HydraException

@@ -81,12 +81,9 @@ def compose_stages(family: str, out_dir: Path, overrides: Sequence[str], stages:
 
 def run_pipeline(family: str, out_dir: Path, overrides: Sequence[str] = (), stages: Sequence[str] | None = None,
                  init_from: str | None = None, last_overrides: Sequence[str] = ()) -> list[StageRun]:
-    """Train the family's stages under `out_dir/<stage>` with `train(cfg)`; returns one `StageRun` each.
-
-    With `auto_resume=true` a stage whose `stage_metrics.json` exists (it finished) is skipped and an
-    interrupted one resumes from its last.ckpt. `last_overrides` go to the last stage only (the demo
-    exports from it).
-    """
+    """Train the family's stages under `out_dir/<stage>` with `train(cfg)`; returns one `StageRun` each. With
+    `auto_resume=true` a finished stage (its `stage_metrics.json` exists) is skipped and an interrupted one resumes
+    from its last.ckpt. `last_overrides` go to the last stage only (the demo exports from it)."""
     from dsvl.cli.train import ckpt_dir, train
 
     runs: list[StageRun] = []

@@ -1,16 +1,10 @@
-"""Typed schemas with ranges for the config groups users override (pydantic models).
-
-`check_schema(cfg)` validates the composed config against `TrainConfig` and raises a one-line
-`ConfigError` naming the first wrong key, the value given and what is accepted, e.g.
-
-    trainer.max_steps=abc: expected a valid integer, unable to parse string as an integer
-    optim.lr=-1.0: expected a number greater than 0
+"""Typed schemas with ranges for the config groups users override (pydantic models): `check_schema(cfg)` raises
+a one-line `ConfigError` naming the first wrong key, the value given and what is accepted, e.g.
+`optim.lr=-1.0: expected a number greater than 0`.
 
 Every field has a default, so a schema only checks keys that are present; unknown keys are allowed
 here (Hydra's struct mode already refuses typos, and `+trainer.some_flag=...` stays possible).
-A new group gets its schema by adding a model below and a field of that type to `TrainConfig`;
-a new `_target_` with limits of its own (a callback, a logger) by an entry in `TARGET_SCHEMAS`.
-Checks that need more than one key or the file system live in `dsvl.cli.validate`.
+A new `_target_` with limits of its own (a callback, a logger) gets an entry in `TARGET_SCHEMAS`.
 """
 from __future__ import annotations
 
@@ -51,7 +45,6 @@ class TrainerConfig(Targeted):
     accelerator: str = "auto"
     devices: Union[int, str, list[int]] = 1
     num_nodes: PositiveInt = 1
-    strategy: Any = "auto"
     precision: Literal[PRECISIONS] = "32-true"  # type: ignore[valid-type]
     max_steps: PositiveInt = 100  # dsvl counts training in global steps: -1 (endless) is not accepted
     max_epochs: Annotated[int, Field(ge=-1)] = -1

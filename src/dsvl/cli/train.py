@@ -163,12 +163,9 @@ def run_dir_is_fixed() -> bool:
 
 
 def resume_from(cfg: DictConfig) -> str | None:
-    """The `ckpt_path` handed to `trainer.fit`: None (fresh), a file, "last" or "hpc"; every file it may
-    load is opened the safe way first (weights_only, tensors mapped), so an unsafe one fails in a second.
-
-    `auto_resume=true` means "last" when `<ckpt_dir>/last.ckpt` exists (a restarted job then ignores
-    `init_from`: its own progress wins over the previous stage), else a fresh start.
-    """
+    """The `ckpt_path` handed to `trainer.fit`: None (fresh), a file, "last" or "hpc", every file it may load opened
+    the safe way first. `auto_resume=true` means "last" when `<ckpt_dir>/last.ckpt` exists (a restarted job then
+    ignores `init_from`: its own progress wins over the previous stage), else a fresh start."""
     from dsvl.model.safe_load import check_checkpoint, is_checkpoint
 
     requested = cfg.get("ckpt_path")

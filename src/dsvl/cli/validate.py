@@ -23,12 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def plain(node: Any) -> Any:
-    """The config as plain dicts / lists with interpolations resolved, for the schemas.
-
-    Outside a Hydra app (tests, `compose()` without an output dir) the run-dir interpolation
-    `${hydra:runtime.output_dir}` cannot resolve; such values stay as written. Any other value
-    that does not resolve, or a mandatory `???` left unset, is the user's to fix (one line).
-    """
+    """The config as plain dicts / lists with interpolations resolved, for the schemas. Outside a Hydra app the
+    run dir `${hydra:runtime.output_dir}` cannot resolve: such values stay as written. Any other value that does
+    not resolve, or a mandatory `???` left unset, is the user's to fix (one line)."""
     if isinstance(node, DictConfig):
         return {k: plain(_resolved(node, k)) for k in node.keys() if k != "hydra"}
     if isinstance(node, ListConfig):

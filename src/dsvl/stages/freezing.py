@@ -27,10 +27,8 @@ class FreezeConfigError(ConfigError):
 
 
 def expand_part_names(names: Iterable[str], available: Sequence[str] | None = None) -> list[str]:
-    """Canonical part names for `names` (aliases expanded; with `available`, absent tower aliases dropped).
-
-    Raises FreezeConfigError for unknown names, or for names of which the model has no part.
-    """
+    """Canonical part names for `names` (aliases expanded; with `available`, absent tower aliases dropped);
+    FreezeConfigError for unknown names, or for names of which the model has no part."""
     out: list[str] = []
     for raw in names:
         name = str(raw).strip()
@@ -46,11 +44,8 @@ def expand_part_names(names: Iterable[str], available: Sequence[str] | None = No
 
 
 def apply_freezing(model: nn.Module, trainable: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Set requires_grad per part; returns (trainable parts, frozen parts) in part order.
-
-    Parameters outside every part (none in the shared core) are frozen with a warning, so a new
-    module never trains by accident.
-    """
+    """Set requires_grad per part; returns (trainable parts, frozen parts) in part order. Parameters outside every
+    part (none in the shared core) are frozen with a warning, so a new module never trains by accident."""
     parts: Mapping[str, nn.Module] = model.parts()
     wanted = expand_part_names(trainable, list(parts))
     for name, module in parts.items():

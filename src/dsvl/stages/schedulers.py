@@ -75,12 +75,8 @@ class WarmupCosineLR(_WarmupLR):
 
 
 class WarmupMultiStepLR(_WarmupLR):
-    """DeepSeek-LLM's multi-step schedule: linear warm-up, the peak, then fixed drops.
-
-    Defaults: 31.6% of the peak from 80% of `total_steps`, 10% from 90% (Table 4 "step").
-    `milestones` are fractions of `total_steps` (or absolute steps when > 1), `factors` the lr
-    multiplier from each milestone on.
-    """
+    """DeepSeek-LLM's multi-step schedule: linear warm-up, the peak, then `factors` of it from each of `milestones`
+    (fractions of `total_steps`, or steps when > 1); by default 31.6% from 80%, 10% from 90% (Table 4 "step")."""
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
                  milestones: Sequence[float] = (0.8, 0.9), factors: Sequence[float] = (0.316, 0.1),

@@ -30,18 +30,10 @@ _DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfl
 
 
 class FSDP2Strategy(ModelParallelStrategy):
-    """`ModelParallelStrategy` for pure FSDP2 (data-parallel mesh over all ranks, no tensor parallel).
-
-    Activation checkpointing is the model's switch, the same under every strategy:
-    `model.gradient_checkpointing=true` (every LLM and tower block recomputed in backward).
-
-    Args:
-        reshard_after_forward: free gathered weights after forward (ZeRO-3 like); False keeps them
-            until backward (ZeRO-2 like: more memory, fewer all-gathers).
-        param_dtype / reduce_dtype: FSDP2 `MixedPrecisionPolicy` ("bf16", "fp32", ...); None keeps
-            the parameters' dtype (then `trainer.precision=bf16-mixed` autocasts instead).
-        Other arguments are `ModelParallelStrategy`'s (tensor parallel is 1: use it directly for 2-D parallelism).
-    """
+    """`ModelParallelStrategy` for pure FSDP2: a data-parallel mesh over all ranks, tensor parallel 1 (use
+    `ModelParallelStrategy` itself for 2-D parallelism). `reshard_after_forward=False` keeps gathered weights until
+    backward (ZeRO-2 like); `param_dtype` / `reduce_dtype` ("bf16", "fp32", ...) make FSDP2's `MixedPrecisionPolicy`
+    (None keeps the parameters' dtype). Activation checkpointing is `model.gradient_checkpointing=true`."""
 
     def __init__(self, reshard_after_forward: bool = True, param_dtype: str | None = None, reduce_dtype: str | None = None,
                  data_parallel_size: Literal["auto"] | int = "auto", save_distributed_checkpoint: bool = True,
@@ -64,10 +56,8 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 
 def shard_model(model: nn.Module, **fully_shard_kwargs: Any) -> dict[str, int]:
-    """`fully_shard` each block of each part, then each part, then `model`; returns blocks sharded per part.
-
-    `model` is a `VisionLanguageModel` (or anything with `parts()` and `block_classes()`).
-    """
+    """`fully_shard` each block of each part (`model.block_classes()`), then each part, then `model`; returns the
+    blocks sharded per part."""
     from torch.distributed.fsdp import fully_shard
 
     blocks = tuple(model.block_classes())
