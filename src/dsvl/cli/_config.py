@@ -125,7 +125,7 @@ def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
     from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(err, OverrideParseException):
-        return f"cannot parse the override {err.override!r}: {str(err).strip().splitlines()[0]} (see Hydra's override grammar)"
+        return f"cannot parse the override {err.override!r}: {one_line(err)} (see Hydra's override grammar)"
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         missing = str(err.missing_cfg_file)
         group, name = _user_override(missing, overrides) or missing.rpartition("/")[::2]
@@ -136,10 +136,8 @@ def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
             accepted = f"accepted: {', '.join(options)}" if options else f"the config group '{group}' has no options"
             return f"{group}={name}: unknown option for '{group}'; {accepted}"
         return f"config '{name}' not found"
-    text = str(err).strip() or type(err).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = lines[0]
-    if any("is not in struct" in ln for ln in lines) or any(ln.startswith("To append to your config") for ln in lines):
+    first, text = one_line(err).strip(), str(err)
+    if "is not in struct" in text or "To append to your config" in text:
         return f"{first.rstrip('.')}: no such key (check the spelling; prefix with '+' to add a new key)"
     if first.startswith("Ambiguous value"):
         return f"{first}: use -m to sweep over the values, key=[a,b] for a list, or quote it for a string"

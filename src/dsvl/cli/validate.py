@@ -60,7 +60,9 @@ def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
         raise ConfigError(f"data.mode={data['mode']} but data.train_sources has no {need} source "
                              f"(its sources are {', '.join(sorted(modalities)) or 'none'})")
     tokenizer = data.get("tokenizer")
-    if isinstance(tokenizer, str) and _local_path(tokenizer) and not Path(tokenizer).expanduser().exists():
+    # a path (absolute, ./, ~, or deeper than a hub id's `org/name`) must exist
+    local = isinstance(tokenizer, str) and (tokenizer.startswith(("/", ".", "~")) or tokenizer.count("/") > 1)
+    if local and not Path(tokenizer).expanduser().exists():
         raise DataError(f"data.tokenizer={tokenizer}: no such directory (accepted: a tokenizer directory or a hub id)")
     check = getattr(get_class(data["_target_"]), "check_sources", None) if data.get("_target_") else None
     for key in ("train_sources", "val_sources"):  # the datamodule's own check of the shards
@@ -70,11 +72,6 @@ def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
     if shards and not any(Path(u).is_file() for u in expand_urls(shards)):
         raise DataError(f"mc_val.shards={shards}: no shards found (accepted: a folder of .tar shards, a glob, "
                         "a list of shard files, or null to skip)")
-
-
-def _local_path(name: str) -> bool:
-    """A tokenizer given as a path (absolute, ./, ~, or deeper than a hub id's `org/name`)."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
 def check_steps(cfg: dict[str, Any]) -> None:
