@@ -110,16 +110,6 @@ HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-
 
 
 # ---------------------------------------------------------------------------------------- composition errors
-def _user_override(missing: str, overrides: Sequence[str]) -> tuple[str, str] | None:
-    """The (group, option) the user typed that names the missing config file, e.g. ('experiment', 'demo/x')."""
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        key = key.lstrip("+~").lstrip("/")
-        if sep and f"{key}/{value}" == missing:
-            return key, value
-    return None
-
-
 def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
     """One line for a Hydra composition / override error: the key, and the accepted options when known."""
     from hydra.errors import MissingConfigException, OverrideParseException
@@ -128,7 +118,11 @@ def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
         return f"cannot parse the override {err.override!r}: {one_line(err)} (see Hydra's override grammar)"
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         missing = str(err.missing_cfg_file)
-        group, name = _user_override(missing, overrides) or missing.rpartition("/")[::2]
+        group, name = missing.rpartition("/")[::2]
+        for key, sep, value in (o.partition("=") for o in overrides):  # the option as typed, ('experiment', 'demo/x')
+            if sep and f"{key.lstrip('+~').lstrip('/')}/{value}" == missing:
+                group, name = key.lstrip("+~").lstrip("/"), value
+                break
         if group:
             root = CONFIG_DIR / group  # the group folder's options, nested ones as `sub/option`
             options = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
