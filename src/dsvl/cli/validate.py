@@ -1,10 +1,7 @@
 """`validate_config`: every value of a composed config, before any weights load, so a typo costs seconds
 and one line (exit 2): types and ranges from the schemas (`dsvl.cli.schema`), then what needs several keys
-or the file system (warm-up longer than training, a global batch that micro-batches cannot fill, data
-shards, tokenizer, `init_from` / `ckpt_path` opened the safe way).
-
-Composition errors come first (`dsvl.cli._config.precheck_overrides`); model-shape checks (adaptor
-widths) and the world-size arithmetic need the model's and the Trainer's own code and run right after.
+or the file system. Model-shape checks and the world-size arithmetic need the model's and the Trainer's own
+code and run right after (`dsvl.cli.train.check_run`, `accumulation`).
 """
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
 """Weights in and out of stage checkpoints, always through `torch.load(weights_only=True)`.
 
-- `load_init_weights`: `init_from`, a new stage starting from the previous stage's weights (a
-  Lightning `.ckpt`, keys under `model.`, a sharded `.ckpt` directory of `trainer=fsdp`, or an exported
-  `save_pretrained` directory) into a model built whole. Optimizer, scheduler and data position are
-  deliberately not carried over: a new stage is a new run. (A model built on meta under FSDP2 reads
-  `init_from` into its shards instead: `dsvl.stages.strategies.defer_weights`.)
-- `load_stage_checkpoint`: a `.ckpt` alone gives back its model, because the stage saved the
-  resolved model config, image token id, tokenizer directory and system prompt as hyperparameters (eval, chat).
+`load_init_weights` (`init_from`) starts a new stage from the previous stage's weights (a `.ckpt`, a sharded `.ckpt`
+directory of `trainer=fsdp`, or an exported directory) in a model built whole; optimizer, scheduler and data position
+are deliberately not carried over: a new stage is a new run (a meta build reads them into its shards instead:
+`dsvl.stages.strategies.defer_weights`). `load_stage_checkpoint` rebuilds a `.ckpt`'s model from its hyperparameters.
 """
 from __future__ import annotations
 

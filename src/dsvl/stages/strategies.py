@@ -10,9 +10,8 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -36,12 +35,8 @@ class FSDP2Strategy(ModelParallelStrategy):
     (None keeps the parameters' dtype). Activation checkpointing is `model.gradient_checkpointing=true`."""
 
     def __init__(self, reshard_after_forward: bool = True, param_dtype: str | None = None, reduce_dtype: str | None = None,
-                 data_parallel_size: Literal["auto"] | int = "auto", save_distributed_checkpoint: bool = True,
-                 process_group_backend: str | None = None, timeout: timedelta | None = None) -> None:
-        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint,
-                         process_group_backend=process_group_backend, **kwargs)
+                 **kwargs: Any) -> None:  # the rest are `ModelParallelStrategy`'s (data_parallel_size, timeout, ...)
+        super().__init__(tensor_parallel_size=1, **kwargs)
         self.reshard_after_forward = bool(reshard_after_forward)
         unknown = {param_dtype, reduce_dtype} - {None, *_DTYPES}
         if unknown:
