@@ -25,7 +25,6 @@ from dsvl.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-WANDB_ID_FILE = "wandb_run_id"
 # frozen parts are in eval mode by design (VLMStage.train); Lightning warns about any module in eval mode at fit start
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
@@ -264,7 +263,7 @@ def fill_wandb(cfg: DictConfig, stage_name: str, output_dir: Path) -> None:
     for node in (cfg.get("logger") or {}).values():
         if not node or not str(node.get("_target_", "")).endswith("WandbLogger"):
             continue
-        id_file = output_dir / WANDB_ID_FILE
+        id_file = output_dir / "wandb_run_id"
         if not id_file.is_file():
             id_file.write_text(uuid.uuid4().hex[:12] + "\n")
         group = cfg.get("run_group")
