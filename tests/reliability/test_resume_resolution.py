@@ -28,8 +28,9 @@ def test_fresh_run_without_checkpoint(tmp_path):
     assert resume_from(_cfg(tmp_path, "auto_resume=true")) is None  # nothing yet: start fresh
     with pytest.raises(CheckpointError, match=r"ckpt_path=last: no last.ckpt in .*run/checkpoints; point hydra.run.dir"):
         resume_from(_cfg(tmp_path, "ckpt_path=last"))
-    with pytest.raises(CheckpointError, match=r"ckpt_path=.*nope.ckpt: no such checkpoint \(accepted: a .ckpt file"):
-        resume_from(_cfg(tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+    # an explicit path is checked once, by validate_config, before resume_from runs
+    with pytest.raises(CheckpointError, match=r"ckpt_path=.*nope.ckpt: no such file or checkpoint directory \(accepted: a .ckpt file"):
+        check_checkpoints({"ckpt_path": str(tmp_path / "nope.ckpt")})
 
 
 def test_last_and_auto_resume_find_the_run_checkpoint(tmp_path):
