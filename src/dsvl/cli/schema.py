@@ -67,8 +67,6 @@ class TrainerConfig(Targeted):
 
 
 class OptimConfig(Targeted):
-    """`optim`: the optimizer (AdamW by default), built with the trainable parameters only."""
-
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
     betas: Optional[tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]]] = None
     eps: Annotated[float, Field(ge=0.0)] = 1e-8
@@ -76,8 +74,6 @@ class OptimConfig(Targeted):
 
 
 class SchedulerConfig(Targeted):
-    """`scheduler`: warm-up then cosine / multi-step decay, stepped every optimizer step."""
-
     warmup_steps: Count = 0
     total_steps: PositiveInt = 1
     min_lr_ratio: Ratio = 0.0
@@ -86,8 +82,6 @@ class SchedulerConfig(Targeted):
 
 
 class StageConfig(Targeted):
-    """`stage`: which parts train and the samples per optimizer step."""
-
     trainable: Optional[list[str]] = None  # part names: checked by `dsvl.stages.freezing.expand_part_names`
     global_batch: Optional[PositiveInt] = None
 
@@ -145,8 +139,6 @@ class DataConfig(Targeted):
 
 
 class PathsConfig(Schema):
-    """`paths`: where data, logs and this run's outputs are."""
-
     root_dir: str = "."
     data_dir: str = "data"
     log_dir: str = "outputs"
