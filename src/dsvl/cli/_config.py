@@ -1,11 +1,7 @@
 """Shared by the console scripts: where the configs live, `compose` outside `@hydra.main`, and a user's
-mistake as one line and exit code 2 (docs/architecture.md, "The run path"):
-
-    @hydra_app("dsvl-eval", config_name="eval")
-    def main(cfg: DictConfig) -> None: ...
-
-`precheck_overrides` reports Hydra's composition errors, `guarded` a `dsvl.errors.UserError` raised by
-the task; bugs keep their traceback. Scripts without Hydra (argparse) call `guarded`.
+mistake as one line and exit code 2 (docs/architecture.md, "The run path"): `precheck_overrides` reports
+Hydra's composition errors, `guarded` a `dsvl.errors.UserError` raised by the task (scripts without Hydra
+call it directly); bugs keep their traceback.
 """
 from __future__ import annotations
 
@@ -32,13 +28,8 @@ T = TypeVar("T")
 
 
 def user_error_of(err: BaseException) -> BaseException | None:
-    """The user's mistake behind `err`, or None for a dsvl bug.
-
-    A `dsvl.errors.UserError`, also when wrapped by the library that called our code (Hydra's
-    `InstantiationException` chains it as `__cause__`); a `FileNotFoundError` (a path the user
-    named that a library could not open); OmegaConf's unset `???` value or unresolvable
-    interpolation met while the command runs (e.g. `dsvl-eval` without `checkpoint=`).
-    """
+    """The user's mistake behind `err` (a `UserError`, also chained as `__cause__` by Hydra's `InstantiationException`;
+    a path a library could not open; an unset `???` or unresolvable interpolation met while running), else None."""
     seen: set[int] = set()
     cur: BaseException | None = err
     while cur is not None and id(cur) not in seen:
@@ -64,11 +55,8 @@ def fail(prog: str, err: BaseException | str) -> NoReturn:
 
 def compose(overrides: Sequence[str] = (), config_name: str | None = "train", output_dir: str | Path | None = None,
             return_hydra_config: bool = False) -> DictConfig:
-    """Compose the training config as `dsvl-train` would, outside `@hydra.main` (demo, pipeline, tests).
-
-    `output_dir` replaces Hydra's run dir (there is none outside `@hydra.main`). Hydra's global state is
-    left as it was found (a surrounding Hydra app's included).
-    """
+    """Compose the training config as `dsvl-train` would, outside `@hydra.main`, with `output_dir` as the run dir;
+    Hydra's global state is left as it was found (a surrounding Hydra app's included)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -95,11 +83,8 @@ def is_multirun() -> bool:
 
 
 def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
-    """Run `body`; always run `cleanup` (close loggers), even on a crash.
-
-    A user error prints one line and exits 2 in a single run. Inside a multirun, every error is
-    re-raised so Hydra records this job as failed and goes on with the other jobs of the sweep.
-    """
+    """Run `body`, then always `cleanup` (close loggers). A user error prints one line and exits 2; inside a
+    multirun every error is re-raised, so Hydra records the job as failed and goes on with the sweep."""
     try:
         return body()
     except Exception as err:
@@ -125,40 +110,28 @@ HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-
 
 
 # ---------------------------------------------------------------------------------------- composition errors
-def _group_options(group: str) -> list[str]:
-    """Option names of a config group folder (nested folders as `sub/option`)."""
-    root = CONFIG_DIR / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
-
-
-def _user_override(missing: str, overrides: Sequence[str]) -> tuple[str, str] | None:
-    """The (group, option) the user typed that names the missing config file, e.g. ('experiment', 'demo/x')."""
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        key = key.lstrip("+~").lstrip("/")
-        if sep and f"{key}/{value}" == missing:
-            return key, value
-    return None
-
-
 def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
     """One line for a Hydra composition / override error: the key, and the accepted options when known."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(err, OverrideParseException):
-        return f"cannot parse the override {err.override!r}: {str(err).strip().splitlines()[0]} (see Hydra's override grammar)"
+        return f"cannot parse the override {err.override!r}: {one_line(err)} (see Hydra's override grammar)"
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         missing = str(err.missing_cfg_file)
-        group, name = _user_override(missing, overrides) or missing.rpartition("/")[::2]
+        group, name = missing.rpartition("/")[::2]
+        for key, sep, value in (o.partition("=") for o in overrides):  # the option as typed, ('experiment', 'demo/x')
+            if sep and f"{key.lstrip('+~').lstrip('/')}/{value}" == missing:
+                group, name = key.lstrip("+~").lstrip("/"), value
+                break
         if group:
-            options = _group_options(group) or sorted(err.options or [])
+            root = CONFIG_DIR / group  # the group folder's options, nested ones as `sub/option`
+            options = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+            options = options or sorted(err.options or [])
             accepted = f"accepted: {', '.join(options)}" if options else f"the config group '{group}' has no options"
             return f"{group}={name}: unknown option for '{group}'; {accepted}"
         return f"config '{name}' not found"
-    text = str(err).strip() or type(err).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = lines[0]
-    if any("is not in struct" in ln for ln in lines) or any(ln.startswith("To append to your config") for ln in lines):
+    first, text = one_line(err).strip(), str(err)
+    if "is not in struct" in text or "To append to your config" in text:
         return f"{first.rstrip('.')}: no such key (check the spelling; prefix with '+' to add a new key)"
     if first.startswith("Ambiguous value"):
         return f"{first}: use -m to sweep over the values, key=[a,b] for a list, or quote it for a string"
@@ -166,10 +139,8 @@ def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
 
 
 def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> str | None:
-    """Compose `config_name` with `overrides`; the one-line error message when that fails, else None.
-
-    Skipped (None) for command lines with Hydra flags (`-m`, `--cfg`, ...): Hydra handles those itself.
-    """
+    """The one-line error message when composing `config_name` with `overrides` fails, else None (also for
+    command lines with Hydra flags, `-m`, `--cfg`, ...: Hydra handles those itself)."""
     if any(a.split("=", 1)[0] in HYDRA_FLAGS_PASS for a in overrides if a.startswith("-")):
         return None
     from hydra.errors import HydraException
@@ -184,11 +155,7 @@ def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> 
 
 def hydra_app(prog: str, config_name: str, cleanup: Callable[[], None] | None = None
               ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
-    """Decorate `task(cfg)`; the result is the console script's `main()` (reads `sys.argv`).
-
-    `cleanup` runs after the task however it ends (e.g. closing loggers).
-    """
-
+    """Decorate `task(cfg)` into the console script's `main()`; `cleanup` runs after the task however it ends."""
     import hydra
 
     def wrap(task: Callable[[DictConfig], Any]) -> Callable[[], None]:

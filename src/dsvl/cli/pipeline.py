@@ -30,8 +30,7 @@ RESULT_FILE = "stage_metrics.json"
 
 @dataclass
 class StageRun:
-    """One finished stage: its name, run dir, checkpoint and the metrics `train(cfg)` returned
-    (`trainer/global_step`, `perf/fit_seconds`, the last `train/*`, `val/*`)."""
+    """One finished stage: its name, run dir, checkpoint and the metrics `train(cfg)` returned."""
 
     stage: str
     output_dir: Path
@@ -49,16 +48,12 @@ def family_recipes(family: str) -> list[str]:
     return [f"{family}/{p.stem}" for p in recipes]
 
 
-def stage_name(cfg) -> str:  # noqa: ANN001 - a composed DictConfig
-    from hydra.utils import get_class
-
-    return get_class(cfg.stage._target_).stage_name
-
-
 def compose_stages(family: str, out_dir: Path, overrides: Sequence[str], stages: Sequence[str] | None,
                    last_overrides: Sequence[str]) -> list[tuple[str, object]]:
     """[(stage name, composed config)] of the family, `STAGE:key=value` overrides applied to their stage,
     each checked before any stage trains (a typo in stage 3 fails in a second)."""
+    from hydra.utils import get_class
+
     from dsvl.cli.train import check_run
     from dsvl.cli.validate import validate_config
 
@@ -68,7 +63,7 @@ def compose_stages(family: str, out_dir: Path, overrides: Sequence[str], stages:
         common.append(f"run_group=pipeline_{family.replace('/', '_')}_{out_dir.name}")
     composed = [(experiment, compose([f"experiment={experiment}", *common], output_dir=out_dir / "_"))
                 for experiment in family_recipes(family)]
-    names = [stage_name(cfg) for _, cfg in composed]
+    names = [get_class(cfg.stage._target_).stage_name for _, cfg in composed]
     unknown = sorted({s for s, _ in scoped if s not in names} | set(stages or []) - set(names))
     if unknown:
         raise ConfigError(f"unknown stage {', '.join(unknown)} for family {family} (its stages: {', '.join(names)})")
@@ -86,12 +81,9 @@ def compose_stages(family: str, out_dir: Path, overrides: Sequence[str], stages:
 
 def run_pipeline(family: str, out_dir: Path, overrides: Sequence[str] = (), stages: Sequence[str] | None = None,
                  init_from: str | None = None, last_overrides: Sequence[str] = ()) -> list[StageRun]:
-    """Train the family's stages under `out_dir/<stage>` with `train(cfg)`; returns one `StageRun` each.
-
-    With `auto_resume=true` a stage whose `stage_metrics.json` exists (it finished) is skipped and an
-    interrupted one resumes from its last.ckpt. `last_overrides` go to the last stage only (the demo
-    exports from it).
-    """
+    """Train the family's stages under `out_dir/<stage>` with `train(cfg)`; returns one `StageRun` each. With
+    `auto_resume=true` a finished stage (its `stage_metrics.json` exists) is skipped and an interrupted one resumes
+    from its last.ckpt. `last_overrides` go to the last stage only (the demo exports from it)."""
     from dsvl.cli.train import ckpt_dir, train
 
     runs: list[StageRun] = []

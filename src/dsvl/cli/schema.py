@@ -1,16 +1,10 @@
-"""Typed schemas with ranges for the config groups users override (pydantic models).
-
-`check_schema(cfg)` validates the composed config against `TrainConfig` and raises a one-line
-`ConfigError` naming the first wrong key, the value given and what is accepted, e.g.
-
-    trainer.max_steps=abc: expected a valid integer, unable to parse string as an integer
-    optim.lr=-1.0: expected a number greater than 0
+"""Typed schemas with ranges for the config groups users override (pydantic models): `check_schema(cfg)` raises
+a one-line `ConfigError` naming the first wrong key, the value given and what is accepted, e.g.
+`optim.lr=-1.0: expected a number greater than 0`.
 
 Every field has a default, so a schema only checks keys that are present; unknown keys are allowed
 here (Hydra's struct mode already refuses typos, and `+trainer.some_flag=...` stays possible).
-A new group gets its schema by adding a model below and a field of that type to `TrainConfig`;
-a new `_target_` with limits of its own (a callback, a logger) by an entry in `TARGET_SCHEMAS`.
-Checks that need more than one key or the file system live in `dsvl.cli.validate`.
+A new `_target_` with limits of its own (a callback, a logger) gets an entry in `TARGET_SCHEMAS`.
 """
 from __future__ import annotations
 
@@ -51,7 +45,6 @@ class TrainerConfig(Targeted):
     accelerator: str = "auto"
     devices: Union[int, str, list[int]] = 1
     num_nodes: PositiveInt = 1
-    strategy: Any = "auto"
     precision: Literal[PRECISIONS] = "32-true"  # type: ignore[valid-type]
     max_steps: PositiveInt = 100  # dsvl counts training in global steps: -1 (endless) is not accepted
     max_epochs: Annotated[int, Field(ge=-1)] = -1
@@ -74,8 +67,6 @@ class TrainerConfig(Targeted):
 
 
 class OptimConfig(Targeted):
-    """`optim`: the optimizer (AdamW by default), built with the trainable parameters only."""
-
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
     betas: Optional[tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]]] = None
     eps: Annotated[float, Field(ge=0.0)] = 1e-8
@@ -83,8 +74,6 @@ class OptimConfig(Targeted):
 
 
 class SchedulerConfig(Targeted):
-    """`scheduler`: warm-up then cosine / multi-step decay, stepped every optimizer step."""
-
     warmup_steps: Count = 0
     total_steps: PositiveInt = 1
     min_lr_ratio: Ratio = 0.0
@@ -93,8 +82,6 @@ class SchedulerConfig(Targeted):
 
 
 class StageConfig(Targeted):
-    """`stage`: which parts train and the samples per optimizer step."""
-
     trainable: Optional[list[str]] = None  # part names: checked by `dsvl.stages.freezing.expand_part_names`
     global_batch: Optional[PositiveInt] = None
 
@@ -152,8 +139,6 @@ class DataConfig(Targeted):
 
 
 class PathsConfig(Schema):
-    """`paths`: where data, logs and this run's outputs are."""
-
     root_dir: str = "."
     data_dir: str = "data"
     log_dir: str = "outputs"

@@ -25,7 +25,6 @@ from dsvl.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-WANDB_ID_FILE = "wandb_run_id"
 # frozen parts are in eval mode by design (VLMStage.train); Lightning warns about any module in eval mode at fit start
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
@@ -163,12 +162,9 @@ def run_dir_is_fixed() -> bool:
 
 
 def resume_from(cfg: DictConfig) -> str | None:
-    """The `ckpt_path` handed to `trainer.fit`: None (fresh), a file, "last" or "hpc"; every file it may
-    load is opened the safe way first (weights_only, tensors mapped), so an unsafe one fails in a second.
-
-    `auto_resume=true` means "last" when `<ckpt_dir>/last.ckpt` exists (a restarted job then ignores
-    `init_from`: its own progress wins over the previous stage), else a fresh start.
-    """
+    """The `ckpt_path` handed to `trainer.fit`: None (fresh), a file, "last" or "hpc", every file it may load opened
+    the safe way first. `auto_resume=true` means "last" when `<ckpt_dir>/last.ckpt` exists (a restarted job then
+    ignores `init_from`: its own progress wins over the previous stage), else a fresh start."""
     from dsvl.model.safe_load import check_checkpoint, is_checkpoint
 
     requested = cfg.get("ckpt_path")
@@ -267,7 +263,7 @@ def fill_wandb(cfg: DictConfig, stage_name: str, output_dir: Path) -> None:
     for node in (cfg.get("logger") or {}).values():
         if not node or not str(node.get("_target_", "")).endswith("WandbLogger"):
             continue
-        id_file = output_dir / WANDB_ID_FILE
+        id_file = output_dir / "wandb_run_id"
         if not id_file.is_file():
             id_file.write_text(uuid.uuid4().hex[:12] + "\n")
         group = cfg.get("run_group")
@@ -304,8 +300,7 @@ def build_datamodule(cfg: DictConfig, accumulation: int, supervise: str) -> Any:
 
 def data_tokenizer(datamodule: Any) -> Any | None:
     """The transformers tokenizer the datamodule encodes with (None when it has none)."""
-    text = getattr(getattr(datamodule, "encoder", None), "text", None)
-    return getattr(text, "tokenizer", None) or getattr(datamodule, "tokenizer", None)
+    return getattr(getattr(getattr(datamodule, "encoder", None), "text", None), "tokenizer", None)
 
 
 def tokenizer_dir(datamodule: Any) -> str | None:

@@ -1,10 +1,7 @@
 """`validate_config`: every value of a composed config, before any weights load, so a typo costs seconds
 and one line (exit 2): types and ranges from the schemas (`dsvl.cli.schema`), then what needs several keys
-or the file system (warm-up longer than training, a global batch that micro-batches cannot fill, data
-shards, tokenizer, `init_from` / `ckpt_path` opened the safe way).
-
-Composition errors come first (`dsvl.cli._config.precheck_overrides`); model-shape checks (adaptor
-widths) and the world-size arithmetic need the model's and the Trainer's own code and run right after.
+or the file system. Model-shape checks and the world-size arithmetic need the model's and the Trainer's own
+code and run right after (`dsvl.cli.train.check_run`, `accumulation`).
 """
 from __future__ import annotations
 
@@ -23,12 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def plain(node: Any) -> Any:
-    """The config as plain dicts / lists with interpolations resolved, for the schemas.
-
-    Outside a Hydra app (tests, `compose()` without an output dir) the run-dir interpolation
-    `${hydra:runtime.output_dir}` cannot resolve; such values stay as written. Any other value
-    that does not resolve, or a mandatory `???` left unset, is the user's to fix (one line).
-    """
+    """The config as plain dicts / lists with interpolations resolved, for the schemas. Outside a Hydra app the
+    run dir `${hydra:runtime.output_dir}` cannot resolve: such values stay as written. Any other value that does
+    not resolve, or a mandatory `???` left unset, is the user's to fix (one line)."""
     if isinstance(node, DictConfig):
         return {k: plain(_resolved(node, k)) for k in node.keys() if k != "hydra"}
     if isinstance(node, ListConfig):
@@ -48,23 +42,12 @@ def _resolved(node: DictConfig | ListConfig, key: Any) -> Any:
         raise ConfigError(f"{node._get_full_key(key)}: {one_line(err)}") from None
 
 
-def check_sources(data: dict[str, Any]) -> None:
-    """Every data source's shards must exist (the datamodule's own check, run before any weights load)."""
-    from hydra.utils import get_class
-
-    from dsvl.data.mixture import parse_sources
-
-    target = data.get("_target_")
-    check = getattr(get_class(target), "check_sources", None) if target else None
-    if check is None:
-        return
-    for key in ("train_sources", "val_sources"):
-        check(parse_sources(data.get(key)), f"data.{key}")
-
-
 def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
     """What the data schema cannot see: the mode against the sources' modalities, the tokenizer and
     the shard paths."""
+    from hydra.utils import get_class
+
+    from dsvl.data.mixture import parse_sources
     from dsvl.data.streams import expand_urls
 
     sources = data.get("train_sources") or {}
@@ -74,18 +57,18 @@ def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
         raise ConfigError(f"data.mode={data['mode']} but data.train_sources has no {need} source "
                              f"(its sources are {', '.join(sorted(modalities)) or 'none'})")
     tokenizer = data.get("tokenizer")
-    if isinstance(tokenizer, str) and _local_path(tokenizer) and not Path(tokenizer).expanduser().exists():
+    # a path (absolute, ./, ~, or deeper than a hub id's `org/name`) must exist
+    local = isinstance(tokenizer, str) and (tokenizer.startswith(("/", ".", "~")) or tokenizer.count("/") > 1)
+    if local and not Path(tokenizer).expanduser().exists():
         raise DataError(f"data.tokenizer={tokenizer}: no such directory (accepted: a tokenizer directory or a hub id)")
-    check_sources(data)
+    check = getattr(get_class(data["_target_"]), "check_sources", None) if data.get("_target_") else None
+    for key in ("train_sources", "val_sources"):  # the datamodule's own check of the shards
+        if check is not None:
+            check(parse_sources(data.get(key)), f"data.{key}")
     shards = (mc_val or {}).get("shards")
     if shards and not any(Path(u).is_file() for u in expand_urls(shards)):
         raise DataError(f"mc_val.shards={shards}: no shards found (accepted: a folder of .tar shards, a glob, "
                         "a list of shard files, or null to skip)")
-
-
-def _local_path(name: str) -> bool:
-    """A tokenizer given as a path (absolute, ./, ~, or deeper than a hub id's `org/name`)."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
 def check_steps(cfg: dict[str, Any]) -> None:

@@ -32,14 +32,10 @@ BETAS = (0.9, 0.95)  # Table 4, all stages
 
 
 class VLMStage(LightningModule):
-    """One training stage over a `VisionLanguageModel` (or anything with its `parts()`, `parameter_summary()`
-    and `forward(..., labels=) -> .loss/.num_loss_tokens`).
-
-    `optimizer` / `scheduler` are partials (Hydra `_partial_: true`) taking the parameter groups / the
-    optimizer; None gives AdamW(lr=`default_lr`, betas 0.9/0.95, no decay) as in Table 4. `trainable`
-    (None: `default_trainable`) names the parts that train. `global_batch`, `model_config`, `tokenizer`
-    and `system_prompt` are saved as hyperparameters, so a `.ckpt` rebuilds its model and chat setup alone.
-    """
+    """One training stage over a `VisionLanguageModel`. `optimizer` / `scheduler` are Hydra partials taking the
+    parameter groups / the optimizer; None gives AdamW(lr=`default_lr`, betas 0.9/0.95, no decay) as in Table 4.
+    `trainable` (None: `default_trainable`) names the parts that train. `global_batch`, `model_config`, `tokenizer`
+    and `system_prompt` are saved as hyperparameters, so a `.ckpt` rebuilds its model and chat setup alone."""
 
     stage_name: ClassVar[str] = "stage"
     default_trainable: ClassVar[tuple[str, ...]] = ("adaptor", "llm")
@@ -67,7 +63,6 @@ class VLMStage(LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.global_batch = global_batch
         self.trainable_parts, self.frozen_parts = apply_freezing(model, self.default_trainable if trainable is None else trainable)
         self.val_text_ppl = TextPerplexity()
         self.val_mm_loss = MultimodalLoss()
@@ -95,9 +90,7 @@ class VLMStage(LightningModule):
         self._report_freezing()
 
     def configure_model(self) -> None:
-        """Shard the parts under FSDP2 (`trainer=fsdp`), materialise a meta-built model per shard (FSDP2) or per
-        partitioned unit (`trainer=deepspeed_zero3`); a no-op for other strategies (dsvl.stages.strategies)."""
-        from dsvl.stages.strategies import configure_model
+        from dsvl.stages.strategies import configure_model  # FSDP2 / ZeRO-3 sharding, a meta build materialised
 
         configure_model(self)
 
@@ -115,19 +108,15 @@ class VLMStage(LightningModule):
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, batch: Mapping[str, Any]) -> Any:
-        """The core's forward on a data batch (labels included when present)."""
         inputs = forward_inputs(batch)
         if batch.get("labels") is not None:
             inputs["labels"] = batch["labels"]
         return self.model(**inputs)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        out = self(batch)
-        return self.log_train_step(batch, batch_idx, out)
-
-    def log_train_step(self, batch: Mapping[str, Any], batch_idx: int, out: Any) -> Tensor:
         """Add the micro-batch to its global step's token-exact loss (`dsvl.stages.token_loss`) and return
         what to backpropagate; `train/loss` is logged once per global step, in `on_before_optimizer_step`."""
+        out = self(batch)
         modality = str(batch.get("modality", "text"))
         self.current_modality = modality
         self._tokens_per_batch = int(batch["input_ids"].numel())
@@ -163,66 +152,51 @@ class VLMStage(LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Dispatch by batch kind: multiple choice (`row_option`), text, or multimodal."""
         if "row_option" in batch:
             scores = score_options(self.model, batch)
             self.val_mc_acc.update(scores, batch["answer"], batch.get("categories"), batch.get("keys"))
             return
-        self._keep_sample_batch(batch)
+        if self._sample_batch is None and batch.get("modality") == "multimodal":  # for `sample_predictions`, on CPU
+            self._sample_batch = {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in batch.items()}
         out = self(batch)
         metric = self.val_text_ppl if batch.get("modality", "text") == "text" else self.val_mm_loss
         metric.update(out.loss.detach(), out.num_loss_tokens)
 
-    def _keep_sample_batch(self, batch: Mapping[str, Any]) -> None:
-        """The first multimodal validation batch of an epoch, on CPU, for `sample_predictions`."""
-        if self._sample_batch is None and batch.get("modality") == "multimodal" and "row_option" not in batch:
-            self._sample_batch = {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in batch.items()}
-
     @torch.no_grad()
     def sample_predictions(self, limit: int = 4, max_new_tokens: int = 24) -> list[dict[str, Any]]:
-        """Greedy answers for up to `limit` samples of the kept validation batch: rows of
-        `image` (HxWx3 uint8 of the first image), `prompt`, `prediction`, `target` (W&B tables)."""
+        """Greedy answers (`dsvl.eval.generation`) for up to `limit` samples of the kept validation batch: rows
+        of `image` (HxWx3 uint8 of the first image), `prompt`, `prediction`, `target` (W&B tables)."""
+        from dsvl.eval.generation import ChatGenerator, GenerationSettings
+
         batch, self._sample_batch = self._sample_batch, None
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self.trainer.datamodule if self._trainer is not None else None
         tokenizer = getattr(getattr(getattr(dm, "encoder", None), "text", None), "tokenizer", None)
         if batch is None or tokenizer is None:
             return []
-        spec = self.model.vision_spec
-        image_token_id = getattr(self.model, "image_token_id", None)
-        per_image = max(int(spec.num_image_tokens), 1)
-        images_before = 0
-        rows = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for i in range(min(limit, batch["input_ids"].shape[0])):
-                ids, labels = batch["input_ids"][i], batch["labels"][i]
-                length = int(batch["attention_mask"][i].sum())
-                n_images = int((ids == image_token_id).sum()) // per_image if image_token_id is not None else 0
-                supervised = (labels[:length] != -100).nonzero()
-                start = int(supervised[0]) if len(supervised) else length
-                pixels = {inp.name: batch[inp.name][images_before:images_before + n_images].to(self.device)
-                          for inp in spec.inputs if inp.name in batch and n_images}
-                new = self.model.generate(ids[:start].unsqueeze(0).to(self.device), **pixels,
-                                          max_new_tokens=max_new_tokens, do_sample=False)
-                image = None
-                low = spec.inputs[0] if spec.inputs else None
-                if low is not None and n_images and low.name in batch:
-                    x = batch[low.name][images_before].float()
-                    mean, std = torch.tensor(low.mean).view(3, 1, 1), torch.tensor(low.std).view(3, 1, 1)
-                    image = ((x * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-                prompt_ids = ids[:start][ids[:start] != image_token_id] if image_token_id is not None else ids[:start]
-                rows.append({
-                    "image": image,
-                    "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=True),
-                    "prediction": tokenizer.decode(new[0], skip_special_tokens=True),
-                    "target": tokenizer.decode(ids[start:length], skip_special_tokens=True),
-                })
-                images_before += n_images
-        finally:
-            self.model.train(was_training)
-            if was_training:
-                self.train(True)  # frozen parts back to eval
+        generator, settings = ChatGenerator(self.model, tokenizer), GenerationSettings(max_new_tokens=max_new_tokens)
+        spec, image_token_id = self.model.vision_spec, self.model.image_token_id
+        images_before, rows = 0, []
+        for i in range(min(limit, batch["input_ids"].shape[0])):
+            ids, labels = batch["input_ids"][i], batch["labels"][i]
+            length = int(batch["attention_mask"][i].sum())
+            n_images = int((ids == image_token_id).sum()) // max(int(spec.num_image_tokens), 1)
+            supervised = (labels[:length] != -100).nonzero()
+            start = int(supervised[0]) if len(supervised) else length
+            inputs = {"input_ids": ids[None, :start], "attention_mask": torch.ones(1, start, dtype=torch.long)}
+            inputs |= {inp.name: batch[inp.name][images_before:images_before + n_images]
+                       for inp in spec.inputs if inp.name in batch and n_images}
+            [answer] = generator.generate_ids(inputs, settings)
+            image = None
+            if n_images and spec.inputs and spec.inputs[0].name in batch:
+                low = spec.inputs[0]
+                x = batch[low.name][images_before].float()
+                mean, std = torch.tensor(low.mean).view(3, 1, 1), torch.tensor(low.std).view(3, 1, 1)
+                image = ((x * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+            rows.append({"image": image, "prompt": generator.decode(ids[:start][ids[:start] != image_token_id].tolist()),
+                         "prediction": generator.decode(answer), "target": generator.decode(ids[start:length].tolist())})
+            images_before += n_images
+        if self.model.training:
+            self.train(True)  # generate_ids put the whole model back in train mode: frozen parts to eval
         return rows
 
     def on_validation_epoch_start(self) -> None:
@@ -231,18 +205,14 @@ class VLMStage(LightningModule):
     def on_validation_epoch_end(self) -> None:
         for name, metric in (("val/text_ppl", self.val_text_ppl), ("val/mm_loss", self.val_mm_loss), ("val/mc_acc", self.val_mc_acc)):
             # decided on the global count: a rank that saw no batch of a kind must still join compute()'s sync
-            if self._global_count(metric.update_count):
+            count = torch.tensor(float(metric.update_count), device=self.device)
+            if self._trainer is not None and self.trainer.world_size > 1:
+                count = self.trainer.strategy.reduce(count, reduce_op="sum")
+            if count.item():
                 value = metric.compute()
                 if not math.isnan(float(value)):
                     self.log(name, value.float(), prog_bar=name == "val/mc_acc", sync_dist=False)
             metric.reset()
-
-    def _global_count(self, count: int) -> int:
-        """`count` summed over ranks (the same on every rank; no collective without a trainer)."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return count
-        total = self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum")
-        return int(total.item())
 
     # ------------------------------------------------------------------ optimizer
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -1,12 +1,9 @@
 """Weights in and out of stage checkpoints, always through `torch.load(weights_only=True)`.
 
-- `load_init_weights`: `init_from`, a new stage starting from the previous stage's weights (a
-  Lightning `.ckpt`, keys under `model.`, a sharded `.ckpt` directory of `trainer=fsdp`, or an exported
-  `save_pretrained` directory) into a model built whole. Optimizer, scheduler and data position are
-  deliberately not carried over: a new stage is a new run. (A model built on meta under FSDP2 reads
-  `init_from` into its shards instead: `dsvl.stages.strategies.defer_weights`.)
-- `load_stage_checkpoint`: a `.ckpt` alone gives back its model, because the stage saved the
-  resolved model config, image token id, tokenizer directory and system prompt as hyperparameters (eval, chat).
+`load_init_weights` (`init_from`) starts a new stage from the previous stage's weights (a `.ckpt`, a sharded `.ckpt`
+directory of `trainer=fsdp`, or an exported directory) in a model built whole; optimizer, scheduler and data position
+are deliberately not carried over: a new stage is a new run (a meta build reads them into its shards instead:
+`dsvl.stages.strategies.defer_weights`). `load_stage_checkpoint` rebuilds a `.ckpt`'s model from its hyperparameters.
 """
 from __future__ import annotations
 
@@ -39,8 +36,10 @@ def check_init_from(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise InitFromError(f"init_from={path}: no such file or directory ({INIT_FROM_ACCEPTED})")
-    if deepspeed_files(p):
-        raise deepspeed_init_from_error(path)
+    if deepspeed_files(p):  # flat per-rank optimizer partitions: not a weight source
+        raise InitFromError(f"init_from={path}: a DeepSpeed checkpoint directory; gather its weights into one file first "
+                            "with lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict("
+                            f"'{path}', 'weights.ckpt') and use init_from=weights.ckpt")
     if p.is_dir() and not is_sharded_checkpoint(p):
         if (p / "config.json").is_file():
             return p  # an exported (save_pretrained) model: transformers reads it
@@ -54,13 +53,6 @@ def check_init_from(path: str | Path) -> Path:
     if is_sharded_checkpoint(p) and not _sharded_weights(p):
         raise InitFromError(f"init_from={path}: a sharded checkpoint without model weights (no keys under {SHARDED_MODEL}model.)")
     return p
-
-
-def deepspeed_init_from_error(path: str | Path) -> InitFromError:
-    """A DeepSpeed checkpoint directory holds its weights as flat per-rank optimizer partitions: not a weight source."""
-    return InitFromError(f"init_from={path}: a DeepSpeed checkpoint directory; gather its weights into one file first "
-                         "with lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict("
-                         f"'{path}', 'weights.ckpt') and use init_from=weights.ckpt")
 
 
 def _sharded_weights(path: Path) -> dict[str, Any]:
@@ -90,25 +82,22 @@ def _load(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _model_state(ckpt: dict[str, Any], path: Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
+def _copy_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
+    """The checkpoint's model weights (keys under `model.`) into `model`. All parameters must match (stages share
+    one architecture); rebuilt buffers (rotary caches) may be absent, and so may every frozen base weight of a LoRA
+    run's adapter-only checkpoint (they came with `model.pretrained`)."""
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise InitFromError(f"init_from={path}: no state_dict inside")
-    if any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
-
-
-def _copy_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, partial: bool = False) -> None:
-    """All parameters must match (stages share one architecture); rebuilt buffers (rotary caches) may be absent.
-    `partial`: a LoRA run's adapter-only checkpoint, whose frozen base weights came with `model.pretrained`."""
+    if any(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shapes that differ: saved from another model config
         detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err).strip()[:200])
         raise InitFromError(f"init_from={path}: weights do not match this model ({detail}); "
                             "stages must use the same model config") from None
-    param_names = {n for n, _ in model.named_parameters()} if not partial else set()
+    param_names = set() if ckpt.get(ADAPTER_ONLY_KEY) else {n for n, _ in model.named_parameters()}
     missing_params = [k for k in missing if k in param_names]
     if missing_params or unexpected:
         detail = ", ".join((missing_params + list(unexpected))[:4])
@@ -125,10 +114,9 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
     if p.is_dir() and not is_sharded_checkpoint(p):
         from dsvl.model import VisionLanguageModel
 
-        _copy_weights(model, VisionLanguageModel.from_pretrained(str(p)).state_dict(), p)
+        _copy_weights(model, {"state_dict": VisionLanguageModel.from_pretrained(str(p)).state_dict()}, p)
     else:
-        ckpt = _load(p)
-        _copy_weights(model, _model_state(ckpt, p), p, partial=bool(ckpt.get(ADAPTER_ONLY_KEY)))
+        _copy_weights(model, _load(p), p)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -139,28 +127,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class StageCheckpoint:
-    """What a stage `.ckpt` holds for inference: the model (weights loaded) and the stage's hyperparameters
-    (`stage_name`, `model_config`, `image_token_id`, `tokenizer` directory, `system_prompt`, `trainable`,
-    `global_batch`)."""
+    """What a stage `.ckpt` holds for inference: the model (weights loaded) and the hyperparameters `VLMStage` saved."""
 
     model: nn.Module
     hparams: dict[str, Any]
 
 
 def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
-    """Rebuild the model of a dsvl stage `.ckpt` from its saved hyperparameters and load its weights.
-
-    Raises `InitFromError` (a `CheckpointError`, one line) for unsafe files or checkpoints without a
-    model config (written by a dsvl-train before stages saved their hyperparameters).
-    """
+    """Rebuild the model of a dsvl stage `.ckpt` from its saved hyperparameters and load its weights; one-line
+    `InitFromError` for unsafe files or checkpoints without a model config."""
     from dsvl.model import build_model
 
-    p = check_init_from(path)
-    ckpt = _load(p)
+    ckpt = read_checkpoint(path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if not hparams.get("model_config"):
         raise InitFromError(f"{path}: written by an older dsvl-train (no model_config among its hyperparameters); "
                             "retrain it with this version")
     model = build_model(hparams["model_config"])
-    _copy_weights(model, _model_state(ckpt, p), p, partial=bool(ckpt.get(ADAPTER_ONLY_KEY)))
+    _copy_weights(model, ckpt, Path(path).expanduser())
     return StageCheckpoint(model=model, hparams=hparams)

@@ -27,37 +27,25 @@ class FreezeConfigError(ConfigError):
 
 
 def expand_part_names(names: Iterable[str], available: Sequence[str] | None = None) -> list[str]:
-    """Canonical part names for `names` (aliases expanded; with `available`, absent tower aliases dropped).
-
-    Raises FreezeConfigError for unknown names, or for explicit part names the model lacks.
-    """
+    """Canonical part names for `names` (aliases expanded; with `available`, absent tower aliases dropped);
+    FreezeConfigError for unknown names, or for names of which the model has no part."""
     out: list[str] = []
     for raw in names:
         name = str(raw).strip()
-        if name in ALIASES:
-            expanded = [p for p in ALIASES[name] if available is None or p in available]
-            if not expanded:
-                raise FreezeConfigError(f"stage.trainable: {name!r} names no part of this model (it has {list(available or [])})")
-        elif name in PART_NAMES:
-            if available is not None and name not in available:
-                raise FreezeConfigError(
-                    f"stage.trainable: this model has no {name!r} part (it has {list(available)})"
-                )
-            expanded = [name]
-        else:
+        if name not in ALIASES and name not in PART_NAMES:
             raise FreezeConfigError(
                 f"stage.trainable: unknown part {name!r}; known parts: {', '.join(PART_NAMES)} (aliases: {', '.join(ALIASES)})"
             )
+        expanded = [p for p in ALIASES.get(name, (name,)) if available is None or p in available]
+        if not expanded:
+            raise FreezeConfigError(f"stage.trainable: this model has no {name!r} part (it has {list(available or [])})")
         out.extend(p for p in expanded if p not in out)
     return out
 
 
 def apply_freezing(model: nn.Module, trainable: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Set requires_grad per part; returns (trainable parts, frozen parts) in part order.
-
-    Parameters outside every part (none in the shared core) are frozen with a warning, so a new
-    module never trains by accident.
-    """
+    """Set requires_grad per part; returns (trainable parts, frozen parts) in part order. Parameters outside every
+    part (none in the shared core) are frozen with a warning, so a new module never trains by accident."""
     parts: Mapping[str, nn.Module] = model.parts()
     wanted = expand_part_names(trainable, list(parts))
     for name, module in parts.items():
@@ -66,12 +54,12 @@ def apply_freezing(model: nn.Module, trainable: Iterable[str]) -> tuple[list[str
             for param_name, param in module.named_parameters():
                 param.requires_grad_(is_lora_param(param_name))
     covered = {id(p) for m in parts.values() for p in m.parameters()}
-    stray = [n for n, p in model.named_parameters() if id(p) not in covered]
+    stray = [(n, p) for n, p in model.named_parameters() if id(p) not in covered]
     if stray:
-        log.warning("parameters outside every part are frozen: %s", ", ".join(stray[:8]) + (" ..." if len(stray) > 8 else ""))
-        for n, p in model.named_parameters():
-            if id(p) not in covered:
-                p.requires_grad_(False)
+        log.warning("parameters outside every part are frozen: %s",
+                    ", ".join(n for n, _ in stray[:8]) + (" ..." if len(stray) > 8 else ""))
+    for _, p in stray:
+        p.requires_grad_(False)
     names = list(parts)
     return [n for n in names if n in wanted], [n for n in names if n not in wanted]
 

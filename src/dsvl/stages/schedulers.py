@@ -1,9 +1,8 @@
 """Learning-rate schedules of Table 4: linear warm-up, then cosine or DeepSeek-LLM's multi-step.
 
 Both are closed-form functions of the step (`last_epoch`), so the state that torch saves in a
-checkpoint (`last_epoch`, `base_lrs`) is all a resumed run needs to continue exactly. They are
-built from `_partial_` Hydra configs (`conf/scheduler/*.yaml`) and stepped once per optimizer
-step (Lightning `interval: step`).
+checkpoint (`last_epoch`, `base_lrs`) is all a resumed run needs to continue exactly. Built from
+`_partial_` Hydra configs (`conf/scheduler/*.yaml`), stepped once per optimizer step.
 """
 from __future__ import annotations
 
@@ -15,19 +14,13 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["WarmupCosineLR", "WarmupMultiStepLR", "warmup_factor"]
 log = logging.getLogger(__name__)
 
 
-def warmup_factor(step: int, warmup_steps: int) -> float:
-    """Linear warm-up from 1/warmup to 1 over `warmup_steps` (step 0 already trains)."""
-    if warmup_steps <= 0 or step >= warmup_steps:
-        return 1.0
-    return (step + 1) / warmup_steps
-
-
 class _WarmupLR(LRScheduler):
-    """Base: lr = base_lr * factor(step); subclasses give the post-warm-up factor."""
+    """lr = base_lr x factor: linear warm-up from 1/warmup_steps to 1 (step 0 already trains), then `decay_factor`."""
+
+    _CONFIG_KEYS = ("warmup_steps", "total_steps", "min_lr_ratio", "milestone_steps", "factors")
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, last_epoch: int = -1) -> None:
         if warmup_steps < 0:
@@ -38,9 +31,7 @@ class _WarmupLR(LRScheduler):
         self.total_steps = int(total_steps)
         super().__init__(optimizer, last_epoch)
 
-    _CONFIG_KEYS: tuple[str, ...] = ("warmup_steps", "total_steps", "min_lr_ratio", "milestone_steps", "factors")
-
-    def decay_factor(self, step: int) -> float:  # pragma: no cover - abstract
+    def decay_factor(self, step: int) -> float:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -58,14 +49,9 @@ class _WarmupLR(LRScheduler):
             log.warning("lr schedule changed on resume: checkpoint %s, now %s (the config wins)", saved, now)
         super().load_state_dict(state)
 
-    def factor(self, step: int) -> float:
-        """Multiplier of the peak lr at `step` (0-based optimizer step)."""
-        if step < self.warmup_steps:
-            return warmup_factor(step, self.warmup_steps)
-        return self.decay_factor(step)
-
     def get_lr(self) -> list[float]:
-        f = self.factor(max(self.last_epoch, 0))
+        step = max(self.last_epoch, 0)
+        f = (step + 1) / self.warmup_steps if step < self.warmup_steps else self.decay_factor(step)
         return [base * f for base in self.base_lrs]
 
     _get_closed_form_lr = get_lr
@@ -74,14 +60,8 @@ class _WarmupLR(LRScheduler):
 class WarmupCosineLR(_WarmupLR):
     """Linear warm-up, then cosine from the peak to `min_lr_ratio` * peak at `total_steps`."""
 
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        warmup_steps: int,
-        total_steps: int,
-        min_lr_ratio: float = 0.0,
-        last_epoch: int = -1,
-    ) -> None:
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
+                 last_epoch: int = -1) -> None:
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"scheduler.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.min_lr_ratio = float(min_lr_ratio)
@@ -95,22 +75,12 @@ class WarmupCosineLR(_WarmupLR):
 
 
 class WarmupMultiStepLR(_WarmupLR):
-    """DeepSeek-LLM's multi-step schedule: linear warm-up, the peak, then fixed drops.
+    """DeepSeek-LLM's multi-step schedule: linear warm-up, the peak, then `factors` of it from each of `milestones`
+    (fractions of `total_steps`, or steps when > 1); by default 31.6% from 80%, 10% from 90% (Table 4 "step")."""
 
-    Defaults: 31.6% of the peak from 80% of `total_steps`, 10% from 90% (DeepSeek-VL paper, Table 4
-    "step"). `milestones` are fractions of `total_steps` (or absolute steps when > 1) and
-    `factors` the lr multiplier from each milestone on.
-    """
-
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        warmup_steps: int,
-        total_steps: int,
-        milestones: Sequence[float] = (0.8, 0.9),
-        factors: Sequence[float] = (0.316, 0.1),
-        last_epoch: int = -1,
-    ) -> None:
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
+                 milestones: Sequence[float] = (0.8, 0.9), factors: Sequence[float] = (0.316, 0.1),
+                 last_epoch: int = -1) -> None:
         if len(milestones) != len(factors):
             raise ValueError(
                 f"scheduler.milestones and scheduler.factors need the same length, got {len(milestones)} and {len(factors)}"
@@ -123,8 +93,4 @@ class WarmupMultiStepLR(_WarmupLR):
         super().__init__(optimizer, warmup_steps, total_steps, last_epoch)
 
     def decay_factor(self, step: int) -> float:
-        factor = 1.0
-        for milestone, value in zip(self.milestone_steps, self.factors):
-            if step >= milestone:
-                factor = value
-        return factor
+        return next((f for m, f in reversed(list(zip(self.milestone_steps, self.factors))) if step >= m), 1.0)

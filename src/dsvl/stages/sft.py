@@ -5,10 +5,8 @@ from dsvl.stages.base import VLMStage
 
 
 class SFTStage(VLMStage):
-    """Loss on assistant answers only (system and user turns masked by the data's chat template).
-
-    SAM-B is frozen for GPU memory; `stage.trainable=[adaptor,llm,vision]` unfreezes it.
-    """
+    """Loss on assistant answers only (the chat template masks system and user turns); SAM-B is frozen for GPU
+    memory (`stage.trainable=[adaptor,llm,vision]` unfreezes it)."""
 
     stage_name = "sft"
     default_trainable = ("adaptor", "llm", "vision.low")

@@ -10,9 +10,8 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -29,44 +28,20 @@ _DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfl
                                    "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
 
 
-def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    if str(name) not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; accepted: {', '.join(_DTYPES)}")
-    return _DTYPES[str(name)]
-
-
 class FSDP2Strategy(ModelParallelStrategy):
-    """`ModelParallelStrategy` for pure FSDP2 (data-parallel mesh over all ranks, no tensor parallel).
+    """`ModelParallelStrategy` for pure FSDP2: a data-parallel mesh over all ranks, tensor parallel 1 (use
+    `ModelParallelStrategy` itself for 2-D parallelism). `reshard_after_forward=False` keeps gathered weights until
+    backward (ZeRO-2 like); `param_dtype` / `reduce_dtype` ("bf16", "fp32", ...) make FSDP2's `MixedPrecisionPolicy`
+    (None keeps the parameters' dtype). Activation checkpointing is `model.gradient_checkpointing=true`."""
 
-    Activation checkpointing is the model's switch, the same under every strategy:
-    `model.gradient_checkpointing=true` (every LLM and tower block recomputed in backward).
-
-    Args:
-        reshard_after_forward: free gathered weights after forward (ZeRO-3 like); False keeps them
-            until backward (ZeRO-2 like: more memory, fewer all-gathers).
-        param_dtype / reduce_dtype: FSDP2 `MixedPrecisionPolicy` ("bf16", "fp32", ...); None keeps
-            the parameters' dtype (then `trainer.precision=bf16-mixed` autocasts instead).
-        Other arguments are `ModelParallelStrategy`'s (tensor parallel is 1: use it directly for 2-D parallelism).
-    """
-
-    def __init__(
-        self,
-        reshard_after_forward: bool = True,
-        param_dtype: str | None = None,
-        reduce_dtype: str | None = None,
-        data_parallel_size: Literal["auto"] | int = "auto",
-        save_distributed_checkpoint: bool = True,
-        process_group_backend: str | None = None,
-        timeout: timedelta | None = None,
-    ) -> None:
-        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint,
-                         process_group_backend=process_group_backend, **kwargs)
+    def __init__(self, reshard_after_forward: bool = True, param_dtype: str | None = None, reduce_dtype: str | None = None,
+                 **kwargs: Any) -> None:  # the rest are `ModelParallelStrategy`'s (data_parallel_size, timeout, ...)
+        super().__init__(tensor_parallel_size=1, **kwargs)
         self.reshard_after_forward = bool(reshard_after_forward)
-        self.param_dtype, self.reduce_dtype = _dtype(param_dtype), _dtype(reduce_dtype)
+        unknown = {param_dtype, reduce_dtype} - {None, *_DTYPES}
+        if unknown:
+            raise ValueError(f"unknown dtype {unknown.pop()!r}; accepted: {', '.join(_DTYPES)}")
+        self.param_dtype, self.reduce_dtype = _DTYPES.get(param_dtype), _DTYPES.get(reduce_dtype)
 
     def setup_environment(self) -> None:
         # Lightning's "auto" is one data-parallel group per node (for 2-D meshes); FSDP2 alone shards over all ranks
@@ -75,21 +50,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
 
-def _fully_shard_kwargs(strategy: ModelParallelStrategy) -> dict[str, Any]:
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
-    opts: dict[str, Any] = {"mesh": strategy.device_mesh["data_parallel"]}
-    if isinstance(strategy, FSDP2Strategy):
-        opts["reshard_after_forward"] = strategy.reshard_after_forward
-        opts["mp_policy"] = MixedPrecisionPolicy(param_dtype=strategy.param_dtype, reduce_dtype=strategy.reduce_dtype)
-    return opts
-
-
 def shard_model(model: nn.Module, **fully_shard_kwargs: Any) -> dict[str, int]:
-    """`fully_shard` each block of each part, then each part, then `model`; returns blocks sharded per part.
-
-    `model` is a `VisionLanguageModel` (or anything with `parts()` and `block_classes()`).
-    """
+    """`fully_shard` each block of each part (`model.block_classes()`), then each part, then `model`; returns the
+    blocks sharded per part."""
     from torch.distributed.fsdp import fully_shard
 
     blocks = tuple(model.block_classes())
@@ -127,9 +90,8 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def builds_on_meta(strategy: Any) -> bool:
-    """True when the run path builds the model on meta and materialises it per shard: FSDP2 (`ModelParallelStrategy`)
-    and DeepSpeed ZeRO-3. DDP, ZeRO-1/2 and single-device runs build it whole (so does a `model.lora` config, see
-    `build_model`)."""
+    """True for FSDP2 (`ModelParallelStrategy`) and DeepSpeed ZeRO-3, where the run path builds the model on meta and
+    materialises it per shard; other strategies (and a `model.lora` config, see `build_model`) build it whole."""
     return isinstance(strategy, ModelParallelStrategy) or is_zero3(strategy)
 
 
@@ -202,15 +164,10 @@ def defer_weights(model: nn.Module, init_from: str | Path) -> None:
 
 
 def configure_model(stage: Any) -> None:
-    """Apply the strategy's parallelism to `stage.model` (the `configure_model` hook of `VLMStage`).
-
-    `ModelParallelStrategy` (FSDP2): the model is sharded, then, if built on meta, materialised per shard on the
-    strategy's device. DeepSpeed ZeRO-3 (Lightning calls this inside `deepspeed.zero.Init`): a meta-built model is
-    materialised unit by unit, each unit partitioned as soon as it is filled. Otherwise a no-op (DDP and DeepSpeed
-    wrap the module themselves); idempotent (Lightning calls it again for `validate`).
-    """
-    trainer = getattr(stage, "_trainer", None)
-    strategy = getattr(trainer, "strategy", None)
+    """The strategy's parallelism on `stage.model`: FSDP2 shards it, then fills a meta build per shard; ZeRO-3 fills a
+    meta build unit by unit, partitioned. Otherwise a no-op (DDP and DeepSpeed wrap the module themselves);
+    idempotent (Lightning calls it again for `validate`)."""
+    strategy = getattr(stage._trainer, "strategy", None)
     model = stage.model
     on_meta = has_meta_parameters(model)
     sources = [*weight_sources(model), *getattr(model, "deferred_weights", [])] if on_meta else []
@@ -221,7 +178,13 @@ def configure_model(stage: Any) -> None:
     if not isinstance(strategy, ModelParallelStrategy) or is_sharded(model):
         return
     template = copy.deepcopy(model) if on_meta else None  # unsharded, still on meta: cheap
-    counts = shard_model(model, **_fully_shard_kwargs(strategy))
+    opts: dict[str, Any] = {"mesh": strategy.device_mesh["data_parallel"]}
+    if isinstance(strategy, FSDP2Strategy):
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        opts |= {"reshard_after_forward": strategy.reshard_after_forward,
+                 "mp_policy": MixedPrecisionPolicy(param_dtype=strategy.param_dtype, reduce_dtype=strategy.reduce_dtype)}
+    counts = shard_model(model, **opts)
     if template is not None:
         materialize(model, template, device=strategy.root_device, sources=sources)
     frozen = set(getattr(stage, "frozen_parts", ()))
@@ -247,10 +210,6 @@ def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
 
 
 def slurm_environment(auto_requeue: bool = True, requeue_signal: str = "SIGUSR1") -> SLURMEnvironment:
-    """`SLURMEnvironment` with the requeue signal given by name (YAML cannot name a `signal.Signals`).
-
-    On the signal (sbatch `--signal=USR1@<s>`, set by conf/hydra/launcher/submitit_slurm.yaml)
-    Lightning saves `hpc_ckpt_<n>.ckpt` in `trainer.default_root_dir`, requeues the job with
-    `scontrol requeue`, and the requeued job resumes from it (weights, optimizer, data position).
-    """
+    """`SLURMEnvironment` with the requeue signal given by name (YAML cannot name a `signal.Signals`); on it
+    (sbatch `--signal=USR1@<s>`) Lightning saves `hpc_ckpt_<n>.ckpt`, requeues the job and the job resumes from it."""
     return SLURMEnvironment(auto_requeue=auto_requeue, requeue_signal=signal.Signals[requeue_signal])

@@ -7,14 +7,11 @@ gradients inside its engine: there the per-micro-batch mean is optimised as befo
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import SumMetric
-
-log = logging.getLogger(__name__)
 
 
 class _ScaleGrad(torch.autograd.Function):
