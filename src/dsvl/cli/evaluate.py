@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 PROG = "dsvl-eval"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 SYSTEM_PROMPT_AUTO = "auto"
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-          "fp32": torch.float32, "float32": torch.float32}
 
 
 @dataclass
@@ -73,6 +71,7 @@ def load_for_inference(path: str | Path, tokenizer: str | Path | None = None, de
     from dsvl.model import ConfigError, VisionLanguageModel
     from dsvl.model.export import exported_system_prompt
     from dsvl.stages.checkpoint import InitFromError, load_stage_checkpoint
+    from dsvl.stages.strategies import DTYPES
 
     p = Path(path).expanduser()
     if not p.exists():

@@ -24,8 +24,8 @@ from dsvl.model.safe_load import SHARDED_MODEL, is_sharded_checkpoint
 
 log = logging.getLogger(__name__)
 
-_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-                                   "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,  # config names
+                                  "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -38,10 +38,10 @@ class FSDP2Strategy(ModelParallelStrategy):
                  **kwargs: Any) -> None:  # the rest are `ModelParallelStrategy`'s (data_parallel_size, timeout, ...)
         super().__init__(tensor_parallel_size=1, **kwargs)
         self.reshard_after_forward = bool(reshard_after_forward)
-        unknown = {param_dtype, reduce_dtype} - {None, *_DTYPES}
+        unknown = {param_dtype, reduce_dtype} - {None, *DTYPES}
         if unknown:
-            raise ValueError(f"unknown dtype {unknown.pop()!r}; accepted: {', '.join(_DTYPES)}")
-        self.param_dtype, self.reduce_dtype = _DTYPES.get(param_dtype), _DTYPES.get(reduce_dtype)
+            raise ValueError(f"unknown dtype {unknown.pop()!r}; accepted: {', '.join(DTYPES)}")
+        self.param_dtype, self.reduce_dtype = DTYPES.get(param_dtype), DTYPES.get(reduce_dtype)
 
     def setup_environment(self) -> None:
         # Lightning's "auto" is one data-parallel group per node (for 2-D meshes); FSDP2 alone shards over all ranks
