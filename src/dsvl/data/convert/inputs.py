@@ -116,13 +116,11 @@ def parquet_rows(path: Path, what: str = "input") -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
-def read_records(path: str | Path) -> Iterator[Any]:
-    """Records of one input file: a JSON list, JSONL (either may be compressed) or parquet."""
+def read_records(path: str | Path, what: str = "input") -> Iterator[Any]:
+    """Records of one (existing) input file: a JSON list, JSONL (either may be compressed) or parquet."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"input {str(path)!r} not found")
     if path.suffix.lower() == ".parquet":
-        yield from parquet_rows(path)
+        yield from parquet_rows(path, what)
         return
     with io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace", newline="") as f:
         head = f.read(CHUNK)

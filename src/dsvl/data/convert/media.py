@@ -35,7 +35,7 @@ def image_bytes(ref: Any, root: Path | None) -> bytes:
         raise BadSample(SkipReason.BAD_JSON, f"image reference is a {type(ref).__name__}, not a path/url/bytes")
     if ref.startswith("data:"):
         ref = ref.partition(",")[2]
-        return _b64(ref)
+        return b64_image(ref)
     if ref.startswith(("http://", "https://")):
         raise BadSample(SkipReason.MISSING_FIELD, f"remote image {ref[:80]} (download images first)")
     path = Path(ref[7:] if ref.startswith("file://") else ref)
@@ -45,15 +45,15 @@ def image_bytes(ref: Any, root: Path | None) -> bytes:
         return path.read_bytes()
     except OSError:
         if len(ref) > 256 and "/" not in ref[:64]:  # transformers also accepts bare base64 strings
-            return _b64(ref)
+            return b64_image(ref)
         raise BadSample(SkipReason.MISSING_FIELD, f"image file {str(path)[:200]} not found") from None
 
 
-def _b64(text: str) -> bytes:
+def b64_image(text: str, key: str = "") -> bytes:
     try:
         return base64.b64decode(text, validate=False)
     except (binascii.Error, ValueError) as e:
-        raise BadSample(SkipReason.BAD_IMAGE, f"bad base64 image: {e}") from None
+        raise BadSample(SkipReason.BAD_IMAGE, f"bad base64 image: {e}", key) from None
 
 
 def shard_image(data: bytes, max_side: int) -> tuple[str, bytes]:

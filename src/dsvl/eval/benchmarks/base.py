@@ -6,10 +6,7 @@ file to agree on the question order, but decodes only the images of its own ques
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import io
-import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dsvl.data.bad_samples import BadSample
 from dsvl.data.chat import IMAGE_TOKEN
-from dsvl.data.convert.inputs import parquet_rows as read_parquet
+from dsvl.data.convert.inputs import Unreadable, read_records
 from dsvl.errors import DataError
 
 Kind = Literal["mc", "yesno", "open", "text"]
@@ -84,13 +81,6 @@ def with_images_first(text: str, num_images: int) -> str:
     return IMAGE_TOKEN * num_images + text
 
 
-def decode_base64(value: str, key: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=False)
-    except (binascii.Error, ValueError) as e:
-        raise bad_row(key, f"image is not base64 ({e})", BenchSkip.BAD_IMAGE) from None
-
-
 def load_image(ref: ImageRef, key: str) -> Image.Image:
     """An RGB image from bytes or a file; `BadSample` (missing / undecodable) otherwise."""
     if isinstance(ref, Path) and not ref.is_file():
@@ -129,22 +119,11 @@ def benchmark_files(path: str | Path, suffixes: Sequence[str], name: str) -> lis
     return found
 
 
-def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
-    """(key, object) per non-empty line; a line that is not a JSON object comes as a `BadSample`."""
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if not line.strip():
-                continue
-            key = f"{path.name}:{n + 1}"
-            try:
-                obj = json.loads(line)
-                yield key, obj if isinstance(obj, dict) else bad_row(key, "a line that is not a JSON object")
-            except json.JSONDecodeError as e:
-                yield key, bad_row(key, f"not JSON ({e.msg})")
-
-
 def dict_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any] | BadSample]]:
-    """(key, row dict) of a parquet file (one record batch in memory at a time), else of JSON lines."""
-    if path.suffix != ".parquet":
-        return json_lines(path)
-    return ((f"{path.name}:{n}", row) for n, row in enumerate(read_parquet(path, f"benchmarks.{name}.path")))
+    """(key, row) of a parquet, JSON lines or JSON list file (`convert.inputs.read_records`, streamed);
+    a record that does not parse or is not a JSON object comes as a `BadSample`."""
+    for n, row in enumerate(read_records(path, f"benchmarks.{name}.path")):
+        key = f"{path.name}:{n}"
+        if isinstance(row, Unreadable) or not isinstance(row, dict):
+            row = bad_row(key, row.detail if isinstance(row, Unreadable) else "a record that is not a JSON object")
+        yield key, row

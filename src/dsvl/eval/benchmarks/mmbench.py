@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from dsvl.data.bad_samples import BadSample
+from dsvl.data.convert.media import b64_image
 from dsvl.errors import DataError
 
-from .base import LETTERS, BenchSkip, Question, answer_index, bad_row, decode_base64, is_missing, questions, with_images_first
+from .base import LETTERS, BenchSkip, Question, answer_index, bad_row, is_missing, questions, with_images_first
 
 REQUIRED = ("index", "question", "answer", "image")
 CIRCULAR_OFFSET = 1_000_000
@@ -33,8 +34,8 @@ def _images(cell: Any, rows_by_index: dict[str, dict[str, Any]], key: str) -> li
             items = ast.literal_eval(cell)
         except (ValueError, SyntaxError):
             raise bad_row(key, "image list is not a Python list string", BenchSkip.BAD_IMAGE) from None
-        return [decode_base64(str(v), key) for v in items]
-    return [decode_base64(cell, key)]
+        return [b64_image(str(v), key) for v in items]
+    return [b64_image(cell, key)]
 
 
 def read_mmbench(path: Path, images: Path | None = None, name: str = "mmbench") -> Iterator[Question | BadSample]:

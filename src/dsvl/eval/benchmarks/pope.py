@@ -12,7 +12,7 @@ from typing import Any
 
 from dsvl.data.bad_samples import BadSample
 
-from .base import Question, bad_row, benchmark_files, image_root, is_missing, json_lines, questions, with_images_first
+from .base import Question, bad_row, benchmark_files, dict_rows, image_root, is_missing, questions, with_images_first
 
 YES_NO = ["yes", "no"]
 
@@ -22,7 +22,7 @@ def read_pope(path: Path, images: Path | None = None, name: str = "pope") -> Ite
     files = benchmark_files(path, (".json", ".jsonl"), name)
     root = image_root(images, files[0], name)
     for file in files:
-        yield from questions(json_lines(file), partial(_question, root, file.stem))
+        yield from questions(dict_rows(file, name), partial(_question, root, file.stem))
 
 
 def _question(root: Path, stem: str, key: str, row: dict[str, Any]) -> Question:
