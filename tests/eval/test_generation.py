@@ -102,6 +102,6 @@ def test_prompt_errors(tiny_model: Any, tokenizer: Any) -> None:
     with pytest.raises(ValueError, match="images"):
         gen.build_batch([[user_turn("hi", 0)]], [[Image.new("RGB", (8, 8))]])
     with pytest.raises(ValueError, match="image not found"):
-        gen.answer("hi", images=["/nonexistent/a.png"])
+        gen.generate([[user_turn("hi", 1)]], [["/nonexistent/a.png"]])
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]

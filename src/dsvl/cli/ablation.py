@@ -9,7 +9,6 @@ each on held-out test data and writes `ablation.json` (its path is the last line
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -89,22 +88,20 @@ def stage_text_ppl(results: Sequence[Any], data_dir: Path) -> list[tuple[float, 
 
 
 def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int, val_every: int,
-                 variants: dict[str, list[str]] | None = None, stage1_overrides: Sequence[str] = (),
-                 eval_limit: int | None = None) -> dict[str, Any]:
+                 stage1_overrides: Sequence[str] = (), eval_limit: int | None = None) -> dict[str, Any]:
     """Stage 1 once, then every variant from its weights; returns the ablation report.
 
     `overrides` go to every run, `stage1_overrides` to stage 1 only; `eval_limit` caps the
     held-out samples each evaluation reads (None: all)."""
     from omegaconf import OmegaConf
 
-    variants = VARIANTS if variants is None else variants
     start = time.perf_counter()
     common = [f"paths.data_dir={data_dir}", *overrides]
     align = train_stage("demo/align", out / "align", [*common, *stage1_overrides])
     reference = pretrained_text_ppl(align.output_dir, data_dir, eval_limit)
     report: dict[str, Any] = {"steps": steps, "reference_text_ppl": reference, "stage1_checkpoint": str(align.checkpoint),
                               "variants": {}}
-    for name, extra in variants.items():
+    for name, extra in VARIANTS.items():
         log.info("ablation: variant %s (%s)", name, " ".join(extra) or "the recipe")
         stage_overrides = [*common, f"trainer.max_steps={steps}", f"val_every_n_steps={val_every}", *extra]
         result = train_stage("demo/pretrain", out / name, stage_overrides, init_from=align.checkpoint)
@@ -129,13 +126,13 @@ def run_ablation(out: Path, data_dir: Path, overrides: Sequence[str], steps: int
             "checkpoint": str(result.checkpoint),
             "curves": {key: [(int(step), v) for step, v in series.get(metric, [])] for key, metric in CURVES.items()},
         }
-    report["plot"] = str(plot_ablation(report["variants"], out / "ablation.png", reference_ppl=reference))
+    report["plot"] = str(plot_ablation(report["variants"], out / "ablation.png", reference))
     report["seconds"] = round(time.perf_counter() - start, 2)
     (out / "ablation.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def plot_ablation(variants: dict[str, dict[str, Any]], output: str | Path, reference_ppl: float | None = None) -> Path:
+def plot_ablation(variants: dict[str, dict[str, Any]], output: str | Path, reference_ppl: float) -> Path:
     """One PNG: held-out text perplexity (left) and MC accuracy (right) over steps, a line per variant."""
     import matplotlib
 
@@ -150,8 +147,7 @@ def plot_ablation(variants: dict[str, dict[str, Any]], output: str | Path, refer
                 ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
         if key == "text_ppl":
             ax.set_yscale("log")  # forgetting without text is orders of magnitude; the rest differ by percent
-            if reference_ppl is not None:
-                ax.axhline(reference_ppl, color="grey", linestyle="--", linewidth=1, label="pretrained LLM")
+            ax.axhline(reference_ppl, color="grey", linestyle="--", linewidth=1, label="pretrained LLM")
         if key == "mc_accuracy":
             ax.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance")
         ax.set_title(title)
@@ -172,27 +168,25 @@ def format_ablation(report: dict[str, Any]) -> str:
     for name, v in report["variants"].items():
         mm = f"{v['mm_loss']:.3f}" if v.get("mm_loss") is not None else "-"
         lines.append(f"{name:<10} {v['text_ppl']:>9.3f} {v['mc_accuracy']:>7.3f} {mm:>8} {v['samples_per_s']:>10.2f} {v['seconds']:>8.1f}")
-    if report.get("reference_text_ppl") is not None:
-        lines.append(f"pretrained LLM (before stage 1) held-out text perplexity: {report['reference_text_ppl']:.3f}")
+    lines.append(f"pretrained LLM (before stage 1) held-out text perplexity: {report['reference_text_ppl']:.3f}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`dsvl-demo ablation ...`."""
     from dsvl.cli._config import guarded
+    from dsvl.cli.data import OneLineParser, positive_int
     from dsvl.cli.demo_setup import ensure_demo_data, quiet_logging
     from dsvl.cli.train import close_wandb
 
-    parser = argparse.ArgumentParser(prog="dsvl-demo ablation", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="dsvl-demo ablation", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for stage 1 and every variant")
     parser.add_argument("--out", type=Path, default=None, help="run dir (default outputs/ablation/<date>_<time>)")
     parser.add_argument("--data-dir", type=Path, default=Path("data/demo"), help="demo data (made when missing)")
-    parser.add_argument("--steps", type=int, default=300, help="global steps per variant (same for all)")
-    parser.add_argument("--val-every", type=int, default=50, help="validation (curves) every N steps")
+    parser.add_argument("--steps", type=positive_int, default=300, help="global steps per variant (same for all)")
+    parser.add_argument("--val-every", type=positive_int, default=50, help="validation (curves) every N steps")
     parser.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
     args = parser.parse_intermixed_args(argv)
-    if args.steps <= 0 or args.val_every <= 0:
-        parser.error("--steps and --val-every must be positive")
     quiet_logging()
     out = (args.out or Path("outputs") / "ablation" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     data_dir = args.data_dir.resolve()

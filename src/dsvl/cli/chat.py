@@ -16,13 +16,14 @@ from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 from dsvl.cli._config import fail
+from dsvl.cli.data import OneLineParser, positive_int
 
 PROG = "dsvl-chat"
 EXIT_WORDS = {"exit", "quit", ":q"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description="Answer questions about images with a dsvl model.")
+    p = OneLineParser(prog=PROG, description="Answer questions about images with a dsvl model.")
     p.add_argument("question", nargs="?", help="the question; without it, read questions from stdin (interactive)")
     p.add_argument("--model", required=True, help="exported model directory (save_pretrained) or a dsvl-train .ckpt")
     p.add_argument("--adapter", help="a peft LoRA adapter directory (a finetune/lora run's adapter/), merged onto --model")
@@ -30,7 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", action="append", default=[], help="an image file (repeat for several images)")
     p.add_argument("--system-prompt", default="auto",
                    help='system prompt: "auto" (the one the model trained with, else DeepSeek-VL\'s), "" for none, or the text')
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -61,8 +62,6 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     from dsvl.cli.evaluate import EvalError, load_for_inference, pick_system_prompt
     from dsvl.eval.generation import ChatGenerator, GenerationSettings, load_image, user_turn
 
-    if args.max_new_tokens < 1:
-        fail(PROG, "--max-new-tokens must be >= 1")
     hf_logging.disable_progress_bar()
     try:
         images = [load_image(path) for path in args.image]

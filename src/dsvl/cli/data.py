@@ -14,7 +14,7 @@ from dsvl.errors import DataError, UserError
 PROG = "dsvl-data"
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with its usage errors as one line (exit 2), like every dsvl console script."""
 
     def error(self, message: str) -> NoReturn:
@@ -89,7 +89,7 @@ def _stats(a: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(value: str) -> int:
+def positive_int(value: str) -> int:
     try:
         n = int(value)
     except ValueError:
@@ -105,15 +105,15 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("shards", nargs="+", help="shard files, folders (every .tar below), globs or brace patterns")
     p.add_argument("--format", choices=SOURCE_FORMATS, default="dsvl", help="caption: img2dataset tars")
     p.add_argument("--tokenizer", help="tokenizer directory: also measure token lengths")
-    p.add_argument("--num-image-tokens", type=_positive, default=576)
-    p.add_argument("--max-length", type=_positive, default=4096)
+    p.add_argument("--num-image-tokens", type=positive_int, default=576)
+    p.add_argument("--max-length", type=positive_int, default=4096)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def parser() -> argparse.ArgumentParser:
     from dsvl.data.convert import FORMATS, MODALITIES
 
-    p = _Parser(prog=PROG, description=__doc__)
+    p = OneLineParser(prog=PROG, description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{convert,build,validate,stats,demo}")
     c = sub.add_parser("convert", help="LLaVA / sharegpt / messages / HF datasets / MMC4 / text -> dsvl shards")
     c.add_argument("inputs", nargs="+", help="input files (hf: save_to_disk folder, parquet/arrow files or hub id)")
@@ -122,11 +122,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--images", help="folder that relative image paths start from")
     c.add_argument("--category", help="category of every sample (default: the input's name)")
     c.add_argument("--modality", choices=MODALITIES, default="auto", help="keep only this modality (auto: both)")
-    c.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard")
-    c.add_argument("--workers", type=_positive, default=1, help="processes (the output does not depend on it)")
+    c.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
+    c.add_argument("--workers", type=positive_int, default=1, help="processes (the output does not depend on it)")
     c.add_argument("--column", action="append", default=[], metavar="NAME=COLUMN",
                    help="read field NAME (text, image, images, caption, conversations, messages, texts...) from COLUMN")
-    c.add_argument("--max-image-side", type=_positive, default=2048, help="larger images are downscaled")
+    c.add_argument("--max-image-side", type=positive_int, default=2048, help="larger images are downscaled")
     c.add_argument("--split", default="train", help="hf: split")
     c.add_argument("--subset", help="hf hub: dataset config name")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -136,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("jsonl")
     b.add_argument("--images", default=".", help="folder the JSONL image paths are relative to")
     b.add_argument("--out", required=True)
-    b.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard")
+    b.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
     b.add_argument("--prefix", default="shard")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(fn=_build)
@@ -151,9 +151,9 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="make the synthetic demo shards and tokenizer")
     d.add_argument("--out", default="data/demo")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--train-size", type=_positive, default=2000, help="samples per set in the train split")
-    d.add_argument("--eval-size", type=_positive, default=200, help="samples per set in val and test")
-    d.add_argument("--shard-size", type=_positive, default=500)
+    d.add_argument("--train-size", type=positive_int, default=2000, help="samples per set in the train split")
+    d.add_argument("--eval-size", type=positive_int, default=200, help="samples per set in val and test")
+    d.add_argument("--shard-size", type=positive_int, default=500)
     d.set_defaults(fn=_demo)
     return p
 

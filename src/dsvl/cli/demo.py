@@ -11,7 +11,6 @@ perplexity), plots the curves, prints a summary table and writes `summary.json` 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dsvl.cli.data import OneLineParser
 from dsvl.cli.demo_setup import ensure_demo_data, quiet_logging
 
 log = logging.getLogger("dsvl.demo")
@@ -76,7 +76,7 @@ def format_summary(stages: list[dict[str, Any]], evaluation: dict[str, Any]) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `dsvl-demo`."""
-    parser = argparse.ArgumentParser(prog="dsvl-demo", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="dsvl-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage; STAGE:key=value for one")
     parser.add_argument("--out", type=Path, default=None, help="run dir (default outputs/demo/<date>_<time>)")
     parser.add_argument("--data-dir", type=Path, default=Path("data/demo"), help="demo data (made when missing)")

@@ -7,6 +7,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dsvl.data.bad_samples import BadSample, SkipCounter, SkipReason
 from dsvl.data.build import shard_urls
 from dsvl.data.encode import SampleEncoder
@@ -28,10 +30,6 @@ def packing_fill(lengths: list[int], max_length: int) -> float:
             rows, used = rows + 1, 0
         used += n
     return sum(fit) / (rows * max_length) if rows else 0.0
-
-
-def _percentile(sorted_values: list[int], q: float) -> int:
-    return sorted_values[min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))]
 
 
 def shard_stats(urls: str | list[str], encoder: SampleEncoder | None = None, max_length: int = 4096,
@@ -72,7 +70,7 @@ def shard_stats(urls: str | list[str], encoder: SampleEncoder | None = None, max
             s = sorted(lengths[m])
             over = (sum(n > max_length for n in s) + too_long[m]) / (len(s) + too_long[m])
             result["tokens"][m] = {"mean": round(sum(s) / max(len(s), 1), 1),
-                                   **{f"p{q}": _percentile(s, q) for q in PERCENTILES if s},
+                                   **{f"p{q}": int(np.percentile(s, q, method="nearest")) for q in PERCENTILES if s},
                                    "over_max_length": round(over, 4)}
         if lengths.get("text"):
             result["tokens"]["text"]["packing_fill"] = round(packing_fill(lengths["text"], max_length), 4)

@@ -136,7 +136,3 @@ class ChatGenerator:
                  settings: GenerationSettings | None = None) -> list[str]:
         """The assistant's next answer for each conversation (one batched generate call)."""
         return [self.decode(ids) for ids in self.generate_ids(self.build_batch(conversations, images), settings)]
-
-    def answer(self, question: str, images: Sequence[ImageLike] = (), settings: GenerationSettings | None = None) -> str:
-        """One question; its images go before its text unless it has placeholders."""
-        return self.generate([[user_turn(question, len(images))]], [list(images)], settings)[0]
