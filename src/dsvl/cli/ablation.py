@@ -59,7 +59,8 @@ def evaluate_model(model: Any, tokenizer: Any, data_dir: Path, system_prompt: st
 
 
 def evaluate_checkpoint(checkpoint: Path, data_dir: Path, mc: bool = True, limit: int | None = None) -> dict[str, Any]:
-    """`evaluate_model` of a stage's checkpoint (rebuilt from its saved hyperparameters, as dsvl-eval does)."""
+    """`evaluate_model` of a stage's checkpoint or an export, loaded as dsvl-eval loads it; MC in the
+    model's own system prompt (the one its SFT data was rendered with)."""
     from dsvl.cli.evaluate import load_for_inference
 
     loaded = load_for_inference(checkpoint, device="cpu")

@@ -26,19 +26,6 @@ log = logging.getLogger("dsvl.demo")
 CHANCE = 0.25
 
 
-def evaluate_export(export_dir: Path, data_dir: Path) -> dict[str, Any]:
-    """Load the exported dir as users would (transformers + dsvl) and score held-out test data."""
-    from transformers import AutoConfig
-
-    from dsvl.cli.ablation import evaluate_model
-    from dsvl.cli.evaluate import load_for_inference
-
-    hf_config = AutoConfig.from_pretrained(str(export_dir))  # the directory is a transformers model dir
-    loaded = load_for_inference(export_dir, device="cpu")
-    # MC in the export's system prompt, as the SFT data rendered its conversations
-    return {"model_type": hf_config.model_type, **evaluate_model(loaded.model, loaded.tokenizer, data_dir, loaded.system_prompt)}
-
-
 def first_losses(run_dir: Path, steps: int = 5) -> dict[str, float]:
     """`first/loss_<modality>`: the mean training loss over the first `steps` steps of that modality
     (the start the stage's final loss is compared with)."""
@@ -97,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = args.data_dir.resolve()
 
     def body() -> int:
+        from transformers import AutoConfig
+
+        from dsvl.cli.ablation import evaluate_checkpoint, stage_text_ppl
         from dsvl.cli.pipeline import run_pipeline
         from dsvl.eval.plots import plot_run
 
@@ -107,15 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.progress:
             common.append("++trainer.enable_progress_bar=false")
         results = run_pipeline("demo", out, [*common, *args.overrides], last_overrides=[f"export_dir={export_dir}"])
-        evaluation = evaluate_export(export_dir, data_dir)
+        # the export loaded as users would (transformers, then dsvl) and scored on held-out test data
+        model_type = AutoConfig.from_pretrained(str(export_dir)).model_type
+        evaluation = {"model_type": model_type, **evaluate_checkpoint(export_dir, data_dir)}
         plots = {}
         for r in results:
             try:
                 plots[r.stage] = str(plot_run(r.output_dir, out / f"curves_{r.stage}.png", title=f"demo {r.stage}"))
             except (FileNotFoundError, ValueError) as err:
                 log.warning("no plot for %s: %s", r.stage, err)
-        from dsvl.cli.ablation import stage_text_ppl
-
         ppl = stage_text_ppl(results, data_dir)
         stages = [{"stage": r.stage, "steps": int(r.metrics["trainer/global_step"]),
                    "seconds": round(r.metrics["perf/fit_seconds"], 2),

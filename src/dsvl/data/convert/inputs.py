@@ -104,23 +104,18 @@ def _json_list(f: IO[str], buf: str) -> Iterator[Any]:
         skip_ws()
 
 
-def parquet_rows(path: Path, what: str = "input") -> Iterator[dict[str, Any]]:
-    """Rows of a parquet file, one record batch in memory at a time; a file that is not parquet is one line."""
-    import pyarrow.parquet as pq
-
-    try:
-        reader = pq.ParquetFile(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
-        raise DataError(f"{what}: cannot read {path} as parquet ({' '.join(str(e).split())[:200]})") from None
-    for batch in reader.iter_batches(batch_size=256):
-        yield from batch.to_pylist()
-
-
 def read_records(path: str | Path, what: str = "input") -> Iterator[Any]:
     """Records of one (existing) input file: a JSON list, JSONL (either may be compressed) or parquet."""
     path = Path(path)
-    if path.suffix.lower() == ".parquet":
-        yield from parquet_rows(path, what)
+    if path.suffix.lower() == ".parquet":  # one record batch in memory at a time
+        import pyarrow.parquet as pq
+
+        try:
+            reader = pq.ParquetFile(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
+            raise DataError(f"{what}: cannot read {path} as parquet ({' '.join(str(e).split())[:200]})") from None
+        for batch in reader.iter_batches(batch_size=256):
+            yield from batch.to_pylist()
         return
     with io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace", newline="") as f:
         head = f.read(CHUNK)
