@@ -3,9 +3,6 @@
 Trains demo stage 1 once, then each of `VARIANTS` from its weights for the same samples, evaluates
 each on held-out test data and writes `ablation.json` (its path is the last line of output) and
 `ablation.png`; the variants and what the paper says of each are in docs/demo.md.
-
-    dsvl-demo ablation
-    dsvl-demo ablation --out outputs/ablation/mine --steps 200
 """
 from __future__ import annotations
 

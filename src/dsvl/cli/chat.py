@@ -1,9 +1,7 @@
 """`dsvl-chat`: talk to a trained model (a dsvl `.ckpt` or an exported directory).
 
-    dsvl-chat --model outputs/export/demo --image a.png "What color is the shape?"
     dsvl-chat --model run/checkpoints/last.ckpt --image a.png --image b.png "Compare the images."
     dsvl-chat --model outputs/export/demo --image a.png        # interactive: one question per line
-    dsvl-chat --model <base dir> --adapter <run dir>/adapter --image a.png "Describe it."   # a LoRA run's adapter
 
 Images go into the first question (before its text, unless it has `<image_placeholder>`s).
 The interactive loop keeps the conversation and ends on EOF, an empty line or "exit".

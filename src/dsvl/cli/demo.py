@@ -4,7 +4,6 @@ Makes the demo data and its pretrained parts (if missing), runs stages 1-3 of `r
 transformers-loadable model, evaluates it on held-out data (4-way multiple choice by perplexity, text
 perplexity), plots the curves, prints a summary table and writes `summary.json` (the last line of output).
 
-    dsvl-demo
     dsvl-demo --out outputs/demo/mine sft:trainer.max_steps=300
     dsvl-demo --out outputs/demo/mine auto_resume=true   # rerun: finished stages skipped, the interrupted one resumes
     dsvl-demo ablation --steps 300      # stage-2 variants from one stage 1 (dsvl.cli.ablation)

@@ -2,7 +2,6 @@
 (a `dsvl-train` `.ckpt` or an exported directory, loaded by `load_for_inference`, shared with `dsvl-chat`);
 prints a table and writes a JSON report. The evaluation itself is `dsvl.eval.evaluate` and `dsvl.eval.benchmarks`.
 
-    dsvl-eval checkpoint=outputs/export/demo benchmarks.mmbench.path=MMBench_DEV_EN.tsv benchmarks.mmlu.path=mmlu/test
     dsvl-eval checkpoint=outputs/train/<run>/checkpoints/last.ckpt mc.shards=data/demo/mc/val
     dsvl-eval checkpoint=outputs/export/demo text.shards=data/demo/pretrain/text/val mc.modes=[text,letter]
 """

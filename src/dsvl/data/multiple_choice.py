@@ -95,13 +95,8 @@ class EncodedMC:
 
 
 class MultipleChoiceCollator:
-    """Turns MC samples into one batch of (question, option) rows for `dsvl.eval.score_options`.
-
-    Batch keys: the model inputs (``input_ids``, ``attention_mask``, right padded, ``labels``,
-    and the image tensors of `VisionSpec`, each sample's images repeated once per option row),
-    ``row_sample`` / ``row_option`` (R,), ``answer`` (B,), ``num_options`` (B,), ``categories``,
-    ``keys``, ``modality`` and ``mc_mode``.
-    """
+    """Turns MC samples into one batch of (question, option) rows for `dsvl.eval.score_options`: the model
+    inputs (right padded; a sample's images once per option row) and the rows' bookkeeping."""
 
     def __init__(self, tokenizer: Any, vision_spec: VisionSpec | None, mode: Mode = "text",
                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, max_length: int | None = None) -> None:

@@ -34,14 +34,8 @@ def key_to_id(key: str) -> int:
 
 
 class MultipleChoiceAccuracy(Metric):
-    """Accuracy of multiple choice by perplexity: the predicted option is the one of lowest NLL.
-
-    `update` takes the per-option scores of a batch (mean NLL of each option's tokens, from
-    `dsvl.eval.score_options`), the index of the right option, and optionally the category and
-    the key of each sample. `compute()` gives overall accuracy (what Lightning logs); `summary()`
-    adds per-category accuracy and counts. Samples with the same key count once. `mode` ("text" or
-    "letter": options scored as texts or as letters) only names the result.
-    """
+    """Accuracy of multiple choice by perplexity (the option of lowest NLL, `dsvl.eval.score_options`);
+    `compute()` is what Lightning logs, `summary()` adds categories. `mode` only names the result."""
 
     is_differentiable = False
     higher_is_better = True

@@ -1,9 +1,5 @@
-"""Per-row NLL from logits, and option scoring for multiple choice in one forward pass.
-
-A multiple-choice batch (`MultipleChoiceCollator`) has one row per (question, option), labelled only
-on the option's tokens, so one forward gives every option's mean NLL; a question's images are
-encoded once and their features reused by every option row.
-"""
+"""Per-row NLL from logits, and option scoring for multiple choice in one forward pass (a
+`MultipleChoiceCollator` batch has one row per option, labelled on the option's tokens only)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
