@@ -34,8 +34,7 @@ def image_bytes(ref: Any, root: Path | None) -> bytes:
     if not isinstance(ref, str):
         raise BadSample(SkipReason.BAD_JSON, f"image reference is a {type(ref).__name__}, not a path/url/bytes")
     if ref.startswith("data:"):
-        ref = ref.partition(",")[2]
-        return b64_image(ref)
+        return b64_image(ref.partition(",")[2])
     if ref.startswith(("http://", "https://")):
         raise BadSample(SkipReason.MISSING_FIELD, f"remote image {ref[:80]} (download images first)")
     path = Path(ref[7:] if ref.startswith("file://") else ref)
