@@ -81,6 +81,20 @@ def test_pope_jsonl(tmp_path: Path) -> None:
         load_image(questions[4].images[0], questions[4].key)
 
 
+
+def test_pope_json_list_reads_like_its_lines(tmp_path: Path) -> None:
+    """A `.json` benchmark file may be one JSON list (it was one malformed row when read by line)."""
+    expected = bf.write_pope(tmp_path)
+    lines = expected["path"].read_text().splitlines()
+    listed = tmp_path / "listed" / "coco_pope_random.json"
+    listed.parent.mkdir()
+    listed.write_text("[" + ",\n".join(line for line in lines if not line.startswith("{not")) + "]")
+    by_line, _ = read("pope", expected["path"], expected["images"])
+    by_list, skipped = read("pope", listed, expected["images"])
+    assert skipped == {} and [(q.key, q.text, q.answer, q.images) for q in by_list] == [
+        (q.key, q.text, q.answer, q.images) for q in by_line]
+
+
 def test_mmmu_parquet(tmp_path: Path) -> None:
     expected = bf.write_mmmu(tmp_path / "validation.parquet")
     questions, skipped = read("mmmu", tmp_path / "validation.parquet")
