@@ -109,3 +109,4 @@ def test_only_cli_imports_hydra_and_omegaconf(tmp_path) -> None:
     (tmp_path / "dsvl" / "model").mkdir(parents=True)  # the scan itself finds an import inside a function
     (tmp_path / "dsvl" / "model" / "x.py").write_text("def f():\n    from omegaconf import OmegaConf\n")
     assert config_library_imports(tmp_path / "dsvl") == ["dsvl.model.x: omegaconf"]
+

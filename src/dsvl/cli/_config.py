@@ -5,6 +5,7 @@ call it directly); bugs keep their traceback.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
@@ -51,6 +52,23 @@ def fail(prog: str, err: BaseException | str) -> NoReturn:
     msg = err if isinstance(err, str) else one_line(err)
     print(f"{prog}: error: {msg}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (exit 2), like every dsvl console script."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return n
 
 
 def compose(overrides: Sequence[str] = (), config_name: str | None = "train", output_dir: str | Path | None = None,

@@ -173,7 +173,7 @@ def format_ablation(report: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """`dsvl-demo ablation ...`."""
     from dsvl.cli._config import guarded
-    from dsvl.cli.data import OneLineParser, positive_int
+    from dsvl.cli._config import OneLineParser, positive_int
     from dsvl.cli.demo_setup import ensure_demo_data, quiet_logging
     from dsvl.cli.train import close_wandb
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 from dsvl.cli._config import fail
-from dsvl.cli.data import OneLineParser, positive_int
+from dsvl.cli._config import OneLineParser, positive_int
 
 PROG = "dsvl-chat"
 EXIT_WORDS = {"exit", "quit", ":q"}

@@ -7,18 +7,12 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
+from dsvl.cli._config import OneLineParser, positive_int
 from dsvl.errors import DataError, UserError
 
 PROG = "dsvl-data"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with its usage errors as one line (exit 2), like every dsvl console script."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _demo(a: argparse.Namespace) -> int:
@@ -87,16 +81,6 @@ def _stats(a: argparse.Namespace) -> int:
     r = shard_stats(a.shards, _encoder(a) if a.tokenizer else None, a.max_length, a.format, a.out, not a.quiet)
     print(json.dumps(r, indent=2))
     return 0
-
-
-def positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return n
 
 
 def _shard_args(p: argparse.ArgumentParser) -> None:

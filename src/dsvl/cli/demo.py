@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dsvl.cli.data import OneLineParser
+from dsvl.cli._config import OneLineParser
 from dsvl.cli.demo_setup import ensure_demo_data, quiet_logging
 
 log = logging.getLogger("dsvl.demo")

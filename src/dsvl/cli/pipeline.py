@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsvl.cli._config import CONFIG_DIR, compose, guarded
+from dsvl.cli._config import CONFIG_DIR, OneLineParser, compose, guarded
 from dsvl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console script `dsvl-pipeline`."""
     from dsvl.cli.train import close_wandb
 
-    parser = argparse.ArgumentParser(prog="dsvl-pipeline", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="dsvl-pipeline", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", help="recipe family: a folder of conf/experiment/ (demo, deepseek_vl_1.3b, deepseek_vl_7b)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage; STAGE:key=value for one")
     parser.add_argument("--out", type=Path, default=None, help="run dir (default outputs/pipeline_<family>/<time>)")
