@@ -98,7 +98,6 @@ class VisionLanguageModel(nn.Module):
         self.image_token_id = int(image_token_id)
         self.config = config or {}
 
-    # ---- structure -------------------------------------------------------------------------
     def parts(self) -> dict[str, nn.Module]:
         """Part name -> module for freezing and summaries: 'vision.low', 'vision.high', 'adaptor', 'llm' (absent parts left out)."""
         parts = {"vision.low": self.vision.low, "vision.high": self.vision.high, "adaptor": self.adaptor, "llm": self.llm}
@@ -118,11 +117,11 @@ class VisionLanguageModel(nn.Module):
     @property
     def vision_spec(self) -> VisionSpec:
         """Image inputs and tokens per image (what `dsvl.data` needs)."""
-        return self.vision.spec
+        return self.vision.info.spec
 
     @property
     def num_image_tokens(self) -> int:
-        return self.vision.spec.num_image_tokens
+        return self.vision.info.num_tokens
 
     def _checkpointable(self) -> list[PreTrainedModel]:
         towers = (getattr(t, "model", None) for t in (self.vision.low, self.vision.high))
@@ -147,7 +146,6 @@ class VisionLanguageModel(nn.Module):
         """True when every checkpointable part recomputes activations."""
         return all(any(getattr(m, "gradient_checkpointing", False) for m in part.modules()) for part in self._checkpointable())
 
-    # ---- inputs ----------------------------------------------------------------------------
     def encode_images(
         self, pixel_values: torch.Tensor | None = None, high_res_pixel_values: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -179,7 +177,6 @@ class VisionLanguageModel(nn.Module):
                              "consecutive image tokens")
         return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
 
-    # ---- forward / generate ----------------------------------------------------------------
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -227,11 +224,9 @@ class VisionLanguageModel(nn.Module):
     ) -> torch.LongTensor:
         """New token ids (B, new) from the LLM's transformers `generate` on image-filled embeddings (KV cache, sampling, left padding)."""
         embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values)
-        if attention_mask is None:
-            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
+        # no attention_mask: transformers' generate attends to every position of `inputs_embeds`
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
-    # ---- transformers interop --------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, dir_or_hub_id: str | Path, adapter: str | Path | None = None, **hf_kwargs: Any) -> "VisionLanguageModel":
         """Load a transformers `deepseek_vl` / `deepseek_vl_hybrid` checkpoint (never remote code); with
