@@ -1,9 +1,5 @@
-"""`DSVLDataModule`: the Lightning side of the data pipeline, built from Hydra config (conf/data/).
-
-Trainer wiring (endless train loader, accumulation from the trainer, `on_before_batch_transfer`
-recording the data position) is in docs/data_format.md, "Trainer wiring"; elastic resume over
-logical data parts in docs/scale.md.
-"""
+"""`DSVLDataModule`: the Lightning side of the data pipeline, built from Hydra config (conf/data/). Trainer wiring:
+docs/data_format.md, "Trainer wiring"; elastic resume over logical data parts: docs/scale.md."""
 from __future__ import annotations
 
 import logging
@@ -113,9 +109,7 @@ class DSVLDataModule(L.LightningDataModule):
         self._positions: dict[int, dict[str, Any]] = {}  # latest position of each data part (resumed or built)
         self._resume: dict[str, Any] | None = None
         self._skipped_before = SkipCounter()  # counts of a checkpoint whose streams restarted (elastic_restart)
-        self._val_counter = SkipCounter()
 
-    # --- building blocks ---------------------------------------------------------------------
     @property
     def encoder(self) -> SampleEncoder:
         """Tokenizer + image preprocessing, built once (also pickled into the DataLoader workers)."""
@@ -235,7 +229,6 @@ class DSVLDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                           prefetch_factor=(self.prefetch_factor or None) if self.num_workers > 0 else None)
 
-    # --- LightningDataModule -----------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset())
 
@@ -251,8 +244,7 @@ class DSVLDataModule(L.LightningDataModule):
         if (cfg := self.mc_val) is not None:  # scored with this module's tokenizer, images and system prompt
             collator = MultipleChoiceCollator(self.encoder.text.tokenizer, self.vision, mode=str(cfg.get("mode", "text")),
                                               system_prompt=self.system_prompt, max_length=cfg.get("max_length"))
-            mc = MultipleChoiceBatches(cfg["shards"], collator, int(cfg.get("batch_size", 8)), cfg.get("limit"), rank,
-                                       world, counter=self._val_counter)
+            mc = MultipleChoiceBatches(cfg["shards"], collator, int(cfg.get("batch_size", 8)), cfg.get("limit"), rank, world)
             loaders.append(DataLoader(mc, batch_size=None, num_workers=0))
         return loaders[0] if len(loaders) == 1 else loaders
 
@@ -275,7 +267,7 @@ class DSVLDataModule(L.LightningDataModule):
         return {p: pos for p, pos in self._positions.items() if p % world == rank}
 
     def skip_counts(self) -> SkipCounter:
-        """Samples skipped so far by this rank's data parts (training streams as consumed, plus validation)."""
+        """Samples skipped so far by this rank's data parts (training streams as consumed)."""
         c = SkipCounter.merged(s.get("skipped", {}) for s in self._mine().values())
         if self._rank_world()[0] == 0:
             c.merge(self._skipped_before.counts)

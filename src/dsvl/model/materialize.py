@@ -21,7 +21,7 @@ from torch import nn
 
 from dsvl.errors import CheckpointError
 
-from .safe_load import is_sharded_checkpoint, load_sharded, sharded_tensors
+from .safe_load import is_sharded_checkpoint, load_sharded, safe_torch_load, sharded_tensors
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,6 @@ def _open_tensors(path: Path) -> Iterator[Mapping[str, Any]]:
     if path.is_dir() or path.suffix == ".safetensors":
         yield {k: v for f in _safetensors_files(path) for k, v in _safetensors_index(f).items()}
         return
-    from .safe_load import safe_torch_load
-
     ckpt = safe_torch_load(path, map_location="cpu", mmap=True)  # mapped: only the slices read reach memory
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
