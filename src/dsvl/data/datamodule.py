@@ -27,16 +27,6 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 2  # positions per logical data part (version 1, per rank and worker, is refused)
 
 
-def as_vision_spec(spec: VisionSpec | Mapping[str, Any] | None) -> VisionSpec | None:
-    """A VisionSpec from an object or a mapping ``{inputs: [{name, size, mean, std}], num_image_tokens}``
-    (what `hydra.utils.instantiate` makes of a VisionSpec passed as a keyword: a structured config)."""
-    if spec is None or isinstance(spec, VisionSpec):
-        return spec
-    inputs = tuple(ImageInputSpec(str(i["name"]), int(i["size"]), tuple(i["mean"]), tuple(i["std"]))  # type: ignore[arg-type]
-                   for i in spec.get("inputs", ()))
-    return VisionSpec(inputs, int(spec.get("num_image_tokens", 0)))
-
-
 def load_tokenizer(path: str) -> Any:
     """AutoTokenizer from a local directory (or a hub id), with a one-line error if it is missing."""
     from transformers import AutoTokenizer
@@ -84,7 +74,11 @@ class DSVLDataModule(L.LightningDataModule):
         self.val_sources = parse_sources(val_sources)
         if not self.train_sources:
             raise DataError("data.train_sources is empty")
-        self.vision = as_vision_spec(vision_spec)
+        if isinstance(vision_spec, Mapping):  # what `hydra.utils.instantiate` makes of a VisionSpec keyword
+            inputs = tuple(ImageInputSpec(str(i["name"]), int(i["size"]), tuple(i["mean"]), tuple(i["std"]))  # type: ignore[arg-type]
+                           for i in vision_spec.get("inputs", ()))
+            vision_spec = VisionSpec(inputs, int(vision_spec.get("num_image_tokens", 0)))
+        self.vision = vision_spec
         self.schedule = schedule if isinstance(schedule, ModalitySchedule) else ModalitySchedule(**dict(schedule or {}))
         self.micro_batch_size, self.val_batch_size = int(micro_batch_size), int(val_batch_size or micro_batch_size)
         self.max_length, self.pad_to_max_length = int(max_length), bool(pad_to_max_length)

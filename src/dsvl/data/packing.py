@@ -58,15 +58,12 @@ class BufferedPacker:
         self.buffer: deque[_Pending] = deque()
         self._drawn = 0  # samples drawn from the stream so far (the next draw index)
 
-    def _fill(self, rows: int) -> None:
-        while len(self.buffer) < max(self.buffer_size, rows):
+    def rows(self, n: int) -> list[list[Encoded]]:
+        """`n` rows, each at most `max_length` tokens (samples are never longer: the encoder skips those)."""
+        while len(self.buffer) < max(self.buffer_size, n):
             before = self.stream.state_dict()
             self.buffer.append(_Pending(self._drawn, self.stream.pop(), before))
             self._drawn += 1
-
-    def rows(self, n: int) -> list[list[Encoded]]:
-        """`n` rows, each at most `max_length` tokens (samples are never longer: the encoder skips those)."""
-        self._fill(n)
         packed = best_fit_rows(list(self.buffer), n, self.max_length)
         taken = {p.seq for row in packed for p in row}
         self.buffer = deque(p for p in self.buffer if p.seq not in taken)

@@ -37,12 +37,6 @@ class LoraSettings:
     targets: dict[str, list[str]] = field(default_factory=dict)
     load_in_4bit: bool = False
 
-    def target_regex(self, prefixes: Mapping[str, str]) -> str:
-        """One regex over full module names: `<part prefix>.<anything>.<target>` for every part with targets."""
-        alts = [f"{re.escape(prefixes[part])}\\..*\\.({'|'.join(map(re.escape, names))})"
-                for part, names in self.targets.items() if names]
-        return "^(" + "|".join(alts) + ")$"
-
 
 def lora_settings(node: Any) -> LoraSettings | None:
     """`model.lora` checked (None when absent); QLoRA without CUDA or bitsandbytes is a ConfigError here, before any weights."""
@@ -85,8 +79,11 @@ def quantization_config(settings: LoraSettings | None, skip_modules: list[str]) 
 def _peft_config(settings: LoraSettings, prefixes: Mapping[str, str], **extra: Any) -> Any:
     from peft import LoraConfig
 
+    # one regex over full module names: `<part prefix>.<anything>.<target>` for every part with targets
+    alts = [f"{re.escape(prefixes[part])}\\..*\\.({'|'.join(map(re.escape, names))})"
+            for part, names in settings.targets.items() if names]
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=settings.target_regex(prefixes), **extra)
+                      target_modules="^(" + "|".join(alts) + ")$", **extra)
 
 
 def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
