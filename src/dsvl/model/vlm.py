@@ -42,10 +42,6 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 LOSS_CHUNK = 1024  # positions per chunk of the fallback path of `chunked_next_token_loss`: 1024 x 102,400 fp32 logits = 0.4 GB
 
 
-def _chunk_nll_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-
 def fusable_head(head: nn.Module) -> bool:
     """True for a plain, hook-free `nn.Linear` with ordinary tensors (the fused loss calls its weight directly); a
     LoRA-wrapped, FSDP2-sharded (DTensor) or hooked head runs its own forward in checkpointed chunks instead."""
@@ -70,7 +66,8 @@ def chunked_next_token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch
     total = states.float().sum() * 0.0  # a zero with a graph, also when nothing is supervised
     step = chunk or LOSS_CHUNK
     for i in range(0, int(targets.shape[0]), step):
-        part = checkpoint(_chunk_nll_sum, head, states[i:i + step], targets[i:i + step], use_reentrant=False)
+        part = checkpoint(lambda h, t: F.cross_entropy(head(h).float(), t, reduction="sum"),
+                          states[i:i + step], targets[i:i + step], use_reentrant=False)
         total = total + part
     return total / count.clamp(min=1), count
 
