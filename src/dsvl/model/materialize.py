@@ -247,27 +247,25 @@ def init_random(
     model: nn.Module,
     template: nn.Module | None = None,
     seed: int | None = None,
-    blocks: tuple[type, ...] | None = None,
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """Random init per unit into `model`'s allocated (local parts of) tensors except those in `skip` (a unit wholly
-    in `skip` is never built). `template`: the same model unsharded (default `model`); `seed`: default
-    `torch.initial_seed()` (`seed_everything` sets it); `blocks`: default `template.block_classes()`."""
+    """Random init per unit (the blocks are `template.block_classes()`) into `model`'s allocated (local parts of)
+    tensors except those in `skip` (a unit wholly in `skip` is never built). `template`: the same model unsharded
+    (default `model`); `seed`: default `torch.initial_seed()` (`seed_everything` sets it)."""
     template = model if template is None else template
-    seed, units, owners = _init_plan(template, seed, blocks)
+    seed, units, owners = _init_plan(template, seed)
     targets = dict(_tensors(model, True))
     for name, unit, whole in units:
         for pname, value in _unit_values(name, unit, whole, owners, seed, skip).items():
             _assign(targets[pname], value, pname)
 
 
-def _init_plan(template: nn.Module, seed: int | None, blocks: tuple[type, ...] | None
+def _init_plan(template: nn.Module, seed: int | None
                ) -> tuple[int, list[tuple[str, nn.Module, bool]], dict[str, nn.Module | None]]:
     """The run seed, the init units of `template` and, by module name, the module whose `_init_weights` initialises
     it: the nearest ancestor-or-self that has one (defaults as `init_random`)."""
     seed = torch.initial_seed() if seed is None else int(seed)
-    if blocks is None:
-        blocks = tuple(template.block_classes()) if hasattr(template, "block_classes") else ()
+    blocks = tuple(template.block_classes()) if hasattr(template, "block_classes") else ()
     owners: dict[str, nn.Module | None] = {}
     for name, module in template.named_modules():
         parent = owners.get(name.rpartition(".")[0]) if name else None
@@ -281,7 +279,6 @@ def materialize(
     device: torch.device | str | None = None,
     seed: int | None = None,
     sources: tuple[WeightSource, ...] | list[WeightSource] = (),
-    blocks: tuple[type, ...] | None = None,
 ) -> nn.Module:
     """Allocate `model`'s parameters on `device` (its local shards once `fully_shard` was applied) and fill them:
     random init (`init_random`) of every tensor that `sources` do not hold, then each of `sources` in order (every
@@ -297,7 +294,7 @@ def materialize(
             setattr(model.get_submodule(parent), attr, model.get_parameter(same))
     with ExitStack() as stack:
         opened = _open_sources(stack, sources, model)
-        init_random(model, template, seed, blocks, skip={n for *_, picked in opened for n in picked.values()})
+        init_random(model, template, seed, skip={n for *_, picked in opened for n in picked.values()})
         targets = model.state_dict(keep_vars=True)
         for source, tensors, picked in opened:
             with _blamed(source):
@@ -312,13 +309,12 @@ def materialize_in_units(
     device: torch.device | str | None = None,
     seed: int | None = None,
     sources: tuple[WeightSource, ...] | list[WeightSource] = (),
-    blocks: tuple[type, ...] | None = None,
 ) -> nn.Module:
     """`materialize` for a model partitioned as it is filled (DeepSpeed ZeRO-3): one init unit at a time is allocated
     whole on `device`, filled as `materialize` would, and its parameters handed to `partition` (which keeps this rank's
     part); a parameter tied to a later unit (tied embeddings) goes with that unit. A rank holds about one unit."""
     template = copy.deepcopy(model)  # on meta: cheap
-    seed, units, owners = _init_plan(template, seed, blocks)
+    seed, units, owners = _init_plan(template, seed)
     meta = dict(_tensors(model, True))
     names = [[f"{name}{n}" for n, _ in _tensors(unit, whole)] for name, unit, whole in units]
     last = {id(meta[n]): i for i, unit_names in enumerate(names) for n in unit_names}
