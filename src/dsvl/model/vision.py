@@ -80,13 +80,12 @@ class SiglipTower(nn.Module):
         hub_id: str | None = None,
         mean: tuple[float, float, float] = SIGLIP_MEAN,
         std: tuple[float, float, float] = SIGLIP_STD,
-        config: SiglipVisionConfig | None = None,
         **hf_config: Any,
     ) -> None:
         super().__init__()
         hf_config.setdefault("vision_use_head", False)
         self.model = from_pretrained_checked(SiglipVisionModel, "vision.low", pretrained, hub_id, **hf_config) \
-            or SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, **hf_config))
+            or SiglipVisionModel(make_hf_config(SiglipVisionConfig, **hf_config))
         cfg = self.model.config
         size = _side(cfg.image_size, "image_size")
         self.info = TowerInfo(cfg.hidden_size, _grid(cfg), ImageInputSpec(self.input_name, size, tuple(mean), tuple(std)))
@@ -111,12 +110,11 @@ class SamTower(nn.Module):
         hub_id: str | None = None,
         mean: tuple[float, float, float] = CLIP_MEAN,
         std: tuple[float, float, float] = CLIP_STD,
-        config: SamVisionConfig | None = None,
         **hf_config: Any,
     ) -> None:
         super().__init__()
         self.model = from_pretrained_checked(SamVisionModel, "vision.high", pretrained, hub_id, **hf_config) \
-            or SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, **hf_config))
+            or SamVisionModel(make_hf_config(SamVisionConfig, **hf_config))
         cfg = self.model.config
         if not cfg.global_attn_indexes:
             raise ConfigError("global_attn_indexes must name at least one block (DeepSeek-VL taps the first)")
