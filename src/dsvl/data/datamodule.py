@@ -1,9 +1,5 @@
-"""`DSVLDataModule`: the Lightning side of the data pipeline, built from Hydra config (conf/data/).
-
-Trainer wiring (endless train loader, accumulation from the trainer, `on_before_batch_transfer`
-recording the data position) is in docs/data_format.md, "Trainer wiring"; elastic resume over
-logical data parts in docs/scale.md.
-"""
+"""`DSVLDataModule`: the Lightning side of the data pipeline, built from Hydra config (conf/data/). Trainer wiring:
+docs/data_format.md, "Trainer wiring"; elastic resume over logical data parts: docs/scale.md."""
 from __future__ import annotations
 
 import logging
@@ -29,16 +25,6 @@ from dsvl.model.spec import ImageInputSpec, VisionSpec
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 2  # positions per logical data part (version 1, per rank and worker, is refused)
-
-
-def as_vision_spec(spec: VisionSpec | Mapping[str, Any] | None) -> VisionSpec | None:
-    """A VisionSpec from an object or a mapping ``{inputs: [{name, size, mean, std}], num_image_tokens}``
-    (what `hydra.utils.instantiate` makes of a VisionSpec passed as a keyword: a structured config)."""
-    if spec is None or isinstance(spec, VisionSpec):
-        return spec
-    inputs = tuple(ImageInputSpec(str(i["name"]), int(i["size"]), tuple(i["mean"]), tuple(i["std"]))  # type: ignore[arg-type]
-                   for i in spec.get("inputs", ()))
-    return VisionSpec(inputs, int(spec.get("num_image_tokens", 0)))
 
 
 def load_tokenizer(path: str) -> Any:
@@ -88,7 +74,11 @@ class DSVLDataModule(L.LightningDataModule):
         self.val_sources = parse_sources(val_sources)
         if not self.train_sources:
             raise DataError("data.train_sources is empty")
-        self.vision = as_vision_spec(vision_spec)
+        if isinstance(vision_spec, Mapping):  # what `hydra.utils.instantiate` makes of a VisionSpec keyword
+            inputs = tuple(ImageInputSpec(str(i["name"]), int(i["size"]), tuple(i["mean"]), tuple(i["std"]))  # type: ignore[arg-type]
+                           for i in vision_spec.get("inputs", ()))
+            vision_spec = VisionSpec(inputs, int(vision_spec.get("num_image_tokens", 0)))
+        self.vision = vision_spec
         self.schedule = schedule if isinstance(schedule, ModalitySchedule) else ModalitySchedule(**dict(schedule or {}))
         self.micro_batch_size, self.val_batch_size = int(micro_batch_size), int(val_batch_size or micro_batch_size)
         self.max_length, self.pad_to_max_length = int(max_length), bool(pad_to_max_length)
@@ -100,9 +90,7 @@ class DSVLDataModule(L.LightningDataModule):
         # multiple-choice validation (`val/mc_acc`): {shards, batch_size, limit, mode, max_length}
         self.mc_val = dict(mc_val) if mc_val and mc_val.get("shards") else None
         # logical data parts (null: world_size * max(num_workers, 1) at the first launch, then the checkpoint's)
-        self.parts, self.elastic_restart = (int(parts) if parts else None), bool(elastic_restart)
-        if self.parts is not None and self.parts < 1:
-            raise DataError(f"data.parts must be >= 1 or null, got {parts}")
+        self.parts, self.elastic_restart = (int(parts) if parts else None), bool(elastic_restart)  # schema: >= 1
         BatchingConfig(mode=mode)  # fail early on a bad mode
         has_images = bool(self.vision and self.vision.inputs and self.vision.num_image_tokens > 0)
         if mode != "text_only" and not has_images and any(s.modality == "multimodal" for s in self.train_sources):
@@ -115,9 +103,7 @@ class DSVLDataModule(L.LightningDataModule):
         self._positions: dict[int, dict[str, Any]] = {}  # latest position of each data part (resumed or built)
         self._resume: dict[str, Any] | None = None
         self._skipped_before = SkipCounter()  # counts of a checkpoint whose streams restarted (elastic_restart)
-        self._val_counter = SkipCounter()
 
-    # --- building blocks ---------------------------------------------------------------------
     @property
     def encoder(self) -> SampleEncoder:
         """Tokenizer + image preprocessing, built once (also pickled into the DataLoader workers)."""
@@ -237,7 +223,6 @@ class DSVLDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                           prefetch_factor=(self.prefetch_factor or None) if self.num_workers > 0 else None)
 
-    # --- LightningDataModule -----------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset())
 
@@ -253,8 +238,7 @@ class DSVLDataModule(L.LightningDataModule):
         if (cfg := self.mc_val) is not None:  # scored with this module's tokenizer, images and system prompt
             collator = MultipleChoiceCollator(self.encoder.text.tokenizer, self.vision, mode=str(cfg.get("mode", "text")),
                                               system_prompt=self.system_prompt, max_length=cfg.get("max_length"))
-            mc = MultipleChoiceBatches(cfg["shards"], collator, int(cfg.get("batch_size", 8)), cfg.get("limit"), rank,
-                                       world, counter=self._val_counter)
+            mc = MultipleChoiceBatches(cfg["shards"], collator, int(cfg.get("batch_size", 8)), cfg.get("limit"), rank, world)
             loaders.append(DataLoader(mc, batch_size=None, num_workers=0))
         return loaders[0] if len(loaders) == 1 else loaders
 
@@ -277,7 +261,7 @@ class DSVLDataModule(L.LightningDataModule):
         return {p: pos for p, pos in self._positions.items() if p % world == rank}
 
     def skip_counts(self) -> SkipCounter:
-        """Samples skipped so far by this rank's data parts (training streams as consumed, plus validation)."""
+        """Samples skipped so far by this rank's data parts (training streams as consumed)."""
         c = SkipCounter.merged(s.get("skipped", {}) for s in self._mine().values())
         if self._rank_world()[0] == 0:
             c.merge(self._skipped_before.counts)

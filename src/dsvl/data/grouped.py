@@ -43,8 +43,6 @@ class BatchingConfig:
             raise DataError(f"data mode must be one of {MODES}, got {self.mode!r}")
         if self.micro_batch_size < 1 or self.max_length < 2 or self.accumulate_grad_batches < 1:
             raise DataError("micro_batch_size, accumulate_grad_batches must be >= 1 and max_length >= 2")
-        if self.packing_buffer < 1:
-            raise DataError(f"data.packing_buffer must be >= 1, got {self.packing_buffer}")
         object.__setattr__(self, "packing", packed_modalities(self.packing))
 
 

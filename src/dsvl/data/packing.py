@@ -5,23 +5,15 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping
 
 from dsvl.data.tokenize import Encoded
 
-
-class PeekStream(Protocol):
-    def peek(self) -> Encoded: ...
-    def pop(self) -> Encoded: ...
+if TYPE_CHECKING:
+    from dsvl.data.mixture import Mixture
 
 
-class StatefulStream(Protocol):
-    def pop(self) -> Encoded: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-def pack_rows(stream: PeekStream, rows: int, max_length: int) -> list[list[Encoded]]:
+def pack_rows(stream: Mixture, rows: int, max_length: int) -> list[list[Encoded]]:
     """`rows` rows filled greedily in stream order, each row's total length <= max_length (the
     baseline `BufferedPacker` is measured against: a sample that does not fit starts the next row)."""
     out: list[list[Encoded]] = []
@@ -61,20 +53,17 @@ def best_fit_rows(pending: list[_Pending], rows: int, max_length: int) -> list[l
 class BufferedPacker:
     """Packed micro-batches from a stream through a look-ahead buffer of `buffer_size` samples."""
 
-    def __init__(self, stream: StatefulStream, max_length: int, buffer_size: int) -> None:
+    def __init__(self, stream: Mixture, max_length: int, buffer_size: int) -> None:
         self.stream, self.max_length, self.buffer_size = stream, int(max_length), max(1, int(buffer_size))
         self.buffer: deque[_Pending] = deque()
         self._drawn = 0  # samples drawn from the stream so far (the next draw index)
 
-    def _fill(self, rows: int) -> None:
-        while len(self.buffer) < max(self.buffer_size, rows):
+    def rows(self, n: int) -> list[list[Encoded]]:
+        """`n` rows, each at most `max_length` tokens (samples are never longer: the encoder skips those)."""
+        while len(self.buffer) < max(self.buffer_size, n):
             before = self.stream.state_dict()
             self.buffer.append(_Pending(self._drawn, self.stream.pop(), before))
             self._drawn += 1
-
-    def rows(self, n: int) -> list[list[Encoded]]:
-        """`n` rows, each at most `max_length` tokens (samples are never longer: the encoder skips those)."""
-        self._fill(n)
         packed = best_fit_rows(list(self.buffer), n, self.max_length)
         taken = {p.seq for row in packed for p in row}
         self.buffer = deque(p for p in self.buffer if p.seq not in taken)

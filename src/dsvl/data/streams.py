@@ -182,11 +182,6 @@ class SourceReader:
             self._buffer.reverse()  # drained from the end
         return self._buffer.pop()[1] if self._buffer else None
 
-    def _where(self) -> dict[str, Any]:
-        state = self._rng.getstate()
-        return {"cursor": list(self._cursor), "buffer": [ref for ref, _ in self._buffer], "draining": self._draining,
-                "rng": [state[0], list(state[1]), state[2]]}
-
     def seek(self, epoch: int, offset: int, where: Mapping[str, Any] | None = None) -> None:
         """Go to a saved position: from its `where` (reads the buffer only), else by replaying `offset` raw items."""
         self.epoch, self.offset = int(epoch), int(offset)
@@ -205,7 +200,10 @@ class SourceReader:
         if not self._started:
             self._start_epoch(self.epoch)
             self._started = True
-        return self.epoch, self.offset, self._where()
+        rng = self._rng.getstate()
+        where = {"cursor": list(self._cursor), "buffer": [ref for ref, _ in self._buffer], "draining": self._draining,
+                 "rng": [rng[0], list(rng[1]), rng[2]]}
+        return self.epoch, self.offset, where
 
     def next_good(self) -> tuple[Any, tuple[int, int, dict[str, Any]]] | None:
         """Next sample that parses and encodes, with the position just before it.

@@ -78,7 +78,7 @@ def _part_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
     """Image inputs (names, sizes, normalisation) and tokens per image of a model config (towers built on meta)."""
     with torch.device("meta"):
-        return build_vision(_without_weights(_model_config(cfg)["vision"])).spec
+        return build_vision(_without_weights(_model_config(cfg)["vision"])).info.spec
 
 
 def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None) -> VisionLanguageModel:

@@ -94,9 +94,7 @@ def write_system_prompt(directory: str | Path, system_prompt: str | None) -> Non
 def exported_system_prompt(export_dir: str | Path, default: str | None) -> str | None:
     """The system prompt an export's (or adapter's) model was trained with (`dsvl_chat.json`), else `default`."""
     path = Path(export_dir) / CHAT_FILE
-    if not path.is_file():
-        return default
-    return json.loads(path.read_text()).get("system_prompt") or None
+    return (json.loads(path.read_text()).get("system_prompt") or None) if path.is_file() else default
 
 
 def merge_adapter(base: str | Path, adapter_dir: str | Path, out: str | Path, system_prompt: str | None = None) -> Path:

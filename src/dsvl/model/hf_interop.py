@@ -99,7 +99,7 @@ def load_hf_pretrained(
         adapter_config(adapter)  # ConfigError for a directory without an adapter
     hf_kwargs.setdefault("dtype", torch.float32)
     config = AutoConfig.from_pretrained(dir_or_hub_id)
-    config_from_hf(config)  # rejects other model types before any weights load
+    cfg = config_from_hf(config)  # rejects other model types before any weights load
     quantization = quantization_config(lora, _FULL_PRECISION)
     if quantization is not None:
         hf_kwargs |= {"quantization_config": quantization, "dtype": torch.bfloat16}
@@ -110,12 +110,11 @@ def load_hf_pretrained(
 
         hf = PeftModel.from_pretrained(hf, str(adapter)).merge_and_unload()
         source = f"{dir_or_hub_id} + {adapter}"
-    cfg = config_from_hf(hf.config)
     if image_token_id is not None:
         cfg["image_token_id"] = int(image_token_id)
     with torch.device("meta"):
         model = assemble(cfg, model_cls)
-    for hf_name, dsvl_name in key_map(hf.config.model_type, model.llm.base_model_prefix):
+    for hf_name, dsvl_name in key_map(config.model_type, model.llm.base_model_prefix):
         _move(model, dsvl_name, hf, hf_name)
     _assert_materialised(model, f"loading {source}")
     model.llm.generation_config = copy.deepcopy(hf.generation_config)

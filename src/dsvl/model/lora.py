@@ -37,12 +37,6 @@ class LoraSettings:
     targets: dict[str, list[str]] = field(default_factory=dict)
     load_in_4bit: bool = False
 
-    def target_regex(self, prefixes: Mapping[str, str]) -> str:
-        """One regex over full module names: `<part prefix>.<anything>.<target>` for every part with targets."""
-        alts = [f"{re.escape(prefixes[part])}\\..*\\.({'|'.join(map(re.escape, names))})"
-                for part, names in self.targets.items() if names]
-        return "^(" + "|".join(alts) + ")$"
-
 
 def lora_settings(node: Any) -> LoraSettings | None:
     """`model.lora` checked (None when absent); QLoRA without CUDA or bitsandbytes is a ConfigError here, before any weights."""
@@ -85,8 +79,11 @@ def quantization_config(settings: LoraSettings | None, skip_modules: list[str]) 
 def _peft_config(settings: LoraSettings, prefixes: Mapping[str, str], **extra: Any) -> Any:
     from peft import LoraConfig
 
+    # one regex over full module names: `<part prefix>.<anything>.<target>` for every part with targets
+    alts = [f"{re.escape(prefixes[part])}\\..*\\.({'|'.join(map(re.escape, names))})"
+            for part, names in settings.targets.items() if names]
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=settings.target_regex(prefixes), **extra)
+                      target_modules="^(" + "|".join(alts) + ")$", **extra)
 
 
 def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
@@ -154,13 +151,18 @@ def adapter_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]
     for name, param in model.named_parameters():
         if not (is_lora_param(name) or param.requires_grad):
             continue
-        hf_name, module = _hf_name(name.replace(f".{ADAPTER_NAME}.", "."), pairs)
+        dsvl_name = name.replace(f".{ADAPTER_NAME}.", ".")
+        # the first (transformers, dsvl) pair naming this parameter: a module prefix (ends in ".") or the parameter itself
+        hf, dsvl = next(((h, d) for h, d in pairs if dsvl_name.startswith(d) and (d.endswith(".") or d == dsvl_name)),
+                        (None, ""))
+        if hf is None:
+            raise ConfigError(f"{dsvl_name} has no transformers counterpart")
         if not is_lora_param(name):
-            if module is None:
+            if not dsvl.endswith("."):
                 raise ConfigError(f"{name} trains fully but is no module of the transformers model; freeze it or give its part LoRA targets")
-            modules_to_save.add(module)
+            modules_to_save.add(hf[:-1])
         value = param.full_tensor() if hasattr(param, "full_tensor") else param  # FSDP2 shards are DTensors
-        tensors[f"base_model.model.{hf_name}"] = value.detach().to("cpu").contiguous()
+        tensors[f"base_model.model.{hf}{dsvl_name[len(dsvl):]}"] = value.detach().to("cpu").contiguous()
     return tensors, sorted(modules_to_save)
 
 
@@ -178,16 +180,6 @@ def save_adapter(model: nn.Module, out: str | Path, base: str | None = None,
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     log.info("saved the LoRA adapter (%d tensors, modules_to_save %s) to %s", len(tensors), modules_to_save, out)
     return out
-
-
-def _hf_name(dsvl_name: str, pairs: list[tuple[str, str]]) -> tuple[str, str | None]:
-    """(transformers name, the transformers module it belongs to when the pair maps a module)."""
-    for hf, dsvl in pairs:
-        if dsvl.endswith(".") and dsvl_name.startswith(dsvl):
-            return hf + dsvl_name[len(dsvl):], hf[:-1]
-        if dsvl_name == dsvl:
-            return hf, None
-    raise ConfigError(f"{dsvl_name} has no transformers counterpart")
 
 
 def adapter_config(adapter_dir: str | Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 import logging
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from torch import nn
 
 from dsvl.errors import CheckpointError
 
-from .safe_load import is_sharded_checkpoint, load_sharded, sharded_tensors
+from .safe_load import is_sharded_checkpoint, load_sharded, safe_torch_load, sharded_tensors
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,6 @@ def _units(module: nn.Module, prefix: str, blocks: tuple[type, ...]) -> Iterator
         yield prefix, module, False
     for name, child in module.named_children():
         yield from _units(child, f"{prefix}{name}.", blocks)
-
-
-def _owners(model: nn.Module) -> dict[str, nn.Module | None]:
-    """Module name -> the module whose `_init_weights` initialises it (nearest ancestor-or-self that has one)."""
-    owners: dict[str, nn.Module | None] = {}
-    for name, module in model.named_modules():
-        parent = owners.get(name.rpartition(".")[0]) if name else None
-        owners[name] = module if hasattr(module, "_init_weights") else parent
-    return owners
 
 
 def _unit_values(name: str, unit: nn.Module, whole: bool, owners: dict[str, nn.Module | None], seed: int,
@@ -192,8 +183,6 @@ def _open_tensors(path: Path) -> Iterator[Mapping[str, Any]]:
     if path.is_dir() or path.suffix == ".safetensors":
         yield {k: v for f in _safetensors_files(path) for k, v in _safetensors_index(f).items()}
         return
-    from .safe_load import safe_torch_load
-
     ckpt = safe_torch_load(path, map_location="cpu", mmap=True)  # mapped: only the slices read reach memory
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
@@ -258,27 +247,30 @@ def init_random(
     model: nn.Module,
     template: nn.Module | None = None,
     seed: int | None = None,
-    blocks: tuple[type, ...] | None = None,
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """Random init per unit into `model`'s allocated (local parts of) tensors except those in `skip` (a unit wholly
-    in `skip` is never built). `template`: the same model unsharded (default `model`); `seed`: default
-    `torch.initial_seed()` (`seed_everything` sets it); `blocks`: default `template.block_classes()`."""
+    """Random init per unit (the blocks are `template.block_classes()`) into `model`'s allocated (local parts of)
+    tensors except those in `skip` (a unit wholly in `skip` is never built). `template`: the same model unsharded
+    (default `model`); `seed`: default `torch.initial_seed()` (`seed_everything` sets it)."""
     template = model if template is None else template
-    seed, units, owners = _init_plan(template, seed, blocks)
+    seed, units, owners = _init_plan(template, seed)
     targets = dict(_tensors(model, True))
     for name, unit, whole in units:
         for pname, value in _unit_values(name, unit, whole, owners, seed, skip).items():
             _assign(targets[pname], value, pname)
 
 
-def _init_plan(template: nn.Module, seed: int | None, blocks: tuple[type, ...] | None
+def _init_plan(template: nn.Module, seed: int | None
                ) -> tuple[int, list[tuple[str, nn.Module, bool]], dict[str, nn.Module | None]]:
-    """The run seed, the init units and their owners of `template` (defaults as `init_random`)."""
+    """The run seed, the init units of `template` and, by module name, the module whose `_init_weights` initialises
+    it: the nearest ancestor-or-self that has one (defaults as `init_random`)."""
     seed = torch.initial_seed() if seed is None else int(seed)
-    if blocks is None:
-        blocks = tuple(template.block_classes()) if hasattr(template, "block_classes") else ()
-    return seed, list(_units(template, "", blocks)), _owners(template)
+    blocks = tuple(template.block_classes()) if hasattr(template, "block_classes") else ()
+    owners: dict[str, nn.Module | None] = {}
+    for name, module in template.named_modules():
+        parent = owners.get(name.rpartition(".")[0]) if name else None
+        owners[name] = module if hasattr(module, "_init_weights") else parent
+    return seed, list(_units(template, "", blocks)), owners
 
 
 def materialize(
@@ -287,7 +279,6 @@ def materialize(
     device: torch.device | str | None = None,
     seed: int | None = None,
     sources: tuple[WeightSource, ...] | list[WeightSource] = (),
-    blocks: tuple[type, ...] | None = None,
 ) -> nn.Module:
     """Allocate `model`'s parameters on `device` (its local shards once `fully_shard` was applied) and fill them:
     random init (`init_random`) of every tensor that `sources` do not hold, then each of `sources` in order (every
@@ -303,7 +294,7 @@ def materialize(
             setattr(model.get_submodule(parent), attr, model.get_parameter(same))
     with ExitStack() as stack:
         opened = _open_sources(stack, sources, model)
-        init_random(model, template, seed, blocks, skip={n for *_, picked in opened for n in picked.values()})
+        init_random(model, template, seed, skip={n for *_, picked in opened for n in picked.values()})
         targets = model.state_dict(keep_vars=True)
         for source, tensors, picked in opened:
             with _blamed(source):
@@ -318,13 +309,12 @@ def materialize_in_units(
     device: torch.device | str | None = None,
     seed: int | None = None,
     sources: tuple[WeightSource, ...] | list[WeightSource] = (),
-    blocks: tuple[type, ...] | None = None,
 ) -> nn.Module:
     """`materialize` for a model partitioned as it is filled (DeepSpeed ZeRO-3): one init unit at a time is allocated
     whole on `device`, filled as `materialize` would, and its parameters handed to `partition` (which keeps this rank's
     part); a parameter tied to a later unit (tied embeddings) goes with that unit. A rank holds about one unit."""
     template = copy.deepcopy(model)  # on meta: cheap
-    seed, units, owners = _init_plan(template, seed, blocks)
+    seed, units, owners = _init_plan(template, seed)
     meta = dict(_tensors(model, True))
     names = [[f"{name}{n}" for n, _ in _tensors(unit, whole)] for name, unit, whole in units]
     last = {id(meta[n]): i for i, unit_names in enumerate(names) for n in unit_names}
@@ -367,15 +357,9 @@ def materialize_in_units(
                     if isinstance(meta[n], nn.Parameter) and last[id(meta[n])] == i}
             if done:
                 partition(list(done.values()))
-            _trim_heap()
+            # Give the memory this unit freed back to the OS. glibc keeps freed blocks under its mmap threshold in the
+            # heap and raises that threshold each time a big tensor is freed, so without this a rank's RSS grew to about
+            # the whole model's (measured: 1.3B fp32 load on 2 ranks, 7.7 GB per rank, 5.3 GB with a fixed threshold).
+            with suppress(OSError):  # not glibc (macOS, musl): nothing to trim
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
     return model
-
-
-def _trim_heap() -> None:
-    """Give the memory the last unit freed back to the OS. glibc keeps freed blocks under its mmap threshold in the
-    heap and raises that threshold each time a big tensor is freed, so without this a rank's RSS grew to about the
-    whole model's (measured: 1.3B fp32 load on 2 ranks, 7.7 GB per rank, 5.3 GB with a fixed threshold)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc (macOS, musl): nothing to trim
-        pass

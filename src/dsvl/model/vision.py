@@ -80,15 +80,12 @@ class SiglipTower(nn.Module):
         hub_id: str | None = None,
         mean: tuple[float, float, float] = SIGLIP_MEAN,
         std: tuple[float, float, float] = SIGLIP_STD,
-        config: SiglipVisionConfig | None = None,
         **hf_config: Any,
     ) -> None:
         super().__init__()
         hf_config.setdefault("vision_use_head", False)
-        model = from_pretrained_checked(SiglipVisionModel, "vision.low", pretrained, hub_id, **hf_config)
-        if model is None:
-            model = SiglipVisionModel(config if config is not None else make_hf_config(SiglipVisionConfig, **hf_config))
-        self.model = model
+        self.model = from_pretrained_checked(SiglipVisionModel, "vision.low", pretrained, hub_id, **hf_config) \
+            or SiglipVisionModel(make_hf_config(SiglipVisionConfig, **hf_config))
         cfg = self.model.config
         size = _side(cfg.image_size, "image_size")
         self.info = TowerInfo(cfg.hidden_size, _grid(cfg), ImageInputSpec(self.input_name, size, tuple(mean), tuple(std)))
@@ -113,14 +110,11 @@ class SamTower(nn.Module):
         hub_id: str | None = None,
         mean: tuple[float, float, float] = CLIP_MEAN,
         std: tuple[float, float, float] = CLIP_STD,
-        config: SamVisionConfig | None = None,
         **hf_config: Any,
     ) -> None:
         super().__init__()
-        model = from_pretrained_checked(SamVisionModel, "vision.high", pretrained, hub_id, **hf_config)
-        if model is None:
-            model = SamVisionModel(config if config is not None else make_hf_config(SamVisionConfig, **hf_config))
-        self.model = model
+        self.model = from_pretrained_checked(SamVisionModel, "vision.high", pretrained, hub_id, **hf_config) \
+            or SamVisionModel(make_hf_config(SamVisionConfig, **hf_config))
         cfg = self.model.config
         if not cfg.global_attn_indexes:
             raise ConfigError("global_attn_indexes must name at least one block (DeepSeek-VL taps the first)")
@@ -179,10 +173,6 @@ class VisionEncoder(nn.Module):
         derived = {"grid": (info.grid, "the low-res tower's grid")} if info is not None else {}
         high_tower = instantiate(high, f"{key}.high", derived) if high is not None else None
         return cls(low=low_tower, high=high_tower)
-
-    @property
-    def spec(self) -> VisionSpec:
-        return self.info.spec
 
     def forward(
         self, pixel_values: torch.Tensor | None = None, high_res_pixel_values: torch.Tensor | None = None

@@ -42,10 +42,6 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 LOSS_CHUNK = 1024  # positions per chunk of the fallback path of `chunked_next_token_loss`: 1024 x 102,400 fp32 logits = 0.4 GB
 
 
-def _chunk_nll_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-
 def fusable_head(head: nn.Module) -> bool:
     """True for a plain, hook-free `nn.Linear` with ordinary tensors (the fused loss calls its weight directly); a
     LoRA-wrapped, FSDP2-sharded (DTensor) or hooked head runs its own forward in checkpointed chunks instead."""
@@ -70,7 +66,8 @@ def chunked_next_token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch
     total = states.float().sum() * 0.0  # a zero with a graph, also when nothing is supervised
     step = chunk or LOSS_CHUNK
     for i in range(0, int(targets.shape[0]), step):
-        part = checkpoint(_chunk_nll_sum, head, states[i:i + step], targets[i:i + step], use_reentrant=False)
+        part = checkpoint(lambda h, t: F.cross_entropy(head(h).float(), t, reduction="sum"),
+                          states[i:i + step], targets[i:i + step], use_reentrant=False)
         total = total + part
     return total / count.clamp(min=1), count
 
@@ -98,7 +95,6 @@ class VisionLanguageModel(nn.Module):
         self.image_token_id = int(image_token_id)
         self.config = config or {}
 
-    # ---- structure -------------------------------------------------------------------------
     def parts(self) -> dict[str, nn.Module]:
         """Part name -> module for freezing and summaries: 'vision.low', 'vision.high', 'adaptor', 'llm' (absent parts left out)."""
         parts = {"vision.low": self.vision.low, "vision.high": self.vision.high, "adaptor": self.adaptor, "llm": self.llm}
@@ -118,11 +114,11 @@ class VisionLanguageModel(nn.Module):
     @property
     def vision_spec(self) -> VisionSpec:
         """Image inputs and tokens per image (what `dsvl.data` needs)."""
-        return self.vision.spec
+        return self.vision.info.spec
 
     @property
     def num_image_tokens(self) -> int:
-        return self.vision.spec.num_image_tokens
+        return self.vision.info.num_tokens
 
     def _checkpointable(self) -> list[PreTrainedModel]:
         towers = (getattr(t, "model", None) for t in (self.vision.low, self.vision.high))
@@ -147,7 +143,6 @@ class VisionLanguageModel(nn.Module):
         """True when every checkpointable part recomputes activations."""
         return all(any(getattr(m, "gradient_checkpointing", False) for m in part.modules()) for part in self._checkpointable())
 
-    # ---- inputs ----------------------------------------------------------------------------
     def encode_images(
         self, pixel_values: torch.Tensor | None = None, high_res_pixel_values: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -179,7 +174,6 @@ class VisionLanguageModel(nn.Module):
                              "consecutive image tokens")
         return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
 
-    # ---- forward / generate ----------------------------------------------------------------
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -227,11 +221,9 @@ class VisionLanguageModel(nn.Module):
     ) -> torch.LongTensor:
         """New token ids (B, new) from the LLM's transformers `generate` on image-filled embeddings (KV cache, sampling, left padding)."""
         embeds = self.embed_inputs(input_ids, pixel_values, high_res_pixel_values)
-        if attention_mask is None:
-            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
+        # no attention_mask: transformers' generate attends to every position of `inputs_embeds`
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
-    # ---- transformers interop --------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, dir_or_hub_id: str | Path, adapter: str | Path | None = None, **hf_kwargs: Any) -> "VisionLanguageModel":
         """Load a transformers `deepseek_vl` / `deepseek_vl_hybrid` checkpoint (never remote code); with
