@@ -212,6 +212,8 @@ def test_layouts_that_cannot_continue_the_parts_fail_unless_elastic_restart(demo
         dm.train_dataloader()
     with pytest.raises(DataError, match=r"data.parts=3 cannot be built by 2 ranks x 1 workers.*\[1, 3\]"):
         _layout_dms(demo_dir, hybrid_spec, 2, 0, parts=3)[0].train_dataloader()
+    with pytest.raises(DataError, match=r"data.parts must be >= 1 or null, got -2"):  # the Python API, no schema
+        _layout_dms(demo_dir, hybrid_spec, 1, 0, parts=-2)
     (dm,) = _layout_dms(demo_dir, hybrid_spec, 1, 0, state=state, packing=False, parts=3, elastic_restart=True)
     it = iter(dm.train_dataloader())
     assert "data.elastic_restart" in caplog.text and dm.record(next(it)) and dm._next_micro_index // dm._accumulate() == 1

@@ -90,7 +90,9 @@ class DSVLDataModule(L.LightningDataModule):
         # multiple-choice validation (`val/mc_acc`): {shards, batch_size, limit, mode, max_length}
         self.mc_val = dict(mc_val) if mc_val and mc_val.get("shards") else None
         # logical data parts (null: world_size * max(num_workers, 1) at the first launch, then the checkpoint's)
-        self.parts, self.elastic_restart = (int(parts) if parts else None), bool(elastic_restart)  # schema: >= 1
+        self.parts, self.elastic_restart = (int(parts) if parts else None), bool(elastic_restart)
+        if self.parts is not None and self.parts < 1:  # the CLI's schema says so too; the Python API needs it here
+            raise DataError(f"data.parts must be >= 1 or null, got {parts}")
         BatchingConfig(mode=mode)  # fail early on a bad mode
         has_images = bool(self.vision and self.vision.inputs and self.vision.num_image_tokens > 0)
         if mode != "text_only" and not has_images and any(s.modality == "multimodal" for s in self.train_sources):
