@@ -94,7 +94,7 @@ def new_stage(cfg: Any, seed: int = 0) -> Any:
     """A fresh `PretrainStage` over a freshly built model (same seed, same weights), as the run path makes it."""
     from hydra.utils import instantiate
 
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
 
     torch.manual_seed(seed)
     model = build_model(cfg.model)
@@ -264,7 +264,7 @@ def bench_images(n: int, repeats: int) -> dict[str, Any]:
 
     from dsvl.cli._config import compose
     from dsvl.data.images import ImagePreprocessor
-    from dsvl.model import vision_spec
+    from dsvl.cli.models import vision_spec
 
     spec = vision_spec(compose(["model=deepseek_vl_7b"]).model)
     low, high = spec.input("pixel_values"), spec.input("high_res_pixel_values")

@@ -28,7 +28,7 @@ def mid_model(tokenizer: Any, device: str) -> torch.nn.Module:
 
     from dsvl.cli._config import compose
     from dsvl.data.chat import IMAGE_TOKEN
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
 
     node = OmegaConf.to_container(compose(["model=tiny", *MID]).model, resolve=True)
     node["image_token_id"] = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))

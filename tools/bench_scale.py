@@ -23,7 +23,8 @@ CHILD = r"""
 import copy, os, resource, sys
 import torch
 torch.set_num_threads(1)
-from dsvl.model import build_model, materialize, weight_sources
+from dsvl.cli.models import build_model
+from dsvl.model import materialize, weight_sources
 from dsvl.cli.presets import model_config
 mode, preset, export = sys.argv[1], sys.argv[2], sys.argv[3]
 cfg = model_config(preset)

@@ -34,7 +34,7 @@ def consolidate(checkpoint: Path, out: Path, config: Path | None = None) -> Path
     """Write the model of a sharded checkpoint to `out` as a `save_pretrained` directory; returns `out`."""
     from omegaconf import OmegaConf
 
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.stages.checkpoint import read_sharded_checkpoint
 
     if not (checkpoint / ".metadata").exists():

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dsvl.model import build_model
+from dsvl.cli.models import build_model
 from dsvl.cli.presets import model_config  # noqa: E402
 from dsvl.model.lora import LoraSettings, apply_lora, is_lora_param  # noqa: E402
 from dsvl.model.fused_loss import chunk_positions  # noqa: E402

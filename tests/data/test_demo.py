@@ -118,7 +118,7 @@ def test_demo_model_loads_every_part_weight(demo_dir, tmp_path):
     from safetensors.torch import load_file
 
     from dsvl.cli._config import compose
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
 
     for recipe in ("demo/align", "demo/pretrain", "demo/sft"):
         cfg = compose([f"experiment={recipe}", f"paths.data_dir={demo_dir}"], output_dir=tmp_path / "run")

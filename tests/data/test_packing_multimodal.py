@@ -7,7 +7,7 @@ import torch
 
 from dsvl.data import Encoded, collate_rows
 from dsvl.data.tokenize import IGNORE_INDEX
-from dsvl.model import build_model
+from dsvl.cli.models import build_model
 from dsvl.cli.presets import model_config
 
 IMAGE_INPUTS = [("pixel_values", 32), ("high_res_pixel_values", 64)]

@@ -45,7 +45,8 @@ def local_mismatches(sharded: torch.nn.Module, reference: dict[str, torch.Tensor
 
 
 def sharded_build(cfg: dict, mesh, seed: int, sources=()) -> torch.nn.Module:
-    from dsvl.model import build_model, materialize
+    from dsvl.cli.models import build_model
+    from dsvl.model import materialize
     from dsvl.stages.strategies import shard_model
 
     model = build_model(cfg, device="meta")
@@ -57,7 +58,7 @@ def sharded_build(cfg: dict, mesh, seed: int, sources=()) -> torch.nn.Module:
 def save_checkpoints(cfg: dict, out: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The model of `cfg` with seed 11, saved by rank 0 as a transformers export (`<out>/export`) and a Lightning-style
     `<out>/last.ckpt`; and its tensors. Every rank returns once both are written."""
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
 
     torch.manual_seed(11)
     saved = build_model(cfg)
@@ -76,7 +77,8 @@ def main() -> None:
     dist.init_process_group("gloo")
     from torch.distributed.device_mesh import init_device_mesh
 
-    from dsvl.model import build_model, weight_sources
+    from dsvl.cli.models import build_model
+    from dsvl.model import weight_sources
     from dsvl.cli.presets import model_config
     from dsvl.stages.strategies import checkpoint_source
 

@@ -118,7 +118,8 @@ def test_next_stage_starts_from_the_sharded_checkpoint_on_two_ranks_and_on_one(d
     import torch
     from omegaconf import OmegaConf
 
-    from dsvl.model import VisionLanguageModel, build_model
+    from dsvl.cli.models import build_model
+    from dsvl.model import VisionLanguageModel
     from dsvl.stages.checkpoint import load_init_weights
 
     ckpt = _checkpoint(ref_dir, STEPS - 1)

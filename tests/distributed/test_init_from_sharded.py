@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsvl.errors import CheckpointError
-from dsvl.model import build_model, materialize
+from dsvl.cli.models import build_model, load_stage_checkpoint
 from dsvl.cli.presets import model_config
+from dsvl.errors import CheckpointError
+from dsvl.model import materialize
 from dsvl.model.materialize import materialize_in_units
-from dsvl.stages.checkpoint import load_init_weights, load_stage_checkpoint, read_checkpoint
+from dsvl.stages.checkpoint import load_init_weights, read_checkpoint
 from dsvl.stages.strategies import checkpoint_source, defer_weights
 
 from .sharded_ckpt import save_sharded

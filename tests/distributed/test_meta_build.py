@@ -79,7 +79,7 @@ def test_sharded_checkpoint_consolidates_in_one_process(reports, out, tmp_path):
     assert tool.main([str(tmp_path / "export"), str(tmp_path / "again")]) == 2  # not a DCP directory: one line, exit 2
 
     # init_from of the sharded checkpoint in one process without FSDP (DDP, 1 device): the consolidated weights
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.cli.presets import model_config
     from dsvl.stages.checkpoint import load_init_weights
 
@@ -95,7 +95,7 @@ def test_lora_keeps_the_whole_build():
     (lora_B zero) on real tensors, so FSDP2 shards it as built (no per-shard materialisation)."""
     import torch
 
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.cli.presets import model_config
     from dsvl.model.materialize import has_meta_parameters
 

@@ -25,7 +25,7 @@ def test_units_per_component_and_frozen_towers_get_no_gradients(mesh, tie):
     from torch.distributed.fsdp import FSDPModule
 
     from dsvl.cli._config import compose
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.stages.freezing import apply_freezing
     from dsvl.stages.strategies import is_sharded, shard_model
 

@@ -80,7 +80,7 @@ def test_paper_recipes_exist():
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("trainer", ["ddp", "fsdp", "deepspeed", "deepspeed_zero3", "slurm"])
 def test_paper_recipes_compose_with_gpu_strategies(recipe, trainer):
-    from dsvl.model import vision_spec
+    from dsvl.cli.models import vision_spec
     from dsvl.cli.train import accumulation, check_run
     from dsvl.errors import ConfigError
     from dsvl.stages.strategies import check_strategy

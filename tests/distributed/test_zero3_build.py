@@ -72,7 +72,7 @@ def test_a_deepspeed_checkpoint_resumes_and_gathered_is_an_init_from(reports, ou
     from dsvl.cli.presets import model_config
     from dsvl.cli.validate import check_checkpoints
     from dsvl.errors import CheckpointError
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.model.safe_load import check_checkpoint, is_checkpoint
     from dsvl.stages.checkpoint import load_init_weights
 

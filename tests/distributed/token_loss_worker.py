@@ -51,7 +51,7 @@ def main() -> None:
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.cli.presets import model_config
     from dsvl.stages.pretrain import PretrainStage
 

@@ -29,7 +29,7 @@ def zero3_build(cfg: dict, seed: int, sources=(), config: dict = CONFIG) -> tupl
     calls it); and the most parameter elements it held whole at once (counted before each unit is partitioned)."""
     import deepspeed
 
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.stages import strategies
 
     model, peak, partitioner = build_model(cfg, device="meta"), [0], strategies.zero3_partitioner
@@ -87,7 +87,7 @@ def fit(cfg: dict, out: Path) -> dict:
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader
 
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.stages.pretrain import PretrainStage
 
     torch.manual_seed(7)
@@ -126,7 +126,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import deepspeed
 
-    from dsvl.model import build_model, weight_sources
+    from dsvl.cli.models import build_model
+    from dsvl.model import weight_sources
     from dsvl.cli.presets import model_config
     from dsvl.stages.strategies import checkpoint_source
 

@@ -35,7 +35,7 @@ def tiny_config(tokenizer: Any) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config: dict[str, Any]) -> torch.nn.Module:
     """Tiny hybrid (SigLIP + SAM) model with random weights, eval mode."""
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
 
     torch.manual_seed(0)
     return build_model(tiny_config).eval()

@@ -40,7 +40,7 @@ def one_thread() -> Any:
 @pytest.fixture(scope="module")
 def siglip_model(tokenizer: Any) -> torch.nn.Module:
     """The 1.3B layout at tiny size (one tower: the cheapest image encoder for the end-to-end run)."""
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
 
     torch.manual_seed(1)
     return build_model(model_config("tiny_siglip", tokenizer)).eval()

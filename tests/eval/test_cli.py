@@ -19,7 +19,7 @@ from dsvl.data.images import ImagePreprocessor
 from dsvl.data.shards import write_shards
 from dsvl.data.tokenize import TextEncoder
 from dsvl.errors import DataError
-from dsvl.model import build_model
+from dsvl.cli.models import build_model
 from dsvl.stages import VLMStage
 
 from .eval_helpers import model_config

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from dsvl.model import VisionLanguageModel, build_model
+from dsvl.cli.models import build_model
+from dsvl.model import VisionLanguageModel
 from dsvl.model.safe_load import safe_torch_load
 from dsvl.cli.train import check_run, train
 

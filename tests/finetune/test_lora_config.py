@@ -46,7 +46,7 @@ def test_bad_lora_settings_are_one_line(node, message) -> None:
 
 
 def test_lora_targets_that_match_nothing_are_an_error(tiny_cfg_plain) -> None:
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
 
     with pytest.raises(ConfigError, match=r"matches no module"):
         build_model({**tiny_cfg_plain, "lora": {"targets": {"llm": ["qkv"]}}})

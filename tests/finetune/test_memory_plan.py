@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsvl.model import build_model
+from dsvl.cli.models import build_model
 from dsvl.cli.presets import model_config
 from dsvl.model.lora import LoraSettings
 from dsvl.stages.freezing import apply_freezing

@@ -14,7 +14,9 @@ from transformers import (
     DeepseekVLHybridForConditionalGeneration,
 )
 
-from dsvl.model import ConfigError, HybridSplitMLPGelu, MLPGelu, build_model, vision_spec
+from dsvl.cli.models import build_model, vision_spec
+from dsvl.errors import ConfigError
+from dsvl.model import HybridSplitMLPGelu, MLPGelu
 from dsvl.cli.presets import available_presets, model_config
 
 from ._tiny import make_batch
@@ -42,6 +44,27 @@ def test_llm_override_and_derived_adaptor_widths():
     model = build_model(cfg)
     assert model.adaptor.proj.out_features == 96 and model.llm.config.vocab_size == 2000
     assert model.adaptor.high_proj.in_features == 64 and model.adaptor.low_proj.in_features == 32
+
+
+def test_plain_constructors_build_what_hydra_builds():
+    """`model/` needs no config resolver: partials (what `_partial_: true` makes) are completed by the model itself."""
+    import functools
+
+    import torch
+
+    from dsvl.model import SamTower, SiglipTower, VisionEncoder, VisionLanguageModel, causal_lm
+
+    from ._tiny import HF_LLAMA, HF_SAM, HF_SIGLIP, IMAGE_TOKEN
+
+    siglip, sam = ({k: v for k, v in c.items() if k != "model_type"} for c in (HF_SIGLIP, HF_SAM))
+    with torch.device("meta"):
+        plain = VisionLanguageModel(VisionEncoder(SiglipTower(**siglip), functools.partial(SamTower, **sam)),
+                                    functools.partial(HybridSplitMLPGelu), causal_lm(**HF_LLAMA), IMAGE_TOKEN)
+    hydra = build_model(model_config("tiny"), device="meta")
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in hydra.state_dict().items()}
+    assert plain.vision.high.info.grid == plain.vision.low.info.grid == 4  # SAM's grid derived from SigLIP's
+    with pytest.raises(ConfigError, match=r"model\.adaptor: unknown keys \['depth'\] for HybridSplitMLPGelu"):
+        VisionLanguageModel(plain.vision, functools.partial(HybridSplitMLPGelu, depth=2), plain.llm, IMAGE_TOKEN)
 
 
 @pytest.mark.parametrize("vision", ["tiny_siglip", "tiny_sam", "tiny_hybrid", "siglip_l_384", "sam_b_1024", "hybrid_siglip_sam"])
@@ -123,7 +146,7 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("weights were made before the config was checked")
 
-    monkeypatch.setattr("dsvl.model.build.materialize", refuse)
+    monkeypatch.setattr("dsvl.cli.models.materialize", refuse)
     monkeypatch.setattr("dsvl.model.hf_interop.load_hf_pretrained", refuse)  # VisionLanguageModel.from_pretrained
     monkeypatch.setattr("transformers.PreTrainedModel.from_pretrained", refuse)
 

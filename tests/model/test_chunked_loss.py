@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from dsvl.model import build_model
+from dsvl.cli.models import build_model
 from dsvl.model.fused_loss import chunk_positions
 from dsvl.model.vlm import chunked_next_token_loss, fusable_head, next_token_loss
 

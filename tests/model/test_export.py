@@ -11,7 +11,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from dsvl.data.chat import DEFAULT_SYSTEM_PROMPT, format_conversation
 from dsvl.eval.generation import ChatGenerator, GenerationSettings
-from dsvl.model import ConfigError, build_model
+from dsvl.cli.models import build_model
+from dsvl.model import ConfigError
 from dsvl.cli.presets import model_config
 from dsvl.model.export import deepseek_chat_template, export_pretrained, exported_system_prompt
 

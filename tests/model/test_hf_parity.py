@@ -13,7 +13,8 @@ from transformers import (
     DeepseekVLHybridForConditionalGeneration,
 )
 
-from dsvl.model import ConfigError, VisionLanguageModel, build_model, config_from_hf, hf_image_processor
+from dsvl.cli.models import build_model
+from dsvl.model import ConfigError, VisionLanguageModel, config_from_hf, hf_image_processor
 from dsvl.cli.presets import model_config
 
 from dsvl.model.hf_keys import key_map

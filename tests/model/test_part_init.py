@@ -9,7 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, SamConfig, SamModel, SiglipConfig, SiglipModel
 
 from dsvl.errors import CheckpointError
-from dsvl.model import ConfigError, build_model, materialize, weight_sources
+from dsvl.cli.models import build_model
+from dsvl.model import ConfigError, materialize, weight_sources
 
 from ._tiny import HF_LLAMA, HF_SAM, HF_SIGLIP
 

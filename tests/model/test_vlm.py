@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsvl.model import VisionLanguageModel, build_model, next_token_loss
+from dsvl.cli.models import build_model
+from dsvl.model import VisionLanguageModel, next_token_loss
 
 from ._tiny import IMAGE_TOKEN, make_batch
 

@@ -70,7 +70,7 @@ def test_dsvl_train_refuses_malicious_checkpoint(key, sharded, evil, demo_data, 
     out = proc.stdout + proc.stderr
     assert proc.returncode == EXIT_USER_ERROR, out[-2000:]
     assert re.search(r"dsvl-train: error: .*refusing to load .*evil(_dir\.ckpt/\.metadata|\.ckpt): it calls os\.makedirs", proc.stderr)
-    assert "Traceback" not in out and "dsvl.model.build" not in out  # refused before any weights were built
+    assert "Traceback" not in out and "dsvl.cli.models" not in out  # refused before any weights were built
     assert not marker.exists()
 
 

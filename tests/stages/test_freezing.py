@@ -19,7 +19,7 @@ def _tiny(name: str = "tiny"):
     from hydra import compose, initialize_config_dir
 
     from dsvl.cli._config import CONFIG_DIR
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
 
     with initialize_config_dir(str(CONFIG_DIR / "model"), version_base="1.3"):
         cfg = compose(name)

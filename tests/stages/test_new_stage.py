@@ -10,7 +10,7 @@ from train_fixtures import FAST
 def test_a_new_stage_trains_from_its_own_conf_and_recipe(demo_data: Path, tmp_path: Path) -> None:
     from dsvl.cli._config import compose
     from dsvl.cli.train import train
-    from dsvl.stages import load_stage_checkpoint
+    from dsvl.cli.models import load_stage_checkpoint
 
     conf = tmp_path / "conf"
     (conf / "stage").mkdir(parents=True)

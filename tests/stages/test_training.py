@@ -83,7 +83,7 @@ def test_loss_masks_per_stage(compose_train, recipe: str, prompt_supervised: boo
 
 
 def test_biases_and_norms_get_no_weight_decay(compose_train) -> None:
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.stages import PretrainStage
 
     cfg = compose_train("experiment=demo/pretrain")
@@ -133,8 +133,8 @@ def test_pretrain_run_logs_metrics_and_keeps_one_modality_per_global_step(compos
 
 def test_init_from_chains_stage_weights_and_resume_continues_exactly(compose_train, tmp_path: Path) -> None:
     from dsvl.cli.evaluate import load_for_inference
-    from dsvl.model import build_model
-    from dsvl.stages import load_stage_checkpoint
+    from dsvl.cli.models import build_model
+    from dsvl.cli.models import load_stage_checkpoint
     from dsvl.stages.checkpoint import InitFromError, load_init_weights, read_checkpoint
 
     align_cfg = compose_train("experiment=demo/align", out=tmp_path / "align")

@@ -9,7 +9,7 @@ import argparse
 import functools
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -120,6 +120,42 @@ def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None] | None
                 cleanup()
         except Exception as err:  # noqa: BLE001 - closing must not mask the real error
             log.warning("closing loggers failed: %s", err)
+
+
+def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate(node, _convert_="all", **kwargs)` with a user's mistake in the node (an unknown key, a
+    `_target_` that does not import, a package not installed, a part's own `UserError`) as a one-line error of the
+    same kind that names where it sits (`key` and the sub-node Hydra reports); a bug keeps its traceback."""
+    import re
+
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from dsvl.errors import ConfigError
+
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        raise ConfigError(f"{key} has no _target_; accepted: a node like {{_target_: dsvl.model.adaptor.MLPGelu, ...}}")
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        sub = re.search(r"\nfull_key: (\S+)", str(err))
+        where = key if sub is None else sub[1] if sub[1].startswith(key) else f"{key}.{sub[1]}"
+        cause, first = err.__cause__, one_line(err)
+        target = first.split("'")[1] if first.count("'") >= 2 else "its _target_"
+        if isinstance(cause, UserError):
+            text, setting = str(cause), re.match(r"^([\w.]+)=", str(cause))
+            owner = setting[1].rpartition(".")[0] if setting else ""  # a message that starts with the offending key
+            if not text.startswith(where):
+                text = (where.removesuffix(owner) + text if owner and where.endswith(owner)
+                        else f"{where}.{text}" if setting else f"{where}: {text}")
+            raise type(cause)(text) from None
+        if first.startswith("Error locating"):
+            raise ConfigError(f"{where}._target_={target!r} cannot be imported: {str(cause).strip().splitlines()[-1]}") from None
+        if isinstance(cause, ImportError):
+            raise ConfigError(f"{where} needs a package that is not installed ({one_line(cause)}); pip install it") from None
+        if isinstance(cause, (TypeError, ValueError)):
+            raise ConfigError(f"{where}: invalid settings for {target}: {' '.join(str(cause).split())}") from None
+        raise
 
 
 HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--resolve",

@@ -70,7 +70,7 @@ def pretrained_text_ppl(run_dir: Path, data_dir: Path, limit: int | None = None)
     from omegaconf import OmegaConf
 
     from dsvl.data import load_tokenizer
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
 
     model = build_model(OmegaConf.load(run_dir / "config_resolved.yaml").model).eval()
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))

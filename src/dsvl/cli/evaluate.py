@@ -69,7 +69,8 @@ def load_for_inference(path: str | Path, tokenizer: str | Path | None = None, de
     from dsvl.data import load_tokenizer
     from dsvl.model import ConfigError, VisionLanguageModel
     from dsvl.model.export import exported_system_prompt
-    from dsvl.stages.checkpoint import InitFromError, load_stage_checkpoint
+    from dsvl.cli.models import load_stage_checkpoint
+    from dsvl.stages.checkpoint import InitFromError
     from dsvl.stages.strategies import DTYPES
 
     p = Path(path).expanduser()

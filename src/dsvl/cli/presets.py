@@ -1,5 +1,5 @@
 """Model presets by name without a Hydra app: `model_config("tiny", ["model/adaptor=mlp_gelu"])` -> plain dict for
-`dsvl.model.build_model`. It composes the package's `conf/` with Hydra, so it lives in `cli/` and works outside the repo.
+`dsvl.cli.models.build_model`. It composes the package's `conf/` with Hydra, so it lives in `cli/` and works outside the repo.
 """
 from __future__ import annotations
 

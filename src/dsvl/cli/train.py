@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dsvl.cli._config import hydra_app
+from dsvl.cli._config import hydra_app, instantiate_node
 from dsvl.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from dsvl.callbacks import was_preempted
     from dsvl.cli.validate import validate_config
-    from dsvl.model import build_model
+    from dsvl.cli.models import build_model
     from dsvl.model.export import export_pretrained
     from dsvl.stages.checkpoint import load_init_weights
     from dsvl.stages.strategies import builds_on_meta, check_strategy, defer_weights, is_sharded, is_zero3
@@ -84,8 +84,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # 2. instantiate: Trainer first (it knows the world size), then data, then weights
     fill_wandb(cfg, stage_cls.stage_name, output_dir)
-    loggers = [instantiate_part(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
-    callbacks = [instantiate_part(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
+    loggers = [instantiate_node(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
+    callbacks = [instantiate_node(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     if not loggers:  # logger=none: Lightning's LearningRateMonitor refuses a Trainer without a logger
@@ -203,7 +203,7 @@ def check_run(cfg: DictConfig) -> list[str]:
     `stage.trainable` names parts it has. Returns the parts that will train."""
     from hydra.utils import get_class
 
-    from dsvl.model import vision_spec
+    from dsvl.cli.models import vision_spec
     from dsvl.stages.freezing import expand_part_names
 
     spec = vision_spec(cfg.model)  # dsvl.model.ConfigError (one line) for parts that do not fit
@@ -240,20 +240,6 @@ def set_accumulation(cfg: DictConfig, trainer: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------- parts
-def instantiate_part(node: DictConfig, key: str) -> Any:
-    """`hydra.utils.instantiate` of one logger / callback; a logger whose package is missing is one line."""
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, _convert_="all")
-    except Exception as err:
-        cause = err.__cause__ or err
-        if isinstance(cause, ModuleNotFoundError) and key.startswith("logger."):
-            raise ConfigError(f"{key} needs a package that is not installed ({' '.join(str(cause).split())}); "
-                              "pip install it or choose another logger") from None
-        raise
-
-
 def fill_wandb(cfg: DictConfig, stage_name: str, output_dir: Path) -> None:
     """One W&B run per run dir across restarts (its id kept in `<run dir>/wandb_run_id`, resume="allow");
     group = `run_group` (the pipeline's) or the multirun sweep's dir; job_type = the stage; offline unless
@@ -286,7 +272,7 @@ def build_datamodule(cfg: DictConfig, accumulation: int, supervise: str) -> Any:
 
     from hydra.utils import get_class, instantiate
 
-    from dsvl.model import vision_spec
+    from dsvl.cli.models import vision_spec
 
     params = inspect.signature(get_class(cfg.data._target_)).parameters
     offered = {"vision_spec": vision_spec(cfg.model), "supervise": supervise, "accumulate_grad_batches": accumulation,

@@ -97,7 +97,7 @@ class DSVLDataModule(L.LightningDataModule):
         has_images = bool(self.vision and self.vision.inputs and self.vision.num_image_tokens > 0)
         if mode != "text_only" and not has_images and any(s.modality == "multimodal" for s in self.train_sources):
             raise DataError("multimodal data sources need a vision_spec with image inputs and num_image_tokens > 0 "
-                             "(instantiate with vision_spec=dsvl.model.vision_spec(cfg.model))")
+                             "(instantiate with vision_spec=dsvl.cli.models.vision_spec(cfg.model))")
         self.accounting = DataAccounting()
         self._encoder: SampleEncoder | None = None
         self._next_micro_index = 0

@@ -1,7 +1,8 @@
 """dsvl.model: the shared core (vision towers, adaptors, the VL model, transformers import/export). Plain PyTorch +
-transformers; never imports Lightning or Hydra."""
+transformers; never imports Lightning or Hydra: a model's parts are plain constructors (`dsvl.cli.models` builds them
+from the Hydra `model` node with `hydra.utils.instantiate`)."""
 from .adaptor import HybridSplitMLPGelu, LinearAdaptor, MLPGelu
-from .build import build_model, vision_spec, weight_sources
+from .build import weight_sources
 from .errors import ConfigError
 from .hf_interop import config_from_hf, hf_image_processor, to_hf_config
 from .llm import causal_lm
@@ -22,13 +23,11 @@ __all__ = [
     "VisionEncoder",
     "VisionLanguageModel",
     "VisionSpec",
-    "build_model",
     "config_from_hf",
     "hf_image_processor",
     "to_hf_config",
     "causal_lm",
     "next_token_loss",
-    "vision_spec",
     "WeightSource",
     "materialize",
     "weight_sources",

@@ -1,5 +1,5 @@
 """Vision-language adaptors: map vision features (N, T, in) to LLM embeddings (N, T, d). Plain constructors taking
-widths: `dsvl.model.assemble` fills those a config leaves unset from the parts it built on meta."""
+widths: `VisionLanguageModel` builds one given as a factory (Hydra's `_partial_: true`) with its parts' widths."""
 from __future__ import annotations
 
 import torch

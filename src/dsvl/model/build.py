@@ -1,5 +1,6 @@
-"""`build_model(cfg)` and `vision_spec(cfg)`: from the Hydra `model` node to a model, built on meta first (`assemble`,
-no Hydra) so that every misfit is a one-line `ConfigError` before any real weight exists."""
+"""The weights a `model` config node asks for, for a model its parts were built from (by `hydra.utils.instantiate`, in
+`dsvl.cli.models`): the node checked and completed from a checkpoint's config.json, its `pretrained` switched off for
+the meta build, and where the weights come from (a whole DeepSeek-VL checkpoint, or each part's own)."""
 from __future__ import annotations
 
 import json
@@ -8,22 +9,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .assemble import assemble, build_vision
 from .cfgutil import to_plain
 from .checked_load import weights_source
 from .errors import ConfigError
 from .hf_keys import key_map
-from .lora import apply_lora, lora_settings
-from .materialize import WeightSource, init_random, materialize
-from .spec import VisionSpec
+from .lora import LoraSettings, lora_settings
+from .materialize import WeightSource
 from .vlm import VisionLanguageModel
 
 log = logging.getLogger(__name__)
 
 
-def _model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def model_node(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A `model` config node (DictConfig or dict) as a plain dict, its parts taken from the checkpoint's config.json
+    for `model=from_pretrained`, checked to have vision, adaptor and llm."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"model config must be a mapping with vision, adaptor, llm; got {type(cfg).__name__}")
     config = with_checkpoint_architecture(to_plain(cfg))
@@ -33,14 +32,14 @@ def _model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _without_weights(node: Any) -> Any:
+def without_weights(node: Any) -> Any:
     """A part node with its `pretrained` switched off: the meta build checks the YAML sizes, which must describe it."""
     if isinstance(node, dict):
-        return {k: None if k == "pretrained" else _without_weights(v) for k, v in node.items()}
+        return {k: None if k == "pretrained" else without_weights(v) for k, v in node.items()}
     return node
 
 
-def _pretrained(config: Mapping[str, Any]) -> str | None:
+def whole_pretrained(config: Mapping[str, Any]) -> str | None:
     """The whole-model checkpoint (`pretrained`: True = `hub_id`, or a path / hub id), or None."""
     return weights_source(config.get("pretrained"), config.get("hub_id"), "model.")
 
@@ -58,16 +57,16 @@ def weight_sources(model: VisionLanguageModel) -> list[WeightSource]:
     """The pretrained weights a model config asks for, as sources `materialize` reads slice by slice:
     the whole-model `pretrained` (a transformers DeepSeek-VL directory), else each part's `pretrained`."""
     config = model.config
-    whole = _pretrained(config)
+    whole = whole_pretrained(config)
     if whole is not None:
         path = _local_dir(whole)
         arch = json.loads((Path(path) / "config.json").read_text())["model_type"]
         return [WeightSource(path, key_map=tuple(key_map(arch, model.llm.base_model_prefix)), origin="model.pretrained")]
     return [WeightSource(_local_dir(src), prefix=prefix, origin=f"model.{prefix.removesuffix('model.')}pretrained")
-            for prefix, src in _part_sources(config)]
+            for prefix, src in part_sources(config)]
 
 
-def _part_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+def part_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(parameter prefix, checkpoint) of each part that loads its own transformers weights (`pretrained`)."""
     parts = (("vision.low.model.", config["vision"].get("low")), ("vision.high.model.", config["vision"].get("high")),
              ("llm.", config["llm"]))
@@ -75,57 +74,22 @@ def _part_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             and (src := weights_source(node.get("pretrained"), node.get("hub_id"))) is not None]
 
 
-def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
-    """Image inputs (names, sizes, normalisation) and tokens per image of a model config (towers built on meta)."""
-    with torch.device("meta"):
-        return build_vision(_without_weights(_model_config(cfg)["vision"])).info.spec
-
-
-def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None) -> VisionLanguageModel:
-    """A `VisionLanguageModel` from the Hydra `model` node (DictConfig or dict). `device="meta"`: without weights, for
-    `materialize(model, template, device, sources=weight_sources(model))` after sharding (LoRA builds whole: peft
-    makes its adapters on real tensors). Otherwise (default: the current default device) `materialize`'s random init,
-    each part's `pretrained` (the rest gets that same init), or a whole DeepSeek-VL `pretrained` of the same shapes."""
-    config = _model_config(cfg)
-    lora = lora_settings(config.get("lora"))
-    device = torch.device(device) if device is not None else torch.get_default_device()
-    if device.type == "meta" and lora is not None:  # peft (and bitsandbytes) make their layers on real tensors
-        log.info("model.lora: built whole, not on meta (peft initialises its adapters on real tensors)")
-        device = torch.get_default_device()
-    with torch.device("meta"):
-        model = assemble(_without_weights(config), VisionLanguageModel)
-    model.config = config
-    whole = _pretrained(config)
-    if device.type == "meta":
-        pass
-    elif whole is not None:
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        tie = bool(model.llm.config.tie_word_embeddings)
-        model = VisionLanguageModel.from_pretrained(whole, image_token_id=config["image_token_id"], lora=lora)
-        got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        if got != expected and not (lora and lora.load_in_4bit):  # 4-bit weights are packed: other shapes
-            diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
-            raise ConfigError(f"model.pretrained={whole!r} does not have the configured shapes (first differences: {diff}); use its matching preset")
-        if bool(model.llm.config.tie_word_embeddings) != tie:
-            log.warning("model.pretrained=%s ties word embeddings=%s, unlike model.llm.tie_word_embeddings; following the checkpoint",
-                        whole, not tie)
-        # the checkpoint's own part configs (what was really loaded) plus this node's top-level keys
-        model.config = {**model.config, **{k: v for k, v in config.items() if k not in ("vision", "adaptor", "llm")}}
-        model.to(device)
-    elif parts := _part_sources(config):  # parts load their own weights (transformers' from_pretrained) ...
-        with torch.device(device), torch.random.fork_rng(devices=[]):  # the global RNG untouched, as by materialize
-            model = assemble(config, VisionLanguageModel)
-        # ... and the rest (adaptor, SAM's extra neck and convs) gets materialize's init, the one a meta build gives it
-        prefixes = tuple(prefix for prefix, _ in parts)
-        init_random(model, skip={n for n, _ in (*model.named_parameters(), *model.named_buffers()) if n.startswith(prefixes)})
-    else:
-        materialize(model, device=device)
-    model.train()  # from_pretrained returns eval mode; a built model is in train mode on every path
-    if config.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable()
-    if lora is not None:
-        model = apply_lora(model, lora)
-    log.info("built %s", {r["part"]: r["total"] for r in model.parameter_summary()})
+def load_whole_pretrained(model: VisionLanguageModel, config: Mapping[str, Any], lora: LoraSettings | None) -> VisionLanguageModel:
+    """The whole-model `pretrained` checkpoint of `config` (a transformers DeepSeek-VL directory or hub id) in place of
+    `model`, built on meta from `config`: the checkpoint must have the same shapes."""
+    whole = whole_pretrained(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tie = bool(model.llm.config.tie_word_embeddings)
+    model = VisionLanguageModel.from_pretrained(whole, image_token_id=config["image_token_id"], lora=lora)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if got != expected and not (lora and lora.load_in_4bit):  # 4-bit weights are packed: other shapes
+        diff = sorted(set(got.items()) ^ set(expected.items()))[:3]
+        raise ConfigError(f"model.pretrained={whole!r} does not have the configured shapes (first differences: {diff}); use its matching preset")
+    if bool(model.llm.config.tie_word_embeddings) != tie:
+        log.warning("model.pretrained=%s ties word embeddings=%s, unlike model.llm.tie_word_embeddings; following the checkpoint",
+                    whole, not tie)
+    # the checkpoint's own part configs (what was really loaded) plus this node's top-level keys
+    model.config = {**model.config, **{k: v for k, v in config.items() if k not in ("vision", "adaptor", "llm")}}
     return model
 
 

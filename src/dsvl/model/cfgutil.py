@@ -1,12 +1,15 @@
-"""Plain-Python handling of config nodes, so `dsvl.model` accepts DictConfig without importing omegaconf."""
+"""Plain-Python handling of config nodes and part factories, so `dsvl.model` accepts DictConfig and Hydra's partials
+without importing omegaconf or Hydra."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
-import pydoc
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import Any
+
+from torch import nn
 
 from .errors import ConfigError
 
@@ -22,53 +25,34 @@ def to_plain(node: Any) -> Any:
     return node
 
 
-def split_target(node: Any, key: str) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """(the object its `_target_` names, imported by `pydoc.locate`; the other keys) of a config node."""
-    if not isinstance(node, Mapping):
-        raise ConfigError(f"{key} must be a config node with a _target_, got {type(node).__name__}")
-    kwargs = to_plain(node)
-    if "_target_" not in kwargs:
-        raise ConfigError(f"{key} has no _target_; accepted: a node like {{_target_: dsvl.model.adaptor.MLPGelu, ...}}")
-    path = kwargs.pop("_target_")
-    if not isinstance(path, str) or "." not in path:
-        raise ConfigError(f"{key}._target_ must be a dotted import path like 'dsvl.model.vision.SiglipTower', got {path!r}")
-    try:
-        target = pydoc.locate(path)
-    except pydoc.ErrorDuringImport as exc:
-        raise ConfigError(f"{key}._target_={path!r} cannot be imported ({type(exc.value).__name__}: {exc.value})") from None
-    if target is None:
-        raise ConfigError(f"{key}._target_={path!r} cannot be imported (no such module or attribute)")
-    return target, kwargs
-
-
-def instantiate(node: Any, key: str, derived: Mapping[str, tuple[Any, str]] | None = None) -> Any:
-    """Call a node's `_target_` with its keys; errors become one-line ConfigErrors naming `key`. `derived`: argument
-    -> (value, what it is) from the parts built before (an adaptor's widths), filled in where the node leaves it
-    unset, else it must agree; a None value means the built parts cannot provide it."""
-    target, kwargs = split_target(node, key)
-    params = inspect.signature(target).parameters
-    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    unknown = [] if open_kwargs else sorted(set(kwargs) - set(params))
+def complete(part: Any, key: str, derived: Mapping[str, tuple[Any, str]]) -> Any:
+    """A part given as a factory (a `functools.partial`, as Hydra's `_partial_: true` makes) called with the sizes
+    that only the parts built before it know: `derived` maps an argument to (value, what it is; None = these parts
+    do not have it). A size the factory already sets must agree. A built module is returned as it is."""
+    if isinstance(part, nn.Module) or not callable(part):
+        return part
+    func, given = (part.func, part.keywords) if isinstance(part, functools.partial) else (part, {})
+    params = inspect.signature(func).parameters
+    unknown = [] if any(p.kind is p.VAR_KEYWORD for p in params.values()) else sorted(set(given) - set(params))
     if unknown:
-        raise ConfigError(f"{key}: unknown keys {unknown} for {target.__qualname__}; accepted: {', '.join(params)}")
-    for name, (value, what) in (derived or {}).items():
+        raise ConfigError(f"{key}: unknown keys {unknown} for {func.__qualname__}; accepted: {', '.join(params)}")
+    kwargs = {}
+    for name, (value, what) in derived.items():
         if name not in params:
             continue
-        given = kwargs.get(name)
         if value is None:
-            if given is None and params[name].default is params[name].empty:
-                raise ConfigError(f"{key}: {target.__qualname__} needs {what} ({name}), which these parts do not have")
-        elif given is None:
+            if given.get(name) is None and params[name].default is params[name].empty:
+                raise ConfigError(f"{key}: {func.__qualname__} needs {what} ({name}), which these parts do not have")
+        elif given.get(name) is None:
             kwargs[name] = value
-        elif given != value:
-            raise ConfigError(f"{key}.{name}={given} does not match {what} ({value}); accepted: {value} or null (derived)")
+        elif given[name] != value:
+            raise ConfigError(f"{key}.{name}={given[name]} does not match {what} ({value}); accepted: {value} or null (derived)")
     try:
-        return target(**kwargs)
+        return part(**kwargs)
     except ConfigError as exc:  # raised by the part itself: name where it sits in the config
-        sep = "." if _FIELD.match(str(exc)) else ": "
-        raise ConfigError(f"{key}{sep}{exc}") from None
+        raise ConfigError(f"{key}{'.' if _FIELD.match(str(exc)) else ': '}{exc}") from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: invalid settings for {target.__qualname__}: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{key}: invalid settings for {func.__qualname__}: {' '.join(str(exc).split())}") from None
 
 
 def hf_config_fields(cls: type) -> set[str] | None:

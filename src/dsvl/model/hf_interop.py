@@ -3,21 +3,26 @@ move between a transformers model and a dsvl one by `hf_keys.key_map`, so neithe
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
 from transformers.utils import is_torchvision_available
 
-from .assemble import M, assemble
+from .adaptor import HybridSplitMLPGelu, MLPGelu
 from .cfgutil import hf_config_fields
 from .errors import ConfigError
 from .hf_keys import ARCHITECTURES, DEEPSEEK_VL, architecture_of, key_map
+from .llm import causal_lm
 from .lora import LoraSettings, adapter_config, merged_lora, quantization_config
 from .spec import VisionSpec
+from .vision import SamTower, SiglipTower, VisionEncoder
+
+M = TypeVar("M", bound=nn.Module)
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +55,38 @@ def _plain_hf(config: PretrainedConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in _META_KEYS and (known is None or k in known)}
 
 
-def config_from_hf(config: PretrainedConfig) -> dict[str, Any]:
-    """The dsvl model node (plain dict with `_target_`s) equivalent to a transformers DeepSeek-VL config."""
+def _hf_parts(config: PretrainedConfig) -> dict[str, tuple[Callable[..., Any], dict[str, Any]]]:
+    """The dsvl parts (constructor, keys) equivalent to a transformers DeepSeek-VL config; `config_from_hf` writes them
+    as a Hydra node, `load_hf_pretrained` calls them."""
     if config.model_type not in ARCHITECTURES:
         raise ConfigError(f"model_type {config.model_type!r} is not a DeepSeek-VL checkpoint; accepted: {', '.join(ARCHITECTURES)}")
-    vision: dict[str, Any] = {
-        "_target_": "dsvl.model.vision.VisionEncoder",
-        "low": {"_target_": "dsvl.model.vision.SiglipTower", **_plain_hf(config.vision_config)},
-    }
     text = config.text_config
-    llm = {"_target_": "dsvl.model.llm.causal_lm", "model_type": text.model_type, **_plain_hf(text)}
-    llm["tie_word_embeddings"] = bool(config.tie_word_embeddings)
+    parts = {"low": (SiglipTower, _plain_hf(config.vision_config)),
+             "llm": (causal_lm, {"model_type": text.model_type, **_plain_hf(text), "tie_word_embeddings": bool(config.tie_word_embeddings)})}
     if config.model_type == DEEPSEEK_VL:
-        adaptor: dict[str, Any] = {"_target_": "dsvl.model.adaptor.MLPGelu", "depth": 2}
-    else:
-        vision["high"] = {"_target_": "dsvl.model.vision.SamTower", **_plain_hf(config.high_res_vision_config)}
-        adaptor = {"_target_": "dsvl.model.adaptor.HybridSplitMLPGelu"}
-    return {"vision": vision, "adaptor": adaptor, "llm": llm, "image_token_id": int(config.image_token_id)}
+        return {**parts, "adaptor": (MLPGelu, {"depth": 2})}
+    return {**parts, "high": (SamTower, _plain_hf(config.high_res_vision_config)), "adaptor": (HybridSplitMLPGelu, {})}
+
+
+def config_from_hf(config: PretrainedConfig) -> dict[str, Any]:
+    """The dsvl model node (plain dict with `_target_`s, as `hydra.utils.instantiate` builds it) equivalent to a
+    transformers DeepSeek-VL config."""
+    def node(name: str, **extra: Any) -> dict[str, Any]:
+        target, keys = parts[name]
+        return {"_target_": f"{target.__module__}.{target.__qualname__}", **extra, **keys}
+
+    parts = _hf_parts(config)
+    vision = {"_target_": f"{VisionEncoder.__module__}.VisionEncoder", "low": node("low")}
+    if "high" in parts:
+        vision["high"] = node("high", _partial_=True)
+    return {"vision": vision, "adaptor": node("adaptor", _partial_=True), "llm": node("llm"),
+            "image_token_id": int(config.image_token_id)}
+
+
+def _model_from_hf(config: PretrainedConfig, model_cls: type[M], image_token_id: int) -> M:
+    """`model_cls` built from a transformers DeepSeek-VL config by the plain constructors (on the current device)."""
+    parts = {name: functools.partial(target, **keys) for name, (target, keys) in _hf_parts(config).items()}
+    return model_cls(VisionEncoder(parts["low"](), parts.get("high")), parts["adaptor"], parts["llm"](), image_token_id)
 
 
 def _move(dst: nn.Module, dst_name: str, src: nn.Module, src_name: str) -> None:
@@ -113,7 +133,7 @@ def load_hf_pretrained(
     if image_token_id is not None:
         cfg["image_token_id"] = int(image_token_id)
     with torch.device("meta"):
-        model = assemble(cfg, model_cls)
+        model = _model_from_hf(config, model_cls, cfg["image_token_id"])
     for hf_name, dsvl_name in key_map(config.model_type, model.llm.base_model_prefix):
         _move(model, dsvl_name, hf, hf_name)
     _assert_materialised(model, f"loading {source}")

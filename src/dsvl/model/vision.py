@@ -14,7 +14,7 @@ from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
 )
 
 from .checked_load import from_pretrained_checked
-from .cfgutil import instantiate, make_hf_config
+from .cfgutil import complete, make_hf_config
 from .errors import ConfigError
 from .spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
 
@@ -151,28 +151,20 @@ class SamTower(nn.Module):
 
 
 class VisionEncoder(nn.Module):
-    """The vision side: `low` (SigLIP-like) and/or `high` (SAM-like) tower; features joined as [high, low]."""
+    """The vision side: `low` (SigLIP-like) and/or `high` (SAM-like) tower; features joined as [high, low]. `high` may
+    be a factory (Hydra's `_partial_: true`): it is then built with the low-res tower's grid unless it sets one."""
 
-    def __init__(self, low: nn.Module | None = None, high: nn.Module | None = None) -> None:
+    def __init__(self, low: nn.Module | None = None, high: Any = None) -> None:
         super().__init__()
         if low is None and high is None:
             raise ConfigError("vision needs at least one tower; accepted: vision.low and/or vision.high")
+        grid = getattr(low, "info", None) and low.info.grid
+        high = complete(high, "model.vision.high", {"grid": (grid, "the low-res tower's grid")} if grid else {})
         self.low, self.high = low, high
         self.info = VisionInfo(low=getattr(low, "info", None), high=getattr(high, "info", None))
         if self.info.low and self.info.high and self.info.low.grid != self.info.high.grid:
             raise ConfigError(f"vision.high grid {self.info.high.grid} != vision.low grid {self.info.low.grid}; "
-                              "build with VisionEncoder.from_config (derives it) or set vision.high.grid")
-
-    @classmethod
-    def from_config(cls, *, key: str = "vision", low: Any = None, high: Any = None) -> "VisionEncoder":
-        """Both towers from their `_target_` nodes; the high-res grid follows the low-res tower's unless set."""
-        if low is None and high is None:
-            raise ConfigError(f"{key} needs at least one tower; accepted: {key}.low and/or {key}.high nodes")
-        low_tower = instantiate(low, f"{key}.low") if low is not None else None
-        info = getattr(low_tower, "info", None)
-        derived = {"grid": (info.grid, "the low-res tower's grid")} if info is not None else {}
-        high_tower = instantiate(high, f"{key}.high", derived) if high is not None else None
-        return cls(low=low_tower, high=high_tower)
+                              "accepted: vision.high.grid null (derived) with vision.high._partial_: true")
 
     def forward(
         self, pixel_values: torch.Tensor | None = None, high_res_pixel_values: torch.Tensor | None = None

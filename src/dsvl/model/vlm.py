@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .cfgutil import complete
+from .errors import ConfigError
 from .fused_loss import FusedLinearCrossEntropy, chunk_positions
 from .spec import VisionSpec
 from .vision import VisionEncoder
@@ -83,16 +85,41 @@ class VisionLanguageModel(nn.Module):
     def __init__(
         self,
         vision: VisionEncoder,
-        adaptor: nn.Module,
+        adaptor: nn.Module | Callable[..., nn.Module],
         llm: PreTrainedModel,
         image_token_id: int,
         config: dict[str, Any] | None = None,
     ) -> None:
+        """`adaptor` may be a factory (Hydra's `_partial_: true`, a `functools.partial`): it is built with the widths it
+        maps between (`in_dim`, `low_in_dim`, `high_in_dim` from the vision side, `out_dim` = the LLM's hidden size).
+        The parts are checked to fit (one-line `ConfigError`); build them on meta to check before any weights exist."""
         super().__init__()
+        info = getattr(vision, "info", None)
+        if info is None:
+            raise ConfigError("model.vision must build a module with `info` (widths, token grid), e.g. dsvl.model.vision.VisionEncoder")
+        embeddings = llm.get_input_embeddings()
+        hidden, vocab = int(embeddings.embedding_dim), int(embeddings.num_embeddings)
+        adaptor = complete(adaptor, "model.adaptor", {
+            "in_dim": (info.embed_dim, "the vision feature width"),
+            "low_in_dim": (info.low.embed_dim if info.low else None, "the low-res (SigLIP) width"),
+            "high_in_dim": (info.high.embed_dim if info.high else None, "the high-res (SAM) width"),
+            "out_dim": (hidden, "llm hidden_size"),
+        })
+        if all(p.is_meta for p in adaptor.parameters()):  # a real build was checked on meta before
+            with torch.device("meta"):
+                out = adaptor(torch.empty(1, info.num_tokens, info.embed_dim)).shape[-1]
+            if out != hidden:
+                raise ConfigError(f"model.adaptor ({type(adaptor).__qualname__}) maps vision features of width {info.embed_dim} "
+                                  f"to width {out}, but llm hidden_size is {hidden}; accepted: an adaptor to {hidden}")
+        if isinstance(image_token_id, bool) or not isinstance(image_token_id, int):
+            raise ConfigError(f"model.image_token_id must be an int (the tokenizer's image token id), got {image_token_id!r}")
+        if not 0 <= image_token_id < vocab:
+            raise ConfigError(f"model.image_token_id={image_token_id} is outside the LLM vocabulary [0, {vocab}); "
+                              "accepted: a token id of the tokenizer")
         self.vision = vision
         self.adaptor = adaptor
         self.llm = llm
-        self.image_token_id = int(image_token_id)
+        self.image_token_id = image_token_id
         self.config = config or {}
 
     def parts(self) -> dict[str, nn.Module]:

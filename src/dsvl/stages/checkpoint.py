@@ -3,12 +3,12 @@
 `load_init_weights` (`init_from`) starts a new stage from the previous stage's weights (a `.ckpt`, a sharded `.ckpt`
 directory of `trainer=fsdp`, or an exported directory) in a model built whole; optimizer, scheduler and data position
 are deliberately not carried over: a new stage is a new run (a meta build reads them into its shards instead:
-`dsvl.stages.strategies.defer_weights`). `load_stage_checkpoint` rebuilds a `.ckpt`'s model from its hyperparameters.
+`dsvl.stages.strategies.defer_weights`). `read_checkpoint` + `copy_weights` serve `dsvl.cli.models.load_stage_checkpoint`,
+which rebuilds a `.ckpt`'s model from its saved hyperparameters.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def _load(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _copy_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
+def copy_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
     """The checkpoint's model weights (keys under `model.`) into `model`. All parameters must match (stages share
     one architecture); rebuilt buffers (rotary caches) may be absent, and so may every frozen base weight of a LoRA
     run's adapter-only checkpoint (they came with `model.pretrained`)."""
@@ -114,9 +114,9 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
     if p.is_dir() and not is_sharded_checkpoint(p):
         from dsvl.model import VisionLanguageModel
 
-        _copy_weights(model, {"state_dict": VisionLanguageModel.from_pretrained(str(p)).state_dict()}, p)
+        copy_weights(model, {"state_dict": VisionLanguageModel.from_pretrained(str(p)).state_dict()}, p)
     else:
-        _copy_weights(model, _load(p), p)
+        copy_weights(model, _load(p), p)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -124,25 +124,3 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     saved ones: empty for checkpoints written before stages saved them)."""
     return _load(check_init_from(path))
 
-
-@dataclass
-class StageCheckpoint:
-    """What a stage `.ckpt` holds for inference: the model (weights loaded) and the hyperparameters `VLMStage` saved."""
-
-    model: nn.Module
-    hparams: dict[str, Any]
-
-
-def load_stage_checkpoint(path: str | Path) -> StageCheckpoint:
-    """Rebuild the model of a dsvl stage `.ckpt` from its saved hyperparameters and load its weights; one-line
-    `InitFromError` for unsafe files or checkpoints without a model config."""
-    from dsvl.model import build_model
-
-    ckpt = read_checkpoint(path)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    if not hparams.get("model_config"):
-        raise InitFromError(f"{path}: written by an older dsvl-train (no model_config among its hyperparameters); "
-                            "retrain it with this version")
-    model = build_model(hparams["model_config"])
-    _copy_weights(model, ckpt, Path(path).expanduser())
-    return StageCheckpoint(model=model, hparams=hparams)
