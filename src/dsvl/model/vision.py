@@ -62,24 +62,17 @@ def _side(value: Any, key: str) -> int:
     return int(value)
 
 
-def _patch_encoder_config_class(model_type: str) -> type:
-    """transformers' config class of a `model_type` that has a base model (`AutoModel`)."""
+def _encoder_config_class(model_type: str) -> type:
+    """transformers' config class of a `model_type`, checked to be a patch encoder's with a base model (`AutoModel`);
+    a whole model's (e.g. 'clip') has its sizes in a vision_config instead."""
+    accepted = "accepted e.g. 'siglip_vision_model', 'clip_vision_model', 'dinov2'"
     if model_type not in CONFIG_MAPPING:
-        raise ConfigError(f"model_type={model_type!r} is not a transformers model type; "
-                          "accepted e.g. 'siglip_vision_model', 'clip_vision_model', 'dinov2'")
+        raise ConfigError(f"model_type={model_type!r} is not a transformers model type; {accepted}")
     config_cls = CONFIG_MAPPING[model_type]
-    if config_cls not in MODEL_MAPPING:
-        raise ConfigError(f"model_type={model_type!r} has no transformers AutoModel; accepted: a vision encoder's model type")
+    missing = sorted({"image_size", "patch_size", "hidden_size"} - (hf_config_fields(config_cls) or set()))
+    if missing or config_cls not in MODEL_MAPPING:
+        raise ConfigError(f"model_type={model_type!r} is not a vision encoder's (no {', '.join(missing) or 'AutoModel'}); {accepted}")
     return config_cls
-
-
-def _check_patch_encoder(cfg: Any) -> None:
-    """The sizes a patch encoder's config must have (a whole model's config, e.g. 'clip', has them in its vision_config)."""
-    missing = [k for k in ("image_size", "patch_size", "hidden_size") if not isinstance(getattr(cfg, k, None), (int, list, tuple))]
-    if missing:
-        raise ConfigError(f"model_type={cfg.model_type!r} has no {', '.join(missing)}: not a vision encoder's config; "
-                          "accepted e.g. 'siglip_vision_model', 'clip_vision_model', 'dinov2'")
-    _grid(cfg)
 
 
 def _grid(cfg: Any) -> int:
@@ -111,11 +104,11 @@ class AutoVisionTower(nn.Module):
         **hf_config: Any,
     ) -> None:
         super().__init__()
-        config_cls = _patch_encoder_config_class(model_type)
+        config_cls = _encoder_config_class(model_type)
         if "vision_use_head" in (hf_config_fields(config_cls) or ()):
             hf_config.setdefault("vision_use_head", False)
         config = make_hf_config(config_cls, **hf_config)
-        _check_patch_encoder(config)  # before building: a wrong model_type never builds a model of its default size
+        _grid(config)  # checked before building anything
         # the exact class (SiglipVisionModel), not AutoModel: that would load a whole SiglipModel from its checkpoint
         self.model = from_pretrained_checked(MODEL_MAPPING[config_cls], "vision.low", pretrained, hub_id, **hf_config) \
             or AutoModel.from_config(config)
@@ -127,9 +120,9 @@ class AutoVisionTower(nn.Module):
         """(N, 3, S, S) -> (N, grid**2, hidden): the patch tokens, without the CLS / register tokens before them."""
         hidden = self.model(pixel_values=pixel_values.to(self.model.dtype)).last_hidden_state
         patches = self.info.grid ** 2
-        if hidden.shape[1] < patches:
-            raise ConfigError(f"vision.low: {self.model.config.model_type!r} returns {hidden.shape[1]} tokens, fewer than its "
-                              f"{patches} patches; accepted: encoders with one output token per patch (ViT-like)")
+        if hidden.dim() != 3 or hidden.shape[1] < patches:  # e.g. a feature map, or MAE's masked subset of patches
+            raise ConfigError(f"vision.low: {self.model.config.model_type!r} returns shape {tuple(hidden.shape)}, not "
+                              f"(N, >= {patches} patches, width); accepted: encoders with one output token per patch")
         return hidden[:, -patches:]
 
 
