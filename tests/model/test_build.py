@@ -67,7 +67,7 @@ def test_plain_constructors_build_what_hydra_builds():
         VisionLanguageModel(plain.vision, functools.partial(HybridSplitMLPGelu, depth=2), plain.llm, IMAGE_TOKEN)
 
 
-@pytest.mark.parametrize("vision", ["tiny_siglip", "tiny_sam", "tiny_hybrid", "siglip_l_384", "sam_b_1024", "hybrid_siglip_sam"])
+@pytest.mark.parametrize("vision", ["tiny_siglip", "tiny_sam", "tiny_hybrid", "siglip_l_384", "sam_b_1024", "hybrid_siglip_sam", "clip_l_336"])
 @pytest.mark.parametrize("adaptor", ["linear", "mlp_gelu", "hybrid_split_mlp_gelu"])
 def test_every_vision_and_adaptor_preset_plans_or_explains(vision, adaptor):
     cfg = _compose("+model=tiny", f"model/vision={vision}", f"model/adaptor={adaptor}")
@@ -78,7 +78,7 @@ def test_every_vision_and_adaptor_preset_plans_or_explains(vision, adaptor):
         return
     model = build_model(cfg, device="meta")
     # tiny SAM alone: its 8x8 map / 4 (no SigLIP grid to follow); in the hybrid it follows SigLIP's 4x4
-    expected_tokens = {"siglip_l_384": 576, "sam_b_1024": 576, "hybrid_siglip_sam": 576, "tiny_sam": 4}.get(vision, 16)
+    expected_tokens = {"siglip_l_384": 576, "sam_b_1024": 576, "hybrid_siglip_sam": 576, "clip_l_336": 576, "tiny_sam": 4}.get(vision, 16)
     assert model.num_image_tokens == vision_spec(cfg).num_image_tokens == expected_tokens
     assert all(p.is_meta for p in model.parameters())
 

@@ -50,6 +50,11 @@ def test_each_part_loads_every_weight_from_its_hub_layout(tiny_cfg, hub_layouts)
         for name, tensor in ours.items():
             ref = theirs.get(name, theirs.get(name.removeprefix("vision_encoder.")))
             assert ref is not None and torch.equal(tensor, ref), name
+    meta = build_model(cfg, device="meta")  # the sharded builds' reader (FSDP2, ZeRO-3): the same weights
+    materialize(meta, sources=weight_sources(meta))
+    for name, tensor in meta.state_dict().items():
+        if name.startswith(("vision.low.model.", "vision.high.model.", "llm.")):
+            assert torch.equal(tensor, model.state_dict()[name]), name
 
 
 @pytest.mark.parametrize(("part", "wrong"), [("low", "llm"), ("high", "siglip"), ("llm", "sam")])

@@ -8,10 +8,11 @@ from .hf_interop import config_from_hf, hf_image_processor, to_hf_config
 from .llm import causal_lm
 from .materialize import WeightSource, materialize
 from .spec import ImageInputSpec, VisionSpec
-from .vision import SamTower, SiglipTower, VisionEncoder
+from .vision import AutoVisionTower, SamTower, SiglipTower, VisionEncoder
 from .vlm import VisionLanguageModel, VLMOutput, next_token_loss
 
 __all__ = [
+    "AutoVisionTower",
     "ConfigError",
     "HybridSplitMLPGelu",
     "ImageInputSpec",

@@ -62,8 +62,13 @@ def weight_sources(model: VisionLanguageModel) -> list[WeightSource]:
         path = _local_dir(whole)
         arch = json.loads((Path(path) / "config.json").read_text())["model_type"]
         return [WeightSource(path, key_map=tuple(key_map(arch, model.llm.base_model_prefix)), origin="model.pretrained")]
-    return [WeightSource(_local_dir(src), prefix=prefix, origin=f"model.{prefix.removesuffix('model.')}pretrained")
-            for prefix, src in part_sources(config)]
+    return [WeightSource(_local_dir(src), prefix=prefix, key_map=_PART_KEYS.get(prefix, ()),
+                         origin=f"model.{prefix.removesuffix('model.')}pretrained") for prefix, src in part_sources(config)]
+
+
+# a hub checkpoint of a whole SigLIP / CLIP model keeps the vision tower under `vision_model.` (transformers'
+# from_pretrained strips it when it loads the tower alone, as the non-sharded build does)
+_PART_KEYS = {"vision.low.model.": (("vision_model.", ""), ("", ""))}
 
 
 def part_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:

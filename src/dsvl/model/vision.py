@@ -1,5 +1,6 @@
-"""Vision towers: transformers' SigLIP and SAM models plus DeepSeek-VL's SAM downsampling path. Each tower works out
-its sizes (`info`) in its constructor, so a meta build learns them; `VisionEncoder` joins features as [high, low]."""
+"""Vision towers: any transformers patch encoder by `model_type` (SigLIP in DeepSeek-VL) and transformers' SAM plus
+DeepSeek-VL's SAM downsampling path. Each tower works out its sizes (`info`) in its constructor, so a meta build learns
+them; `VisionEncoder` joins features as [high, low]."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,14 +8,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import SamVisionConfig, SamVisionModel, SiglipVisionConfig, SiglipVisionModel
+from transformers import AutoModel, SamVisionConfig, SamVisionModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.models.deepseek_vl_hybrid.modeling_deepseek_vl_hybrid import (
     DeepseekVLSamVisionNeck,
     DeepseekVLSamVisionProj,
 )
 
 from .checked_load import from_pretrained_checked
-from .cfgutil import complete, make_hf_config
+from .cfgutil import complete, hf_config_fields, make_hf_config
 from .errors import ConfigError
 from .spec import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageInputSpec, VisionSpec
 
@@ -59,6 +62,19 @@ def _side(value: Any, key: str) -> int:
     return int(value)
 
 
+def _encoder_config_class(model_type: str) -> type:
+    """transformers' config class of a `model_type`, checked to be a patch encoder's with a base model (`AutoModel`);
+    a whole model's (e.g. 'clip') has its sizes in a vision_config instead."""
+    accepted = "accepted e.g. 'siglip_vision_model', 'clip_vision_model', 'dinov2'"
+    if model_type not in CONFIG_MAPPING:
+        raise ConfigError(f"model_type={model_type!r} is not a transformers model type; {accepted}")
+    config_cls = CONFIG_MAPPING[model_type]
+    missing = sorted({"image_size", "patch_size", "hidden_size"} - (hf_config_fields(config_cls) or set()))
+    if missing or config_cls not in MODEL_MAPPING:
+        raise ConfigError(f"model_type={model_type!r} is not a vision encoder's (no {', '.join(missing) or 'AutoModel'}); {accepted}")
+    return config_cls
+
+
 def _grid(cfg: Any) -> int:
     """Patches per image side of a transformers vision config (checked: the image is a whole number of patches)."""
     size, patch = _side(cfg.image_size, "image_size"), _side(cfg.patch_size, "patch_size")
@@ -67,32 +83,61 @@ def _grid(cfg: Any) -> int:
     return size // patch
 
 
-class SiglipTower(nn.Module):
-    """Low-res semantic branch: transformers' `SiglipVisionModel`, its last hidden state as features. The pooling head
-    is off by default (DeepSeek-VL does not use it; unused weights would also trip DDP's unused-parameter check)."""
+class AutoVisionTower(nn.Module):
+    """Low-res semantic branch: any transformers vision encoder whose `last_hidden_state` holds one token per patch
+    (SigLIP, CLIP, DINOv2, ViT, ...), picked by its config's `model_type` as transformers' own VLMs pick theirs
+    (`AutoModel.from_config(config.vision_config)`). Features: the last grid**2 tokens (CLIP and DINOv2 put a CLS
+    token, and register tokens, before the patches). A pooling head that has a config switch (SigLIP's
+    `vision_use_head`) is off by default: DeepSeek-VL does not use it, and unused weights would trip DDP's
+    unused-parameter check."""
 
     input_name = "pixel_values"
 
     def __init__(
         self,
         *,
+        model_type: str,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
         pretrained: Any = None,
         hub_id: str | None = None,
-        mean: tuple[float, float, float] = SIGLIP_MEAN,
-        std: tuple[float, float, float] = SIGLIP_STD,
         **hf_config: Any,
     ) -> None:
         super().__init__()
-        hf_config.setdefault("vision_use_head", False)
-        self.model = from_pretrained_checked(SiglipVisionModel, "vision.low", pretrained, hub_id, **hf_config) \
-            or SiglipVisionModel(make_hf_config(SiglipVisionConfig, **hf_config))
+        config_cls = _encoder_config_class(model_type)
+        if "vision_use_head" in (hf_config_fields(config_cls) or ()):
+            hf_config.setdefault("vision_use_head", False)
+        config = make_hf_config(config_cls, **hf_config)
+        _grid(config)  # checked before building anything
+        # the exact class (SiglipVisionModel), not AutoModel: that would load a whole SiglipModel from its checkpoint
+        self.model = from_pretrained_checked(MODEL_MAPPING[config_cls], "vision.low", pretrained, hub_id, **hf_config) \
+            or AutoModel.from_config(config)
         cfg = self.model.config
         size = _side(cfg.image_size, "image_size")
         self.info = TowerInfo(cfg.hidden_size, _grid(cfg), ImageInputSpec(self.input_name, size, tuple(mean), tuple(std)))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) -> (N, grid**2, hidden)."""
-        return self.model(pixel_values=pixel_values.to(self.model.dtype)).last_hidden_state
+        """(N, 3, S, S) -> (N, grid**2, hidden): the patch tokens, without the CLS / register tokens before them."""
+        hidden = self.model(pixel_values=pixel_values.to(self.model.dtype)).last_hidden_state
+        patches = self.info.grid ** 2
+        if hidden.dim() != 3 or hidden.shape[1] < patches:  # e.g. a feature map, or MAE's masked subset of patches
+            raise ConfigError(f"vision.low: {self.model.config.model_type!r} returns shape {tuple(hidden.shape)}, not "
+                              f"(N, >= {patches} patches, width); accepted: encoders with one output token per patch")
+        return hidden[:, -patches:]
+
+
+class SiglipTower(AutoVisionTower):
+    """transformers' `SiglipVisionModel` with SigLIP's normalisation: DeepSeek-VL's low-res tower, the one `hf_interop`
+    maps to and from DeepSeek-VL checkpoints."""
+
+    def __init__(
+        self,
+        *,
+        mean: tuple[float, float, float] = SIGLIP_MEAN,
+        std: tuple[float, float, float] = SIGLIP_STD,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model_type="siglip_vision_model", mean=mean, std=std, **kwargs)
 
 
 class SamTower(nn.Module):
