@@ -171,6 +171,37 @@ def test_wrong_override_is_one_line_exit_2(override: str, recipe, capsys: pytest
     _line(exit_.value.code, capsys.readouterr().err, WRONG[override.replace(str(tmp), "{tmp}")])
 
 
+# mistakes inside the model's parts: Hydra instantiates them (`dsvl.cli.models`), on meta, before any weights
+MODEL_CASES: dict[str, list[str]] = {
+    "model.vision.low._target_=dsvl.model.vision.NoTower": ["model.vision.low._target_='dsvl.model.vision.NoTower' cannot be imported"],
+    "+model.adaptor.dept=3": ["model.adaptor: unknown keys ['dept'] for HybridSplitMLPGelu", "accepted: low_in_dim"],
+    "+model.vision.low.hidden_sizee=32": ["model.vision.low: unknown keys ['hidden_sizee'] for transformers' SiglipVisionConfig"],
+    "model.llm.model_type=nope": ["model.llm.model_type='nope' is not a transformers model type"],
+    "model.llm.num_attention_heads=5": ["model.llm: transformers' LlamaConfig rejects these settings", "not a multiple"],
+    "model.vision.low.image_size=30": ["model.vision.low.image_size=30 must be a multiple of patch_size"],
+    "model.vision.high.grid=3": ["model.vision.high.grid=3 does not match the low-res tower's grid"],
+    "model.adaptor._target_=torch.nn.Identity": ["model.adaptor (Identity) maps vision features of width", "llm hidden_size"],
+}
+
+
+@pytest.mark.parametrize("override", MODEL_CASES)
+def test_model_part_mistakes_are_one_line_before_weights(override: str, recipe, no_weights: None,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from dsvl.cli._config import guarded
+    from dsvl.cli.models import build_model
+    from dsvl.cli.train import check_run
+
+    cfg = _with_override(recipe[0], override)
+
+    def run_path_checks() -> None:  # what `train` does with the model before weights: the parts checked, built on meta
+        check_run(cfg)
+        build_model(cfg.model, device="meta")
+
+    with pytest.raises(SystemExit) as exit_:
+        guarded("dsvl-train", run_path_checks)
+    _line(exit_.value.code, capsys.readouterr().err, MODEL_CASES[override])
+
+
 @pytest.mark.parametrize("override", CONSOLE)
 def test_console_entry_answers_in_one_line_before_any_weights(override: str, demo_data: Path, tmp_path: Path,
                                                               no_weights: None, monkeypatch: pytest.MonkeyPatch,
