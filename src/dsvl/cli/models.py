@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 def instantiate_model(config: Mapping[str, Any]) -> VisionLanguageModel:
     """`VisionLanguageModel` of a plain model node's parts, on the current default device (meta: sizes only)."""
-    parts = {name: instantiate_node(config[name], f"model.{name}") for name in ("vision", "llm")}
+    vision = config["vision"]
+    if isinstance(vision, Mapping) and isinstance(vision.get("high"), Mapping):  # SAM follows SigLIP's grid, also in
+        vision = {**vision, "high": {"_partial_": True, **vision["high"]}}  # nodes written without `_partial_: true`
+    parts = {"vision": instantiate_node(vision, "model.vision"), "llm": instantiate_node(config["llm"], "model.llm")}
     adaptor = instantiate_node(config["adaptor"], "model.adaptor", _partial_=True)  # built by the model, with its widths
     return VisionLanguageModel(**parts, adaptor=adaptor, image_token_id=config.get("image_token_id"), config=dict(config))
 
