@@ -202,6 +202,42 @@ def test_model_part_mistakes_are_one_line_before_weights(override: str, recipe, 
     _line(exit_.value.code, capsys.readouterr().err, MODEL_CASES[override])
 
 
+def _leaves(node: dict, path: str) -> list[str]:
+    return [leaf for k, v in node.items() for leaf in (_leaves(v, f"{path}.{k}") if isinstance(v, dict) else [f"{path}.{k}"])]
+
+
+@pytest.mark.parametrize("value", ["abc", -1, 0, [1, 2], None, True])
+def test_every_model_value_wrong_is_one_line_or_builds(value, recipe) -> None:
+    """Each leaf of the recipe's model node set to a wrong value, one at a time (inputs nobody planned: a negative
+    size, a list for a width, a `_target_` that is a number): the meta build either answers in one line with a
+    user error, or builds (some values are valid); never a traceback."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from dsvl.cli.models import build_model
+    from dsvl.errors import UserError
+
+    model = OmegaConf.to_container(recipe[0].model, resolve=True)
+    built, refused = 0, 0
+    for leaf in _leaves(model, "model"):
+        if leaf.endswith(".pretrained"):  # weights, not sizes: tests/model/test_part_init.py
+            continue
+        cfg = copy.deepcopy(model)
+        *parents, last = leaf.split(".")[1:]
+        node = cfg
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        try:
+            build_model(cfg, device="meta")
+            built += 1
+        except UserError as err:
+            assert "\n" not in str(err) and str(err).startswith(("model", leaf)), (leaf, str(err))
+            refused += 1
+    assert refused >= 20 and built + refused >= 40  # the walk reached the parts' keys
+
+
 @pytest.mark.parametrize("override", CONSOLE)
 def test_console_entry_answers_in_one_line_before_any_weights(override: str, demo_data: Path, tmp_path: Path,
                                                               no_weights: None, monkeypatch: pytest.MonkeyPatch,

@@ -135,6 +135,7 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
 
     if not isinstance(node, Mapping) or "_target_" not in node:
         raise ConfigError(f"{key} has no _target_; accepted: a node like {{_target_: dsvl.model.adaptor.MLPGelu, ...}}")
+    _check_targets(node, key)
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
@@ -153,9 +154,29 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
             raise ConfigError(f"{where}._target_={target!r} cannot be imported: {str(cause).strip().splitlines()[-1]}") from None
         if isinstance(cause, ImportError):
             raise ConfigError(f"{where} needs a package that is not installed ({one_line(cause)}); pip install it") from None
+        if first.startswith("Expected a callable target"):
+            raise ConfigError(f"{where}._target_ is not a class or function ({first}); accepted: a dotted import path "
+                              "like dsvl.model.adaptor.MLPGelu") from None
         if isinstance(cause, (TypeError, ValueError)):
             raise ConfigError(f"{where}: invalid settings for {target}: {' '.join(str(cause).split())}") from None
+        if isinstance(cause, (RuntimeError, ArithmeticError)):  # torch / transformers building from these values
+            raise ConfigError(f"{where}: {target} cannot be built with these settings ({type(cause).__name__}: "
+                              f"{one_line(cause)})") from None
         raise
+
+
+def _check_targets(node: Any, key: str) -> None:
+    """Hydra's own keys in a node and its sub-nodes: `_target_` a dotted import path, `_partial_` a bool."""
+    from dsvl.errors import ConfigError
+
+    if isinstance(node, Mapping):
+        target, partial = node.get("_target_"), node.get("_partial_", False)
+        if "_target_" in node and not (isinstance(target, str) and "." in target):
+            raise ConfigError(f"{key}._target_={target!r}; accepted: a dotted import path like dsvl.model.adaptor.MLPGelu")
+        if not isinstance(partial, bool):
+            raise ConfigError(f"{key}._partial_={partial!r}; accepted: true or false")
+        for sub, value in node.items():
+            _check_targets(value, f"{key}.{sub}")
 
 
 HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--resolve",

@@ -53,6 +53,9 @@ def complete(part: Any, key: str, derived: Mapping[str, tuple[Any, str]]) -> Any
         raise ConfigError(f"{key}{'.' if _FIELD.match(str(exc)) else ': '}{exc}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: invalid settings for {func.__qualname__}: {' '.join(str(exc).split())}") from None
+    except (RuntimeError, ArithmeticError) as exc:  # torch / transformers building from these sizes
+        raise ConfigError(f"{key}: {func.__qualname__} cannot be built with these settings "
+                          f"({type(exc).__name__}: {str(exc).strip().splitlines()[0]})") from None
 
 
 def hf_config_fields(cls: type) -> set[str] | None:
