@@ -87,6 +87,17 @@ CASES: dict[str, list[str]] = {
     "stage.global_batch=12": ["stage.global_batch=12", "data.micro_batch_size=8"],
     "data.mode=text_only": None,  # valid here (the recipe has text sources): see RIGHT
     "data.train_sources.text=null": None,
+    # found by walking every leaf with wrong values (tests below): targets, numbers for paths, callbacks' ranges
+    "data._target_=abc": ["data._target_='abc'", "dotted import path"],
+    "scheduler._target_=abc.def": ["scheduler._target_='abc.def' cannot be imported"],
+    "init_from=-1": ["init_from=-1", "no such file"],
+    "data.train_sources.text.urls=0": ["'text'", "urls=0", "accepted: a folder of .tar shards"],
+    "callbacks.throughput.window_size=1": ["callbacks.throughput.window_size=1", "greater than or equal to 2"],
+    "callbacks.samples.max_new_tokens=0": ["callbacks.samples.max_new_tokens=0", "greater than or equal to 1"],
+    "logger.csv.flush_logs_every_n_steps=0": ["logger.csv.flush_logs_every_n_steps=0", "greater than or equal to 1"],
+    "trainer.strategy=abc": ["trainer: invalid settings for", "Trainer", "strategy='abc'"],
+    "callbacks.preemption.signals=[SIGTERMX]": ["callbacks.preemption.signals=['SIGTERMX']", "SIGUSR1"],
+    "data.tokenizer=-1": ["cannot load tokenizer from -1"],
     # model shapes: the model's own checks, still before any weights
     "model.adaptor.out_dim=48": ["model.adaptor.out_dim=48", "hidden_size", "64"],
     "model.adaptor.low_in_dim=7": ["model.adaptor.low_in_dim=7", "accepted: 64"],
@@ -121,10 +132,12 @@ def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
 # Hydra rejects these while composing (group options, keys, sweep syntax): `precheck_overrides`' line
 COMPOSITION = {"model=tiny_nope", "model/adaptor=nope", "trainer.max_stepz=3", "optim.lr=1e-3,3e-3", "experiment=demo/nope"}
 # the model's own shape checks, made by the run path after `validate_config`
-RUN_PATH = {"model.adaptor.out_dim=48", "model.adaptor.low_in_dim=7"}
+RUN_PATH = {"model.adaptor.out_dim=48", "model.adaptor.low_in_dim=7", "trainer.strategy=abc",
+            "callbacks.preemption.signals=[SIGTERMX]", "data.tokenizer=-1"}
 # one row per kind of check, through the console entry (sys.argv in, exit code and stderr out)
 CONSOLE = ["trainer.max_steps=abc", "optim.lr=-1", "trainer.precision=17", "init_from=/etc/passwd", "mc_val.shards=/nonexistent/mc",
-           "model=tiny_nope", "model.adaptor.out_dim=48", "model.adaptor.low_in_dim=7"]
+           "model=tiny_nope", "model.adaptor.out_dim=48", "model.adaptor.low_in_dim=7", "trainer.strategy=abc",
+           "callbacks.preemption.signals=[SIGTERMX]", "data.tokenizer=-1"]
 
 
 @pytest.fixture(scope="module")

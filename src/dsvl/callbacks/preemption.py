@@ -15,6 +15,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from dsvl.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,12 @@ class PreemptionCheckpoint(Callback):
     """Stops training at the first global-step boundary after one of `signals` (default SIGTERM)."""
 
     def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGTERM",)) -> None:
-        self.signals = [signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in signals]
+        names = [signals] if isinstance(signals, (str, int)) else list(signals)
+        try:
+            self.signals = [signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in names]
+        except (KeyError, ValueError, TypeError):
+            raise ConfigError(f"callbacks.preemption.signals={signals!r}; accepted: a list of signal names such as "
+                              "[SIGTERM, SIGUSR1]") from None
         self.requested = False  # set from the signal handler
         self.preempted = False  # training stopped on a signal
         self._previous: dict[signal.Signals, Any] = {}

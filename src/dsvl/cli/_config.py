@@ -123,9 +123,10 @@ def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None] | None
 
 
 def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate(node, _convert_="all", **kwargs)` with a user's mistake in the node (an unknown key, a
-    `_target_` that does not import, a package not installed, a part's own `UserError`) as a one-line error of the
-    same kind that names where it sits (`key` and the sub-node Hydra reports); a bug keeps its traceback."""
+    """`hydra.utils.instantiate(node, _convert_="all", **kwargs)` with a user's mistake in the node (a `_target_` that
+    does not import: `check_targets`; an unknown key, a package not installed, sizes torch cannot build, a part's own
+    `UserError`) as a one-line error of the same kind that names where it sits (`key` and the sub-node Hydra
+    reports); a bug keeps its traceback."""
     import re
 
     from hydra.errors import InstantiationException
@@ -135,7 +136,7 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
 
     if not isinstance(node, Mapping) or "_target_" not in node:
         raise ConfigError(f"{key} has no _target_; accepted: a node like {{_target_: dsvl.model.adaptor.MLPGelu, ...}}")
-    _check_targets(node, key)
+    check_targets(node, key)
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
@@ -150,14 +151,11 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
                 text = (where.removesuffix(owner) + text if owner and where.endswith(owner)
                         else f"{where}.{text}" if setting else f"{where}: {text}")
             raise type(cause)(text) from None
-        if first.startswith("Error locating"):
-            raise ConfigError(f"{where}._target_={target!r} cannot be imported: {str(cause).strip().splitlines()[-1]}") from None
         if isinstance(cause, ImportError):
             raise ConfigError(f"{where} needs a package that is not installed ({one_line(cause)}); pip install it") from None
-        if first.startswith("Expected a callable target"):
-            raise ConfigError(f"{where}._target_ is not a class or function ({first}); accepted: a dotted import path "
-                              "like dsvl.model.adaptor.MLPGelu") from None
-        if isinstance(cause, (TypeError, ValueError)):
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        if isinstance(cause, (TypeError, ValueError, MisconfigurationException)):  # e.g. an unknown keyword
             raise ConfigError(f"{where}: invalid settings for {target}: {' '.join(str(cause).split())}") from None
         if isinstance(cause, (RuntimeError, ArithmeticError)):  # torch / transformers building from these values
             raise ConfigError(f"{where}: {target} cannot be built with these settings ({type(cause).__name__}: "
@@ -165,18 +163,34 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
         raise
 
 
-def _check_targets(node: Any, key: str) -> None:
-    """Hydra's own keys in a node and its sub-nodes: `_target_` a dotted import path, `_partial_` a bool."""
+def check_targets(node: Any, key: str = "") -> None:
+    """Hydra's own keys in a node and its sub-nodes, before anything is built: each `_target_` a dotted path that
+    imports to a class or function, each `_partial_` a bool; else a one-line ConfigError naming the key."""
+    from hydra._internal.utils import _locate  # what `instantiate` uses; `get_object` also logs its failures
+
     from dsvl.errors import ConfigError
 
-    if isinstance(node, Mapping):
-        target, partial = node.get("_target_"), node.get("_partial_", False)
-        if "_target_" in node and not (isinstance(target, str) and "." in target):
-            raise ConfigError(f"{key}._target_={target!r}; accepted: a dotted import path like dsvl.model.adaptor.MLPGelu")
-        if not isinstance(partial, bool):
-            raise ConfigError(f"{key}._partial_={partial!r}; accepted: true or false")
-        for sub, value in node.items():
-            _check_targets(value, f"{key}.{sub}")
+    if isinstance(node, Sequence) and not isinstance(node, str):
+        for i, value in enumerate(node):
+            check_targets(value, f"{key}[{i}]")
+    if not isinstance(node, Mapping):
+        return
+    accepted = "accepted: a dotted import path of a class or function, like dsvl.model.adaptor.MLPGelu"
+    if "_target_" in node:
+        target, where = node["_target_"], f"{key}._target_" if key else "_target_"
+        if not (isinstance(target, str) and "." in target):
+            raise ConfigError(f"{where}={target!r}; {accepted}")
+        try:
+            found = _locate(target)
+        except Exception as err:  # noqa: BLE001 - whatever importing it raised, the path is the user's to fix
+            cause = err.__cause__ or err
+            raise ConfigError(f"{where}={target!r} cannot be imported: {str(cause).strip().splitlines()[-1]}") from None
+        if not callable(found):
+            raise ConfigError(f"{where}={target!r} is a {type(found).__name__}; {accepted}")
+    if not isinstance(node.get("_partial_", False), bool):
+        raise ConfigError(f"{key}._partial_={node['_partial_']!r}; accepted: true or false")
+    for sub, value in node.items():
+        check_targets(value, f"{key}.{sub}" if key else str(sub))
 
 
 HYDRA_FLAGS_PASS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--resolve",

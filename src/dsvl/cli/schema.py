@@ -177,11 +177,34 @@ class ModelCheckpointConfig(Targeted):
     save_last: Union[bool, Literal["link"], None] = None
 
 
-# limits of callbacks (and other dict-of-`_target_` entries) by the class they instantiate
+class ThroughputMonitorConfig(Targeted):
+    window_size: Annotated[int, Field(ge=2)] = 100  # Lightning asserts it (a rate needs two points)
+
+
+class SampleLoggerConfig(Targeted):
+    num_samples: Annotated[int, Field(ge=0)] = 4
+    max_new_tokens: PositiveInt = 24
+
+
+class ProgressBarConfig(Targeted):
+    refresh_rate: Annotated[int, Field(ge=0)] = 1
+
+
+class CSVLoggerConfig(LoggerConfig):
+    flush_logs_every_n_steps: PositiveInt = 100
+
+
+# limits of callbacks and loggers (dict-of-`_target_` entries) by the class they instantiate
 TARGET_SCHEMAS: dict[str, type[Schema]] = {
     "NonFiniteGuard": NonFiniteGuardConfig,
     "ModelCheckpoint": ModelCheckpointConfig,
     "RunCheckpoint": ModelCheckpointConfig,  # dsvl.callbacks: Lightning's ModelCheckpoint, also saving at the end
+    "ThroughputMonitor": ThroughputMonitorConfig,
+    "SampleLogger": SampleLoggerConfig,
+    "StepProgressBar": ProgressBarConfig,
+    "TQDMProgressBar": ProgressBarConfig,
+    "CSVLogger": CSVLoggerConfig,
+    "ResumableCSVLogger": CSVLoggerConfig,  # dsvl.callbacks: Lightning's CSVLogger that continues its file on resume
 }
 
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # Lightning's seed_everything range

@@ -61,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     the last `train/*` and `val/*` values). The checkpoint is `<paths.ckpt_dir>/last.ckpt`."""
     import lightning.pytorch as pl
     import torch
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import get_class
 
     from dsvl.callbacks import was_preempted
     from dsvl.cli.validate import validate_config
@@ -90,8 +90,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     if not loggers:  # logger=none: Lightning's LearningRateMonitor refuses a Trainer without a logger
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, check_val_every_n_epoch=None,
-                                      _convert_="all")
+    trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
+                                           check_val_every_n_epoch=None)
     set_accumulation(cfg, trainer)
     datamodule = build_datamodule(cfg, trainer.accumulate_grad_batches, stage_cls.supervise)
     align_model_to_data(cfg, datamodule)
@@ -102,11 +102,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg.model, device="meta" if on_meta else None)
     if cfg.get("init_from"):
         (defer_weights if on_meta else load_init_weights)(model, cfg.init_from)
-    stage = instantiate(cfg.stage, model=model, model_config=OmegaConf.to_container(cfg.model, resolve=True),
-                        tokenizer=tokenizer_dir(datamodule), system_prompt=getattr(datamodule, "system_prompt", None),
-                        optimizer=instantiate(cfg.optim, _convert_="all") if cfg.get("optim") else None,
-                        scheduler=instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None,
-                        _convert_="all", _recursive_=False)  # model_config stays a plain dict
+    stage = instantiate_node(cfg.stage, "stage", model=model, model_config=OmegaConf.to_container(cfg.model, resolve=True),
+                             tokenizer=tokenizer_dir(datamodule), system_prompt=getattr(datamodule, "system_prompt", None),
+                             optimizer=instantiate_node(cfg.optim, "optim") if cfg.get("optim") else None,
+                             scheduler=instantiate_node(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
+                             _recursive_=False)  # model_config stays a plain dict
 
     # 3. fit (Lightning restores weights, optimizer, scheduler, data position and callbacks from ckpt_path)
     start = time.perf_counter()
@@ -270,7 +270,7 @@ def build_datamodule(cfg: DictConfig, accumulation: int, supervise: str) -> Any:
     needed), what the stage's labels supervise, accumulation and seed (unless the data config sets them)."""
     import inspect
 
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import get_class
 
     from dsvl.cli.models import vision_spec
 
@@ -281,7 +281,7 @@ def build_datamodule(cfg: DictConfig, accumulation: int, supervise: str) -> Any:
     extra = {k: v for k, v in offered.items() if cfg.data.get(k) is None and k in params}
     if cfg.data.get("supervise") not in (None, supervise):
         log.warning("data.supervise=%s differs from the stage's default (%s)", cfg.data.supervise, supervise)
-    return instantiate(cfg.data, _convert_="all", **extra)
+    return instantiate_node(cfg.data, "data", **extra)
 
 
 def data_tokenizer(datamodule: Any) -> Any | None:

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from dsvl.cli._config import one_line
+from dsvl.cli._config import check_targets, one_line
 from dsvl.cli.schema import check_schema
 from dsvl.errors import CheckpointError, ConfigError, DataError
 
@@ -45,7 +45,7 @@ def _resolved(node: DictConfig | ListConfig, key: Any) -> Any:
 def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
     """What the data schema cannot see: the mode against the sources' modalities, the tokenizer and
     the shard paths."""
-    from hydra.utils import get_class
+    from hydra.utils import get_object
 
     from dsvl.data.mixture import parse_sources
     from dsvl.data.streams import expand_urls
@@ -61,7 +61,7 @@ def check_data(data: dict[str, Any], mc_val: dict[str, Any] | None) -> None:
     local = isinstance(tokenizer, str) and (tokenizer.startswith(("/", ".", "~")) or tokenizer.count("/") > 1)
     if local and not Path(tokenizer).expanduser().exists():
         raise DataError(f"data.tokenizer={tokenizer}: no such directory (accepted: a tokenizer directory or a hub id)")
-    check = getattr(get_class(data["_target_"]), "check_sources", None) if data.get("_target_") else None
+    check = getattr(get_object(data["_target_"]), "check_sources", None) if data.get("_target_") else None
     for key in ("train_sources", "val_sources"):  # the datamodule's own check of the shards
         if check is not None:
             check(parse_sources(data.get(key)), f"data.{key}")
@@ -105,7 +105,7 @@ def check_checkpoints(cfg: dict[str, Any]) -> None:
         raise ConfigError("set init_from (start a new stage from weights) or ckpt_path (resume this stage), not both")
     ckpt_dir = (cfg.get("paths") or {}).get("ckpt_dir")
     if init_from and not (cfg.get("auto_resume") and ckpt_dir and is_checkpoint(Path(str(ckpt_dir)) / "last.ckpt")):
-        check_init_from(init_from)  # (a restarted job resumes its own progress: the previous stage's weights are not read)
+        check_init_from(str(init_from))  # (a restarted job resumes its own progress: the previous stage's weights are not read)
     if ckpt_path and ckpt_path not in ("last", "hpc"):  # those two are found in the run dir, after Hydra made it
         path = Path(str(ckpt_path)).expanduser()
         if not is_checkpoint(path):
@@ -124,6 +124,7 @@ def validate_config(cfg: DictConfig) -> None:
 
     values = plain(cfg)
     check_schema(values)
+    check_targets(values)  # every `_target_` imports (the model's parts too)
     if (values.get("stage") or {}).get("trainable") is not None:  # names and aliases (this model's parts: check_run)
         expand_part_names(values["stage"]["trainable"])
     check_steps(values)

@@ -52,6 +52,9 @@ def parse_sources(cfg: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, A
         if fmt == "caption" and modality != "multimodal":
             raise DataError(f"data source {name!r}: format 'caption' gives multimodal samples; set modality: multimodal")
         urls = c["urls"]
+        if not (isinstance(urls, str) or isinstance(urls, Sequence) and urls and all(isinstance(u, str) for u in urls)):
+            raise DataError(f"data source {name!r}: urls={urls!r}; accepted: a folder of .tar shards, a glob, a brace "
+                            "pattern or a list of those")
         out.append(SourceConfig(str(name), list(urls) if not isinstance(urls, str) else urls, weight, modality, fmt))
     return out
 
