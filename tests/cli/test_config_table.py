@@ -98,6 +98,9 @@ CASES: dict[str, list[str]] = {
     "trainer.strategy=abc": ["trainer: invalid settings for", "Trainer", "strategy='abc'"],
     "callbacks.preemption.signals=[SIGTERMX]": ["callbacks.preemption.signals=['SIGTERMX']", "SIGUSR1"],
     "data.tokenizer=-1": ["cannot load tokenizer from -1"],
+    "val_benchmarks=abc": ["val_benchmarks=abc", "dictionary"],
+    "callbacks.skip_report.dirpath=[1,2]": ["callbacks.skip_report.dirpath=[1, 2]", "string"],
+    "data.vision_spec=abc": ["data.vision_spec=abc", "dictionary"],
     # model shapes: the model's own checks, still before any weights
     "model.adaptor.out_dim=48": ["model.adaptor.out_dim=48", "hidden_size", "64"],
     "model.adaptor.low_in_dim=7": ["model.adaptor.low_in_dim=7", "accepted: 64"],
@@ -217,6 +220,30 @@ def test_model_part_mistakes_are_one_line_before_weights(override: str, recipe, 
 
 def _leaves(node: dict, path: str) -> list[str]:
     return [leaf for k, v in node.items() for leaf in (_leaves(v, f"{path}.{k}") if isinstance(v, dict) else [f"{path}.{k}"])]
+
+
+@pytest.mark.parametrize("value", ["abc", -1, [1, 2], None])
+def test_every_train_value_wrong_is_checked_without_a_traceback(value, recipe) -> None:
+    """Each leaf of the composed recipe (model aside: below) set to a wrong value, one at a time: `validate_config`
+    refuses it in one line or lets it pass (many values are valid); it never raises anything else."""
+    from omegaconf import OmegaConf, open_dict
+
+    from dsvl.cli.validate import validate_config
+    from dsvl.errors import UserError
+
+    base = recipe[0]
+    leaves = [leaf for leaf in _leaves(OmegaConf.to_container(base, resolve=False), "") if not leaf.startswith(".model.")]
+    refused = 0
+    for leaf in leaves:
+        cfg = copy.deepcopy(base)
+        with open_dict(cfg):
+            OmegaConf.update(cfg, leaf[1:], value, force_add=True)
+        try:
+            validate_config(cfg)
+        except UserError as err:
+            assert "\n" not in str(err), (leaf, str(err))
+            refused += 1
+    assert len(leaves) > 100 and refused > 30
 
 
 @pytest.mark.parametrize("value", ["abc", -1, 0, [1, 2], None, True])

@@ -128,6 +128,7 @@ class DataConfig(Targeted):
     accumulate_grad_batches: Optional[PositiveInt] = None
     supervise: Optional[Literal["all", "assistant"]] = None
     system_prompt: Optional[str] = None
+    vision_spec: Optional[dict[str, Any]] = None  # filled from the model (dsvl.cli.models.vision_spec)
     num_workers: Count = 0
     prefetch_factor: Optional[PositiveInt] = None
     shuffle_buffer: Count = 1000
@@ -172,9 +173,16 @@ class NonFiniteGuardConfig(Targeted):
 
 
 class ModelCheckpointConfig(Targeted):
+    dirpath: Optional[str] = None
+    filename: Optional[str] = None
+    auto_insert_metric_name: bool = True
     every_n_train_steps: Optional[PositiveInt] = None
     save_top_k: Annotated[int, Field(ge=-1)] = 1
     save_last: Union[bool, Literal["link"], None] = None
+
+
+class SkipReportConfig(Targeted):
+    dirpath: Optional[str] = None
 
 
 class ThroughputMonitorConfig(Targeted):
@@ -201,6 +209,7 @@ TARGET_SCHEMAS: dict[str, type[Schema]] = {
     "RunCheckpoint": ModelCheckpointConfig,  # dsvl.callbacks: Lightning's ModelCheckpoint, also saving at the end
     "ThroughputMonitor": ThroughputMonitorConfig,
     "SampleLogger": SampleLoggerConfig,
+    "SkipReport": SkipReportConfig,
     "StepProgressBar": ProgressBarConfig,
     "TQDMProgressBar": ProgressBarConfig,
     "CSVLogger": CSVLoggerConfig,
@@ -226,6 +235,8 @@ class TrainConfig(Schema):
     mc_val: Optional[MCValConfig] = None
     export_dir: Optional[str] = None
     optimized_metric: Optional[str] = None
+    run_group: Optional[str] = None  # the W&B group (dsvl-pipeline sets it)
+    val_benchmarks: Optional[dict[str, Any]] = None  # name -> {path, ...}: dsvl.callbacks.benchmarks
     paths: Optional[PathsConfig] = None
     trainer: Optional[TrainerConfig] = None
     optim: Optional[OptimConfig] = None
