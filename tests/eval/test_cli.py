@@ -149,6 +149,29 @@ def test_checkpoint_with_code_is_refused(trained: dict[str, Path], tmp_path: Pat
     assert "this must never run" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("override, message", [
+    ("mc.batch_size=abc", "mc.batch_size=abc: expected a valid integer"),
+    ("mc.batch_size=0", "mc.batch_size=0: expected a value greater than or equal to 1"),
+    ("mc.limit=-1", "mc.limit=-1: expected a value greater than or equal to 1"),
+    ("mc.modes=[text,letters]", "mc.modes[1]=letters: expected 'text' or 'letter'"),
+    ("text.max_length=1", "text.max_length=1: expected a value greater than or equal to 2"),
+    ("text.batch_size=[1,2]", "text.batch_size=[1, 2]: expected a valid integer"),
+    ("checkpoint=[1,2]", "checkpoint=[1, 2]: expected a valid string"),
+    ("report=null", "report=None: expected a valid string"),
+    ("benchmarks.mmbench.path=-1", "benchmarks.mmbench.path=-1: expected a string"),
+])
+def test_eval_wrong_values_are_one_line_before_weights(override: str, message: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """dsvl-eval answers like dsvl-train: typed values (conf/eval.yaml's schema), one line, exit 2, no weights read."""
+    from dsvl.cli._config import guarded
+
+    cfg = compose(["checkpoint=/nonexistent/model", f"mc.shards={tmp_path}", override], config_name="eval", output_dir=tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        guarded("dsvl-eval", lambda: run_eval(cfg))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith(f"dsvl-eval: error: {message}"), err
+
+
 def test_eval_cli_errors(trained: dict[str, Path], tmp_path: Path) -> None:
     cfg = compose([f"checkpoint={trained['export']}"], config_name="eval", output_dir=tmp_path)
     with pytest.raises(EvalError, match="nothing to evaluate"):
@@ -182,7 +205,7 @@ def test_dsvl_eval_console_entry(trained: dict[str, Path], tmp_path: Path, monke
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main()
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and err[-1] == "dsvl-eval: error: Missing mandatory value: checkpoint"
+    assert exit_info.value.code == 2 and err[-1] == "dsvl-eval: error: checkpoint: no value (set it: checkpoint=...)"
 
 
 @pytest.mark.parametrize("option, message", [({"dtype": "fp8"}, "dtype=fp8: expected one of"),

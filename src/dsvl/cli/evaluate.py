@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from transformers.utils import logging as hf_logging
 
@@ -134,33 +134,29 @@ def pick_system_prompt(requested: str | None, loaded: LoadedModel) -> str | None
 
 def run_eval(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Everything `dsvl-eval` does, as a function: returns the report and writes it as JSON."""
+    from dsvl.cli.schema import EvalConfig, validate_against
+    from dsvl.cli.validate import plain
+
     start = time.perf_counter()
-    mc_shards, text_shards = (OmegaConf.to_object(x) if OmegaConf.is_config(x) else x
-                              for x in (cfg.mc.get("shards"), cfg.text.get("shards")))
-    entries = OmegaConf.to_container(cfg.benchmarks, resolve=True) if cfg.get("benchmarks") is not None else {}
-    benchmarks = [BenchmarkSpec.from_config(name, e) for name, e in entries.items() if e and e.get("path")]  # checked before any weights
-    if not mc_shards and not text_shards and not benchmarks:
+    ev = validate_against(EvalConfig, plain(cfg))  # every value typed and in range, before any weights
+    benchmarks = [BenchmarkSpec.from_config(name, e) for name, e in (ev.benchmarks or {}).items() if e and e.get("path")]
+    if not ev.mc.shards and not ev.text.shards and not benchmarks:
         raise EvalError("nothing to evaluate: set benchmarks.<name>.path, mc.shards and/or text.shards")
-    modes = list(cfg.mc.get("modes") or ["text"])
-    bad = [m for m in modes if m not in ("text", "letter")]
-    if bad:
-        raise EvalError(f"mc.modes: unknown mode {bad[0]!r}; accepted: text, letter")
-    loaded = load_for_inference(cfg.checkpoint, cfg.get("tokenizer"), cfg.get("device"), cfg.get("dtype"),
-                                adapter=cfg.get("adapter"))
-    system_prompt = pick_system_prompt(cfg.get("system_prompt"), loaded)
+    loaded = load_for_inference(ev.checkpoint, ev.tokenizer, ev.device, ev.dtype, adapter=ev.adapter)
+    system_prompt = pick_system_prompt(ev.system_prompt, loaded)
     report: dict[str, Any] = {"model": str(loaded.path), "source": loaded.source, "tokenizer": loaded.tokenizer_path,
                               "device": str(next(loaded.model.parameters()).device), "system_prompt": system_prompt}
     if benchmarks:
         report["benchmarks"] = {spec.name: evaluate_benchmark(loaded.model, loaded.tokenizer, spec, system_prompt)
                                 for spec in benchmarks}
-    if mc_shards:
-        report["mc"] = {mode: evaluate_mc(loaded.model, loaded.tokenizer, mc_shards, mode, int(cfg.mc.batch_size),
-                                          cfg.mc.get("limit"), system_prompt, cfg.mc.get("max_length")) for mode in modes}
-    if text_shards:
-        report["text"] = evaluate_text(loaded.model, loaded.tokenizer, text_shards, int(cfg.text.batch_size),
-                                       int(cfg.text.max_length), cfg.text.get("limit"), system_prompt)
+    if ev.mc.shards:
+        report["mc"] = {mode: evaluate_mc(loaded.model, loaded.tokenizer, ev.mc.shards, mode, ev.mc.batch_size,
+                                          ev.mc.limit, system_prompt, ev.mc.max_length) for mode in ev.mc.modes}
+    if ev.text.shards:
+        report["text"] = evaluate_text(loaded.model, loaded.tokenizer, ev.text.shards, ev.text.batch_size,
+                                       ev.text.max_length, ev.text.limit, system_prompt)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    path = Path(output_dir or cfg.paths.output_dir) / cfg.report  # an absolute report path stays as it is
+    path = Path(output_dir or cfg.paths.output_dir) / ev.report  # an absolute report path stays as it is
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)

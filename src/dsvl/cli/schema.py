@@ -9,7 +9,7 @@ A new `_target_` with limits of its own (a callback, a logger) gets an entry in 
 from __future__ import annotations
 
 import typing
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 from lightning.fabric.connector import _PRECISION_INPUT
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -216,6 +216,7 @@ TARGET_SCHEMAS: dict[str, type[Schema]] = {
     "ResumableCSVLogger": CSVLoggerConfig,  # dsvl.callbacks: Lightning's CSVLogger that continues its file on resume
 }
 
+S = TypeVar("S", bound=Schema)
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # Lightning's seed_everything range
 
 
@@ -246,6 +247,38 @@ class TrainConfig(Schema):
     logger: Optional[dict[str, Optional[LoggerConfig]]] = None
 
 
+class EvalMCConfig(Schema):
+    shards: Optional[Shards] = None
+    modes: list[Literal["text", "letter"]] = ["text"]
+    batch_size: PositiveInt = 8
+    limit: Optional[PositiveInt] = None
+    max_length: Optional[Annotated[int, Field(ge=2)]] = None
+
+
+class EvalTextConfig(Schema):
+    shards: Optional[Shards] = None
+    batch_size: PositiveInt = 8
+    max_length: Annotated[int, Field(ge=2)] = 2048
+    limit: Optional[PositiveInt] = None
+
+
+class EvalConfig(Schema):
+    """`conf/eval.yaml` (dsvl-eval); each `benchmarks` entry is checked by `dsvl.eval.BenchmarkSpec`."""
+
+    task_name: str = "eval"
+    checkpoint: str
+    tokenizer: Optional[str] = None
+    adapter: Optional[str] = None
+    system_prompt: Optional[str] = "auto"
+    device: Optional[str] = "auto"
+    dtype: Optional[str] = None
+    mc: EvalMCConfig = EvalMCConfig()
+    text: EvalTextConfig = EvalTextConfig()
+    benchmarks: Optional[dict[str, Optional[dict[str, Any]]]] = None
+    report: str = "eval_report.json"
+    paths: Optional[PathsConfig] = None
+
+
 def _describe(err: dict[str, Any]) -> str:
     """pydantic's message, phrased as what is expected ("Input should be ..." -> "expected ...")."""
     msg = str(err["msg"])
@@ -269,10 +302,10 @@ def _key(loc: tuple[Any, ...], prefix: str) -> str:
     return out
 
 
-def validate_against(schema: type[Schema], values: Any, prefix: str = "") -> None:
-    """Validate plain `values` with `schema`; the first error as a one-line `ConfigError`."""
+def validate_against(schema: type[S], values: Any, prefix: str = "") -> S:
+    """Plain `values` validated with `schema` (typed, coerced); the first error as a one-line `ConfigError`."""
     try:
-        schema.model_validate(values)
+        return schema.model_validate(values)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         key = _key(first["loc"], prefix)

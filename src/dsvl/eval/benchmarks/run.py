@@ -59,6 +59,9 @@ class BenchmarkSpec:
 
     def __post_init__(self) -> None:
         where = f"benchmarks.{self.name}"
+        for key in ("path", "images", "reader", "mode"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise ConfigError(f"{where}.{key}={getattr(self, key)!r}: expected a string")
         self.reader = self.reader or self.name
         if self.reader not in READERS:
             raise ConfigError(f"{where}.reader: unknown layout {self.reader!r}; accepted: {', '.join(READERS)}")
