@@ -8,7 +8,10 @@ import pytest
 
 @pytest.mark.parametrize("module, argv", [("data", ["frobnicate"]), ("chat", ["--max-new-tokens", "0"]),
                                           ("demo", ["--bogus"]), ("demo", ["ablation", "--steps", "x"]),
-                                          ("pipeline", ["--bogus", "demo"]), ("pipeline", [])])
+                                          ("pipeline", ["--bogus", "demo"]), ("pipeline", []),
+                                          ("chat", ["--model", "m", "--top-p", "5", "q"]),
+                                          ("chat", ["--model", "m", "--temperature", "0", "q"]),
+                                          ("demo", ["--data-dir", __file__]), ("demo", ["--out", __file__])])
 def test_argparse_scripts_answer_a_typo_in_one_line(module: str, argv: list[str], capsys) -> None:
     """Every argparse console script (dsvl-data, -chat, -demo, -pipeline) answers a usage mistake with
     one line and exit code 2, as dsvl-train does (argparse alone prints its usage block first)."""

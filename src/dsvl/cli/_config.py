@@ -61,14 +61,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return n
+def ranged(kind: type, low: float, high: float = float("inf"), low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: `kind(value)` within [low, high] ((low, high] when `low_open`), else argparse's one line."""
+    def parse(value: str) -> Any:
+        try:
+            n = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if n < low or (low_open and n == low) or n > high:
+            bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high != float("inf") else "")
+            raise argparse.ArgumentTypeError(f"{value} must be {bounds}")
+        return n
+
+    return parse
+
+
+positive_int = ranged(int, 1)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str | None = "train", output_dir: str | Path | None = None,

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 from dsvl.cli._config import fail
-from dsvl.cli._config import OneLineParser, positive_int
+from dsvl.cli._config import OneLineParser, positive_int, ranged
 
 PROG = "dsvl-chat"
 EXIT_WORDS = {"exit", "quit", ":q"}
@@ -31,9 +31,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help='system prompt: "auto" (the one the model trained with, else DeepSeek-VL\'s), "" for none, or the text')
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--temperature", type=ranged(float, 0.0, low_open=True), default=1.0)
+    p.add_argument("--top-p", type=ranged(float, 0.0, 1.0, low_open=True), default=1.0)
+    p.add_argument("--top-k", type=ranged(int, 0), default=0, help="0: no top-k filter")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: the weights' dtype)")

@@ -20,6 +20,7 @@ from typing import Any
 
 from dsvl.cli._config import OneLineParser
 from dsvl.cli.demo_setup import ensure_demo_data, quiet_logging
+from dsvl.errors import DataError
 
 log = logging.getLogger("dsvl.demo")
 CHANCE = 0.25
@@ -89,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dsvl.cli.pipeline import run_pipeline
         from dsvl.eval.plots import plot_run
 
+        for flag, folder in (("--out", out), ("--data-dir", data_dir)):
+            if folder.exists() and not folder.is_dir():
+                raise DataError(f"{flag} {folder} is a file; accepted: a folder (made when missing)")
         start = time.perf_counter()
         data_seconds = ensure_demo_data(data_dir, args.fresh_data)
         export_dir = out / "export"
