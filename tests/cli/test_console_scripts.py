@@ -11,7 +11,8 @@ import pytest
                                           ("pipeline", ["--bogus", "demo"]), ("pipeline", []),
                                           ("chat", ["--model", "m", "--top-p", "5", "q"]),
                                           ("chat", ["--model", "m", "--temperature", "0", "q"]),
-                                          ("demo", ["--data-dir", __file__]), ("demo", ["--out", __file__])])
+                                          ("demo", ["--data-dir", __file__]), ("demo", ["--out", __file__]),
+                                          ("pipeline", ["demo", "align:"]), ("pipeline", ["demo", "optim.lr=="])])
 def test_argparse_scripts_answer_a_typo_in_one_line(module: str, argv: list[str], capsys) -> None:
     """Every argparse console script (dsvl-data, -chat, -demo, -pipeline) answers a usage mistake with
     one line and exit code 2, as dsvl-train does (argparse alone prints its usage block first)."""

@@ -196,7 +196,7 @@ def test_parts_that_do_not_fit_give_one_line_errors_before_weights(no_weights, p
 def test_unknown_preset_names_are_clear_errors():
     with pytest.raises(ConfigError, match=r"unknown model preset 'tinyy'; accepted: .*tiny_siglip"):
         model_config("tinyy")
-    with pytest.raises(ConfigError, match="Could not find 'model/vision/nope'") as err:
+    with pytest.raises(ConfigError, match=r"model/vision=nope: unknown option for 'model/vision'; accepted: .*tiny_siglip") as err:
         model_config("tiny", ["model/vision=nope"])
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="lacks \\['adaptor'\\]"):

@@ -82,10 +82,15 @@ positive_int = ranged(int, 1)
 def compose(overrides: Sequence[str] = (), config_name: str | None = "train", output_dir: str | Path | None = None,
             return_hydra_config: bool = False) -> DictConfig:
     """Compose the training config as `dsvl-train` would, outside `@hydra.main`, with `output_dir` as the run dir;
-    Hydra's global state is left as it was found (a surrounding Hydra app's included)."""
+    Hydra's global state is left as it was found (a surrounding Hydra app's included). An override Hydra refuses
+    (a typo in a key, an unknown option, bad syntax) is a one-line ConfigError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dsvl.errors import ConfigError
 
     outer = GlobalHydra.instance().hydra
     GlobalHydra.instance().clear()
@@ -95,6 +100,8 @@ def compose(overrides: Sequence[str] = (), config_name: str | None = "train", ou
             if output_dir is not None:
                 overrides.append(f"paths.output_dir={Path(output_dir).resolve()}")
             return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(hydra_error_line(err, overrides)) from None
     finally:
         if outer is not None:
             GlobalHydra.instance().initialize(outer)
@@ -240,13 +247,12 @@ def precheck_overrides(overrides: Sequence[str], config_name: str = "train") -> 
     command lines with Hydra flags, `-m`, `--cfg`, ...: Hydra handles those itself)."""
     if any(a.split("=", 1)[0] in HYDRA_FLAGS_PASS for a in overrides if a.startswith("-")):
         return None
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from dsvl.errors import ConfigError
 
     try:
         compose(overrides, config_name, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        return hydra_error_line(err, overrides)
+    except ConfigError as err:
+        return str(err)
     return None
 
 
