@@ -402,3 +402,21 @@ def test_ckpt_path_hpc_resumes_a_requeue_checkpoint_or_says_there_is_none(recipe
         assert resume_from(cfg) == "hpc"
     finally:  # the recipe's run dir is shared by this module's tests
         (run_dir / "hpc_ckpt_1.ckpt").unlink()
+
+
+def test_hydra_full_error_shows_the_traceback_of_a_user_error(monkeypatch: pytest.MonkeyPatch, caplog,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The one line hides where an error came from; HYDRA_FULL_ERROR=1 (Hydra's own switch) logs the chain first."""
+    from dsvl.cli._config import guarded
+    from dsvl.errors import ConfigError
+
+    def body() -> None:
+        raise ConfigError("model.adaptor: invalid settings")
+
+    for value, logged in (("0", False), ("1", True)):
+        monkeypatch.setenv("HYDRA_FULL_ERROR", value)
+        caplog.clear()
+        with pytest.raises(SystemExit):
+            guarded("dsvl-x", body)
+        assert capsys.readouterr().err == "dsvl-x: error: model.adaptor: invalid settings\n"
+        assert any(r.exc_info for r in caplog.records) == logged

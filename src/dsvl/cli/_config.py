@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -116,8 +117,9 @@ def is_multirun() -> bool:
 
 
 def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
-    """Run `body`, then always `cleanup` (close loggers). A user error prints one line and exits 2; inside a
-    multirun every error is re-raised, so Hydra records the job as failed and goes on with the sweep."""
+    """Run `body`, then always `cleanup` (close loggers). A user error prints one line and exits 2 (with
+    HYDRA_FULL_ERROR=1, its traceback is logged first); inside a multirun every error is re-raised, so Hydra records
+    the job as failed and goes on with the sweep."""
     try:
         return body()
     except Exception as err:
@@ -128,6 +130,8 @@ def guarded(prog: str, body: Callable[[], T], cleanup: Callable[[], None] | None
         if is_multirun():
             log.error("job failed: %s", one_line(inner))
             raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # Hydra's switch for the whole chain, honoured here too
+            log.error("traceback of the error below", exc_info=err)
         fail(prog, inner)
     finally:
         try:
