@@ -116,3 +116,19 @@ def test_hf_loader_rejects_trust_remote_code(tmp_path):
 
     with pytest.raises(ValueError, match="trust_remote_code"):
         VisionLanguageModel.from_pretrained(tmp_path, trust_remote_code=True)
+
+
+def test_a_checkpoint_config_cannot_run_commands(tmp_path):
+    """A stage `.ckpt` is loaded weights-only, and its saved `model_config` is instantiated by Hydra, whose target
+    blocklist refuses executables: a tampered config is one line, and the command never runs."""
+    from dsvl.cli.models import load_stage_checkpoint
+    from dsvl.errors import ConfigError
+
+    marker = tmp_path / "ran"
+    node = {"_target_": "os.system", "command": f"touch {marker}"}
+    config = {"vision": node, "adaptor": {"_target_": "dsvl.model.adaptor.MLPGelu"}, "llm": node, "image_token_id": 1}
+    path = tmp_path / "tampered.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model_config": config}}, path)
+    with pytest.raises(ConfigError, match=r"^model\.vision: Target 'os\.system' is blocklisted") as err:
+        load_stage_checkpoint(path)
+    assert "\n" not in str(err.value) and not marker.exists()

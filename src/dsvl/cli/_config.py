@@ -170,6 +170,8 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
                 text = (where.removesuffix(owner) + text if owner and where.endswith(owner)
                         else f"{where}.{text}" if setting else f"{where}: {text}")
             raise type(cause)(text) from None
+        if cause is None:  # Hydra's own refusal, e.g. a blocklisted target such as os.system in a checkpoint's config
+            raise ConfigError(f"{where}: {' '.join(str(err).split())}") from None
         if isinstance(cause, ImportError):
             raise ConfigError(f"{where} needs a package that is not installed ({one_line(cause)}); pip install it") from None
         from lightning.fabric.utilities.exceptions import MisconfigurationException
