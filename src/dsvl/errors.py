@@ -5,6 +5,8 @@ else is a bug in dsvl and keeps its traceback. Subclass the nearest kind below f
 """
 from __future__ import annotations
 
+import re
+
 
 class UserError(ValueError):
     """Fix your command, config, data or checkpoint; the message is one line naming what and how."""
@@ -23,3 +25,15 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint or model directory that cannot be loaded safely or does not fit the model."""
+
+
+def located(key: str, message: str) -> str:
+    """`message` of an error raised inside the config node at `key`, naming where it sits: `key.field=value ...` when
+    it starts with the offending setting (or the tail of `key` the part named itself), `key: message` otherwise."""
+    setting = re.match(r"^([\w.]+)=", message)
+    owner = setting[1].rpartition(".")[0] if setting else ""
+    if message.startswith(key):
+        return message
+    if owner and key.endswith(owner):
+        return key.removesuffix(owner) + message
+    return f"{key}.{message}" if setting else f"{key}: {message}"

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 import dsvl
-from dsvl.errors import UserError
+from dsvl.errors import UserError, located
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,7 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
         cause, first = err.__cause__, one_line(err)
         target = first.split("'")[1] if first.count("'") >= 2 else "its _target_"
         if isinstance(cause, UserError):
-            text, setting = str(cause), re.match(r"^([\w.]+)=", str(cause))
-            owner = setting[1].rpartition(".")[0] if setting else ""  # a message that starts with the offending key
-            if not text.startswith(where):
-                text = (where.removesuffix(owner) + text if owner and where.endswith(owner)
-                        else f"{where}.{text}" if setting else f"{where}: {text}")
-            raise type(cause)(text) from None
+            raise type(cause)(located(where, str(cause))) from None
         if cause is None:  # Hydra's own refusal, e.g. a blocklisted target such as os.system in a checkpoint's config
             raise ConfigError(f"{where}: {' '.join(str(err).split())}") from None
         if isinstance(cause, ImportError):

@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
+from dsvl.errors import located
+
 from .errors import ConfigError
-
-_FIELD = re.compile(r"^\w+=")  # a part's message that starts with the offending setting
-
 
 def to_plain(node: Any) -> Any:
     """Recursively turn Mapping / Sequence config nodes (DictConfig, ListConfig, dict) into dicts and lists."""
@@ -50,7 +48,7 @@ def complete(part: Any, key: str, derived: Mapping[str, tuple[Any, str]]) -> Any
     try:
         return part(**kwargs)
     except ConfigError as exc:  # raised by the part itself: name where it sits in the config
-        raise ConfigError(f"{key}{'.' if _FIELD.match(str(exc)) else ': '}{exc}") from None
+        raise ConfigError(located(key, str(exc))) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: invalid settings for {func.__qualname__}: {' '.join(str(exc).split())}") from None
     except (RuntimeError, ArithmeticError) as exc:  # torch / transformers building from these sizes
