@@ -65,7 +65,7 @@ def test_plain_constructors_build_what_hydra_builds():
     assert plain.vision.high.info.grid == plain.vision.low.info.grid == 4  # SAM's grid derived from SigLIP's
     old_style = model_config("tiny")  # nodes written before `_partial_: true` (e.g. in older checkpoints' hparams)
     del old_style["adaptor"]["_partial_"], old_style["vision"]["high"]["_partial_"]
-    assert build_model(old_style, device="meta").vision.high.info.grid == 4
+    assert build_model(old_style, device="meta").vision.high.info.grid == 4 and vision_spec(old_style).num_image_tokens == 16
     with pytest.raises(ConfigError, match=r"model\.adaptor: unknown keys \['depth'\] for HybridSplitMLPGelu"):
         VisionLanguageModel(plain.vision, functools.partial(HybridSplitMLPGelu, depth=2), plain.llm, IMAGE_TOKEN)
 

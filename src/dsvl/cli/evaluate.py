@@ -66,10 +66,10 @@ def load_for_inference(path: str | Path, tokenizer: str | Path | None = None, de
     stage's hyperparameters), an exported directory, or one plus a peft `adapter` directory (system
     prompt from `dsvl_chat.json`, else DeepSeek-VL's default), in eval mode on `device`.
     """
+    from dsvl.cli.models import load_stage_checkpoint
     from dsvl.data import load_tokenizer
     from dsvl.model import ConfigError, VisionLanguageModel
     from dsvl.model.export import exported_system_prompt
-    from dsvl.cli.models import load_stage_checkpoint
     from dsvl.stages.checkpoint import InitFromError
     from dsvl.stages.strategies import DTYPES
 

@@ -24,21 +24,27 @@ from dsvl.stages.checkpoint import InitFromError, copy_weights, read_checkpoint
 log = logging.getLogger(__name__)
 
 
-def instantiate_model(config: Mapping[str, Any]) -> VisionLanguageModel:
-    """`VisionLanguageModel` of a plain model node's parts, on the current default device (meta: sizes only)."""
-    vision = config["vision"]
-    if isinstance(vision, Mapping) and isinstance(vision.get("high"), Mapping):  # SAM follows SigLIP's grid, also in
-        vision = {**vision, "high": {"_partial_": True, **vision["high"]}}  # nodes written without `_partial_: true`
-    parts = {"vision": instantiate_node(vision, "model.vision"), "llm": instantiate_node(config["llm"], "model.llm")}
-    adaptor = instantiate_node(config["adaptor"], "model.adaptor", _partial_=True)  # built by the model, with its widths
-    return VisionLanguageModel(**parts, adaptor=adaptor, image_token_id=config.get("image_token_id"), config=dict(config))
+def instantiate_vision(node: Any) -> Any:
+    """The vision side of a plain model node. SAM in a hybrid follows SigLIP's grid, also in nodes written without
+    `_partial_: true` (older checkpoints' saved `model_config`)."""
+    if isinstance(node, Mapping) and isinstance(node.get("high"), Mapping):
+        node = {**node, "high": {"_partial_": True, **node["high"]}}
+    return instantiate_node(node, "model.vision")
+
+
+def instantiate_model(config: Mapping[str, Any], weights: bool = True) -> VisionLanguageModel:
+    """`VisionLanguageModel` of a plain model node's parts on the current default device; `weights=False` switches the
+    parts' own `pretrained` off (on meta: sizes only). The model keeps the whole node as its `config`."""
+    parts = config if weights else without_weights(config)
+    return VisionLanguageModel(instantiate_vision(parts["vision"]),
+                               instantiate_node(parts["adaptor"], "model.adaptor", _partial_=True),  # gets its widths
+                               instantiate_node(parts["llm"], "model.llm"), config.get("image_token_id"), dict(config))
 
 
 def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
     """Image inputs (names, sizes, normalisation) and tokens per image of a model node (towers built on meta)."""
     with torch.device("meta"):
-        vision = instantiate_node(without_weights(model_node(cfg))["vision"], "model.vision")
-    return vision.info.spec
+        return instantiate_vision(without_weights(model_node(cfg))["vision"]).info.spec
 
 
 def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None) -> VisionLanguageModel:
@@ -53,8 +59,7 @@ def build_model(cfg: Mapping[str, Any], device: torch.device | str | None = None
         log.info("model.lora: built whole, not on meta (peft initialises its adapters on real tensors)")
         device = torch.get_default_device()
     with torch.device("meta"):
-        model = instantiate_model(without_weights(config))
-    model.config = config
+        model = instantiate_model(config, weights=False)
     if device.type == "meta":  # weights come after sharding (`materialize` per shard)
         pass
     elif whole_pretrained(config) is not None:

@@ -110,7 +110,9 @@ class DSVLDataModule(L.LightningDataModule):
     def encoder(self) -> SampleEncoder:
         """Tokenizer + image preprocessing, built once (also pickled into the DataLoader workers)."""
         if self._encoder is None:
-            tok = self.tokenizer_src if hasattr(self.tokenizer_src, "convert_tokens_to_ids") else load_tokenizer(self.tokenizer_src)
+            tok = self.tokenizer_src  # a tokenizer object, or where to load one from
+            if not hasattr(tok, "convert_tokens_to_ids"):
+                tok = load_tokenizer(tok)
             n_img = self.vision.num_image_tokens if self.vision else 0
             text = TextEncoder(tok, n_img, supervise=self.supervise, system_prompt=self.system_prompt)  # type: ignore[arg-type]
             images = ImagePreprocessor(self.vision) if self.vision and self.vision.inputs else None
